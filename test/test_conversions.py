@@ -1,0 +1,387 @@
+"""Pure tests of vla_ros.conversions: images and actions, no ROS graph."""
+
+import array
+import math
+import types
+
+import cv2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import numpy as np
+import pytest
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+
+from vla_ros.conversions import (
+    ACTION_LABEL, action_to_messages, compressed_to_rgb, ConversionError, image_to_rgb,
+    messages_to_action, multiarray_to_action, quaternion_to_rpy, rgb_to_compressed, rgb_to_image,
+    rpy_to_quaternion)
+
+WIDTHS = [1, 3, 17, 641]
+PADDINGS = [0, 1, 3, 64]
+HEIGHT = 5
+MARGIN = 1e-3
+
+
+def _rgb(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _message(rows, encoding, width, padding, is_bigendian=False):
+    """Build an Image by hand from (H, W * px) uint8 rows plus ``padding`` junk bytes per row."""
+    height, row_bytes = rows.shape
+    junk = np.full((height, padding), 0xAB, np.uint8)  # (H, pad) bytes a decoder must skip
+    msg = Image(height=height, width=width, encoding=encoding, is_bigendian=is_bigendian,
+                step=row_bytes + padding)
+    msg.data = array.array('B', np.concatenate([rows, junk], axis=1).tobytes())
+    return msg
+
+
+def _mono16_to_8(values):
+    """cv_bridge's mono16 -> 8 bit: convertTo(CV_8U, 255. / 65535.), i.e. rounded, scaled."""
+    return np.rint(values.astype(np.float64) * 255.0 / 65535.0).astype(np.uint8)
+
+
+def _cases(width, seed=0):
+    """Yield (encoding, (H, W * px) rows, expected RGB, is_bigendian), independent of the code."""
+    rgb = _rgb(HEIGHT, width, seed)
+    alpha = np.full((HEIGHT, width, 1), 77, np.uint8)
+    gray = rgb[..., 0]
+    mono16 = np.random.default_rng(seed).integers(0, 65536, (HEIGHT, width), dtype=np.uint16)
+    gray16 = np.repeat(_mono16_to_8(mono16)[..., None], 3, axis=2)
+    flat = {
+        'rgb8': rgb, 'bgr8': rgb[..., ::-1],
+        'rgba8': np.concatenate([rgb, alpha], 2),
+        'bgra8': np.concatenate([rgb[..., ::-1], alpha], 2),
+    }
+    for encoding, pixels in flat.items():
+        yield encoding, pixels.reshape(HEIGHT, -1), rgb, False
+    yield 'mono8', gray, np.repeat(gray[..., None], 3, axis=2), False
+    yield 'mono16', mono16.astype('<u2').view(np.uint8), gray16, False
+    yield 'mono16', mono16.astype('>u2').view(np.uint8), gray16, True
+
+
+# ---------------------------------------------------------------------------------------- images
+
+@pytest.mark.parametrize('padding', PADDINGS)
+@pytest.mark.parametrize('width', WIDTHS)
+def test_decode_every_encoding_with_padding(width, padding):
+    for encoding, rows, expected, big in _cases(width):
+        out = image_to_rgb(_message(rows, encoding, width, padding, big))
+        assert out.shape == (HEIGHT, width, 3) and out.dtype == np.uint8
+        np.testing.assert_array_equal(out, expected, err_msg=f'{encoding} big={big}')
+
+
+@pytest.mark.parametrize('padding', PADDINGS)
+@pytest.mark.parametrize('width', WIDTHS)
+def test_round_trip_every_encoding(width, padding):
+    rgb = _rgb(HEIGHT, width, seed=width)
+    rgba = np.concatenate([rgb, np.full((HEIGHT, width, 1), 9, np.uint8)], axis=2)
+    for encoding in ('rgb8', 'bgr8', 'rgba8', 'bgra8'):
+        msg = rgb_to_image(rgb, encoding, step_padding=padding)
+        assert msg.step == width * len(encoding[:-1]) + padding
+        np.testing.assert_array_equal(image_to_rgb(msg), rgb, err_msg=encoding)
+    for encoding in ('rgba8', 'bgra8'):
+        msg = rgb_to_image(rgba, encoding, step_padding=padding)
+        np.testing.assert_array_equal(image_to_rgb(msg), rgb, err_msg=f'{encoding} from RGBA')
+    gray = rgb[..., 1]
+    out = image_to_rgb(rgb_to_image(gray, 'mono8', step_padding=padding))
+    np.testing.assert_array_equal(out, np.repeat(gray[..., None], 3, axis=2))
+    mono16 = rgb[..., 0].astype(np.uint16) * 257 + rgb[..., 2]  # (H, W) spread over 16 bits
+    for big in (False, True):
+        msg = rgb_to_image(mono16, 'mono16', step_padding=padding, is_bigendian=big)
+        assert msg.is_bigendian == big and msg.step == 2 * width + padding
+        expected = np.repeat(_mono16_to_8(mono16)[..., None], 3, axis=2)
+        np.testing.assert_array_equal(image_to_rgb(msg), expected, err_msg=f'big={big}')
+
+
+def test_mono16_scaling_matches_cv_bridge_for_every_value():
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    out = image_to_rgb(rgb_to_image(values, 'mono16'))[..., 0]
+    np.testing.assert_array_equal(out, _mono16_to_8(values))
+    # OpenCV's own scaled 16 -> 8 bit conversion (convertTo's arithmetic) agrees.
+    np.testing.assert_array_equal(out, cv2.convertScaleAbs(values, alpha=255.0 / 65535.0))
+    assert out[0, 128] == 0 and out[0, 129] == 1 and out[-1, -1] == 255  # not a plain v >> 8
+
+
+def test_mono16_byte_order():
+    values = np.array([[0x0102, 0xFF00]], np.uint16)
+    little = _message(values.astype('<u2').view(np.uint8), 'mono16', 2, 0, False)
+    big = _message(values.astype('<u2').view(np.uint8), 'mono16', 2, 0, True)  # bytes swapped
+    np.testing.assert_array_equal(image_to_rgb(little)[..., 0], _mono16_to_8(values))
+    np.testing.assert_array_equal(image_to_rgb(big)[..., 0], _mono16_to_8(values.byteswap()))
+
+
+@pytest.mark.parametrize('padding', PADDINGS)
+@pytest.mark.parametrize('width', [2, 4, 18, 640])
+@pytest.mark.parametrize('encoding, code', [
+    ('yuv422_yuy2', cv2.COLOR_YUV2RGB_YUY2), ('yuyv', cv2.COLOR_YUV2RGB_YUY2),
+    ('yuv422', cv2.COLOR_YUV2RGB_UYVY), ('uyvy', cv2.COLOR_YUV2RGB_UYVY)])
+def test_yuv422_matches_opencv(encoding, code, width, padding):
+    rows = np.random.default_rng(width).integers(0, 256, (HEIGHT, 2 * width), dtype=np.uint8)
+    expected = cv2.cvtColor(rows.reshape(HEIGHT, width, 2), code)
+    out = image_to_rgb(_message(rows, encoding, width, padding))
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_rgb8_is_a_zero_copy_view():
+    msg = rgb_to_image(_rgb(4, 6))
+    out = image_to_rgb(msg)
+    assert isinstance(msg.data, array.array)  # rclpy's type, which exports its buffer
+    assert np.shares_memory(out, np.frombuffer(msg.data, np.uint8))
+    assert out.flags.c_contiguous and not out.flags.writeable
+    msg.data[0] = (int(msg.data[0]) + 1) % 256  # the view sees the message's bytes
+    assert out[0, 0, 0] == msg.data[0]
+    padded = rgb_to_image(_rgb(4, 6), step_padding=3)
+    assert np.shares_memory(image_to_rgb(padded), np.frombuffer(padded.data, np.uint8))
+    copied = image_to_rgb(msg, copy=True)
+    assert copied.flags.writeable and not np.shares_memory(copied,
+                                                           np.frombuffer(msg.data, np.uint8))
+
+
+def test_other_encodings_return_fresh_contiguous_arrays():
+    rgb = _rgb(4, 6)
+    for encoding in ('bgr8', 'rgba8', 'bgra8'):
+        msg = rgb_to_image(rgb, encoding, step_padding=3)
+        out = image_to_rgb(msg)
+        assert out.flags.c_contiguous and out.flags.writeable
+        assert not np.shares_memory(out, np.frombuffer(msg.data, np.uint8))
+
+
+def test_accepts_rosbags_style_messages():
+    """Messages read with the rosbags library carry data as a numpy uint8 array."""
+    rgb = _rgb(3, 5)
+    msg = types.SimpleNamespace(height=3, width=5, encoding='bgr8', is_bigendian=0, step=15,
+                                data=np.ascontiguousarray(rgb[..., ::-1]).reshape(-1))
+    np.testing.assert_array_equal(image_to_rgb(msg), rgb)
+
+
+def test_image_header_is_filled():
+    clock_time = types.SimpleNamespace(to_msg=lambda: Image().header.stamp)  # like rclpy's Time
+    msg = rgb_to_image(_rgb(2, 2), stamp=clock_time, frame_id='camera')
+    assert msg.header.frame_id == 'camera'
+    header = Image().header
+    header.frame_id = 'other'
+    header.stamp.sec = 12
+    msg = rgb_to_image(_rgb(2, 2), header=header)
+    assert msg.header.frame_id == 'other' and msg.header.stamp.sec == 12
+
+
+@pytest.mark.parametrize('width', WIDTHS)
+def test_matches_cv_bridge(width):
+    # Only a ROS install provides a working cv_bridge (PyPI's cv-bridge is a broken ROS 1 copy).
+    CvBridge = pytest.importorskip('cv_bridge').CvBridge
+    bridge = CvBridge()
+    for encoding, rows, _, big in _cases(width):
+        msg = _message(rows, encoding, width, 0, big)
+        np.testing.assert_array_equal(image_to_rgb(msg), bridge.imgmsg_to_cv2(msg, 'rgb8'),
+                                      err_msg=encoding)
+
+
+# ------------------------------------------------------------------------------ compressed images
+
+def _smooth(height=480, width=640):
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    rgb = np.stack([255 * x / width, 255 * y / height, 128 + 100 * np.sin(x / 40 + y / 60)], 2)
+    return rgb.round().astype(np.uint8)  # (H, W, 3)
+
+
+def _compressed(data, fmt):
+    msg = CompressedImage(format=fmt)
+    msg.data = array.array('B', bytes(data))
+    return msg
+
+
+def test_jpeg_round_trip_within_loss():
+    rgb = _smooth()
+    msg = rgb_to_compressed(rgb, 'jpeg', quality=95)
+    assert msg.format == 'rgb8; jpeg compressed bgr8'
+    out = compressed_to_rgb(msg)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - rgb.astype(int)).mean() < 3.0
+    # The same pixels as decoding to BGR with OpenCV and swapping channels.
+    bgr = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(out, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    for fmt in ('jpeg', 'JPEG', 'bgr8; jpeg compressed bgr8', ''):
+        np.testing.assert_array_equal(compressed_to_rgb(_compressed(msg.data, fmt)), out)
+
+
+def test_png_round_trip_exact():
+    rgb = _rgb(31, 17)
+    msg = rgb_to_compressed(rgb, 'png')
+    assert msg.format == 'rgb8; png compressed bgr8'
+    np.testing.assert_array_equal(compressed_to_rgb(msg), rgb)
+    gray = rgb[..., 0]
+    mono = rgb_to_compressed(gray, 'png')
+    assert mono.format == 'mono8; png compressed mono8'
+    np.testing.assert_array_equal(compressed_to_rgb(mono), np.repeat(gray[..., None], 3, 2))
+
+
+def test_png_with_alpha_drops_alpha():
+    rgba = np.concatenate([_rgb(8, 9), np.full((8, 9, 1), 40, np.uint8)], axis=2)
+    ok, data = cv2.imencode('.png', cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    assert ok
+    np.testing.assert_array_equal(compressed_to_rgb(_compressed(data, 'png')), rgba[..., :3])
+
+
+# ---------------------------------------------------------------------------------- bad images
+
+def _image(**overrides):
+    fields = {'height': 2, 'width': 3, 'encoding': 'rgb8', 'step': 9}
+    fields.update(overrides)
+    msg = Image(**{k: v for k, v in fields.items() if k != 'nbytes'})
+    msg.data = array.array('B', bytes(overrides.get('nbytes', msg.step * msg.height)))
+    return msg
+
+
+@pytest.mark.parametrize('overrides, match', [
+    ({'encoding': 'bayer_rggb8'}, r"unknown image encoding 'bayer_rggb8'; supported: rgb8"),
+    ({'encoding': 'RGB8'}, 'unknown image encoding'),
+    ({'nbytes': 17}, r'17 bytes, fewer than step \* height = 9 \* 2 = 18'),
+    ({'step': 8}, r'step 8 is smaller than width \* bytes per pixel'),
+    ({'width': 0, 'step': 0}, 'zero size'),
+    ({'height': 0}, 'zero size'),
+    ({'encoding': 'yuv422_yuy2', 'step': 6}, 'width 3 is odd'),
+    ({'encoding': 'mono16', 'step': 5}, 'step 5 is smaller'),
+])
+def test_bad_images_raise_one_clear_error(overrides, match):
+    with pytest.raises(ConversionError, match=match):
+        image_to_rgb(_image(**overrides))
+    assert issubclass(ConversionError, ValueError)
+
+
+def test_corrupt_compressed_images_raise():
+    real = bytes(rgb_to_compressed(_smooth(120, 160), 'jpeg', quality=95).data)
+    noise = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    with pytest.raises(ConversionError, match='corrupt or not jpeg/png'):
+        compressed_to_rgb(_compressed(noise, 'jpeg'))
+    for cut in (len(real) // 2, len(real) - 2, len(real) * 9 // 10):
+        with pytest.raises(ConversionError, match='truncated'):
+            compressed_to_rgb(_compressed(real[:cut], 'jpeg'))
+    png = bytes(rgb_to_compressed(_smooth(120, 160), 'png').data)
+    with pytest.raises(ConversionError, match='corrupt'):
+        compressed_to_rgb(_compressed(png[:len(png) // 2], 'png'))
+    with pytest.raises(ConversionError, match='no data'):
+        compressed_to_rgb(_compressed(b'', 'jpeg'))
+    with pytest.raises(ConversionError, match='unsupported compressed image format'):
+        compressed_to_rgb(_compressed(real, 'theora'))
+    with pytest.raises(ConversionError, match='unsupported compressed image format'):
+        compressed_to_rgb(_compressed(real, '16UC1; compressedDepth png'))
+    # Zero padding after the end-of-image marker (some MJPEG cameras) is fine.
+    assert compressed_to_rgb(_compressed(real + bytes(32), 'jpeg')).shape == (120, 160, 3)
+
+
+@pytest.mark.parametrize('image, encoding', [
+    (np.zeros((2, 3, 3), np.float32), 'rgb8'),
+    (np.zeros((2, 3), np.uint8), 'rgb8'),
+    (np.zeros((2, 3, 4), np.uint8), 'rgb8'),
+    (np.zeros((2, 3), np.uint8), 'mono16'),
+    (np.zeros((0, 3, 3), np.uint8), 'rgb8'),
+    (np.zeros((2, 3, 3), np.uint8), 'bayer_rggb8'),
+])
+def test_bad_arrays_raise(image, encoding):
+    with pytest.raises(ConversionError):
+        rgb_to_image(image, encoding)
+
+
+# --------------------------------------------------------------------------------------- actions
+
+def _rotation_matrix(roll, pitch, yaw):
+    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch), math.sin(pitch),
+                              math.cos(yaw), math.sin(yaw))
+    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _quaternion_matrix(x, y, z, w):
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+angles = st.floats(-math.pi, math.pi, allow_nan=False)
+rolls = st.floats(-math.pi + MARGIN, math.pi - MARGIN)
+pitches = st.floats(-math.pi / 2 + MARGIN, math.pi / 2 - MARGIN)
+metres = st.floats(-1.0, 1.0)
+grippers = st.floats(0.0, 1.0)
+
+
+@given(angles, angles, angles)
+def test_quaternion_is_rz_ry_rx(roll, pitch, yaw):
+    q = rpy_to_quaternion(roll, pitch, yaw)
+    assert math.isclose(sum(c * c for c in q), 1.0, abs_tol=1e-12)
+    np.testing.assert_allclose(_quaternion_matrix(*q), _rotation_matrix(roll, pitch, yaw),
+                               atol=1e-12)
+
+
+def test_quaternion_known_values_and_normalisation():
+    assert rpy_to_quaternion(0, 0, 0) == (0, 0, 0, 1)
+    np.testing.assert_allclose(rpy_to_quaternion(0, 0, math.pi / 2),
+                               (0, 0, math.sqrt(0.5), math.sqrt(0.5)), atol=1e-15)
+    q = np.array(rpy_to_quaternion(0.3, -0.2, 0.1)) * 3.7  # not unit length
+    np.testing.assert_allclose(quaternion_to_rpy(*q), (0.3, -0.2, 0.1), atol=1e-12)
+    gimbal = quaternion_to_rpy(*rpy_to_quaternion(0.0, math.pi / 2, 0.0))  # asin argument clamped
+    assert math.isclose(gimbal[1], math.pi / 2, abs_tol=1e-7)
+    with pytest.raises(ConversionError, match='norm'):
+        quaternion_to_rpy(0, 0, 0, 0)
+
+
+@settings(max_examples=300)
+@given(metres, metres, metres, rolls, pitches, rolls, grippers, st.booleans())
+def test_action_round_trip(dx, dy, dz, droll, dpitch, dyaw, gripper, open_is_one):
+    action = np.array([dx, dy, dz, droll, dpitch, dyaw, gripper])
+    stamp = Image().header.stamp
+    stamp.sec, stamp.nanosec = 42, 7
+    pose, grip, raw = action_to_messages(action, stamp, 'base_link', open_is_one)
+    assert pose.header.frame_id == 'base_link'
+    assert (pose.header.stamp.sec, pose.header.stamp.nanosec) == (42, 7)
+    assert grip.data == (gripper if open_is_one else 1.0 - gripper)
+    np.testing.assert_allclose(messages_to_action(pose, grip, open_is_one), action, rtol=0,
+                               atol=1e-9)
+    np.testing.assert_array_equal(multiarray_to_action(raw), action)
+
+
+def test_multiarray_layout_and_gripper_clipping():
+    action = [0.01, -0.02, 0.03, 0.1, -0.2, 0.3, 1.3]
+    pose, grip, raw = action_to_messages(action, None, 'tool0')
+    (dim,) = raw.layout.dim
+    assert (dim.label, dim.size, dim.stride) == ('dx dy dz droll dpitch dyaw gripper', 7, 7)
+    assert dim.label == ACTION_LABEL and raw.layout.data_offset == 0
+    assert list(raw.data) == action  # raw: unclipped, unflipped
+    assert grip.data == 1.0  # the command topic stays in [0, 1]
+    assert action_to_messages(action, None, 'tool0', gripper_open_is_one=False)[1].data == 0.0
+    assert messages_to_action(pose.pose, 0.25)[6] == 0.25  # a Pose and a bare float also work
+
+
+@pytest.mark.parametrize('action, match', [
+    ([0, 0, 0, 0, 0, 0, math.nan], r'non-finite values \(gripper=nan\)'),
+    ([0, math.inf, 0, 0, 0, 0, 1], r'non-finite values \(dy=inf\)'),
+    ([0, 0, 0, -math.inf, 0, 0, 1], 'droll=-inf'),
+    ([0, 0, 0, 0, 0, 0], r'shape \(6,\), expected \(7,\)'),
+    ([0] * 8, r'shape \(8,\)'),
+    ([[0] * 7], r'shape \(1, 7\)'),
+    (['a'] * 7, 'not numeric'),
+])
+def test_bad_actions_raise(action, match):
+    with pytest.raises(ConversionError, match=match):
+        action_to_messages(action, None, 'base_link')
+
+
+def test_bad_action_messages_raise():
+    pose, grip, raw = action_to_messages([0] * 7, None, 'base_link')
+    grip.data = math.nan
+    with pytest.raises(ConversionError, match='gripper=nan'):
+        messages_to_action(pose, grip)
+    short = Float64MultiArray(data=[0.0] * 6)
+    with pytest.raises(ConversionError, match='expected'):
+        multiarray_to_action(short)
+    other = Float64MultiArray(data=[0.0] * 7)
+    other.layout.dim = [MultiArrayDimension(label='joints', size=7, stride=7)]
+    with pytest.raises(ConversionError, match='not a vla/action message'):
+        multiarray_to_action(other)
+    raw.data[2] = math.inf
+    with pytest.raises(ConversionError, match='dz=inf'):
+        multiarray_to_action(raw)
