@@ -164,7 +164,8 @@ class Process:
         return self.popen.poll() is None
 
     def output(self):
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return Path(self.log_path).read_text(errors='replace')
 
     def wait_for_output(self, text, timeout=30.0):
