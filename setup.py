@@ -18,7 +18,7 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
-    package_data={'vla_ros': ['sim/*.xml']},
+    package_data={'vla_ros': ['sim/*.xml', 'policy/assets/tiny/*.json']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -62,11 +62,11 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'vla_node = vla_ros.not_yet:vla_node',
-            'arm_bridge = vla_ros.not_yet:arm_bridge',
-            'sim_arm = vla_ros.not_yet:sim_arm',
+            'vla_node = vla_ros.vla_node:main',
+            'arm_bridge = vla_ros.arm_bridge:main',
+            'sim_arm = vla_ros.sim_arm:main',
             'vla_eval = vla_ros.not_yet:vla_eval',
-            'vla_tiny_model = vla_ros.not_yet:vla_tiny_model',
+            'vla_tiny_model = vla_ros.policy.tiny:main',
         ],
     },
 )

@@ -20,8 +20,4 @@ def _unavailable(name):
     return main
 
 
-vla_node = _unavailable('vla_node')
-arm_bridge = _unavailable('arm_bridge')
-sim_arm = _unavailable('sim_arm')
 vla_eval = _unavailable('vla_eval')
-vla_tiny_model = _unavailable('vla_tiny_model')

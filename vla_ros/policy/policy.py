@@ -1,0 +1,229 @@
+"""
+``OpenVLAPolicy``: one image and one instruction in, one action out; no ROS.
+
+    policy = OpenVLAPolicy.from_pretrained('/models/openvla-7b', device='auto', dtype='auto')
+    action = policy.predict(image, 'put the carrot on the plate', unnorm_key='bridge_orig')
+
+Loading checks everything that can be checked before the first prediction (files, tensor names
+and shapes, dtype/device arguments), so a bad checkpoint fails at start-up with one clear error.
+"""
+
+import gc
+from pathlib import Path
+import time
+
+import numpy as np
+import torch
+
+from vla_ros.policy import weights
+from vla_ros.policy.actions import action_from_generation, ActionStats
+from vla_ros.policy.configuration import (OpenVLAConfig, read_json, resolve_device, resolve_dtype,
+                                          resolve_quantization)
+from vla_ros.policy.errors import ConfigError, InputError, PolicyError
+from vla_ros.policy.modeling import OpenVLAModel
+from vla_ros.policy.processing import build_prompt, ImageProcessor, PromptTokenizer
+from vla_ros.policy.quantization import (import_bitsandbytes, is_quantized_weight,
+                                         quantize_language_model)
+
+GENERATION_CONFIG_FILE = 'generation_config.json'
+
+
+class OpenVLAPolicy:
+    """An OpenVLA checkpoint ready to predict actions (batch size 1, greedy, as the reference)."""
+
+    def __init__(self, model, config, image_processor, tokenizer, device, dtype,
+                 eos_token_id=2, quantization=None, weight_bytes=0):
+        self.model = model.eval()
+        self.config = config
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.eos_token_id = int(eos_token_id)
+        self.quantization = quantization
+        self.weight_bytes = int(weight_bytes)
+        self.last_timing = {}
+        self._stats = {key: ActionStats.from_norm_stats(config.action_stats(key))
+                       for key in config.norm_stats}
+
+    @classmethod
+    def from_pretrained(cls, path, device='auto', dtype='auto', quantization=None,
+                        center_crop=False):
+        """
+        Load a local HF-format OpenVLA checkpoint directory.
+
+        ``device``: 'auto' (first CUDA device, else CPU), 'cpu', 'cuda', 'cuda:N'.
+        ``dtype``: 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16', 'float16'.
+        ``quantization``: None, '8bit' or '4bit' (bitsandbytes, CUDA only).
+        ``center_crop``: the 0.9-area center crop of fine-tunes trained with image augmentation.
+        Raises ``CheckpointError`` for bad files and ``ConfigError`` for bad arguments.
+        """
+        path = Path(path)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        quantization = resolve_quantization(quantization, device)
+        if quantization:
+            import_bitsandbytes(quantization)  # fail before reading gigabytes
+        config = OpenVLAConfig.from_pretrained(path)
+        image_processor = ImageProcessor.from_pretrained(path, center_crop=center_crop)
+        tokenizer = PromptTokenizer.from_pretrained(path)
+        found = weights.read_headers(weights.find_weight_files(path))
+        with torch.device('meta'):
+            model = OpenVLAModel(config)
+        weights.check_tensors(model, found)
+        keep_on_cpu = is_quantized_weight if quantization else None
+        weight_bytes = weights.load_into(model, found, device, dtype, keep_on_cpu=keep_on_cpu)
+        weights.materialize_buffers(model, device)
+        if quantization:
+            quantize_language_model(model, quantization, dtype, device)
+        return cls(model, config, image_processor, tokenizer, device, dtype,
+                   eos_token_id=_eos_token_id(path), quantization=quantization,
+                   weight_bytes=weight_bytes)
+
+    # ---- dataset statistics ---------------------------------------------------------------------
+    @property
+    def unnorm_keys(self):
+        """Return the keys of the dataset statistics to un-normalise with, sorted."""
+        return sorted(self._stats)
+
+    def resolve_unnorm_key(self, unnorm_key=None):
+        """
+        Return the statistics key to use for ``unnorm_key``.
+
+        None or '' is allowed only when the checkpoint has exactly one key; an unknown key raises
+        ``ConfigError`` listing the valid ones.
+        """
+        keys = self.unnorm_keys
+        if unnorm_key is None or unnorm_key == '':
+            if len(keys) == 1:
+                return keys[0]
+            raise ConfigError(f'unnorm_key is required: this checkpoint has {len(keys)} dataset '
+                              f'statistics ({self.config.norm_stats_source}); pass one of: '
+                              f'{", ".join(keys)}.')
+        if unnorm_key not in self._stats:
+            raise ConfigError(f'unnorm_key={unnorm_key!r} is not in the dataset statistics of '
+                              f'this checkpoint ({self.config.norm_stats_source}); valid keys: '
+                              f'{", ".join(keys)}.')
+        return unnorm_key
+
+    def action_dim_for(self, unnorm_key=None):
+        """Return the number of action dimensions (tokens generated) for ``unnorm_key``."""
+        return self._stats[self.resolve_unnorm_key(unnorm_key)].dim
+
+    @property
+    def action_dim(self):
+        """Return the action dimension shared by every key (7 for OpenVLA)."""
+        dims = {stats.dim for stats in self._stats.values()}
+        if len(dims) != 1:
+            raise ConfigError(f'the dataset statistics have different action dims {sorted(dims)}; '
+                              'use action_dim_for(unnorm_key).')
+        return dims.pop()
+
+    # ---- prediction ---------------------------------------------------------------------------
+    def predict(self, image, instruction, unnorm_key=None, *, timing=False):
+        """
+        Predict one action for ``image`` and the task ``instruction``.
+
+        ``image``: a ``PIL.Image`` of any mode, or a uint8 numpy array (H, W, 3) RGB, (H, W, 4)
+        RGBA or (H, W) grayscale. Returns an ``Action``; ``Action.values`` equal OpenVLA's
+        ``predict_action``. ``policy.last_timing`` gets seconds per phase (preprocess, vision,
+        prefill, decode, total); on CUDA the phases are synchronised only when ``timing`` is True.
+        """
+        return self.predict_prompt(image, build_prompt(instruction), unnorm_key, timing=timing)
+
+    def predict_prompt(self, image, prompt, unnorm_key=None, *, timing=False):
+        """Like ``predict`` with a ready prompt string (the 29871 rule still applies)."""
+        if self.model is None:
+            raise PolicyError('this policy was closed; load it again with '
+                              'OpenVLAPolicy.from_pretrained(...).')
+        if not isinstance(prompt, str) or not prompt:
+            raise InputError('prompt must be a non-empty str.')
+        key = self.resolve_unnorm_key(unnorm_key)
+        stats = self._stats[key]
+        clock = _PhaseClock(self.device, exact=timing or self.device.type != 'cuda')
+        with torch.inference_mode():
+            pixel_values = self.image_processor(image)  # (1, 6, 224, 224)
+            input_ids = self.tokenizer.model_input_ids(prompt)
+            clock.mark('preprocess')
+            patches = self.model.embed_image(pixel_values.to(self.device))  # (1, N, C)
+            clock.mark('vision')
+            ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)  # (1, T)
+            cache = self.model.new_cache()
+            logits = self.model.prefill(self.model.embed_prompt(ids, patches), cache)  # (1, V)
+            clock.mark('prefill')
+            generated, hit_eos = self.model.greedy_decode(logits, cache, stats.dim,
+                                                          self.eos_token_id)
+            clock.mark('decode')
+        action = action_from_generation(
+            input_ids, generated, hit_eos, stats, unnorm_key=key,
+            vocab_for_decoding=self.config.vocab_for_decoding,
+            n_bins=self.config.n_action_bins, eos_token_id=self.eos_token_id)
+        self.last_timing = clock.result()
+        action.timing.update(self.last_timing)
+        return action
+
+    def intermediates(self, image, prompt):
+        """
+        Every stage of one forward pass as numpy arrays (for conformance checks and debugging).
+
+        Keys: input_ids, pixel_values, featurizer_patches, fused_featurizer_patches,
+        projector_out, llm_inputs_embeds, first_step_logits.
+        """
+        with torch.inference_mode():
+            input_ids = self.tokenizer.model_input_ids(prompt)
+            pixel_values = self.image_processor(image)
+            dtype = self.model.projector.fc1.weight.dtype
+            x = pixel_values.to(self.device, dtype)
+            dino, siglip = self.model.vision_backbone.towers(x)
+            projected = self.model.projector(torch.cat([dino, siglip], dim=2))
+            ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
+            embeds = self.model.embed_prompt(ids, projected)
+            logits = self.model.prefill(embeds, self.model.new_cache())
+        arrays = {'pixel_values': pixel_values, 'featurizer_patches': dino,
+                  'fused_featurizer_patches': siglip, 'projector_out': projected,
+                  'llm_inputs_embeds': embeds, 'first_step_logits': logits[0]}
+        result = {k: v.float().cpu().numpy() for k, v in arrays.items()}
+        result['input_ids'] = np.asarray(input_ids, dtype=np.int64)
+        return result
+
+    def close(self):
+        """Free the weights (and the GPU cache); the policy cannot predict afterwards."""
+        self.model = None
+        gc.collect()
+        if self.device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+    def __repr__(self):
+        return (f'OpenVLAPolicy(device={self.device}, dtype={self.dtype}, '
+                f'quantization={self.quantization}, unnorm_keys={self.unnorm_keys})')
+
+
+class _PhaseClock:
+    """Wall time per phase; on CUDA it synchronises at each mark only when ``exact``."""
+
+    def __init__(self, device, exact):
+        self._cuda = device.type == 'cuda'
+        self._exact = exact
+        self._start = self._last = time.perf_counter()
+        self._phases = {}
+
+    def mark(self, phase):
+        if self._cuda and self._exact:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self._phases[phase] = now - self._last
+        self._last = now
+
+    def result(self):
+        total = self._last - self._start
+        if self._exact:
+            return dict(self._phases, total=total)
+        return {'preprocess': self._phases.get('preprocess', 0.0), 'total': total}
+
+
+def _eos_token_id(path):
+    file = Path(path) / GENERATION_CONFIG_FILE
+    eos = read_json(file).get('eos_token_id', 2) if file.is_file() else 2
+    if isinstance(eos, list):
+        eos = eos[0] if eos else 2
+    return int(eos)
