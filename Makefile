@@ -29,9 +29,7 @@ test: $(STAMP)
 	exit $$rc
 
 demo: $(STAMP)
-	@echo 'make demo: the main job (the policy node on a miniature checkpoint) arrives with vla_node.'
-	@echo 'It is not available yet in this version; see README.md.'
-	@exit 2
+	$(PY) -m vla_ros.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -15,7 +15,7 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from vla_ros.conversions import (
     ACTION_LABEL, action_to_messages, compressed_to_rgb, ConversionError, image_to_rgb,
     messages_to_action, multiarray_to_action, quaternion_to_rpy, rgb_to_compressed, rgb_to_image,
-    rpy_to_quaternion)
+    rpy_to_quaternion, string_from_cdr)
 
 WIDTHS = [1, 3, 17, 641]
 PADDINGS = [0, 1, 3, 64]
@@ -385,3 +385,21 @@ def test_bad_action_messages_raise():
     raw.data[2] = math.inf
     with pytest.raises(ConversionError, match='dz=inf'):
         multiarray_to_action(raw)
+
+
+@pytest.mark.parametrize('text', ['', 'pick up the red cup', 'grüne Tasse ✓', 'x' * 5000])
+def test_string_from_cdr_round_trip(text):
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import String
+    assert string_from_cdr(serialize_message(String(data=text))) == text
+
+
+@pytest.mark.parametrize('raw, problem', [
+    (b'\x00\x01\x00\x00' + (6).to_bytes(4, 'little') + b'\xff\xfe\xfd!!\x00', 'not valid UTF-8'),
+    (b'\x00\x01\x00', 'not a CDR-serialized'),
+    (b'\x00\x01\x00\x00' + (9).to_bytes(4, 'little') + b'ab\x00', 'truncated'),
+    (b'\x00\x01\x00\x00' + (3).to_bytes(4, 'little') + b'abc', 'truncated'),
+])
+def test_string_from_cdr_refuses_malformed_instructions(raw, problem):
+    with pytest.raises(ConversionError, match=problem):
+        string_from_cdr(raw)
