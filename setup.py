@@ -65,7 +65,7 @@ setup(
             'vla_node = vla_ros.vla_node:main',
             'arm_bridge = vla_ros.arm_bridge:main',
             'sim_arm = vla_ros.sim_arm:main',
-            'vla_eval = vla_ros.not_yet:vla_eval',
+            'vla_eval = vla_ros.evaluation.cli:main',
             'vla_tiny_model = vla_ros.policy.tiny:main',
         ],
     },

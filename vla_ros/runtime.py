@@ -13,6 +13,21 @@ import time
 
 import numpy as np
 
+# The rules the live node and offline evaluation share, so offline results predict live ones.
+# Longer instructions are refused (the node goes idle); OpenVLA prompts are one short sentence.
+MAX_INSTRUCTION_CHARS = 1000
+# An image stamped further than this ahead of the clock that uses it is refused.
+FUTURE_TOLERANCE_S = 0.05
+
+
+def image_age_status(age, max_age):
+    """Classify an image by its age at use (seconds): 'future', 'stale' or 'ok'."""
+    if age < -FUTURE_TOLERANCE_S:
+        return 'future'
+    if age > max_age:
+        return 'stale'
+    return 'ok'
+
 
 class Latest:
     """Thread-safe holder of the newest item (latest-only, like a depth-1 queue)."""

@@ -15,6 +15,7 @@ import importlib
 import math
 import sys
 import threading
+import time
 
 from geometry_msgs.msg import PoseStamped
 import numpy as np
@@ -32,7 +33,8 @@ from std_srvs.srv import SetBool, Trigger
 
 from vla_ros import conversions, diagnostics
 from vla_ros.node_params import declare, NodeParam, read
-from vla_ros.runtime import Counters, InferenceWorker, Latest, RateMeter, Window
+from vla_ros.runtime import (Counters, image_age_status, InferenceWorker, Latest,
+                             MAX_INSTRUCTION_CHARS, RateMeter, Window)
 
 # Latest-only camera input (best effort, depth 1) and a reliable + volatile instruction input,
 # so a plain ``ros2 topic pub`` reaches the node.
@@ -42,11 +44,6 @@ SENSOR_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
 COMMAND_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
-
-# Longer instructions are refused; OpenVLA prompts are one short sentence.
-MAX_INSTRUCTION_CHARS = 1000
-# An image stamped further than this into the future (node clock) is refused.
-FUTURE_TOLERANCE_S = 0.05
 
 PARAMS = (
     NodeParam('model_path', '', 'Local directory of an HF-format OpenVLA checkpoint (required).'),
@@ -389,13 +386,14 @@ class VlaNode(LifecycleNode):
             self._counters.bump('stale')
             return
         age = now - frame.stamp_s
-        if age < -FUTURE_TOLERANCE_S:
+        status = image_age_status(age, self.cfg.max_image_age)
+        if status == 'future':
             self._counters.bump('future_stamps', f'image stamped {-age:.3f} s in the future')
             self.get_logger().warning(
                 f'image stamped {-age:.3f} s in the future of the node clock; check the camera '
                 'clock or use_sim_time', throttle_duration_sec=5.0)
             return
-        if age > self.cfg.max_image_age:
+        if status == 'stale':
             self._counters.bump('stale')
             return
         self._image_age.add(age)
@@ -412,9 +410,11 @@ class VlaNode(LifecycleNode):
             self._counters.bump('bad_images', str(exc))
             self.get_logger().warning(f'image refused: {exc}', throttle_duration_sec=5.0)
             return
-        start = self.get_clock().now()
+        # Compute time is measured on a steady clock: under use_sim_time the node clock may stand
+        # still while the model works.
+        start = time.perf_counter()
         action = self.policy.predict(rgb, instruction, unnorm_key=self.unnorm_key)
-        self._latency.add((self.get_clock().now() - start).nanoseconds * 1e-9)
+        self._latency.add(time.perf_counter() - start)
         if not action.valid:
             self._counters.bump('invalid_actions', 'the model produced a non-action token')
             self.get_logger().warning(

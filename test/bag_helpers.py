@@ -1,0 +1,156 @@
+"""
+Test-only helpers: write synthetic rosbag2 bags, replay a bag into ROS on simulated time.
+
+``write_bag`` builds a bag from plain Python values: frames go through ``vla_ros.conversions``
+(as the camera publishes them), everything else through rosbags' typestore classes.
+
+``SimTimeReplay`` plays a bag to a ``vla_node`` started with ``use_sim_time:=true``, one control
+tick at a time, so that the frame the node uses at each tick is deterministic (see its docstring).
+"""
+
+import importlib
+import time
+
+from builtin_interfaces.msg import Time
+import numpy as np
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rosbags.highlevel import AnyReader
+from rosgraph_msgs.msg import Clock
+
+from vla_ros import conversions
+from vla_ros.camera_stream import scene
+from vla_ros.evaluation.bags import BagWriter, typestore
+
+NS = 1_000_000_000
+T0_NS = 1000 * NS  # a whole number of control periods, so node ticks fall on the step grid
+WIDTH, HEIGHT = 64, 48
+
+
+def ros_time(ns):
+    return Time(sec=int(ns) // NS, nanosec=int(ns) % NS)
+
+
+def frames(count, period_ns, start_ns=T0_NS, stamp_offset_ns=0):
+    """Return [(log_ns, scene index, stamp_ns)] for ``count`` camera frames."""
+    return [(start_ns + i * period_ns, i, start_ns + i * period_ns + stamp_offset_ns)
+            for i in range(count)]
+
+
+def image_message(index, stamp_ns, transport='raw', encoding='rgb8', fmt='jpeg'):
+    """Return the rclpy Image/CompressedImage of synthetic scene ``index``."""
+    rgb = scene(index, WIDTH, HEIGHT)
+    if transport == 'compressed':
+        return conversions.rgb_to_compressed(rgb, fmt, stamp=ros_time(stamp_ns), frame_id='camera')
+    return conversions.rgb_to_image(rgb, encoding, stamp=ros_time(stamp_ns), frame_id='camera')
+
+
+def write_bag(path, storage='sqlite3', images=(), transport='raw', encoding='rgb8', fmt='jpeg',
+              instructions=(), actions=(), poses=(), grippers=(), image_topic=None,
+              raw_messages=(), empty_topics=()):
+    """
+    Write a bag and return its path.
+
+    ``images``: (log_ns, scene index, stamp_ns); ``instructions``: (log_ns, text);
+    ``actions``: (log_ns, 7 floats) on /vla/action; ``poses``: (log_ns, (x, y, z), (roll, pitch,
+    yaw)) on /ee_pose; ``grippers``: (log_ns, value) on /gripper/state; ``raw_messages``:
+    (topic, log_ns, rosbags message); ``empty_topics``: (topic, type) without messages. Topics
+    default to the live node's names.
+    """
+    ts = typestore()
+    if image_topic is None:
+        image_topic = '/camera/image_raw' + ('/compressed' if transport == 'compressed' else '')
+    records = []
+    for log_ns, index, stamp_ns in images:
+        records.append((log_ns, image_topic, image_message(index, stamp_ns, transport, encoding,
+                                                           fmt)))
+    for log_ns, text in instructions:
+        records.append((log_ns, '/vla/instruction', ts.types['std_msgs/msg/String'](data=text)))
+    for log_ns, values in actions:
+        records.append((log_ns, '/vla/action', conversions.action_to_messages(
+            values, ros_time(log_ns), 'base_link')[2]))
+    pose_cls, point_cls, quat_cls = (ts.types['geometry_msgs/msg/' + n]
+                                     for n in ('Pose', 'Point', 'Quaternion'))
+    for log_ns, xyz, rpy in poses:
+        pose = pose_cls(position=point_cls(*map(float, xyz)),
+                        orientation=quat_cls(*conversions.rpy_to_quaternion(*rpy)))
+        header = ts.types['std_msgs/msg/Header'](
+            stamp=ts.types['builtin_interfaces/msg/Time'](sec=log_ns // NS, nanosec=log_ns % NS),
+            frame_id='base_link')
+        records.append((log_ns, '/ee_pose',
+                        ts.types['geometry_msgs/msg/PoseStamped'](header=header, pose=pose)))
+    for log_ns, value in grippers:
+        records.append((log_ns, '/gripper/state', ts.types['std_msgs/msg/Float64'](data=value)))
+    for topic, log_ns, msg in raw_messages:
+        records.append((log_ns, topic, msg))
+    records.sort(key=lambda r: r[0])
+    with BagWriter(path, storage) as writer:
+        for topic, msgtype in empty_topics:
+            writer.add_topic(topic, msgtype)
+        for log_ns, topic, msg in records:
+            writer.write(topic, log_ns, msg)
+    return path
+
+
+def read_topic(path, topic):
+    """Return [(log_ns, rosbags message)] of one topic of a bag."""
+    with AnyReader([path], default_typestore=typestore()) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        return [(log_ns, reader.deserialize(raw, conn.msgtype))
+                for conn, log_ns, raw in reader.messages(connections=conns)]
+
+
+class SimTimeReplay:
+    """
+    Publish a bag's messages and ``/clock`` through rclpy, one control tick at a time.
+
+    ``ros2 bag play --clock`` streams messages and the clock at wall-clock pace, so which frame a
+    node finds at a tick depends on scheduling. This helper makes it exact instead, tick by tick
+    (``tick``): it publishes every message logged at or before ``t_k`` (the recorded CDR bytes,
+    unchanged), waits ``settle_s`` for DDS to deliver them, then publishes ``/clock = t_k``, which
+    fires the node's timer (its period divides ``t_k``), and lets the caller wait for the node's
+    output. The clock never passes a message's log time before that message is out, exactly as in
+    ``ros2 bag play --clock``.
+
+    Publishers are reliable with a deep queue; the node's best-effort depth-1 camera subscription
+    still keeps only the newest frame.
+    """
+
+    def __init__(self, node, path, settle_s=0.15):
+        self.node = node
+        self.settle_s = settle_s
+        self.clock_pub = node.create_publisher(Clock, '/clock', QoSProfile(
+            depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        qos = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+        self.messages = []  # [(log_ns, topic, cdr bytes)]
+        self.publishers = {}
+        with AnyReader([path], default_typestore=typestore()) as reader:
+            for conn in reader.connections:
+                if conn.topic not in self.publishers:
+                    package, _, name = conn.msgtype.split('/')
+                    cls = getattr(importlib.import_module(f'{package}.msg'), name)
+                    self.publishers[conn.topic] = node.create_publisher(cls, conn.topic, qos)
+            for conn, log_ns, raw in reader.messages():
+                self.messages.append((log_ns, conn.topic, bytes(raw)))
+        self._next = 0
+
+    def publish_clock(self, ns):
+        self.clock_pub.publish(Clock(clock=ros_time(ns)))
+
+    def tick(self, t_ns):
+        """Publish the messages logged at or before ``t_ns``, settle, then the clock ``t_ns``."""
+        sent = 0
+        while self._next < len(self.messages) and self.messages[self._next][0] <= t_ns:
+            _, topic, raw = self.messages[self._next]
+            self.publishers[topic].publish(raw)
+            self._next += 1
+            sent += 1
+        time.sleep(self.settle_s)
+        self.publish_clock(t_ns)
+        return sent
+
+
+def assert_actions_equal(a, b):
+    """Assert two action arrays are bit-for-bit equal."""
+    np.testing.assert_array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, np.float64))

@@ -1,0 +1,120 @@
+"""vla_eval on bags in both storage formats and both image transports: it predicts as predict."""
+
+import functools
+import json
+
+from bag_helpers import frames, HEIGHT, read_topic, T0_NS, WIDTH, write_bag
+import cv2
+import numpy as np
+import pytest
+
+from vla_ros import conversions
+from vla_ros.camera_stream import scene
+from vla_ros.evaluation import cli
+from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
+from vla_ros.policy import OpenVLAPolicy
+
+UNNORM_KEY = 'synth_bridge'
+MS = 1_000_000
+FIRST, SECOND = 'pick up the red cup', 'open the top drawer'
+# Camera at 10 Hz, steps at 5 Hz: step k uses frame 2k; the instruction changes at 0.3 s.
+IMAGES = frames(7, 100 * MS)
+INSTRUCTIONS = [(T0_NS - MS, FIRST), (T0_NS + 300 * MS, SECOND)]
+STEPS = [(0, FIRST), (2, FIRST), (4, SECOND), (6, SECOND)]  # (frame, instruction) per step
+
+
+@pytest.fixture(scope='module')
+def policy(tiny_checkpoint):
+    return OpenVLAPolicy.from_pretrained(tiny_checkpoint, device='cpu', dtype='float32')
+
+
+@pytest.fixture(scope='module')
+def expected(policy):
+    """``predict`` on the frames the camera sent (lossless frames are shared between cases)."""
+    @functools.lru_cache(maxsize=None)
+    def predict(index, text, jpeg):
+        return policy.predict(camera_frame(index, 'jpeg' if jpeg else None), text,
+                              unnorm_key=UNNORM_KEY)
+    return predict
+
+
+def camera_frame(index, fmt=None):
+    """Return the RGB frame the camera sent, decoded independently of vla_ros for jpeg."""
+    rgb = scene(index, WIDTH, HEIGHT)
+    if fmt != 'jpeg':
+        return rgb  # raw rgb8/bgr8 and png are lossless
+    data = np.frombuffer(conversions.rgb_to_compressed(rgb, 'jpeg').data, np.uint8)
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+@pytest.mark.parametrize('storage, transport, encoding, fmt', [
+    ('sqlite3', 'raw', 'rgb8', None),
+    ('sqlite3', 'compressed', 'rgb8', 'jpeg'),
+    ('mcap', 'raw', 'bgr8', None),
+    ('mcap', 'compressed', 'rgb8', 'png'),
+])
+def test_predictions_equal_predict(policy, expected, tmp_path, storage, transport, encoding,
+                                   fmt):
+    bag = write_bag(tmp_path / 'run', storage, images=IMAGES, transport=transport,
+                    encoding=encoding, fmt=fmt or 'jpeg', instructions=INSTRUCTIONS)
+    assert list(bag.glob('*.db3' if storage == 'sqlite3' else '*.mcap'))
+    options = EvalOptions(compressed=transport == 'compressed', reference='none')
+    result = evaluate_bag(bag, policy, UNNORM_KEY, options, progress=False)
+    assert result.storage == storage
+    assert result.status == ['ready'] * len(STEPS)
+    assert result.instruction == [text for _, text in STEPS]
+    for k, (index, text) in enumerate(STEPS):
+        action = expected(index, text, fmt == 'jpeg')
+        np.testing.assert_array_equal(result.predicted[k], action.values)
+        np.testing.assert_array_equal(result.token_ids[k], action.token_ids)
+        assert result.valid[k] == action.valid
+        assert result.image_stamp_ns[k] == IMAGES[index][2]
+
+
+def test_command_line_outputs_and_predictions_bag(expected, tiny_checkpoint, tmp_path,
+                                                  capsys):
+    """Regression against a recorded run of the same checkpoint: zero error, every output."""
+    predicted = [expected(i, text, True) for i, text in STEPS]
+    recorded = [(IMAGES[i][0] + 30 * MS, a.values) for (i, _), a in zip(STEPS, predicted)]
+    bag = write_bag(tmp_path / 'recorded run', 'mcap', images=IMAGES, transport='compressed',
+                    instructions=INSTRUCTIONS, actions=recorded)
+    out = tmp_path / 'out'
+    status = cli.main([str(bag), '--model', tiny_checkpoint, '--unnorm-key', UNNORM_KEY,
+                       '--compressed', '--instruction-topic', 'vla/instruction', '--reference',
+                       'action', '--rate', '5', '--out', str(out), '--write-bag'])
+    assert status == 0
+    assert 'wrote' in capsys.readouterr().out
+    data = json.loads((out / 'metrics.json').read_text())
+    assert set(data) == {'bags', 'overall', 'config'}
+    entry = data['bags']['recorded run']
+    assert entry['storage'] == 'mcap'
+    assert entry['counts']['steps'] == entry['counts']['predicted'] == len(STEPS)
+    valid = sum(a.valid for a in predicted)
+    m = data['overall']['metrics']
+    assert m['steps_compared'] == valid and m['invalid_actions'] == len(STEPS) - valid
+    assert all(v == 0.0 for v in m['mae'].values()) and m['gripper_agreement'] == 1.0
+    assert m['translation_cosine'] == pytest.approx(1.0)
+    assert data['config']['unnorm_key'] == UNNORM_KEY
+    assert (out / 'recorded run.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    summary = (out / 'summary.md').read_text()
+    assert '| **overall** |' in summary and '![recorded run](recorded run.png)' in summary
+
+    # --write-bag: exactly what vla_node publishes for the valid steps, in the input's storage.
+    predictions = out / 'predictions_recorded run'
+    assert list(predictions.glob('*.mcap'))
+    deltas = read_topic(predictions, '/vla/ee_delta')
+    actions = read_topic(predictions, '/vla/action')
+    grippers = read_topic(predictions, '/vla/gripper')
+    valid_steps = [(k, a) for k, a in enumerate(predicted) if a.valid]
+    assert len(deltas) == len(actions) == len(grippers) == len(valid_steps)
+    for (k, action), (log_ns, pose), (_, raw), (_, gripper) in zip(valid_steps, deltas, actions,
+                                                                   grippers):
+        image_stamp = IMAGES[STEPS[k][0]][2]
+        assert log_ns == T0_NS + k * 200 * MS
+        assert pose.header.stamp.sec * 10**9 + pose.header.stamp.nanosec == image_stamp
+        assert pose.header.frame_id == 'base_link'
+        np.testing.assert_array_equal(raw.data, action.values)
+        assert raw.layout.dim[0].label == conversions.ACTION_LABEL
+        np.testing.assert_allclose(conversions.messages_to_action(pose, gripper),
+                                   np.r_[action.values[:6], np.clip(action.values[6], 0, 1)],
+                                   atol=1e-12)

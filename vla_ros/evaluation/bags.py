@@ -1,0 +1,274 @@
+"""
+rosbag2 input and output for vla_eval, through ``rosbags`` (pure Python, no rclpy, no ROS graph).
+
+``Bag`` opens a rosbag2 directory (sqlite3 or MCAP; a single ``.db3``/``.mcap`` file works too),
+checks that the topics vla_eval needs exist with the right types, and streams their messages in
+bag log-time order. ``BagWriter`` writes a new rosbag2 directory in either storage format. Every
+problem a user can cause (a missing or wrong topic, an empty, truncated or foreign bag, an
+unwritable output) raises ``EvalError`` with one line naming the problem and the fix.
+
+Messages from ``vla_ros.conversions`` (rclpy message classes) are written with ``to_rosbags``, a
+field-by-field copy into the typestore's classes, so bags hold exactly what the live node and the
+camera publish.
+"""
+
+import sqlite3
+import struct
+
+import numpy as np
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
+from rosbags.typesys import get_typestore, Stores
+import yaml
+
+IMAGE = 'sensor_msgs/msg/Image'
+COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
+STRING = 'std_msgs/msg/String'
+FLOAT64 = 'std_msgs/msg/Float64'
+FLOAT64_MULTI_ARRAY = 'std_msgs/msg/Float64MultiArray'
+POSE_STAMPED = 'geometry_msgs/msg/PoseStamped'
+STORAGES = ('sqlite3', 'mcap')
+_PLUGINS = {'sqlite3': StoragePlugin.SQLITE3, 'mcap': StoragePlugin.MCAP}
+_SUFFIXES = {'.db3': 'sqlite3', '.mcap': 'mcap'}
+# What a damaged storage file raises from rosbags, sqlite3 or the MCAP parser.
+READ_ERRORS = (AnyReaderError, ReaderError, sqlite3.DatabaseError, struct.error, EOFError,
+               UnicodeDecodeError)
+_TYPESTORE = []
+
+
+class EvalError(Exception):
+    """Bad input to vla_eval; the text names the problem and the fix (exit status 2)."""
+
+
+def typestore():
+    """Return the ROS 2 Jazzy message classes and CDR serialisation (built once)."""
+    if not _TYPESTORE:
+        _TYPESTORE.append(get_typestore(Stores.ROS2_JAZZY))
+    return _TYPESTORE[0]
+
+
+def topic_name(name):
+    """Return ``name`` as an absolute topic name: 'camera/image_raw' -> '/camera/image_raw'."""
+    return '/' + name.strip().lstrip('/')
+
+
+def _bag_storage(path):
+    """Return 'sqlite3' or 'mcap' for a bag directory (metadata.yaml) or a storage file."""
+    if path.is_file():
+        return _SUFFIXES.get(path.suffix, 'sqlite3')
+    try:
+        meta = yaml.safe_load((path / 'metadata.yaml').read_text())
+        storage = meta['rosbag2_bagfile_information']['storage_identifier']
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        storage = 'mcap' if any(path.glob('*.mcap')) else 'sqlite3'
+    return storage if storage in STORAGES else 'sqlite3'
+
+
+class Bag:
+    """
+    One rosbag2 recording opened for reading (use as a context manager).
+
+    ``topics`` maps each topic to ``(type, message count)``; ``require`` checks a topic and its
+    type; ``messages`` yields ``(topic, log time ns, rosbags message)``, or the raw CDR bytes when
+    ``raw`` is true (``deserialize`` turns them into a message later).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.storage = 'sqlite3'
+        self.topics = {}
+        self._reader = None
+        self._connections = {}
+
+    def __enter__(self):
+        path = self.path
+        if not path.exists():
+            raise EvalError(f'bag {str(path)!r} does not exist; pass a rosbag2 directory '
+                            '(the folder holding metadata.yaml)')
+        if path.is_dir() and not (path / 'metadata.yaml').exists():
+            files = sorted(p.name for p in path.iterdir())[:8]
+            raise EvalError(
+                f'{str(path)!r} is not a rosbag2 directory: it has no metadata.yaml (it holds '
+                f'{", ".join(files) if files else "nothing"}); pass the directory that '
+                '`ros2 bag record -o` created')
+        if path.is_file() and path.suffix not in _SUFFIXES:
+            raise EvalError(f'{str(path)!r} is not a rosbag2 bag; pass a rosbag2 directory or a '
+                            '.db3/.mcap file')
+        self.storage = _bag_storage(path)
+        try:
+            reader = AnyReader([path], default_typestore=typestore())
+            reader.open()
+        except (FileNotFoundError, *READ_ERRORS) as exc:
+            raise EvalError(
+                f'cannot read bag {str(path)!r} ({self.storage}): {exc}; the file is truncated or '
+                'corrupt: re-record it, or for sqlite3 try `ros2 bag reindex`') from None
+        self._reader = reader
+        for conn in reader.connections:
+            self._connections.setdefault(conn.topic, []).append(conn)
+        self.topics = {name: (info.msgtype or 'mixed types', info.msgcount)
+                       for name, info in reader.topics.items()}
+        if sum(count for _, count in self.topics.values()) == 0:
+            self.close()
+            raise EvalError(f'bag {str(path)!r} is empty: it has no messages '
+                            f'(topics: {self.describe_topics()}); record a run with '
+                            '`ros2 bag record` and pass that bag')
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+    def close(self):
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    @property
+    def start_ns(self):
+        """Return the log time of the first message (ns)."""
+        return self._reader.start_time
+
+    @property
+    def end_ns(self):
+        """Return the log time of the last message (ns)."""
+        return self._reader.end_time
+
+    def describe_topics(self):
+        """Return 'topic (type, N msgs), ...' for error messages."""
+        if not self.topics:
+            return 'none'
+        return ', '.join(f'{name} ({msgtype}, {count} msgs)'
+                         for name, (msgtype, count) in sorted(self.topics.items()))
+
+    def require(self, topic, msgtypes, what, option):
+        """
+        Check that ``topic`` exists with one of ``msgtypes`` and has messages; return its type.
+
+        ``what`` names the topic's role and ``option`` the command-line option that changes it,
+        both for the error message.
+        """
+        if topic not in self.topics:
+            raise EvalError(f'{what} topic {topic} is not in bag {str(self.path)!r}; its topics '
+                            f'are: {self.describe_topics()}; pass {option}')
+        msgtype, count = self.topics[topic]
+        if msgtype not in msgtypes:
+            hint = ''
+            if COMPRESSED_IMAGE in msgtypes and msgtype == IMAGE:
+                hint = ' (raw images: drop --compressed)'
+            elif IMAGE in msgtypes and msgtype == COMPRESSED_IMAGE:
+                hint = ' (compressed images: add --compressed)'
+            raise EvalError(f'{what} topic {topic} in bag {str(self.path)!r} has type {msgtype}, '
+                            f'expected {" or ".join(msgtypes)}{hint}; pass {option} naming a '
+                            f'topic of that type (topics: {self.describe_topics()})')
+        if count == 0:
+            raise EvalError(f'{what} topic {topic} in bag {str(self.path)!r} has no messages; '
+                            f'pass {option} naming a recorded topic (topics: '
+                            f'{self.describe_topics()})')
+        return msgtype
+
+    def messages(self, topics, raw=False):
+        """Yield ``(topic, log_ns, message or raw bytes)`` for ``topics`` in log-time order."""
+        connections = [c for t in topics for c in self._connections.get(t, ())]
+        if not connections:
+            return
+        try:
+            for conn, log_ns, data in self._reader.messages(connections=connections):
+                yield conn.topic, log_ns, data if raw else self.deserialize(data, conn.topic)
+        except READ_ERRORS as exc:
+            raise EvalError(f'cannot read bag {str(self.path)!r} ({self.storage}): {exc}; the '
+                            'file is truncated or corrupt: re-record it') from None
+
+    def deserialize(self, data, topic):
+        """Turn raw CDR bytes recorded on ``topic`` into a rosbags message."""
+        msgtype = self.topics[topic][0]
+        try:
+            return self._reader.deserialize(data, msgtype)
+        except READ_ERRORS as exc:
+            raise EvalError(f'cannot decode a {msgtype} message on {topic} in bag '
+                            f'{str(self.path)!r}: {exc}; the bag is corrupt') from None
+
+
+def to_rosbags(msg, msgtype=None):
+    """
+    Copy an rclpy message (e.g. from ``vla_ros.conversions``) into the typestore's class.
+
+    ``msgtype`` defaults to the message's own type ('package/msg/Name'). Nested messages and
+    lists of them are copied recursively; array fields become numpy arrays of their element type.
+    """
+    if msgtype is None:
+        msgtype = f'{type(msg).__module__.split(".")[0]}/msg/{type(msg).__name__}'
+    cls = typestore().types[msgtype]
+    fields = {}
+    for name, (kind, spec) in typestore().fielddefs[msgtype][1]:
+        value = getattr(msg, name)
+        fields[name] = _copy_field(value, kind, spec)
+    return cls(**fields)
+
+
+def _copy_field(value, kind, spec):
+    """Copy one field: kind 1 base type, 2 message, 3 fixed array, 4 sequence (rosbags nodes)."""
+    if kind == 2:
+        return to_rosbags(value, spec)
+    if kind in (3, 4):
+        element_kind, element_spec = spec[0]
+        if element_kind == 2:
+            return [to_rosbags(item, element_spec) for item in value]
+        if element_spec[0] == 'string':
+            return list(value)
+        return np.asarray(value, dtype=_NUMPY_TYPES[element_spec[0]])
+    return value
+
+
+_NUMPY_TYPES = {'bool': np.bool_, 'byte': np.uint8, 'char': np.uint8, 'int8': np.int8,
+                'octet': np.uint8, 'uint8': np.uint8, 'int16': np.int16, 'uint16': np.uint16,
+                'int32': np.int32, 'uint32': np.uint32, 'int64': np.int64, 'uint64': np.uint64,
+                'float32': np.float32, 'float64': np.float64}
+
+
+class BagWriter:
+    """
+    Write a new rosbag2 directory (use as a context manager).
+
+    ``write(topic, log_ns, msg)`` takes a rosbags message, or an rclpy message (copied with
+    ``to_rosbags``); each topic's type is registered on first use. ``storage`` is 'sqlite3' or
+    'mcap'. An existing ``path`` is refused, as ``ros2 bag record`` does.
+    """
+
+    def __init__(self, path, storage='sqlite3'):
+        if storage not in STORAGES:
+            raise ValueError(f'storage {storage!r}: use one of {", ".join(STORAGES)}')
+        self.path = path
+        self.storage = storage
+        self._writer = Writer(path, version=Writer.VERSION_LATEST,
+                              storage_plugin=_PLUGINS[storage])
+        self._connections = {}
+
+    def __enter__(self):
+        self._writer.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self._writer.close()
+        return False
+
+    def add_topic(self, topic, msgtype):
+        """Register ``topic`` with ``msgtype`` ('package/msg/Name'); return its connection."""
+        conn = self._connections.get(topic)
+        if conn is None:
+            conn = self._writer.add_connection(topic, msgtype, typestore=typestore())
+            self._connections[topic] = conn
+        return conn
+
+    def write(self, topic, log_ns, msg):
+        if not hasattr(msg, '__msgtype__'):
+            msg = to_rosbags(msg)
+        self.write_raw(topic, msg.__msgtype__, log_ns,
+                       typestore().serialize_cdr(msg, msg.__msgtype__))
+
+    def write_raw(self, topic, msgtype, log_ns, data):
+        """Write already serialised CDR bytes of type ``msgtype``."""
+        self._writer.write(self.add_topic(topic, msgtype), int(log_ns), data)
+
+
+__all__ = ['Bag', 'BagWriter', 'EvalError', 'READ_ERRORS', 'to_rosbags', 'topic_name',
+           'typestore']

@@ -1,0 +1,267 @@
+"""
+vla_eval: offline evaluation of an OpenVLA checkpoint on rosbag2 recordings.
+
+    vla_eval BAG [BAG ...] --model PATH [--unnorm-key K] [--image-topic T] [--compressed]
+             [--instruction-topic T | --instruction TEXT] [--reference action|ee_pose|none]
+             [--rate HZ] --out DIR [--write-bag] ...
+
+Every bag is checked before the model loads, so bad input fails in a second with one line,
+``vla_eval: error: ...`` naming the problem and the fix, and exit status 2.
+
+Scale: ``accelerate launch --num_processes N -m vla_ros.evaluation.cli BAG ... --out DIR`` (or the
+``vla_eval`` script path) splits the bags across the processes (GPUs, machines), each rank
+evaluates its share, and rank 0 gathers the per-step records and writes every output; the
+metrics equal a single-process run's. ``accelerate launch`` starts several processes through
+torchrun only with ``--multi_gpu`` (on a CPU-only machine too; vla_eval then runs on CPU with
+gloo), or with ``--cpu --mpirun_hostfile``; ``--cpu`` alone starts one process. With several CPU
+processes on one machine and no ``OMP_NUM_THREADS``, each process gets cores / local processes
+torch threads, so they do not oversubscribe the CPU (accelerate and torchrun set
+``OMP_NUM_THREADS=1`` by default). A plain run is one process with no distributed setup.
+"""
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+import sys
+
+from vla_ros.evaluation.bags import Bag, EvalError, topic_name
+from vla_ros.evaluation.evaluate import check_bag, EvalOptions, evaluate_bag, REFERENCES
+
+PROG = 'vla_eval'
+USAGE = ('%(prog)s BAG [BAG ...] --model PATH [--unnorm-key K] [--image-topic T] [--compressed]\n'
+         '       [--instruction-topic T | --instruction TEXT] [--reference action|ee_pose|none]\n'
+         '       [--rate HZ] --out DIR [--write-bag] [--device D] [--dtype D] [--center-crop]\n'
+         '       [--quantization 8bit|4bit] [--action-topic T] [--ee-pose-topic T]\n'
+         '       [--gripper-topic T] [--max-image-age S]')
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, usage=USAGE,
+        description='Evaluate an OpenVLA checkpoint offline on rosbag2 recordings '
+        '(sqlite3 or MCAP) with the same conversions, preprocessing and policy as vla_node. '
+        'Writes DIR/metrics.json, DIR/<bag>.png and DIR/summary.md.',
+        epilog='Steps run at --rate on bag log time from the first to the last image; each uses '
+        'the newest image and instruction logged at or before it, as vla_node does under '
+        '`ros2 bag play --clock`. Exit status: 0 ok, 2 bad input.')
+    parser.add_argument('bags', nargs='+', metavar='BAG',
+                        help='rosbag2 directory (or a .db3/.mcap file)')
+    parser.add_argument('--model', required=True, metavar='PATH',
+                        help='local HF-format OpenVLA checkpoint directory')
+    parser.add_argument('--unnorm-key', default='', metavar='K',
+                        help='dataset statistics to unnormalise with (needed when the '
+                        'checkpoint has several)')
+    parser.add_argument('--image-topic', default=None, metavar='T',
+                        help='image topic (default camera/image_raw, with --compressed '
+                        'camera/image_raw/compressed)')
+    parser.add_argument('--compressed', action='store_true',
+                        help='the image topic is sensor_msgs/CompressedImage (jpeg, png)')
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument('--instruction-topic', default='vla/instruction', metavar='T',
+                       help='std_msgs/String instruction topic (default vla/instruction)')
+    group.add_argument('--instruction', default=None, metavar='TEXT',
+                       help='use this instruction at every step instead of a topic')
+    parser.add_argument('--reference', choices=REFERENCES, default='action',
+                        help='reference actions: a recorded --action-topic (default), ee_pose '
+                        'relabelled BridgeData-style (needs --gripper-topic), or none')
+    parser.add_argument('--rate', type=float, default=5.0, metavar='HZ',
+                        help='control rate of the steps, Hz (default 5.0, as vla_node)')
+    parser.add_argument('--out', required=True, metavar='DIR', help='output directory')
+    parser.add_argument('--write-bag', action='store_true',
+                        help="also write DIR/predictions_<bag>/: the predictions on vla_node's "
+                        'topics (vla/ee_delta, vla/gripper, vla/action) for `ros2 bag play`')
+    parser.add_argument('--device', default='auto', metavar='D',
+                        help="'auto' (each process's CUDA device, else CPU), 'cpu', 'cuda:N'")
+    parser.add_argument('--dtype', default='auto', metavar='D',
+                        help="'auto' (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, "
+                        'float16')
+    parser.add_argument('--quantization', choices=('8bit', '4bit'), default=None,
+                        help='bitsandbytes weight quantization (CUDA only), as the '
+                        'quantization parameter of vla_node')
+    parser.add_argument('--center-crop', action='store_true',
+                        help='the 0.9-area center crop of fine-tunes trained with augmentation')
+    parser.add_argument('--action-topic', default='vla/action', metavar='T',
+                        help='recorded std_msgs/Float64MultiArray actions (default vla/action)')
+    parser.add_argument('--ee-pose-topic', default='ee_pose', metavar='T',
+                        help='geometry_msgs/PoseStamped end-effector pose in the base frame '
+                        '(default ee_pose)')
+    parser.add_argument('--gripper-topic', default='', metavar='T',
+                        help='std_msgs/Float64 gripper state, 1 = open (for --reference ee_pose)')
+    parser.add_argument('--max-image-age', type=float, default=0.5, metavar='S',
+                        help='as vla_node: a step whose image header stamp is older than this '
+                        '(bag time) is stale, not predicted; 0 turns the age checks off '
+                        '(default 0.5)')
+    return parser
+
+
+def options_from_args(args):
+    """Validate the arguments that argparse cannot and return ``EvalOptions``."""
+    if not (math.isfinite(args.rate) and args.rate > 0):
+        raise EvalError(f'--rate {args.rate} is not a positive number of Hz; pass e.g. '
+                        '--rate 5')
+    if not (math.isfinite(args.max_image_age) and args.max_image_age >= 0):
+        raise EvalError(f'--max-image-age {args.max_image_age} must be >= 0 s (0: no check)')
+    if args.instruction is not None and not args.instruction.strip():
+        raise EvalError('--instruction is empty; pass the task, e.g. --instruction '
+                        '"put the carrot on the plate"')
+    if args.reference == 'ee_pose' and not args.gripper_topic:
+        raise EvalError('--reference ee_pose needs the gripper state: pass --gripper-topic T '
+                        '(std_msgs/Float64, 1 = open)')
+    return EvalOptions(
+        image_topic=topic_name(args.image_topic) if args.image_topic else '',
+        compressed=args.compressed,
+        instruction_topic=topic_name(args.instruction_topic),
+        instruction=(args.instruction or '').strip(), reference=args.reference,
+        action_topic=topic_name(args.action_topic),
+        ee_pose_topic=topic_name(args.ee_pose_topic),
+        gripper_topic=topic_name(args.gripper_topic) if args.gripper_topic else '',
+        rate=args.rate, max_image_age=args.max_image_age)
+
+
+def bag_names(paths):
+    """Return unique output names for the bags: the directory name, then _2, _3 on clashes."""
+    names, seen = [], set()
+    for path in paths:
+        base = path.stem if path.is_file() else path.resolve().name
+        name, n = base, 1
+        while name in seen:
+            n += 1
+            name = f'{base}_{n}'
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def _process_state(device):
+    """Return accelerate's PartialState (one plain process unless started by a launcher)."""
+    from accelerate import PartialState
+    import torch
+
+    use_cpu = os.environ.get('ACCELERATE_USE_CPU', '').lower() in ('1', 'true', 'yes')
+    cpu = use_cpu or device == 'cpu' or (device == 'auto' and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
+    if state.num_processes > 1 and state.device.type == 'cpu' and 'OMP_NUM_THREADS' not in \
+            os.environ:
+        local = int(os.environ.get('LOCAL_WORLD_SIZE', state.num_processes))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    return state
+
+
+def _load_policy(args, device):
+    from vla_ros.policy import OpenVLAPolicy, PolicyError
+
+    # The arguments vla_node's load_policy passes, so the policy is the one the node runs.
+    kwargs = {'device': device, 'dtype': args.dtype, 'center_crop': args.center_crop}
+    if args.quantization:
+        kwargs['quantization'] = args.quantization
+    try:
+        policy = OpenVLAPolicy.from_pretrained(args.model, **kwargs)
+    except PolicyError as exc:
+        raise EvalError(f'cannot load --model {args.model!r}: {exc}') from None
+    try:
+        key = policy.resolve_unnorm_key(args.unnorm_key or None)
+    except PolicyError as exc:
+        raise EvalError(f'--unnorm-key: {exc}') from None
+    return policy, key
+
+
+def run(args):
+    import numpy as np
+
+    from vla_ros.evaluation.report import prepare_out_dir, write_outputs
+
+    options = options_from_args(args)
+    out_dir = prepare_out_dir(args.out)
+    paths = [Path(p) for p in args.bags]
+    for path in paths:
+        with Bag(path) as bag:
+            check_bag(bag, options)
+    names = bag_names(paths)
+    state = _process_state(args.device)
+    device = str(state.device) if args.device == 'auto' and state.num_processes > 1 \
+        else args.device
+    policy, key = _load_policy(args, device)
+    # Warm-up, as vla_node does: the first step must not pay for lazy initialisation.
+    policy.predict(np.full((224, 224, 3), 128, np.uint8), 'warm up', unnorm_key=key)
+    rank = f'[{state.process_index}/{state.num_processes}] ' if state.num_processes > 1 else ''
+    payloads = []
+    with state.split_between_processes(list(range(len(paths)))) as mine:
+        if state.num_processes > 1:
+            print(f'{PROG}: process {state.process_index}/{state.num_processes} on '
+                  f'{policy.device}: bags {", ".join(names[i] for i in mine) or "none"}',
+                  file=sys.stderr, flush=True)
+        for i in mine:
+            try:
+                result = evaluate_bag(paths[i], policy, key, options, name=names[i],
+                                      desc=f'{rank}{names[i]}')
+                payloads.append(json.dumps({'index': i, 'result': result.to_json()}))
+            except EvalError as exc:
+                payloads.append(json.dumps({'index': i, 'error': str(exc)}))
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+        payloads = gather_object(payloads)  # JSON text only crosses the process boundary
+    records = sorted((json.loads(p) for p in payloads), key=lambda p: p['index'])
+    errors = [r['error'] for r in records if 'error' in r]
+    status = 2 if errors else 0
+    if state.is_main_process:
+        if errors:
+            for error in errors:
+                print(f'{PROG}: error: {error}', file=sys.stderr)
+        else:
+            try:
+                _write(args, options, policy, key, records, out_dir, write_outputs)
+            except EvalError as exc:  # reported here, so the other ranks still finish below
+                print(f'{PROG}: error: {exc}', file=sys.stderr)
+                status = 2
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        state.destroy_process_group()
+    return status
+
+
+def _write(args, options, policy, key, records, out_dir, write_outputs):
+    import numpy as np
+
+    from vla_ros.evaluation.evaluate import BagResult
+
+    results = [BagResult.from_json(r['result']) for r in records]
+    stats = policy.config.action_stats(key)
+    action_range = np.asarray(stats['q99'], np.float64) - np.asarray(stats['q01'], np.float64)
+    config = {
+        'model': str(args.model), 'unnorm_key': key, 'dtype': str(policy.dtype).split('.')[-1],
+        'quantization': args.quantization,
+        'center_crop': bool(args.center_crop), 'image_topic': options.topics()['image'],
+        'transport': 'compressed' if options.compressed else 'raw',
+        'instruction': options.instruction or None,
+        'instruction_topic': None if options.instruction else options.instruction_topic,
+        'reference': options.reference, 'reference_topics': {
+            role: topic for role, topic in options.topics().items()
+            if role in ('action', 'ee_pose', 'gripper')},
+        'rate_hz': options.rate, 'max_image_age_s': options.max_image_age,
+        'action_range': action_range.tolist(), 'step_time': 'bag log time',
+        'bags': [r.path for r in results],
+    }
+    data, written = write_outputs(out_dir, results, action_range, config,
+                                  write_bag=args.write_bag)
+    overall = data['overall']
+    print(f"{PROG}: {len(results)} bag(s), {overall['counts']['steps']} steps, "
+          f"{overall['counts']['predicted']} predicted, {overall['metrics']['steps_compared']} "
+          f'compared; wrote {out_dir / "metrics.json"}, {out_dir / "summary.md"} and '
+          f'{len(results)} plot(s)')
+    for name, count in written.items():
+        print(f'{PROG}: wrote {out_dir / ("predictions_" + name)} ({count} actions)')
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except EvalError as exc:
+        print(f'{PROG}: error: {exc}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""
+Offline metrics of predicted against reference actions: pure numpy, JSON-ready results.
+
+Inputs are the *predicted* steps (the ones the live node would have run the model on):
+``predicted`` and ``reference`` float64 (N, 7) (a NaN reference row: no reference), ``valid`` bool
+(N,), ``latency_s`` (N,). Definitions:
+
+- ``invalid_rate`` = invalid actions / predicted steps. Invalid actions (a non-action token, a
+  non-finite value: the node publishes nothing) are left out of every error metric.
+- ``steps_compared``: valid steps with a reference; the error metrics are over those.
+- ``mae`` / ``rmse`` per dimension in the action's units (m, rad, gripper), and the same divided
+  by the dataset's ``q99 - q01`` (``*_normalized``; null for a dimension whose range is 0).
+  ``mae_normalized_mean`` averages the normalised MAE over the dimensions that have one.
+- ``translation_cosine``: mean cosine between predicted and reference ``(dx, dy, dz)`` over the
+  compared steps where both have norm > ``EPS_TRANSLATION`` (``translation_cosine_steps`` of them).
+- ``gripper_agreement``: fraction of compared steps where both grippers are open (> 0.5) or both
+  closed (<= 0.5).
+- ``latency_ms``: p50, p95, p99 (linear interpolation) and max of ``predict()`` over all
+  predicted steps, invalid ones included.
+
+Overall metrics pool the steps of every bag (``pool``), so a long bag weighs more than a short
+one: they are the metrics of one long recording, not a mean of per-bag means. Undefined values
+(no steps) are ``None``, so the JSON stays strict.
+"""
+
+import numpy as np
+
+ACTION_NAMES = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
+EPS_TRANSLATION = 1e-6  # metres: below this a translation has no direction
+GRIPPER_THRESHOLD = 0.5
+ZERO_RANGE = 1e-12
+
+
+def _number(value):
+    """Return a float, or None for NaN/inf (strict JSON)."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _per_dim(values):
+    return {name: _number(v) for name, v in zip(ACTION_NAMES, values)}
+
+
+def compute(predicted, reference, valid, latency_s, action_range):
+    """
+    Return the metrics dict of one set of predicted steps (see the module docstring).
+
+    ``action_range``: float64 (7,), ``q99 - q01`` of the unnorm key's action statistics.
+    """
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(-1, len(ACTION_NAMES))
+    reference = np.asarray(reference, dtype=np.float64).reshape(-1, len(ACTION_NAMES))
+    valid = np.asarray(valid, dtype=bool).reshape(-1)
+    latency_ms = np.asarray(latency_s, dtype=np.float64).reshape(-1) * 1e3
+    action_range = np.asarray(action_range, dtype=np.float64).reshape(-1)
+    n = predicted.shape[0]
+    valid = valid & np.all(np.isfinite(predicted), axis=1)
+    compared = valid & np.all(np.isfinite(reference), axis=1)
+    pred, ref = predicted[compared], reference[compared]  # (M, 7)
+    err = pred - ref
+    m = pred.shape[0]
+    mae = np.abs(err).mean(axis=0) if m else np.full(len(ACTION_NAMES), np.nan)
+    rmse = np.sqrt((err ** 2).mean(axis=0)) if m else np.full(len(ACTION_NAMES), np.nan)
+    scale = np.where(action_range > ZERO_RANGE, action_range, np.nan)
+    mae_n, rmse_n = mae / scale, rmse / scale
+    finite = mae_n[np.isfinite(mae_n)]
+
+    norm_p = np.linalg.norm(pred[:, :3], axis=1)
+    norm_r = np.linalg.norm(ref[:, :3], axis=1)
+    moving = (norm_p > EPS_TRANSLATION) & (norm_r > EPS_TRANSLATION)
+    cosine = (np.sum(pred[moving, :3] * ref[moving, :3], axis=1)
+              / (norm_p[moving] * norm_r[moving]))
+    agree = (pred[:, 6] > GRIPPER_THRESHOLD) == (ref[:, 6] > GRIPPER_THRESHOLD)
+    n_invalid = int(n - valid.sum())
+    return {
+        'steps_predicted': int(n),
+        'invalid_actions': n_invalid,
+        'invalid_rate': _number(n_invalid / n) if n else None,
+        'steps_compared': int(m),
+        'mae': _per_dim(mae),
+        'rmse': _per_dim(rmse),
+        'mae_normalized': _per_dim(mae_n),
+        'rmse_normalized': _per_dim(rmse_n),
+        'mae_normalized_mean': _number(finite.mean()) if finite.size else None,
+        'translation_cosine': _number(cosine.mean()) if cosine.size else None,
+        'translation_cosine_steps': int(cosine.size),
+        'gripper_agreement': _number(agree.mean()) if m else None,
+        'latency_ms': latency_summary(latency_ms),
+    }
+
+
+def latency_summary(latency_ms):
+    """Return p50/p95/p99/max of the latencies in ms (None each when there are none)."""
+    latency_ms = np.asarray(latency_ms, dtype=np.float64)
+    latency_ms = latency_ms[np.isfinite(latency_ms)]
+    if latency_ms.size == 0:
+        return dict.fromkeys(('p50', 'p95', 'p99', 'max'))
+    p50, p95, p99 = np.percentile(latency_ms, [50, 95, 99])
+    return {'p50': float(p50), 'p95': float(p95), 'p99': float(p99),
+            'max': float(latency_ms.max())}
+
+
+def pool(parts):
+    """Concatenate (predicted, reference, valid, latency_s) tuples of several bags."""
+    parts = list(parts)
+    if not parts:
+        empty = np.zeros((0, len(ACTION_NAMES)))
+        return empty, empty, np.zeros(0, bool), np.zeros(0)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
+
+
+def strip_latency(metrics):
+    """Return a copy of a metrics.json dict without its ``latency_ms`` entries (any depth)."""
+    if isinstance(metrics, dict):
+        return {k: strip_latency(v) for k, v in metrics.items() if k != 'latency_ms'}
+    if isinstance(metrics, list):
+        return [strip_latency(v) for v in metrics]
+    return metrics

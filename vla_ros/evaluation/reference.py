@@ -1,0 +1,92 @@
+"""
+Reference actions for each control step: a recorded ``vla/action``, or ee_pose relabelled.
+
+Pure numpy; every time is bag log time in integer nanoseconds, ``steps`` and message times sorted.
+A step without a reference gets a row of NaN and is left out of the error metrics.
+
+**Recorded actions** (``--reference action``, regression between checkpoints). A
+``Float64MultiArray`` has no header, so pairing is by log time: step ``k`` takes the first
+``vla/action`` logged strictly after its image was logged and strictly before the next step time
+``t_{k+1}``, that is the action the live node published from (about) that frame before its next
+tick. A step with none in that window has no reference.
+
+**ee_pose relabelling** (``--reference ee_pose``), as BridgeData V2 / OpenVLA do it. OpenVLA's
+``relabel_bridge_actions`` (prismatic/vla/datasets/rlds/oxe/transforms.py, the same function as
+Octo's ``relabel_actions``) computes ``state[1:, :6] - state[:-1, :6]``: the reached next
+proprioceptive state minus the current one, where the state is ``x, y, z, roll, pitch, yaw`` of the
+end effector in the robot base frame; it keeps the gripper of step ``t`` and drops the last step,
+which has no next state. Here, with ``p_k`` the newest ee_pose logged at or before ``t_k``:
+
+- ``dx, dy, dz = xyz(p_{k+1}) - xyz(p_k)`` (metres, base frame);
+- ``droll, dpitch, dyaw = rpy(p_{k+1}) - rpy(p_k)``, roll/pitch/yaw with R = Rz Ry Rx (as the
+  action convention and ``conversions.quaternion_to_rpy``), each wrapped to (-pi, pi]. Bridge
+  does not wrap; wrapping changes only a difference that crosses +-pi, where the plain
+  difference would be an impossible ~2 pi step;
+- ``gripper`` = the gripper state (``--gripper-topic``, std_msgs/Float64, 1 = open) newest at or
+  before ``t_k``, absolute. Bridge's label is its commanded gripper at ``t``, binarised; a state
+  topic is what ROS arms record. The metrics threshold it at 0.5.
+- the last step, and a step before the first pose or gripper state, has no reference.
+"""
+
+import math
+
+import numpy as np
+
+ACTION_DIM = 7
+
+
+def newest_at_or_before(times, queries):
+    """Return, for each query time, the index of the newest time <= it (-1 when none)."""
+    return np.searchsorted(np.asarray(times, dtype=np.int64), np.asarray(queries, np.int64),
+                           side='right') - 1
+
+
+def wrap_angle(angle):
+    """Wrap radians to (-pi, pi]."""
+    angle = np.asarray(angle, dtype=np.float64)
+    return angle - 2 * math.pi * np.ceil((angle - math.pi) / (2 * math.pi))
+
+
+def recorded_actions(image_log_ns, next_step_ns, action_times, actions):
+    """
+    Pair each step with the first recorded action in (its image's log time, next step time).
+
+    ``image_log_ns``, ``next_step_ns``: int64 (K,); ``action_times`` int64 (N,), sorted;
+    ``actions`` float64 (N, 7). Returns float64 (K, 7), NaN rows where no action fits.
+    """
+    image_log_ns = np.asarray(image_log_ns, dtype=np.int64)
+    out = np.full((image_log_ns.shape[0], ACTION_DIM), np.nan)
+    action_times = np.asarray(action_times, dtype=np.int64)
+    if action_times.size == 0:
+        return out
+    first = np.searchsorted(action_times, image_log_ns, side='right')  # first logged after image
+    ok = first < action_times.size
+    ok[ok] &= action_times[first[ok]] < np.asarray(next_step_ns, dtype=np.int64)[ok]
+    out[ok] = np.asarray(actions, dtype=np.float64)[first[ok]]
+    return out
+
+
+def relabel_ee_pose(step_ns, pose_times, poses, gripper_times, grippers):
+    """
+    Return BridgeData-style reference actions (K, 7) from ee_pose and gripper streams.
+
+    ``step_ns`` int64 (K,) step times; ``pose_times`` int64 (N,) with ``poses`` float64 (N, 6)
+    ``x, y, z, roll, pitch, yaw``; ``gripper_times`` int64 (M,) with ``grippers`` (M,) or (M, 1).
+    Row ``k`` uses the poses newest at or before ``t_k`` and ``t_{k+1}``; the last row is NaN.
+    """
+    step_ns = np.asarray(step_ns, dtype=np.int64)
+    out = np.full((step_ns.shape[0], ACTION_DIM), np.nan)
+    poses = np.asarray(poses, dtype=np.float64).reshape(-1, 6)
+    grippers = np.asarray(grippers, dtype=np.float64).reshape(-1)
+    if step_ns.shape[0] < 2 or poses.shape[0] == 0 or grippers.shape[0] == 0:
+        return out
+    j = newest_at_or_before(pose_times, step_ns)  # (K,)
+    g = newest_at_or_before(gripper_times, step_ns)  # (K,)
+    now, nxt = j[:-1], j[1:]
+    ok = (now >= 0) & (nxt >= 0) & (g[:-1] >= 0)
+    rows = np.flatnonzero(ok)
+    delta = poses[nxt[ok]] - poses[now[ok]]  # (n, 6)
+    out[rows, :3] = delta[:, :3]
+    out[rows, 3:6] = wrap_angle(delta[:, 3:6])
+    out[rows, 6] = grippers[g[:-1][ok]]
+    return out
