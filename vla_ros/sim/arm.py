@@ -1,0 +1,299 @@
+"""
+The simulated arm: a floating parallel gripper over a table in MuJoCo, commanded like a real arm.
+
+ROS-free: the ``sim_arm`` node, the benchmark and the tests drive this class directly.
+
+Commands (all in the base frame, ``base_link`` = the MuJoCo world frame, table top at z = 0):
+
+* ``command_twist(linear, angular)``: a Servo-style velocity command (m/s, rad/s). Each vector is
+  clamped to ``max_linear_speed`` / ``max_angular_speed`` (by norm, so the direction is kept). It
+  holds until ``twist_timeout`` seconds of sim time after it was sent (``age`` says how old it
+  already is), like MoveIt Servo halting on commands older than its timeout.
+* ``command_pose(position, quaternion)``: an absolute target, approached in a straight line at no
+  more than the same speed limits.
+* ``command_gripper(opening)``: normalised opening in [0, 1], 1 = open (OpenVLA's convention);
+  values outside are clipped. Mapping a robot-specific gripper range onto it is arm_bridge's job.
+
+The commands move a mocap body; the gripper is welded to it by a soft constraint, so it really
+pushes and grasps. Safety inside the sim: the mocap target is clipped to ``WORKSPACE_LOW`` ..
+``WORKSPACE_HIGH`` (a box over the table), and it never leads the real gripper by more than
+``MAX_LEAD`` metres, which bounds the force the gripper can press with.
+
+At the identity orientation the fingers point down (-z) and close along y. ``joint_state()``
+reports six virtual joints (``gripper_x`` ... ``gripper_yaw``: the measured end-effector position
+and roll/pitch/yaw, R = Rz Ry Rx; their velocities are the linear velocity and the angular velocity
+about the base axes) and the two finger slides (metres from closed, 0 .. 0.04 each).
+"""
+
+import dataclasses
+import math
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+from vla_ros.conversions import quaternion_to_rpy
+from vla_ros.sim.camera import SimCamera
+
+SCENE_XML = Path(__file__).with_name('scene.xml')
+WORKSPACE_LOW = np.array([0.10, -0.35, 0.016])
+WORKSPACE_HIGH = np.array([0.70, 0.35, 0.40])
+HOME_POSITION = np.array([0.30, 0.0, 0.20])
+FINGER_TRAVEL = 0.04  # metres per finger from closed to fully open
+MAX_LEAD = 0.015  # metres the mocap target may run ahead of the real gripper
+LIFT_THRESHOLD = 0.05  # metres of cube bottom above the table top that count as lifted
+OBJECTS = ('cube', 'cylinder', 'block')
+_HALF_HEIGHT = {'cube': 0.02, 'cylinder': 0.03, 'block': 0.015}
+VIRTUAL_JOINTS = ('gripper_x', 'gripper_y', 'gripper_z', 'gripper_roll', 'gripper_pitch',
+                  'gripper_yaw')
+FINGER_JOINTS = ('left_finger_joint', 'right_finger_joint')
+
+
+def object_layout(seed):
+    """
+    Return the seeded start placement ``{name: (x, y, yaw)}`` of the objects on the table.
+
+    The cube lies within reach in front of the home pose; the others keep 0.1 m away.
+    """
+    rng = np.random.default_rng(seed)
+    layout = {'cube': (rng.uniform(0.36, 0.46), rng.uniform(-0.08, 0.08), rng.uniform(-0.4, 0.4))}
+    for name in OBJECTS[1:]:
+        while True:
+            x, y = rng.uniform(0.28, 0.56), rng.uniform(-0.24, 0.24)
+            if all(math.hypot(x - ox, y - oy) > 0.1 for ox, oy, _ in layout.values()):
+                break
+        layout[name] = (x, y, rng.uniform(-math.pi, math.pi))
+    return layout
+
+
+def _wxyz(xyzw):
+    return np.array([xyzw[3], xyzw[0], xyzw[1], xyzw[2]], dtype=np.float64)
+
+
+def _xyzw(wxyz):
+    return np.array([wxyz[1], wxyz[2], wxyz[3], wxyz[0]], dtype=np.float64)
+
+
+def _clamp_norm(vector, limit):
+    norm = float(np.linalg.norm(vector))
+    return vector * (limit / norm) if norm > limit else vector
+
+
+def _finite_vector(values, size, name):
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if array.size != size or not np.all(np.isfinite(array)):
+        raise ValueError(f'{name} must be {size} finite numbers, got {list(array)}')
+    return array
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The state a camera needs to draw one frame: sim time, joint positions and mocap pose."""
+
+    time: float
+    qpos: np.ndarray
+    mocap_pos: np.ndarray
+    mocap_quat: np.ndarray
+
+
+class SimArm:
+    """A floating gripper, a table and three objects; see the module docstring."""
+
+    def __init__(self, width=320, height=240, max_linear_speed=0.25, max_angular_speed=1.0,
+                 twist_timeout=0.1, seed=0, camera='scene_camera'):
+        self.model = mujoco.MjModel.from_xml_path(str(SCENE_XML))
+        vis = self.model.vis.global_
+        vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
+        self.data = mujoco.MjData(self.model)
+        self.width, self.height, self.camera = width, height, camera
+        self.max_linear_speed = float(max_linear_speed)
+        self.max_angular_speed = float(max_angular_speed)
+        self.twist_timeout = float(twist_timeout)
+        self.seed = seed
+        self.timestep = float(self.model.opt.timestep)
+        model = self.model
+        self._ee_site = model.site('ee').id
+        self._gripper_body = model.body('gripper').id
+        self._gripper_qpos = model.jnt_qposadr[model.joint('gripper_free').id]
+        self._gripper_dof = model.jnt_dofadr[model.joint('gripper_free').id]
+        self._finger_qpos = [model.jnt_qposadr[model.joint(n).id] for n in FINGER_JOINTS]
+        self._finger_dof = [model.jnt_dofadr[model.joint(n).id] for n in FINGER_JOINTS]
+        self._object_qpos = {n: model.jnt_qposadr[model.joint(f'{n}_free').id] for n in OBJECTS}
+        self._cube_body = model.body('cube').id
+        self._camera = None
+        self.reset()
+
+    # ---------------------------------------------------------------- state
+    @property
+    def time(self):
+        """Physics time in seconds since the last reset."""
+        return float(self.data.time)
+
+    def reset(self):
+        """Put the gripper home (open, fingers down) and the objects at their seeded places."""
+        mujoco.mj_resetData(self.model, self.data)
+        qpos = self.data.qpos
+        qpos[self._gripper_qpos:self._gripper_qpos + 7] = [*HOME_POSITION, 1.0, 0.0, 0.0, 0.0]
+        for name, (x, y, yaw) in object_layout(self.seed).items():
+            adr = self._object_qpos[name]
+            qpos[adr:adr + 7] = [x, y, _HALF_HEIGHT[name],
+                                 math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+        for adr in self._finger_qpos:
+            qpos[adr] = FINGER_TRAVEL
+        self.data.ctrl[:] = FINGER_TRAVEL
+        self.data.mocap_pos[0] = HOME_POSITION
+        self.data.mocap_quat[0] = [1.0, 0.0, 0.0, 0.0]
+        self._mode = None  # None (hold), 'twist' or 'pose'
+        self._linear = np.zeros(3)
+        self._angular = np.zeros(3)
+        self._twist_until = -math.inf
+        self._target_pos = HOME_POSITION.copy()
+        self._target_quat = np.array([1.0, 0.0, 0.0, 0.0])
+        self._pending = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
+    def ee_pose(self):
+        """Return the end-effector site's (position xyz, quaternion xyzw) in the base frame."""
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, self.data.site_xmat[self._ee_site])
+        return self.data.site_xpos[self._ee_site].copy(), _xyzw(quat)
+
+    def joint_state(self):
+        """Return (names, positions, velocities): six virtual joints, then the two fingers."""
+        position, quat = self.ee_pose()
+        velocity = np.empty(6)  # (angular xyz, linear xyz) about the site, base-frame axes
+        mujoco.mj_objectVelocity(self.model, self.data, mujoco.mjtObj.mjOBJ_SITE, self._ee_site,
+                                 velocity, 0)
+        positions = [*position, *quaternion_to_rpy(*quat)]
+        positions += [float(self.data.qpos[adr]) for adr in self._finger_qpos]
+        velocities = [*velocity[3:], *velocity[:3]]
+        velocities += [float(self.data.qvel[adr]) for adr in self._finger_dof]
+        return (list(VIRTUAL_JOINTS + FINGER_JOINTS), [float(p) for p in positions],
+                [float(v) for v in velocities])
+
+    def object_positions(self):
+        """Return ``{name: xyz}`` of every object's centre in the base frame."""
+        return {n: self.data.qpos[a:a + 3].copy() for n, a in self._object_qpos.items()}
+
+    def task_status(self):
+        """
+        Return the task signal: ``object_lifted``, ``object_height`` and the cube's position.
+
+        ``object_height`` is the cube's bottom above the table top (its centre height minus its
+        half size, so about 0 at rest); lifted means more than ``LIFT_THRESHOLD``.
+        """
+        cube = self.data.xpos[self._cube_body]
+        height = float(cube[2]) - _HALF_HEIGHT['cube']
+        return {'object_lifted': height > LIFT_THRESHOLD, 'object_height': height,
+                'object_position': [float(v) for v in cube]}
+
+    def snapshot(self):
+        """Return a copy of what a camera needs, for rendering on another thread."""
+        return Snapshot(self.time, self.data.qpos.copy(), self.data.mocap_pos.copy(),
+                        self.data.mocap_quat.copy())
+
+    # ---------------------------------------------------------------- commands
+    def command_twist(self, linear, angular, age=0.0):
+        """
+        Move at ``linear`` m/s and ``angular`` rad/s (base frame, clamped) until it expires.
+
+        It expires ``twist_timeout`` after its stamp, which was ``age`` seconds before the physics
+        time (negative when the physics lags behind a fresh stamp).
+        """
+        linear = _finite_vector(linear, 3, 'linear velocity')
+        angular = _finite_vector(angular, 3, 'angular velocity')
+        self._linear = _clamp_norm(linear, self.max_linear_speed)
+        self._angular = _clamp_norm(angular, self.max_angular_speed)
+        self._twist_until = self.time - float(age) + self.twist_timeout
+        self._mode = 'twist'
+
+    def command_pose(self, position, quaternion):
+        """Approach the absolute pose (xyz; quaternion xyzw) at no more than the speed limits."""
+        position = _finite_vector(position, 3, 'position')
+        quat = _finite_vector(quaternion, 4, 'quaternion')
+        norm = float(np.linalg.norm(quat))
+        if norm < 1e-6:
+            raise ValueError('quaternion has zero norm; identity is (0, 0, 0, 1)')
+        self._target_pos = np.clip(position, WORKSPACE_LOW, WORKSPACE_HIGH)
+        self._target_quat = _wxyz(quat / norm)
+        self._mode = 'pose'
+
+    def command_gripper(self, opening):
+        """Set the normalised finger opening: 1 = open, 0 = closed (clipped to [0, 1])."""
+        opening = float(opening)
+        if not math.isfinite(opening):
+            raise ValueError(f'gripper opening must be finite, got {opening}')
+        self.data.ctrl[:] = min(max(opening, 0.0), 1.0) * FINGER_TRAVEL
+
+    def stop(self):
+        """Hold the current target: no more twist or pose motion until the next command."""
+        self._mode = None
+        self._linear[:] = 0.0
+        self._angular[:] = 0.0
+
+    # ---------------------------------------------------------------- physics
+    def step(self, duration):
+        """Advance the physics by ``duration`` seconds (whole timesteps; the rest carries over)."""
+        self._pending += max(0.0, float(duration))
+        steps = int(self._pending / self.timestep + 1e-6)
+        self._pending -= steps * self.timestep
+        return self.run_steps(steps)
+
+    def run_steps(self, count):
+        """Advance the physics by ``count`` timesteps, moving the target before each."""
+        for _ in range(int(count)):
+            self._move_target(self.timestep)
+            mujoco.mj_step(self.model, self.data)
+        return int(count)
+
+    def _move_target(self, dt):
+        pos, quat = self.data.mocap_pos[0], self.data.mocap_quat[0]
+        if self._mode == 'twist':
+            if self.time > self._twist_until:
+                self.stop()
+                return
+            pos += self._linear * dt
+            angle = float(np.linalg.norm(self._angular)) * dt
+            if angle > 0.0:
+                self._rotate(quat, self._angular, angle)
+        elif self._mode == 'pose':
+            error = self._target_pos - pos
+            pos += _clamp_norm(error, self.max_linear_speed * dt)
+            delta = np.empty(4)
+            mujoco.mju_mulQuat(delta, self._target_quat, _conjugate(quat))
+            axis = np.empty(3)
+            mujoco.mju_quat2Vel(axis, delta, 1.0)  # axis * angle of the remaining rotation
+            angle = float(np.linalg.norm(axis))
+            if angle > 1e-9:
+                self._rotate(quat, axis, min(angle, self.max_angular_speed * dt))
+        else:
+            return
+        np.clip(pos, WORKSPACE_LOW, WORKSPACE_HIGH, out=pos)
+        actual = self.data.xpos[self._gripper_body]
+        pos[:] = actual + _clamp_norm(pos - actual, MAX_LEAD)
+
+    @staticmethod
+    def _rotate(quat, axis, angle):
+        """Rotate ``quat`` (wxyz, in place) by ``angle`` about the base-frame ``axis``."""
+        delta, result = np.empty(4), np.empty(4)
+        mujoco.mju_axisAngle2Quat(delta, axis / np.linalg.norm(axis), angle)
+        mujoco.mju_mulQuat(result, delta, quat)
+        mujoco.mju_normalize4(result)
+        quat[:] = result
+
+    # ---------------------------------------------------------------- camera
+    def render(self):
+        """Render the scene camera now, on this thread: (height, width, 3) uint8 RGB."""
+        if self._camera is None:
+            self._camera = SimCamera(self.model, self.width, self.height, self.camera)
+        return self._camera.render(self.snapshot())
+
+    def close(self):
+        """Free the renderer (if ``render`` made one)."""
+        if self._camera is not None:
+            self._camera.close()
+            self._camera = None
+
+
+def _conjugate(quat):
+    return np.array([quat[0], -quat[1], -quat[2], -quat[3]])

@@ -1,0 +1,105 @@
+"""
+ROS-free pieces of the simulator's control loop; times are integer nanoseconds.
+
+``Pacer`` maps a clock (the node clock in real time, or a tick counter in sim time) onto whole
+physics steps, so the state always has an exact time; ``Schedule`` says when a periodic output
+(camera frame, ee_pose) is due on that time line; ``Mailbox`` hands the newest command from a
+subscription callback to the control tick, ``Queue`` every command (twists, replayed at their
+stamps so a late tick does not change how far a stream moves the arm).
+"""
+
+import collections
+import threading
+
+
+class Mailbox:
+    """The newest item of one input; the control tick takes it out (latest only)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._item = None
+
+    def put(self, item):
+        """Store ``item``, replacing one not taken yet."""
+        with self._lock:
+            self._item = item
+
+    def take(self):
+        """Return the newest item and empty the box (None when nothing new arrived)."""
+        with self._lock:
+            item, self._item = self._item, None
+            return item
+
+
+class Queue:
+    """Every item of one input since the last take, oldest first (bounded; the oldest go)."""
+
+    def __init__(self, maxlen=256):
+        self._lock = threading.Lock()
+        self._items = collections.deque(maxlen=maxlen)
+
+    def put(self, item):
+        """Append ``item``."""
+        with self._lock:
+            self._items.append(item)
+
+    def take_all(self):
+        """Return every item put since the last call and empty the queue."""
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+
+class Pacer:
+    """
+    Decide how many physics steps bring the state up to a clock's now.
+
+    The state's time is ``epoch_ns + steps * step_ns``. When the clock has run more than
+    ``max_steps`` ahead (the loop stalled, or the clock jumped), only ``max_steps`` are run and the
+    epoch moves on by the rest: a stall is skipped, never raced through. A clock that goes back
+    runs no steps until it has caught up again.
+    """
+
+    def __init__(self, step_ns, epoch_ns=0, max_steps=50):
+        if step_ns <= 0 or max_steps < 1:
+            raise ValueError(f'step_ns must be > 0 and max_steps >= 1, got {step_ns}, '
+                             f'{max_steps}')
+        self.step_ns = int(step_ns)
+        self.epoch_ns = int(epoch_ns)
+        self.max_steps = int(max_steps)
+        self.steps = 0  # steps run since the start (never reset)
+        self.skips = 0  # times the clock was too far ahead and time was skipped
+
+    @property
+    def now_ns(self):
+        """Return the time of the state after the steps run so far."""
+        return self.epoch_ns + self.steps * self.step_ns
+
+    def advance(self, clock_ns):
+        """Return the number of steps to run now to reach ``clock_ns``; count them as run."""
+        steps = max(0, (int(clock_ns) - self.epoch_ns) // self.step_ns - self.steps)
+        if steps > self.max_steps:
+            self.epoch_ns += (steps - self.max_steps) * self.step_ns
+            self.skips += 1
+            steps = self.max_steps
+        self.steps += steps
+        return steps
+
+
+class Schedule:
+    """Say when a periodic output is due, keeping its average rate when ticks are coarser."""
+
+    def __init__(self, rate_hz):
+        if not rate_hz > 0:
+            raise ValueError(f'rate must be > 0 Hz, got {rate_hz}')
+        self.period_ns = int(round(1e9 / rate_hz))
+        self._next = None
+
+    def due(self, now_ns):
+        """Return True when an output is due at ``now_ns`` (then the next one is scheduled)."""
+        if self._next is not None and now_ns < self._next:
+            return False
+        base = now_ns if self._next is None else self._next
+        self._next = max(base + self.period_ns, now_ns)
+        return True

@@ -1,0 +1,508 @@
+"""
+sim_arm: a simulated arm, table scene and camera (MuJoCo) with the interfaces of a real arm.
+
+The physics core is ``vla_ros.sim.SimArm`` (ROS-free); this node turns messages into its commands
+and its state into messages. Topics (relative names, so a namespace or remapping moves them):
+
+================================  ===========================  ====================================
+topic                             type                         notes
+================================  ===========================  ====================================
+``servo_node/delta_twist_cmds``   geometry_msgs/TwistStamped   in; base frame (frame_id empty or
+                                                               ``base_frame``); held until
+                                                               ``twist_timeout`` after its stamp
+``target_pose``                   geometry_msgs/PoseStamped    in; absolute target, frame_id must
+                                                               be ``base_frame``
+``gripper/command``               std_msgs/Float64             in; opening in [0, 1], 1 = open
+``camera/image_raw``              sensor_msgs/Image            out; rgb8, best effort depth 1,
+                                                               frame_id ``sim_camera``
+``ee_pose``                       geometry_msgs/PoseStamped    out; end-effector pose in
+                                                               ``base_frame``
+``joint_states``                  sensor_msgs/JointState       out; 6 virtual joints + 2 fingers
+``sim/object_lifted``             std_msgs/Bool                out; the cube's bottom is > 5 cm
+                                                               above the table (10 Hz)
+``sim/task``                      std_msgs/String              out; JSON: object_lifted,
+                                                               object_height (m), object_position,
+                                                               time_since_reset (s), 10 Hz
+``/clock``                        rosgraph_msgs/Clock          out, when ``publish_clock``
+``/diagnostics``                  diagnostic_msgs/             out; 1 Hz
+                                  DiagnosticArray
+================================  ===========================  ====================================
+
+Service ``~/reset`` (std_srvs/Trigger) puts the gripper home and the objects at their seeded
+places. Inputs use reliable QoS (depth 10), like MoveIt Servo and ``ros2 topic pub``. A twist
+stamped more than ``twist_timeout`` before now is dropped as stale (a zero stamp, or one ahead of
+now, counts as "now"); NaN or infinite values, a zero quaternion, and commands in another frame
+are rejected and counted. Gripper openings outside [0, 1] are clipped.
+
+Time. By default physics follows the node clock: each control tick steps it up to the node
+clock's now (at most ``MAX_CATCH_UP`` per tick; a longer stall is skipped, not raced through), and
+every output is stamped with the node-clock time of the state it shows. With ``publish_clock`` the
+simulator is the clock: sim time starts at 0 and follows the steady clock in the same way (so it
+never runs faster than real time, and falls behind when a stall is skipped), ``/clock`` is
+published after each tick, and outputs are stamped with that sim time, which is what the node
+clock of any node with ``use_sim_time`` reads.
+
+The camera renders on its own thread with its own MjData, from a snapshot of the state taken by
+the control tick when a frame is due, so rendering never stalls physics; the image carries the
+stamp of its snapshot. A frame still rendering when the next is due makes that one be dropped.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+from geometry_msgs.msg import PoseStamped, TwistStamped
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data, QoSProfile,
+                       ReliabilityPolicy)
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64, String
+from std_srvs.srv import Trigger
+
+from vla_ros import conversions, diagnostics
+from vla_ros.node_params import declare, NodeParam, read
+from vla_ros.runtime import Counters, InferenceWorker, RateMeter, Window
+
+COMMAND_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+CLOCK_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                       reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.VOLATILE)
+CAMERA_FRAME = 'sim_camera'
+TASK_RATE_HZ = 10.0
+# Seconds of physics one real-time tick may run to catch up with the clock. A real arm keeps
+# moving while a starved process is late, so the sim catches up rather than dropping time; only a
+# longer stall (a suspended process, a clock jump) is skipped.
+MAX_CATCH_UP = 1.0
+RENDERER_START_TIMEOUT = 60.0
+
+PARAMS = (
+    NodeParam('camera_width', 320, 'Camera image width in pixels (16 .. 2048).'),
+    NodeParam('camera_height', 240, 'Camera image height in pixels (16 .. 2048).'),
+    NodeParam('camera_rate_hz', 10.0, 'Camera frame rate, Hz (0 < rate <= 60).'),
+    NodeParam('physics_rate_hz', 100.0, 'Control loop rate, Hz (10 .. 500); physics substeps '
+              'at 2 ms inside each tick.'),
+    NodeParam('ee_pose_rate_hz', 50.0, 'Rate of ee_pose and joint_states, Hz '
+              '(0 < rate <= physics_rate_hz).'),
+    NodeParam('max_linear_speed', 0.25, 'End-effector speed limit, m/s (0 < v <= 1).'),
+    NodeParam('max_angular_speed', 1.0, 'End-effector angular speed limit, rad/s (0 < w <= 4).'),
+    NodeParam('twist_timeout', 0.1, 'Seconds a twist holds after its stamp; older twists are '
+              'dropped (0.01 .. 5).'),
+    NodeParam('base_frame', 'base_link', 'Frame of ee_pose and the accepted command frame.'),
+    NodeParam('publish_clock', False, 'Publish /clock from physics time and stamp with it '
+              '(other nodes then use use_sim_time).'),
+    NodeParam('seed', 0, 'Seed of the object placement (>= 0).'),
+)
+
+
+def validate(cfg):
+    """Return a list of problems with the configuration, each naming the parameter and range."""
+    problems = []
+
+    def check(name, ok, allowed):
+        if not ok:
+            problems.append(f"parameter '{name}' is {getattr(cfg, name)!r}; allowed: {allowed}")
+
+    def within(value, low, high, low_open=False):
+        return math.isfinite(value) and (value > low if low_open else value >= low) \
+            and value <= high
+
+    check('camera_width', 16 <= cfg.camera_width <= 2048, 'an integer in 16 .. 2048')
+    check('camera_height', 16 <= cfg.camera_height <= 2048, 'an integer in 16 .. 2048')
+    check('camera_rate_hz', within(cfg.camera_rate_hz, 0, 60, True), '0 < rate <= 60 Hz')
+    check('physics_rate_hz', within(cfg.physics_rate_hz, 10, 500), '10 .. 500 Hz')
+    check('ee_pose_rate_hz', within(cfg.ee_pose_rate_hz, 0, cfg.physics_rate_hz, True),
+          f'0 < rate <= physics_rate_hz ({cfg.physics_rate_hz}) Hz')
+    check('max_linear_speed', within(cfg.max_linear_speed, 0, 1.0, True), '0 < v <= 1.0 m/s')
+    check('max_angular_speed', within(cfg.max_angular_speed, 0, 4.0, True),
+          '0 < w <= 4.0 rad/s')
+    check('twist_timeout', within(cfg.twist_timeout, 0.01, 5.0), '0.01 .. 5.0 s')
+    check('base_frame', bool(cfg.base_frame.strip()), 'a non-empty frame name')
+    check('seed', cfg.seed >= 0, 'an integer >= 0')
+    return problems
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message says why."""
+
+
+def load_sim():
+    """
+    Import ``vla_ros.sim`` with ``MUJOCO_GL=egl`` unless set (raise StartupError if it fails).
+
+    MuJoCo picks its OpenGL back end once, when it is first imported, so this runs before any
+    other import of mujoco in the process.
+    """
+    os.environ.setdefault('MUJOCO_GL', 'egl')
+    try:
+        from vla_ros import sim
+    except (ImportError, AttributeError, RuntimeError, OSError) as exc:
+        raise StartupError(
+            f"cannot load MuJoCo with MUJOCO_GL={os.environ['MUJOCO_GL']!r} "
+            f'({type(exc).__name__}: {exc}); install it with pip install mujoco, and pick a '
+            'working OpenGL back end: MUJOCO_GL=egl (headless, needs libEGL), glfw (a display) '
+            'or osmesa (needs libOSMesa)') from exc
+    return sim
+
+
+def _finite(*values):
+    return all(math.isfinite(v) for v in values)
+
+
+class SimArmNode(Node):
+    """The simulator node; see the module docstring. Call ``start`` once after construction."""
+
+    def __init__(self, **kwargs):
+        super().__init__('sim_arm', **kwargs)
+        declare(self, PARAMS)
+        self.cfg = read(self, PARAMS)
+        self.arm = None
+        self._camera = None
+        self._worker = None
+        self._startup_errors = []
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._counters = Counters('ticks', 'twists', 'poses', 'gripper_commands', 'stale_twists',
+                                  'rejected_nonfinite', 'rejected_frame', 'rejected_quaternion',
+                                  'frames', 'frames_dropped', 'loop_errors', 'physics_resets',
+                                  'catch_up_capped')
+        self._render_time = Window()
+        self._tick_cost = Window()
+        self._frame_rate = RateMeter()
+        self._pacer = None  # the physics steps' time line: node clock, or sim time from 0
+        self._rtf = (time.monotonic(), 0)  # (steady seconds, sim steps) at the last diagnostics
+        self._rtf_value = float('nan')
+        self._lifted = False
+
+    # ---------------------------------------------------------------- start-up and shutdown
+    def start(self):
+        """Validate parameters, build the sim and renderer, then start I/O (raise StartupError)."""
+        problems = validate(self.cfg)
+        if problems:
+            for problem in problems:
+                self.get_logger().error(problem)
+            raise StartupError('invalid parameters (see above)')
+        cfg = self.cfg
+        self._sim = load_sim()
+        self._twists = self._sim.Queue()
+        self._pose, self._gripper = self._sim.Mailbox(), self._sim.Mailbox()
+        self.arm = self._sim.SimArm(cfg.camera_width, cfg.camera_height, cfg.max_linear_speed,
+                                    cfg.max_angular_speed, cfg.twist_timeout, cfg.seed)
+        self._start_camera()
+        self._steady_start_ns = self._steady.now().nanoseconds
+        self._pacer = self._sim.Pacer(
+            int(round(self.arm.timestep * 1e9)),
+            epoch_ns=0 if cfg.publish_clock else self.get_clock().now().nanoseconds,
+            max_steps=int(MAX_CATCH_UP / self.arm.timestep))
+        self._ee_schedule = self._sim.Schedule(cfg.ee_pose_rate_hz)
+        self._camera_schedule = self._sim.Schedule(cfg.camera_rate_hz)
+        self._task_schedule = self._sim.Schedule(TASK_RATE_HZ)
+        io_group = ReentrantCallbackGroup()
+        loop_group = MutuallyExclusiveCallbackGroup()  # the tick and reset never overlap
+        self._pubs = {
+            'image': self.create_publisher(Image, 'camera/image_raw', qos_profile_sensor_data),
+            'ee_pose': self.create_publisher(PoseStamped, 'ee_pose', COMMAND_QOS),
+            'joints': self.create_publisher(JointState, 'joint_states', COMMAND_QOS),
+            'lifted': self.create_publisher(Bool, 'sim/object_lifted', COMMAND_QOS),
+            'task': self.create_publisher(String, 'sim/task', COMMAND_QOS),
+            'diagnostics': self.create_publisher(diagnostics.DiagnosticArray, '/diagnostics',
+                                                 COMMAND_QOS),
+        }
+        if cfg.publish_clock:
+            self._pubs['clock'] = self.create_publisher(ClockMsg, '/clock', CLOCK_QOS)
+        self.create_subscription(TwistStamped, 'servo_node/delta_twist_cmds', self._on_twist,
+                                 COMMAND_QOS, callback_group=io_group)
+        self.create_subscription(PoseStamped, 'target_pose', self._on_pose, COMMAND_QOS,
+                                 callback_group=io_group)
+        self.create_subscription(Float64, 'gripper/command', self._on_gripper, COMMAND_QOS,
+                                 callback_group=io_group)
+        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=loop_group)
+        # With /clock published by this node, its own timers must not wait on that clock.
+        loop_clock = self._steady if cfg.publish_clock else self.get_clock()
+        self.create_timer(1.0 / cfg.physics_rate_hz, self._tick, callback_group=loop_group,
+                          clock=loop_clock)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=io_group,
+                          clock=loop_clock)
+        self.get_logger().info(
+            f'started: camera {cfg.camera_width}x{cfg.camera_height} at {cfg.camera_rate_hz} Hz '
+            f'(MUJOCO_GL egl unless set), physics tick {cfg.physics_rate_hz} Hz '
+            f'({self.arm.timestep * 1e3:.1f} ms steps), ee_pose {cfg.ee_pose_rate_hz} Hz, '
+            f'limits {cfg.max_linear_speed} m/s {cfg.max_angular_speed} rad/s, twist_timeout '
+            f'{cfg.twist_timeout} s, base_frame {cfg.base_frame}, seed {cfg.seed}, time '
+            f'{"sim (publishing /clock)" if cfg.publish_clock else "node clock (real time)"}')
+
+    def _start_camera(self):
+        """Create the renderer on the camera thread (an OpenGL context is per-thread)."""
+        self._worker = InferenceWorker(self._on_camera_error, name='sim_camera')
+
+        def create():
+            camera = self._sim.SimCamera(self.arm.model, self.cfg.camera_width,
+                                         self.cfg.camera_height, self.arm.camera)
+            camera.render(self.arm.snapshot())  # warm-up: the first frame compiles shaders
+            self._camera = camera
+        self._worker.submit(create)
+        if not self._worker.wait_idle(RENDERER_START_TIMEOUT) or self._camera is None:
+            reason = self._startup_errors[0] if self._startup_errors else \
+                f'no answer within {RENDERER_START_TIMEOUT} s'
+            message = str(reason) if isinstance(reason, self._sim.RenderError) else (
+                f'cannot start the renderer: {reason}; try MUJOCO_GL=egl (headless) or glfw')
+            raise StartupError(message)
+
+    def close(self):
+        """Stop the camera thread and free the renderer."""
+        if self._worker is not None:
+            self._worker.wait_idle(timeout=5.0)
+            if self._camera is not None:
+                camera, self._camera = self._camera, None
+                self._worker.submit(camera.close)
+                self._worker.wait_idle(timeout=5.0)
+            self._worker.stop()
+            self._worker = None
+
+    # ---------------------------------------------------------------- inputs (store only)
+    def _on_twist(self, msg):
+        self._counters.bump('twists')
+        self._twists.put(msg)
+
+    def _on_pose(self, msg):
+        self._counters.bump('poses')
+        self._pose.put(msg)
+
+    def _on_gripper(self, msg):
+        self._counters.bump('gripper_commands')
+        self._gripper.put(msg)
+
+    def _on_reset(self, request, response):
+        self.arm.reset()
+        self._twists.take_all()
+        self._pose.take()
+        self._gripper.take()
+        response.success = True
+        response.message = 'gripper home and open, objects at their start places'
+        self.get_logger().info(f'reset: {response.message}')
+        return response
+
+    # ---------------------------------------------------------------- time
+    def _now_ns(self):
+        """Return the time of the physics state on the stamp time line (node clock or sim)."""
+        return self._pacer.now_ns
+
+    def _clock_ns(self):
+        """Return the clock the physics follows: the node clock, or (publish_clock) sim time."""
+        if self.cfg.publish_clock:
+            return self._steady.now().nanoseconds - self._steady_start_ns
+        return self.get_clock().now().nanoseconds
+
+    def _advance(self):
+        """
+        Step the physics up to the clock it follows, applying each new twist at its stamp.
+
+        A tick that comes late (a busy CPU) still gives every twist of a stream its own span of
+        physics time, as a real arm that kept receiving them would have moved.
+        """
+        clock_ns = self._clock_ns()
+        twists = [(self._twist_stamp(msg, clock_ns), msg) for msg in self._twists.take_all()]
+        for stamp_ns, msg in sorted((t for t in twists if t[0] is not None), key=lambda t: t[0]):
+            self._step_to(stamp_ns)
+            self._apply_twist(msg, stamp_ns)
+        self._step_to(clock_ns)
+
+    def _step_to(self, clock_ns):
+        skips = self._pacer.skips
+        self.arm.run_steps(self._pacer.advance(clock_ns))
+        if self._pacer.skips != skips:
+            self._counters.bump('catch_up_capped')
+
+    def _reject(self, counter, text):
+        if not self.context.ok():
+            return  # shutting down (Ctrl-C): publishers are gone, nothing to report
+        self._counters.bump(counter, text)
+        self.get_logger().warning(text, throttle_duration_sec=5.0)
+
+    # ---------------------------------------------------------------- the control loop
+    def _tick(self):
+        """Apply new commands, advance physics, publish what is due; never raises."""
+        start = time.perf_counter()
+        try:
+            self._counters.bump('ticks')
+            self._apply_commands()
+            self._advance()
+            if not np.all(np.isfinite(self.arm.data.qpos)):
+                self._reject('physics_resets', 'physics diverged (non-finite state): reset')
+                self.arm.reset()
+            now_ns = self._now_ns()
+            stamp = Time(nanoseconds=now_ns).to_msg()
+            if self.cfg.publish_clock:
+                self._pubs['clock'].publish(ClockMsg(clock=stamp))
+            if self._ee_schedule.due(now_ns):
+                self._publish_state(stamp)
+            if self._task_schedule.due(now_ns):
+                self._publish_task()
+            if self._camera_schedule.due(now_ns):
+                snapshot = self.arm.snapshot()
+                if not self._worker.submit(lambda: self._render(snapshot, stamp)):
+                    self._counters.bump('frames_dropped')
+        except (ValueError, RuntimeError, FloatingPointError) as exc:
+            self._reject('loop_errors', f'control tick failed: {type(exc).__name__}: {exc}')
+        self._tick_cost.add(time.perf_counter() - start)
+
+    def _apply_commands(self):
+        pose = self._pose.take()
+        if pose is not None:
+            self._apply_pose(pose)
+        gripper = self._gripper.take()
+        if gripper is not None:
+            if math.isfinite(gripper.data):
+                self.arm.command_gripper(gripper.data)
+            else:
+                self._reject('rejected_nonfinite', f'gripper command {gripper.data} rejected: '
+                             'send a finite opening in [0, 1]')
+
+    def _twist_stamp(self, msg, clock_ns):
+        """Return a valid twist's stamp (ns, at most ``clock_ns``), or None after rejecting it."""
+        lin, ang = msg.twist.linear, msg.twist.angular
+        if not _finite(lin.x, lin.y, lin.z, ang.x, ang.y, ang.z):
+            self._reject('rejected_nonfinite', f'twist {lin} {ang} rejected: NaN or infinite '
+                         'values')
+            return None
+        if msg.header.frame_id not in ('', self.cfg.base_frame):
+            self._reject('rejected_frame', f"twist in frame '{msg.header.frame_id}' rejected: "
+                         f"send it in '{self.cfg.base_frame}' (or leave frame_id empty)")
+            return None
+        stamp_ns = Time.from_msg(msg.header.stamp).nanoseconds
+        stamp_ns = clock_ns if stamp_ns == 0 else min(stamp_ns, clock_ns)  # future counts as now
+        age = (clock_ns - stamp_ns) * 1e-9
+        if age > self.cfg.twist_timeout:
+            self._reject('stale_twists', f'twist stamped {age:.3f} s ago dropped (twist_timeout '
+                         f'{self.cfg.twist_timeout} s); stamp commands with the current time')
+            return None
+        return stamp_ns
+
+    def _apply_twist(self, msg, stamp_ns):
+        """Hand a checked twist to the arm; it holds until stamp + twist_timeout."""
+        lin, ang = msg.twist.linear, msg.twist.angular
+        age = (self._now_ns() - stamp_ns) * 1e-9  # < 0 if the physics has not reached the stamp
+        self.arm.command_twist((lin.x, lin.y, lin.z), (ang.x, ang.y, ang.z), age=age)
+
+    def _apply_pose(self, msg):
+        p, q = msg.pose.position, msg.pose.orientation
+        if not _finite(p.x, p.y, p.z, q.x, q.y, q.z, q.w):
+            self._reject('rejected_nonfinite', 'target_pose rejected: NaN or infinite values')
+            return
+        if msg.header.frame_id != self.cfg.base_frame:
+            self._reject('rejected_frame', f"target_pose in frame '{msg.header.frame_id}' "
+                         f"rejected: send it in '{self.cfg.base_frame}'")
+            return
+        if math.sqrt(q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w) < 1e-6:
+            self._reject('rejected_quaternion', 'target_pose rejected: zero quaternion '
+                         '(identity is 0 0 0 1)')
+            return
+        self.arm.command_pose((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+
+    # ---------------------------------------------------------------- outputs
+    def _publish_state(self, stamp):
+        position, quat = self.arm.ee_pose()
+        pose = PoseStamped()
+        pose.header.stamp = stamp
+        pose.header.frame_id = self.cfg.base_frame
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, position)
+        o = pose.pose.orientation
+        o.x, o.y, o.z, o.w = map(float, quat)
+        self._pubs['ee_pose'].publish(pose)
+        names, positions, velocities = self.arm.joint_state()
+        joints = JointState(name=names, position=positions, velocity=velocities)
+        joints.header.stamp = stamp
+        self._pubs['joints'].publish(joints)
+
+    def _publish_task(self):
+        status = self.arm.task_status()
+        self._lifted = bool(status['object_lifted'])  # for diagnostics, read on another thread
+        self._pubs['lifted'].publish(Bool(data=bool(status['object_lifted'])))
+        self._pubs['task'].publish(String(data=json.dumps(
+            {**status, 'time_since_reset': round(self.arm.time, 4)}, sort_keys=True)))
+
+    def _render(self, snapshot, stamp):
+        """Run on the camera thread: draw the snapshot and publish it with its stamp."""
+        rgb = self._camera.render(snapshot)
+        self._render_time.add(self._camera.last_render_s)
+        self._pubs['image'].publish(conversions.rgb_to_image(rgb, 'rgb8', stamp=stamp,
+                                                             frame_id=CAMERA_FRAME))
+        self._counters.bump('frames')
+        self._frame_rate.mark(time.monotonic())
+
+    def _on_camera_error(self, exc):
+        if self._camera is None:
+            self._startup_errors.append(exc)  # while creating the renderer
+        else:
+            self._reject('loop_errors', f'camera frame failed: {type(exc).__name__}: {exc}')
+
+    def _publish_diagnostics(self):
+        steady, steps = time.monotonic(), self._pacer.steps
+        last_steady, last_steps = self._rtf
+        if steady > last_steady:
+            self._rtf_value = (steps - last_steps) * self.arm.timestep / (steady - last_steady)
+        self._rtf = (steady, steps)
+        counts, last_error = self._counters.snapshot()
+        render, cost = self._render_time.summary(), self._tick_cost.summary()
+        tick_s = 1.0 / self.cfg.physics_rate_hz
+        values = {
+            'time_source': 'sim (/clock)' if self.cfg.publish_clock else 'node clock',
+            'sim_time_s': self._pacer.steps * self.arm.timestep,
+            'real_time_factor': self._rtf_value,
+            'tick_cost_p50_ms': cost['p50'] * 1e3,
+            'tick_cost_max_ms': cost['max'] * 1e3,
+            'max_real_time_factor': tick_s / cost['p50'] if cost['p50'] > 0 else float('nan'),
+            'camera_rate_hz': self._frame_rate.rate(steady),
+            'render_time_p50_ms': render['p50'] * 1e3,
+            'render_time_p95_ms': render['p95'] * 1e3,
+            **counts,
+            'object_lifted': self._lifted,
+            'last_error': last_error,
+        }
+        level, message = diagnostics.OK, 'running'
+        if last_error:
+            level, message = diagnostics.WARN, last_error[:200]
+        self._pubs['diagnostics'].publish(diagnostics.array(
+            Time(nanoseconds=self._now_ns()).to_msg(),
+            diagnostics.status(f'{self.get_name()}: simulation', level, message, values,
+                               hardware_id='mujoco')))
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    code = 0
+    node = None
+    try:
+        node = SimArmNode()
+        node.start()
+        executor = MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        executor.spin()
+    except StartupError as exc:
+        code = 1
+        node.get_logger().fatal(f'cannot start: {exc}')
+    except ParameterException as exc:
+        code = 1
+        print(f'sim_arm: bad parameter: {exc}', file=sys.stderr)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())
