@@ -1,0 +1,316 @@
+"""
+arm_bridge as a user runs it: its own process, talking over DDS to the test, which plays the arm.
+
+The test publishes ``ee_pose`` (the arm), ``vla/ee_delta`` and ``vla/gripper`` (the policy) and
+watches ``servo_node/delta_twist_cmds``, ``target_pose``, ``gripper/command`` and ``/diagnostics``.
+"""
+
+import math
+import threading
+import time
+
+from conftest import wait_until
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped, TwistStamped
+import numpy as np
+import pytest
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Float64
+from std_srvs.srv import SetBool
+
+from vla_ros import diagnostics
+from vla_ros.arm_bridge import configuration, PARAMS
+from vla_ros.conversions import rpy_to_quaternion
+from vla_ros.safety import quaternion_to_matrix, rpy_to_matrix
+
+QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+TWIST = 'servo_node/delta_twist_cmds'
+HOME = (0.4, 0.0, 0.3)
+
+
+def start_bridge(launch, *params):
+    args = ['--ros-args']
+    for param in params:
+        args += ['-p', param]
+    return launch('arm_bridge', *args)
+
+
+def pose_msg(ros, position, rpy=(0.0, 0.0, 0.0), frame='base_link', age=0.0):
+    msg = PoseStamped()
+    stamp = ros.node.get_clock().now().nanoseconds * 1e-9 - age
+    msg.header.stamp.sec = int(math.floor(stamp))
+    msg.header.stamp.nanosec = int((stamp - math.floor(stamp)) * 1e9)
+    msg.header.frame_id = frame
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = map(float, position)
+    q = msg.pose.orientation
+    q.x, q.y, q.z, q.w = rpy_to_quaternion(*rpy)
+    return msg
+
+
+class Arm:
+    """The test playing the arm: publishes ee_pose at 50 Hz from a thread until stopped."""
+
+    def __init__(self, ros, position=HOME, rpy=(0.0, 0.0, 0.0)):
+        self.ros = ros
+        self.position, self.rpy = position, rpy
+        self.publisher = ros.publisher(PoseStamped, 'ee_pose', QOS)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.publisher.publish(pose_msg(self.ros, self.position, self.rpy))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+class Policy:
+    """The test playing vla_node: deltas and gripper values."""
+
+    def __init__(self, ros):
+        self.ros = ros
+        self.deltas = ros.publisher(PoseStamped, 'vla/ee_delta', QOS)
+        self.gripper = ros.publisher(Float64, 'vla/gripper', QOS)
+        ros.wait_for_subscribers(self.deltas)
+        ros.wait_for_subscribers(self.gripper)
+
+    def delta(self, xyz, rpy=(0.0, 0.0, 0.0), frame='base_link', age=0.0):
+        self.deltas.publish(pose_msg(self.ros, xyz, rpy, frame, age))
+
+
+def twist_values(msg):
+    t = msg.twist
+    return np.array([t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z])
+
+
+def moving(inbox):
+    return [m for m in inbox.messages if np.any(twist_values(m) != 0)]
+
+
+def step_done(inbox):
+    """Return True once a moving twist has been followed by a zero one."""
+    values = [np.any(twist_values(m) != 0) for m in inbox.messages]
+    return True in values and False in values[values.index(True):]
+
+
+def in_state(values, state):
+    """Return the diagnostics ``values`` if arm_bridge reports ``state``, else None."""
+    return values if values['state'] == state else None
+
+
+def safety_status(inbox, timeout=5.0):
+    """Return the next arm_bridge diagnostics values (strings) published after now."""
+    inbox.clear()
+
+    def found():
+        for msg in inbox.messages:
+            for status in msg.status:
+                if status.name.endswith(': safety'):
+                    return diagnostics.values_of(status)
+        return None
+    return wait_until(found, timeout, message='arm_bridge diagnostics')
+
+
+def handshake(send, diag, key):
+    """Call ``send()`` until arm_bridge's diagnostics count ``key`` (the link is up both ways)."""
+    def counted():
+        send()
+        values = safety_status(diag, timeout=2.0)
+        return int(values[key]) > 0
+    wait_until(counted, 15.0, interval=0.0, message=f'arm_bridge to count {key}')
+
+
+def test_servo_twist_streams_clamps_drops_and_watchdog(ros, launch):
+    twists = ros.subscribe(TwistStamped, TWIST, QOS)
+    diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
+    bridge = start_bridge(launch, 'output_mode:=servo_twist')
+    policy = Policy(ros)
+    bridge.wait_for_output('waiting for ee_pose on /ee_pose')
+    # No ee_pose yet: zero twist streams and deltas are dropped (the box needs the arm position).
+    # Sending until one is counted also makes sure the bridge hears this publisher.
+    twists.wait_for(5)
+    handshake(lambda: policy.delta((0.02, 0.0, 0.0)), diag, 'dropped_no_pose')
+    assert not moving(twists)
+    with Arm(ros):
+        bridge.wait_for_output('ee_pose received')
+        time.sleep(0.2)
+        twists.clear()
+        # +x 0.02 m in a 0.2 s step: 0.1 m/s for 0.2 s, then zeros.
+        policy.delta((0.02, 0.0, 0.0))
+        wait_until(lambda: step_done(twists), 5.0, message='one step streamed, then a zero')
+        time.sleep(0.1)
+        stream = [twist_values(m) for m in twists.messages]
+        nonzero = [v for v in stream if np.any(v != 0)]
+        # About 10 ticks of 20 ms (fewer when a busy machine delays the timer), the last one
+        # scaled down so the step adds up to the delta.
+        assert 6 <= len(nonzero) <= 11, f'{len(nonzero)} moving twists for one 0.2 s step'
+        for values in nonzero[:-1]:
+            np.testing.assert_allclose(values, [0.1, 0, 0, 0, 0, 0], atol=1e-9)
+        assert not np.any(stream[-1]), 'zeros after the step'
+        # A huge delta is clamped to 0.05 m per step: 0.25 m/s.
+        twists.clear()
+        policy.delta((3.0, 0.0, 0.0), rpy=(0.0, 0.0, 0.1))
+        wait_until(lambda: step_done(twists), 5.0, message='the clamped step, then a zero')
+        np.testing.assert_allclose(twist_values(moving(twists)[0])[:3], [0.25, 0, 0], atol=1e-9)
+        np.testing.assert_allclose(twist_values(moving(twists)[0])[5], 0.5, atol=1e-9)
+        # Stale (stamped 2 s ago), wrong frame and NaN: dropped, nothing moves.
+        twists.clear()
+        policy.delta((0.02, 0.0, 0.0), age=2.0)
+        policy.delta((0.02, 0.0, 0.0), frame='camera_link')
+        policy.delta((math.nan, 0.0, 0.0))
+        time.sleep(0.8)
+        assert twists.messages and not moving(twists)
+        bridge.wait_for_output("frame_id 'camera_link', expected 'base_link'")
+        # The watchdog: long after the last delta, zero twists keep coming at the stream rate.
+        values = wait_until(lambda: in_state(safety_status(diag), 'watchdog'), 5.0,
+                            message='the watchdog state in diagnostics')
+        assert float(values['stream_rate_hz']) == pytest.approx(50.0, rel=0.3)
+        for key, count in (('accepted', 2), ('clamped_translation', 1), ('dropped_stale', 1),
+                           ('rejected_frame', 1), ('rejected_nan', 1)):
+            assert int(values[key]) == count, (key, values)
+        assert int(values['watchdog_zeros']) > 10
+        twists.clear()
+        time.sleep(0.3)
+        assert len(twists.messages) >= 10 and not moving(twists)
+    assert bridge.output().count('waiting for ee_pose') == 1
+    assert bridge.alive
+
+
+def test_enable_false_stops_at_once(ros, launch):
+    twists = ros.subscribe(TwistStamped, TWIST, QOS)
+    start_bridge(launch, 'output_mode:=servo_twist', 'step_duration:=0.5',
+                 'command_timeout:=0.6')
+    policy = Policy(ros)
+    stop = threading.Event()
+
+    def keep_sending():  # a policy at 5 Hz that never stops
+        while not stop.wait(0.2):
+            policy.delta((0.01, 0.0, 0.0))
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    with Arm(ros):
+        sender.start()
+        try:
+            wait_until(lambda: moving(twists), 10.0, message='a moving twist')
+            time.sleep(0.3)  # steps of 0.5 s every 0.2 s: the arm is moving without pause
+            before = len(twists.messages)
+            assert np.any(twist_values(twists.messages[-1]))
+            response = ros.call(SetBool, '/arm_bridge/enable', SetBool.Request(data=False))
+            assert response.success
+            # The zero twist was published before the response: it is (nearly) here already,
+            # and from it on there are only zeros.
+            first_zero = wait_until(
+                lambda: next((i for i, m in enumerate(twists.messages[before:], before)
+                              if not np.any(twist_values(m))), None), 0.25,
+                message='a zero twist at once')
+            time.sleep(1.0)  # deltas keep coming
+            after = twists.messages[first_zero:]
+            assert len(after) >= 30 and not any(np.any(twist_values(m)) for m in after)
+            twists.clear()
+            response = ros.call(SetBool, '/arm_bridge/enable', SetBool.Request(data=True))
+            assert response.success
+            wait_until(lambda: moving(twists), 2.0, message='motion again after enable')
+        finally:
+            stop.set()
+            sender.join()
+
+
+def test_pose_target_waits_for_ee_pose_then_composes_inside_the_box(ros, launch):
+    targets = ros.subscribe(PoseStamped, 'target_pose', QOS)
+    commands = ros.subscribe(Float64, 'gripper/command', QOS)
+    bridge = start_bridge(launch, 'output_mode:=pose_target', 'workspace_max:=[0.44,0.4,0.6]',
+                          'gripper_convention:=signed', 'gripper_consecutive:=2',
+                          'gripper_open_position:=0.08', 'gripper_closed_position:=0.0')
+    policy = Policy(ros)
+    bridge.wait_for_output('waiting for ee_pose on /ee_pose')
+    policy.delta((0.02, 0.0, 0.0))
+    time.sleep(0.5)
+    assert not targets.messages, 'nothing is published before ee_pose'
+    ee_rpy = (0.0, 0.3, 0.0)
+    with Arm(ros, HOME, ee_rpy):
+        bridge.wait_for_output('ee_pose received')
+        # First: a hold at the measured pose.
+        first = targets.wait_for(3)[-1].pose
+        assert (first.position.x, first.position.y, first.position.z) == pytest.approx(HOME)
+        delta_xyz, delta_rpy = (0.02, -0.01, 0.03), (0.1, 0.0, 0.2)
+        policy.delta(delta_xyz, delta_rpy)
+        expected = np.add(HOME, delta_xyz)
+        wait_until(lambda: np.allclose(_position(targets.messages[-1]), expected, atol=1e-9),
+                   2.0, message='target = ee_pose + delta')
+        target = targets.messages[-1]
+        assert target.header.frame_id == 'base_link'
+        q = target.pose.orientation
+        rot = rpy_to_matrix(*delta_rpy) @ rpy_to_matrix(*ee_rpy)  # base axes, left-multiplied
+        np.testing.assert_allclose(quaternion_to_matrix((q.x, q.y, q.z, q.w)), rot, atol=1e-9)
+        # The next step starts from the target (0.42 in x) and stops at the box (x <= 0.44).
+        policy.delta((0.05, 0.0, 0.0))
+        wait_until(lambda: _position(targets.messages[-1])[0] == pytest.approx(0.44), 2.0,
+                   message='a target clipped to the box')
+        assert all(_position(m)[0] <= 0.44 + 1e-12 for m in targets.messages)
+        # Gripper, signed (-1 = open): two agreeing values flip it.
+        for value in (-1.0, -1.0, 1.0, -1.0, 1.0, 1.0):
+            policy.gripper.publish(Float64(data=value))
+            time.sleep(0.05)
+        commands.wait_for(5)
+        assert [m.data for m in commands.messages] == [0.08, 0.08, 0.08, 0.08, 0.0]
+        # Disable: the measured pose is held at once.
+        ros.call(SetBool, '/arm_bridge/enable', SetBool.Request(data=False))
+        wait_until(lambda: np.allclose(_position(targets.messages[-1]), HOME), 0.5,
+                   message='a hold at the measured pose')
+    assert bridge.output().count('waiting for ee_pose') == 1
+    assert bridge.output().count('ee_pose received') == 1
+
+
+def _position(msg):
+    p = msg.pose.position
+    return np.array([p.x, p.y, p.z])
+
+
+@pytest.mark.parametrize('params, expected', [
+    (['stream_rate_hz:=0'], "parameter 'stream_rate_hz' is 0.0; allowed range (0, 1000] Hz"),
+    (['max_step_translation:=-1'], "parameter 'max_step_translation' is -1.0; allowed range "
+                                   '(0.0, 0.5] m'),
+    (['workspace_min:=[0.8,0.0,0.0]'], 'each axis of workspace_min must be < the same axis of '
+                                       'workspace_max'),
+    (['output_mode:=velocity'], "parameter 'output_mode' is 'velocity'; allowed: servo_twist, "
+                                'pose_target'),
+    (['gripper_convention:=inverted', 'gripper_consecutive:=0'],
+     "parameter 'gripper_consecutive' is 0; allowed: an integer in [1, 100]"),
+])
+def test_out_of_range_parameters_are_refused_at_start(launch, params, expected):
+    bridge = start_bridge(launch, *params)
+    assert bridge.wait_exit(timeout=30.0) != 0
+    output = bridge.output()
+    assert expected in output, output
+    assert 'invalid parameters' in output
+
+
+def _defaults(**overrides):
+    values = {p.name: p.default for p in PARAMS}
+    values.update(overrides)
+    return values
+
+
+@pytest.mark.parametrize('overrides, expected', [
+    ({}, None),
+    ({'workspace_min': [0, -1, 0], 'stream_rate_hz': 100}, None),   # integers are numbers
+    ({'gripper_consecutive': 3.0}, None),
+    ({'stream_rate_hz': 'fast'}, "'stream_rate_hz' is 'fast'; allowed range (0, 1000] Hz"),
+    ({'step_duration': 0.01}, "'step_duration' is 0.01; allowed range [0.02 (one stream "
+                              'period), 10] s'),
+    ({'workspace_max': [1.0, 1.0]}, "'workspace_max' is (1.0, 1.0); allowed: 3 finite numbers"),
+    ({'base_frame': ''}, "'base_frame' is ''; allowed: a non-empty frame name"),
+    ({'command_timeout': math.inf}, "'command_timeout' is inf; allowed range (0.0, 60.0] s"),
+    ({'gripper_threshold': 0.0}, "'gripper_threshold' is 0.0; allowed range (0.0, 1.0)"),
+])
+def test_configuration_checks_every_parameter(overrides, expected):
+    _, _, _, problems = configuration(_defaults(**overrides))
+    if expected is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and expected in problems[0], problems

@@ -1,0 +1,442 @@
+"""
+The arm bridge's safety core (vla_ros.safety): property tests over hostile delta streams.
+
+The property tests drive ``TwistStreamer`` and ``TargetTracker`` exactly as the node does (pending
+deltas offered at a tick, then ``tick``), with a simulated clock and a simulated arm that follows
+the published commands, and check every output.
+"""
+
+import math
+
+from hypothesis import given, HealthCheck, settings, strategies as st
+import numpy as np
+import pytest
+
+from vla_ros import conversions
+from vla_ros.safety import (bound_translation, check_delta, compose_pose, make_pose,
+                            matrix_to_quaternion, matrix_to_rpy, quaternion_to_matrix,
+                            rotation_from_vector, rotation_vector, rpy_to_matrix, SafetyLimits,
+                            TargetTracker, TwistStreamer)
+
+LIMITS = SafetyLimits()
+LOW = np.array(LIMITS.workspace_min)
+HIGH = np.array(LIMITS.workspace_max)
+TOL = 1e-9
+T0 = 1000.0
+NAN, INF = math.nan, math.inf
+
+
+def rx(a):
+    return np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+
+
+def ry(a):
+    return np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+
+
+def rz(a):
+    return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+
+
+# ------------------------------------------------------------------------------ strategies
+_translation = st.one_of(st.floats(-0.1, 0.1), st.floats(-1e6, 1e6),
+                         st.sampled_from([1e6, -1e6, 0.05, -0.05, NAN, INF, -INF, 0.0, 1e300]))
+_rotation = st.one_of(st.floats(-0.5, 0.5), st.floats(-3.1, 3.1), st.sampled_from([NAN, INF]))
+_delta = st.tuples(_translation, _translation, _translation, _rotation, _rotation, _rotation)
+# How a delta's stamp relates to the clock: fresh, stale, future, reordered, a burst at the same
+# stamp, right at the timeout edge, NaN.
+_stamp = st.one_of(st.tuples(st.just('fresh'), st.floats(0.0, 0.1)),
+                   st.tuples(st.just('stale'), st.floats(0.0, 5.0)),
+                   st.tuples(st.just('future'), st.floats(0.0, 1.0)),
+                   st.tuples(st.just('reordered'), st.floats(0.0, 0.5)),
+                   st.tuples(st.just('same'), st.just(0.0)),
+                   st.tuples(st.just('edge'), st.floats(-0.03, 0.03)),
+                   st.just(('nan', 0.0)))
+_op = st.sampled_from(['none', 'none', 'none', 'none', 'disable', 'enable', 'reset'])
+# One tick: a burst of 0 to 3 deltas, an operation, then 0 to 30 quiet ticks.
+_tick = st.tuples(st.lists(st.tuples(_delta, _stamp), max_size=3), _op, st.integers(0, 30))
+# Streams of valid deltas pushing one way at full steps: towards a face of the box, or away from
+# an arm that does not follow (pose_target), where the box and the re-seeding matter.
+_push = st.sampled_from([1e6, -1e6, 0.05, -0.05, 0.03, 0.0])
+_push_tick = st.tuples(
+    st.lists(st.tuples(st.tuples(_push, _push, _push, *[st.floats(-0.3, 0.3)] * 3),
+                       st.tuples(st.just('fresh'), st.floats(0.0, 0.05))),
+             min_size=1, max_size=2),
+    st.just('none'), st.integers(0, 15))
+_scenario = st.one_of(st.lists(_tick, max_size=15), st.lists(_push_tick, min_size=1, max_size=15))
+PROPERTY_SETTINGS = settings(max_examples=120, deadline=None,
+                             suppress_health_check=[HealthCheck.too_slow])
+_config = st.fixed_dictionaries({
+    'period': st.sampled_from([0.01, 0.02, 0.05]),
+    'step': st.sampled_from([0.05, 0.07, 0.2, 0.7]),
+    'timeout': st.sampled_from([0.1, 0.5, 1.0]),
+    'pose_every': st.sampled_from([1, 1, 3, 20, 60]),
+    # Anywhere in the box, often on or near a face, where the box check matters.
+    'start': st.tuples(*[st.one_of(st.floats(lo, hi), st.sampled_from([lo, hi]),
+                                   st.floats(lo, lo + 0.03), st.floats(hi - 0.03, hi))
+                         for lo, hi in zip(LOW, HIGH)]),
+    'start_rpy': st.tuples(*[st.floats(-1.0, 1.0)] * 3),
+    # pose_target: the share of the way to the target the arm goes per tick (0: blocked).
+    'follow': st.one_of(st.just(0.0), st.floats(0.05, 1.0)),
+})
+
+
+def stamp_of(kind, value, now, limits, last_sent):
+    return {'fresh': now - value, 'stale': now - limits.command_timeout - 1e-6 - value,
+            'future': now + value, 'reordered': last_sent - value, 'same': last_sent,
+            'edge': now - limits.command_timeout + value, 'nan': NAN}[kind]
+
+
+def rpy_of_vector(vec):
+    return np.array(matrix_to_rpy(rotation_from_vector(vec)))
+
+
+def drive(core, config, scenario, follow_twist):
+    """
+    Run ``scenario`` through ``core`` tick by tick; yield (now, command, context) per tick.
+
+    The simulated arm integrates the twist (servo) or moves ``follow`` of the way to the target
+    (pose target); ``core`` sees its pose every ``pose_every`` ticks.
+    """
+    period = config['period']
+    position = np.array(config['start'], dtype=np.float64)
+    rotation = rpy_to_matrix(*config['start_rpy'])
+    limits = core.limits
+    last_sent = T0
+    k = 0
+    for inputs, op, quiet in scenario:
+        for tick in range(1 + quiet):
+            now = T0 + k * period
+            if k % config['pose_every'] == 0:
+                core.update_pose(make_pose(position, matrix_to_quaternion(rotation), now))
+            accepted = []
+            if tick == 0:
+                if op == 'disable':
+                    core.set_enabled(False, now)
+                elif op == 'enable':
+                    core.set_enabled(True, now)
+                elif op == 'reset':
+                    core.reset(now)
+                for delta, (kind, value) in inputs:
+                    stamp = stamp_of(kind, value, now, limits, last_sent)
+                    if math.isfinite(stamp):
+                        last_sent = stamp
+                    measured = core.fresh_pose(now)
+                    verdict = core.offer(delta, stamp, now)
+                    if verdict.delta is not None:
+                        accepted.append((stamp, verdict, measured))
+            command = core.tick(now)
+            yield now, command, {'op': op if tick == 0 else 'none', 'accepted': accepted,
+                                 'position': position.copy(), 'measured': core.pose}
+            if follow_twist:
+                position = position + command.linear * period
+                rotation = rotation_from_vector(command.angular * period) @ rotation
+            elif command.pose is not None:
+                position = position + config['follow'] * (command.pose.position - position)
+                rotation = quaternion_to_matrix(command.pose.quaternion)
+            k += 1
+
+
+def limits_for(config):
+    return SafetyLimits(command_timeout=config['timeout'])
+
+
+@PROPERTY_SETTINGS
+@given(config=_config, scenario=_scenario)
+def test_servo_twist_outputs_are_bounded_fresh_and_inside_the_box(config, scenario):
+    check_servo_run(config, scenario)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=_config.map(lambda c: {**c, 'step': 0.7, 'timeout': 0.1}),
+       scenario=st.lists(_push_tick, min_size=1, max_size=6))
+def test_servo_twist_stream_ends_at_the_command_timeout(config, scenario):
+    check_servo_run(config, scenario)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=_config.flatmap(lambda c: st.integers(2, 30).map(
+    lambda n: {**c, 'pose_every': n, 'period': 0.01})),
+       scenario=st.lists(_push_tick, min_size=2, max_size=15))
+def test_servo_twist_box_holds_with_a_lagging_pose(config, scenario):
+    check_servo_run(config, scenario)
+
+
+def check_servo_run(config, scenario):
+    """Drive a TwistStreamer through ``scenario`` and check every output (the properties)."""
+    limits = limits_for(config)
+    step = max(config['step'], config['period'])
+    core = TwistStreamer(limits, step, config['period'])
+    last_accepted = None
+    watch_from = None  # the newest accepted stamp, or the last enable after it
+    enabled = True
+    for now, command, ctx in drive(core, config, scenario, follow_twist=True):
+        if ctx['op'] == 'enable' and not enabled and last_accepted is not None:
+            watch_from = max(watch_from, now)
+        if ctx['op'] in ('disable', 'enable'):
+            enabled = ctx['op'] == 'enable'
+        for stamp, verdict, _ in ctx['accepted']:
+            # Accepted stamps never go backwards (reordered deltas are dropped).
+            assert last_accepted is None or stamp >= last_accepted
+            last_accepted = watch_from = stamp
+            assert enabled
+            assert now - stamp <= limits.command_timeout + TOL
+            assert stamp - now <= limits.future_tolerance + TOL
+        # Where the arm is now: inside the box (it started inside and only ever moves inside).
+        assert np.all(ctx['position'] >= LOW - TOL) and np.all(ctx['position'] <= HIGH + TOL)
+        moving = np.any(command.linear != 0) or np.any(command.angular != 0)
+        # Every twist, held for one step, stays within the per-step limits.
+        assert np.all(np.abs(command.linear) * step <= limits.max_step_translation + TOL)
+        assert np.all(np.abs(rpy_of_vector(command.angular * step))
+                      <= limits.max_step_rotation + 1e-7)
+        if moving:
+            assert command.state == 'moving' and enabled
+            # Never from a delta older than command_timeout at publication.
+            assert now - command.source_stamp < limits.command_timeout + TOL
+        # The watchdog: past the timeout of the newest accepted delta, only zeros; ticks come
+        # every stream period, so the zero arrives within one period of the timeout.
+        if last_accepted is None or now - last_accepted >= limits.command_timeout:
+            assert not moving
+            if enabled and watch_from is not None and now - watch_from > limits.command_timeout:
+                assert command.state == 'watchdog'
+        if not enabled:
+            assert not moving and command.state == 'disabled'
+
+
+def _within_step(new, base, limits):
+    dpos = np.abs(new.position - base.position)
+    drot = np.abs(matrix_to_rpy(quaternion_to_matrix(new.quaternion)
+                                @ quaternion_to_matrix(base.quaternion).T))
+    return (np.all(dpos <= limits.max_step_translation + TOL)
+            and np.all(drot <= limits.max_step_rotation + 1e-7))
+
+
+def _same(a, b):
+    return (np.allclose(a.position, b.position, atol=1e-12)
+            and np.allclose(a.quaternion, b.quaternion, atol=1e-12))
+
+
+@PROPERTY_SETTINGS
+@given(config=_config, scenario=_scenario)
+def test_pose_target_outputs_are_bounded_fresh_and_inside_the_box(config, scenario):
+    limits = limits_for(config)
+    core = TargetTracker(limits)
+    previous = None
+    enabled = True
+    held = None
+    last_accepted = -math.inf
+    for now, command, ctx in drive(core, config, scenario, follow_twist=False):
+        if ctx['op'] in ('disable', 'enable'):
+            enabled = ctx['op'] == 'enable'
+        for stamp, _, _ in ctx['accepted']:
+            assert enabled and stamp >= last_accepted
+            assert now - stamp <= limits.command_timeout + TOL
+            last_accepted = stamp
+        if command.state == 'waiting':
+            assert ctx['measured'] is None and previous is None
+            continue
+        target = command.pose
+        assert np.all(target.position >= LOW - TOL) and np.all(target.position <= HIGH + TOL)
+        if not enabled:
+            assert command.state == 'disabled'
+            if ctx['op'] == 'disable':
+                held = target
+            elif held is not None:
+                assert _same(target, held), 'a disabled bridge holds one pose'
+        if previous is not None and not _same(target, previous):
+            measured = ctx['measured']
+            if ctx['accepted']:
+                stamp, _, fresh = ctx['accepted'][-1]
+                assert command.state == 'moving'
+                assert now - command.source_stamp <= limits.command_timeout + TOL
+                assert command.source_stamp == stamp
+                # One step from the previous target, or from the measured pose when re-seeded.
+                assert (_within_step(target, previous, limits)
+                        or _within_step(target, fresh, limits))
+                drift = np.linalg.norm(target.position - fresh.position)
+                assert drift <= limits.reseed_distance + math.sqrt(3) * \
+                    limits.max_step_translation + TOL
+            else:
+                # No delta this tick: only a hold at the measured pose (disable, reset).
+                assert ctx['op'] in ('disable', 'reset') and _same(target, measured)
+        if command.state == 'watchdog' and ctx['op'] != 'reset':
+            assert previous is not None and _same(target, previous)
+        previous = target
+
+
+# ------------------------------------------------------------------------------ examples
+def test_rpy_matrix_matches_conversions_and_elementary_rotations():
+    for roll, pitch, yaw in [(0.1, -0.2, 0.3), (1.0, 0.5, -2.0), (0.0, 0.0, math.pi / 2)]:
+        rot = rpy_to_matrix(roll, pitch, yaw)
+        np.testing.assert_allclose(rot, rz(yaw) @ ry(pitch) @ rx(roll), atol=1e-12)
+        q = conversions.rpy_to_quaternion(roll, pitch, yaw)
+        np.testing.assert_allclose(quaternion_to_matrix(q), rot, atol=1e-12)
+        np.testing.assert_allclose(matrix_to_rpy(rot), (roll, pitch, yaw), atol=1e-12)
+
+
+@given(st.tuples(*[st.floats(-3.0, 3.0)] * 3))
+def test_quaternion_and_rotation_vector_round_trip(rpy):
+    rot = rpy_to_matrix(*rpy)
+    np.testing.assert_allclose(quaternion_to_matrix(matrix_to_quaternion(rot)), rot, atol=1e-9)
+    np.testing.assert_allclose(rotation_from_vector(rotation_vector(rot)), rot, atol=1e-9)
+
+
+def test_compose_pose_rotates_about_the_end_effector_with_base_axes_left_multiplied():
+    position = np.array([0.4, 0.1, 0.3])
+    start = rx(0.3) @ ry(-0.2)
+    delta = np.array([0.01, -0.02, 0.03, 0.1, 0.2, math.pi / 2])
+    new_position, new_quat = compose_pose(position, matrix_to_quaternion(start), delta)
+    # The rotation does not move the end-effector point; the translation is in the base frame.
+    np.testing.assert_allclose(new_position, position + delta[:3], atol=1e-12)
+    expected = rz(delta[5]) @ ry(delta[4]) @ rx(delta[3]) @ start
+    np.testing.assert_allclose(quaternion_to_matrix(new_quat), expected, atol=1e-12)
+    # Base-aligned axes: a yaw of 90 degrees turns the gripper's x axis from base x to base y.
+    _, quat = compose_pose(position, (0, 0, 0, 1), np.array([0, 0, 0, 0, 0, math.pi / 2]))
+    np.testing.assert_allclose(quaternion_to_matrix(quat)[:, 0], [0, 1, 0], atol=1e-12)
+    # Left-multiplied, not right: with a non-identity start the two differ.
+    right = start @ rz(delta[5]) @ ry(delta[4]) @ rx(delta[3])
+    assert not np.allclose(quaternion_to_matrix(new_quat), right, atol=1e-3)
+
+
+def test_check_delta_clips_per_axis_and_counts():
+    verdict = check_delta([0.2, -0.01, -0.3, 0.5, 0.0, -1.0], T0, T0, LIMITS)
+    np.testing.assert_allclose(verdict.delta, [0.05, -0.01, -0.05, 0.25, 0.0, -0.25])
+    assert verdict.events == ('accepted', 'clamped_translation', 'clamped_rotation')
+    verdict = check_delta([0.01, 0, 0, 0, 0, 0.1], T0, T0, LIMITS)
+    assert verdict.events == ('accepted',)
+
+
+@pytest.mark.parametrize('delta, stamp, last, event', [
+    ([NAN, 0, 0, 0, 0, 0], T0, -INF, 'rejected_nan'),
+    ([0, 0, 0, 0, INF, 0], T0, -INF, 'rejected_nan'),
+    ([0, 0, 0, 0, 0, 0], NAN, -INF, 'rejected_nan'),
+    ([0.01, 0, 0, 0, 0, 0], T0 - 0.51, -INF, 'dropped_stale'),
+    ([0.01, 0, 0, 0, 0, 0], T0 + 0.06, -INF, 'dropped_future'),
+    ([0.01, 0, 0, 0, 0, 0], T0 - 0.1, T0 - 0.05, 'dropped_reordered'),
+])
+def test_check_delta_drops(delta, stamp, last, event):
+    verdict = check_delta(delta, stamp, T0, LIMITS, last)
+    assert verdict.delta is None and verdict.events == (event,) and verdict.reason
+
+
+def test_check_delta_accepts_an_equal_stamp_and_small_future():
+    assert check_delta([0.01, 0, 0, 0, 0, 0], T0 - 0.1, T0, LIMITS, T0 - 0.1).delta is not None
+    assert check_delta([0.01, 0, 0, 0, 0, 0], T0 + 0.04, T0, LIMITS).delta is not None
+
+
+def test_bound_translation_inside_and_outside_the_box():
+    step, cut = bound_translation([0.68, 0.0, 0.3], np.array([0.05, 0.0, -0.01]), LIMITS)
+    np.testing.assert_allclose(step, [0.02, 0.0, -0.01])
+    assert cut
+    # Outside (x above the box): further out is refused, back towards the box is allowed.
+    step, cut = bound_translation([0.8, 0.0, 0.3], np.array([0.05, 0.0, 0.0]), LIMITS)
+    np.testing.assert_allclose(step, [0.0, 0.0, 0.0])
+    step, cut = bound_translation([0.8, 0.0, 0.3], np.array([-0.05, 0.01, 0.0]), LIMITS)
+    np.testing.assert_allclose(step, [-0.05, 0.01, 0.0])
+    assert not cut
+
+
+def test_twist_is_delta_over_step_for_one_step_then_zero():
+    core = TwistStreamer(LIMITS, 0.2, 0.02)
+    core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0))
+    verdict = core.offer([0.02, 0, 0, 0, 0, 0.1], T0, T0)
+    assert verdict.events == ('accepted',)
+    commands = [core.tick(T0 + k * 0.02) for k in range(15)]
+    moving = [c for c in commands if c.state == 'moving']
+    assert len(moving) == 10
+    np.testing.assert_allclose(moving[0].linear, [0.1, 0, 0])
+    np.testing.assert_allclose(moving[0].angular, [0, 0, 0.5])
+    assert all(c.state == 'idle' and not c.linear.any() for c in commands[10:])
+    assert sum(c.linear[0] * 0.02 for c in commands) == pytest.approx(0.02)
+    # Past command_timeout since the stamp: the watchdog.
+    assert core.tick(T0 + 0.51).state == 'watchdog'
+
+
+def test_twist_stream_stops_at_the_command_timeout_of_its_stamp():
+    core = TwistStreamer(SafetyLimits(command_timeout=0.3), 1.0, 0.02)
+    core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0))
+    core.offer([0.01, 0, 0, 0, 0, 0], T0 - 0.1, T0)
+    assert core.tick(T0 + 0.18).state == 'moving'
+    zero = core.tick(T0 + 0.2)  # the first tick at or after stamp + timeout
+    assert zero.state == 'watchdog' and not zero.linear.any()
+
+
+def test_twist_box_uses_the_commanded_motion_since_the_last_pose():
+    core = TwistStreamer(LIMITS, 0.2, 0.02)
+    core.update_pose(make_pose([0.6, 0.0, 0.3], [0, 0, 0, 1], T0))
+    core.offer([0.05, 0, 0, 0, 0, 0], T0, T0)
+    # 0.1 s later, no new pose: the arm is predicted at x = 0.625, so only 0.075 m remain.
+    verdict = core.offer([0.05, 0, 0, 0, 0, 0], T0 + 0.1, T0 + 0.1)
+    assert core.predicted_position(T0 + 0.1)[0] == pytest.approx(0.625)
+    assert 'clamped_box' not in verdict.events
+    # 0.3 s: both streams done, x = 0.675 predicted: 0.025 m left to the box.
+    verdict = core.offer([0.05, 0, 0, 0, 0, 0], T0 + 0.3, T0 + 0.3)
+    assert 'clamped_box' in verdict.events
+    assert verdict.delta[0] == pytest.approx(0.7 - 0.675)
+
+
+def test_no_motion_without_a_fresh_pose():
+    core = TwistStreamer(LIMITS, 0.2, 0.02)
+    assert core.offer([0.01, 0, 0, 0, 0, 0], T0, T0).events == ('dropped_no_pose',)
+    core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0 - 0.6))
+    assert core.offer([0.01, 0, 0, 0, 0, 0], T0, T0).events == ('dropped_no_pose',)
+
+
+def test_target_reseeds_when_it_drifts_from_the_measured_pose():
+    core = TargetTracker(LIMITS)
+    assert core.tick(T0).state == 'waiting'
+    core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0))
+    assert core.tick(T0).state == 'idle'  # holds the measured pose
+    verdict = core.offer([0.03, 0, 0, 0, 0, 0], T0, T0)
+    assert 'reseeds' not in verdict.events
+    core.tick(T0)
+    core.offer([0.03, 0, 0, 0, 0, 0], T0 + 0.2, T0 + 0.2)
+    np.testing.assert_allclose(core.tick(T0 + 0.2).pose.position, [0.46, 0.0, 0.3])
+    # The arm did not follow (blocked at 0.4): the target is 0.06 m away, more than 0.05.
+    core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0 + 0.4))
+    verdict = core.offer([0.03, 0, 0, 0, 0, 0], T0 + 0.4, T0 + 0.4)
+    assert 'reseeds' in verdict.events
+    np.testing.assert_allclose(core.tick(T0 + 0.4).pose.position, [0.43, 0.0, 0.3])
+    assert core.tick(T0 + 1.0).state == 'watchdog'
+
+
+def test_a_burst_within_one_period_moves_one_step_the_newest_wins():
+    core = TargetTracker(LIMITS)
+    core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0))
+    core.tick(T0)
+    core.offer([0.03, 0, 0, 0, 0, 0], T0 + 0.01, T0 + 0.02)
+    verdict = core.offer([0.0, 0.02, 0, 0, 0, 0], T0 + 0.01, T0 + 0.02)
+    assert verdict.events == ('accepted', 'superseded')
+    np.testing.assert_allclose(core.tick(T0 + 0.02).pose.position, [0.4, 0.02, 0.3])
+    servo = TwistStreamer(LIMITS, 0.2, 0.02)
+    servo.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0))
+    servo.offer([0.03, 0, 0, 0, 0, 0], T0, T0)
+    servo.offer([0.0, 0.02, 0, 0, 0, 0], T0, T0)
+    np.testing.assert_allclose(servo.tick(T0).linear, [0.0, 0.1, 0.0])
+
+
+def test_disable_holds_the_measured_pose_and_enable_refuses_older_deltas():
+    core = TargetTracker(LIMITS)
+    core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0))
+    core.offer([0.03, 0, 0, 0, 0, 0], T0, T0)
+    core.set_enabled(False, T0 + 0.02)
+    command = core.tick(T0 + 0.02)
+    assert command.state == 'disabled'
+    np.testing.assert_allclose(command.pose.position, [0.4, 0.0, 0.3])
+    assert core.offer([0.01, 0, 0, 0, 0, 0], T0 + 0.03, T0 + 0.03).events == \
+        ('dropped_disabled',)
+    core.set_enabled(True, T0 + 0.05)
+    assert core.offer([0.01, 0, 0, 0, 0, 0], T0 + 0.04, T0 + 0.06).events == \
+        ('dropped_reordered',)
+
+
+def test_limits_validate_names_parameter_and_range():
+    assert SafetyLimits().validate() == []
+    problems = SafetyLimits(max_step_translation=-1.0, command_timeout=0.0,
+                            workspace_min=(0.8, 0.0, 0.0)).validate()
+    text = '\n'.join(problems)
+    assert "'max_step_translation' is -1.0; allowed range (0.0, 0.5] m" in text
+    assert "'command_timeout' is 0.0; allowed range (0.0, 60.0] s" in text
+    assert "'workspace_min'" in text and "'workspace_max'" in text
+    problems = SafetyLimits(workspace_max=(1.0, NAN, 1.0)).validate()
+    assert "'workspace_max'" in problems[0] and '3 finite numbers' in problems[0]

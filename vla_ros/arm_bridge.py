@@ -1,0 +1,415 @@
+"""
+arm_bridge: the policy's end-effector deltas in, commands an arm driver accepts out, bounded.
+
+Inputs: ``vla/ee_delta`` (PoseStamped delta), ``vla/gripper`` (Float64), ``ee_pose`` (the arm's
+measured end-effector pose in ``base_frame``). Outputs, by ``output_mode``:
+
+* ``servo_twist``: ``servo_node/delta_twist_cmds`` (TwistStamped, m/s and rad/s in
+  ``base_frame``, streamed at ``stream_rate_hz`` with fresh stamps). Configure MoveIt Servo with
+  ``command_in_type: speed_units``; the angular part turns about the end effector with
+  base-aligned axes, as Servo applies a twist given in the planning frame.
+* ``pose_target``: ``target_pose`` (PoseStamped), the previous target composed with each delta,
+  streamed at ``stream_rate_hz`` (fzi cartesian controllers, Servo pose mode).
+
+plus ``gripper/command`` (Float64 position after hysteresis) and ``/diagnostics`` (1 Hz). Every
+check lives in ``vla_ros.safety`` and ``vla_ros.gripper``; this node only moves messages in and
+out. Callbacks store; one timer on the node clock processes everything, so ``use_sim_time`` works
+and all state is touched by one thread (single-threaded executor).
+"""
+
+import collections
+import dataclasses
+import math
+import sys
+
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from rcl_interfaces.msg import ParameterDescriptor
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Float64
+from std_srvs.srv import SetBool, Trigger
+
+from vla_ros import diagnostics, safety
+from vla_ros.gripper import GripperConfig, GripperHysteresis
+from vla_ros.node_params import NodeParam
+from vla_ros.runtime import Counters, RateMeter
+
+COMMAND_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+# Best effort, latest only: matches both reliable and best-effort ee_pose publishers.
+POSE_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                      reliability=ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.VOLATILE)
+MODES = ('servo_twist', 'pose_target')
+MAX_PENDING = 32           # deltas or gripper values waiting for the next tick
+LOG_THROTTLE_S = 5.0
+
+_L = safety.SafetyLimits()
+_G = GripperConfig()
+PARAMS = (
+    NodeParam('output_mode', 'servo_twist', "'servo_twist' (TwistStamped to MoveIt Servo) or "
+              "'pose_target' (absolute PoseStamped target)."),
+    NodeParam('base_frame', 'base_link', 'Frame of ee_pose and of the deltas; deltas in another '
+              'frame are rejected.'),
+    NodeParam('stream_rate_hz', 50.0, 'Rate of the output stream, Hz, in (0, 1000].'),
+    NodeParam('step_duration', 0.2, 'Seconds one delta lasts (1 / policy rate); twist = delta / '
+              'step_duration. In [1 / stream_rate_hz, 10].'),
+    NodeParam('command_timeout', _L.command_timeout, 'Seconds; older deltas are dropped and no '
+              'motion comes from a delta older than this. In (0, 60].'),
+    NodeParam('future_tolerance', _L.future_tolerance, 'Seconds a delta stamp may be ahead of the '
+              'node clock. In [0, 1].'),
+    NodeParam('pose_timeout', _L.pose_timeout, 'Seconds; with no ee_pose newer than this, deltas '
+              'are dropped. In (0, 60].'),
+    NodeParam('max_step_translation', _L.max_step_translation, 'Per-axis clip of a step, m. In '
+              '(0, 0.5].'),
+    NodeParam('max_step_rotation', _L.max_step_rotation, 'Per-axis clip of roll, pitch, yaw of a '
+              'step, rad. In (0, 1].'),
+    NodeParam('workspace_min', list(_L.workspace_min), 'Lower corner [x, y, z] of the workspace '
+              'box in base_frame, m.'),
+    NodeParam('workspace_max', list(_L.workspace_max), 'Upper corner [x, y, z] of the workspace '
+              'box in base_frame, m.'),
+    NodeParam('reseed_distance', _L.reseed_distance, 'pose_target: the target restarts from '
+              'ee_pose when it is further than this from it, m. In (0, 1].'),
+    NodeParam('gripper_convention', _G.convention, "'open_is_one', 'closed_is_one' or 'signed' "
+              '(-1 = open, +1 = closed).'),
+    NodeParam('gripper_threshold', _G.threshold, 'Openness threshold of the hysteresis, in '
+              '(0, 1).'),
+    NodeParam('gripper_consecutive', _G.consecutive, 'Votes in a row needed to flip the gripper, '
+              'in [1, 100].'),
+    NodeParam('gripper_open_position', _G.open_position, 'gripper/command value for open.'),
+    NodeParam('gripper_closed_position', _G.closed_position, 'gripper/command value for '
+              'closed.'),
+)
+
+
+def _number(value):
+    """Return ints as floats (``-p stream_rate_hz:=50``); anything else unchanged."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def configuration(values):
+    """
+    Turn raw parameter values (a dict) into (settings dict, SafetyLimits, GripperConfig, problems).
+
+    Every problem names the parameter and its allowed range or values.
+    """
+    v = {name: _number(value) for name, value in values.items()}
+    for name in ('workspace_min', 'workspace_max'):
+        if isinstance(v[name], (list, tuple)) or hasattr(v[name], 'tolist'):
+            v[name] = tuple(_number(x) for x in list(v[name]))
+    limits = safety.SafetyLimits(**{f.name: v[f.name]
+                                    for f in dataclasses.fields(safety.SafetyLimits)})
+    consecutive = v['gripper_consecutive']
+    if isinstance(consecutive, float) and consecutive.is_integer():
+        consecutive = int(consecutive)
+    grip = GripperConfig(v['gripper_convention'], v['gripper_threshold'], consecutive,
+                         v['gripper_open_position'], v['gripper_closed_position'])
+    problems = []
+    if v['output_mode'] not in MODES:
+        problems.append(f"parameter 'output_mode' is {v['output_mode']!r}; allowed: "
+                        + ', '.join(MODES))
+    if not (isinstance(v['base_frame'], str) and v['base_frame'].strip('/')):
+        problems.append(f"parameter 'base_frame' is {v['base_frame']!r}; allowed: a non-empty "
+                        'frame name, e.g. base_link')
+    rate = v['stream_rate_hz']
+    rate_ok = isinstance(rate, float) and math.isfinite(rate) and 0.0 < rate <= 1000.0
+    if not rate_ok:
+        problems.append(f"parameter 'stream_rate_hz' is {rate!r}; allowed range (0, 1000] Hz")
+    step = v['step_duration']
+    low = 1.0 / rate if rate_ok else 0.0
+    if not (isinstance(step, float) and math.isfinite(step) and 0.0 < step <= 10.0
+            and step >= low - 1e-9):
+        problems.append(f"parameter 'step_duration' is {step!r}; allowed range "
+                        f'[{low:.6g} (one stream period), 10] s')
+    problems += limits.validate() + grip.validate()
+    return v, limits, grip, problems
+
+
+def _seconds(stamp):
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+class ArmBridge(Node):
+    """The bridge node; see the module docstring."""
+
+    def __init__(self, **kwargs):
+        super().__init__('arm_bridge', **kwargs)
+        for p in PARAMS:
+            # Dynamic typing: a wrong type reaches ``configuration`` and is refused there, with
+            # the parameter's name and range, instead of failing inside rclpy.
+            self.declare_parameter(p.name, p.default, ParameterDescriptor(
+                description=p.description, dynamic_typing=True))
+        self.cfg, self.limits, grip, self.problems = configuration(
+            {p.name: self.get_parameter(p.name).value for p in PARAMS})
+        if self.problems:
+            return
+        self.servo = self.cfg['output_mode'] == 'servo_twist'
+        self.base_frame = self.cfg['base_frame']
+        period = 1.0 / self.cfg['stream_rate_hz']
+        if self.servo:
+            self.core = safety.TwistStreamer(self.limits, self.cfg['step_duration'], period)
+        else:
+            self.core = safety.TargetTracker(self.limits)
+        self.gripper = GripperHysteresis(grip)
+        self._watchdog_key = 'watchdog_zeros' if self.servo else 'watchdog_holds'
+        self.counters = Counters(*safety.EVENTS, 'rejected_frame', 'rejected_quaternion',
+                                 'dropped_burst', self._watchdog_key, 'watchdog_trips',
+                                 'disabled_ticks', 'rejected_pose', 'gripper_flips',
+                                 'gripper_rejected', 'gripper_dropped_disabled')
+        self._deltas = collections.deque()
+        self._grippers = collections.deque()
+        self._pose_msg = None        # (PoseStamped, arrival time), newest only
+        self._pose_state = 'waiting'  # waiting, fresh, stale: logged on each change
+        self._state = None
+        self._last_warn = {}
+        self._stream_rate = RateMeter()
+        self._pose_topic = self.resolve_topic_name('ee_pose')
+        if self.servo:
+            self._out = self.create_publisher(TwistStamped, 'servo_node/delta_twist_cmds',
+                                              COMMAND_QOS)
+        else:
+            self._out = self.create_publisher(PoseStamped, 'target_pose', COMMAND_QOS)
+        self._gripper_out = self.create_publisher(Float64, 'gripper/command', COMMAND_QOS)
+        self._diagnostics = self.create_publisher(diagnostics.DiagnosticArray, '/diagnostics',
+                                                  COMMAND_QOS)
+        self.create_subscription(PoseStamped, 'vla/ee_delta', self._on_delta, COMMAND_QOS)
+        self.create_subscription(Float64, 'vla/gripper', self._on_gripper, COMMAND_QOS)
+        self.create_subscription(PoseStamped, 'ee_pose', self._on_pose, POSE_QOS)
+        self.create_service(SetBool, '~/enable', self._on_enable)
+        self.create_service(Trigger, '~/reset', self._on_reset)
+        self.create_timer(period, self._tick)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(
+            f"started: output_mode={self.cfg['output_mode']} base_frame={self.base_frame} "
+            f"stream_rate_hz={self.cfg['stream_rate_hz']} step_duration="
+            f"{self.cfg['step_duration']} s command_timeout={self.limits.command_timeout} s "
+            f'max_step={self.limits.max_step_translation} m/{self.limits.max_step_rotation} rad '
+            f'workspace={list(self.limits.workspace_min)}..{list(self.limits.workspace_max)} '
+            f'gripper={grip.convention} threshold={grip.threshold} x{grip.consecutive}')
+        what = ('deltas are dropped (the workspace box needs the arm position) and zero twist is '
+                'streamed' if self.servo else 'nothing is published')
+        self.get_logger().warning(f'waiting for ee_pose on {self._pose_topic}: {what} until it '
+                                  'arrives')
+
+    def _now(self):
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _warn(self, key, text):
+        """Log ``text`` at most once per LOG_THROTTLE_S for each ``key``."""
+        now = self._now()
+        if now - self._last_warn.get(key, -math.inf) >= LOG_THROTTLE_S:
+            self._last_warn[key] = now
+            self.get_logger().warning(text)
+
+    # ---------------------------------------------------------------- callbacks: store only
+    def _on_delta(self, msg):
+        if len(self._deltas) >= MAX_PENDING:
+            self._deltas.popleft()
+            self.counters.bump('dropped_burst', 'more deltas than one tick can take')
+        self._deltas.append(msg)
+
+    def _on_gripper(self, msg):
+        if len(self._grippers) >= MAX_PENDING:
+            self._grippers.popleft()
+        self._grippers.append(msg.data)
+
+    def _on_pose(self, msg):
+        self._pose_msg = (msg, self._now())
+
+    # ---------------------------------------------------------------- services
+    def _on_enable(self, request, response):
+        now = self._now()
+        self._update_pose(now)
+        self.core.set_enabled(request.data, now)
+        self._deltas.clear()
+        self._grippers.clear()
+        if request.data:
+            response.message = 'enabled: deltas stamped from now on are followed'
+        else:
+            command = self.core.tick(now)
+            self._publish(command, now)  # the zero twist / hold goes out at once
+            response.message = ('disabled: zero twist sent' if self.servo else
+                                'disabled: holding the measured pose')
+        response.success = True
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_reset(self, request, response):
+        self.core.reset(self._now())
+        self._deltas.clear()
+        response.success = True
+        response.message = ('reset: stream cleared, zero twist' if self.servo else
+                            'reset: target forgotten, holding the measured pose')
+        self.get_logger().info(response.message)
+        return response
+
+    # ---------------------------------------------------------------- the stream loop
+    def _tick(self):
+        now = self._now()
+        self._update_pose(now)
+        while self._deltas:
+            self._offer(self._deltas.popleft(), now)
+        while self._grippers:
+            self._gripper_value(self._grippers.popleft())
+        command = self.core.tick(now)
+        self._publish(command, now)
+        self._track_state(command.state)
+
+    def _update_pose(self, now):
+        if self._pose_msg is not None:
+            msg, arrived = self._pose_msg
+            self._pose_msg = None
+            frame = msg.header.frame_id.lstrip('/')
+            p, q = msg.pose.position, msg.pose.orientation
+            pose = safety.make_pose((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), arrived)
+            if frame != self.base_frame:
+                self.counters.bump('rejected_pose', f'ee_pose in frame {frame!r}')
+                self._warn('pose_frame', f'ee_pose refused: frame_id {frame!r}, expected '
+                           f"{self.base_frame!r} (parameter 'base_frame')")
+            elif pose is None:
+                self.counters.bump('rejected_pose', 'ee_pose with NaN/inf or a zero quaternion')
+                self._warn('pose_nan', 'ee_pose refused: NaN/inf or a zero quaternion')
+            else:
+                self.core.update_pose(pose)
+        fresh = self.core.fresh_pose(now) is not None
+        state = 'fresh' if fresh else ('waiting' if self.core.pose is None else 'stale')
+        if state != self._pose_state:
+            if state == 'fresh' and self._pose_state == 'waiting':
+                self.get_logger().info(f'ee_pose received on {self._pose_topic}')
+            elif state == 'fresh':
+                self.get_logger().info(f'ee_pose on {self._pose_topic} is fresh again')
+            else:
+                self.get_logger().warning(
+                    f'ee_pose on {self._pose_topic} is stale (none for more than pose_timeout '
+                    f'{self.limits.pose_timeout} s): deltas are dropped')
+            self._pose_state = state
+
+    def _offer(self, msg, now):
+        frame = msg.header.frame_id
+        if frame.lstrip('/') != self.base_frame:
+            self.counters.bump('rejected_frame', f'delta in frame {frame!r}')
+            self._warn('frame', f'delta rejected: frame_id {frame!r}, expected '
+                       f"{self.base_frame!r} (parameter 'base_frame'); deltas must be in the "
+                       'base frame')
+            return
+        p, q = msg.pose.position, msg.pose.orientation
+        quat = (q.x, q.y, q.z, q.w)
+        norm = math.sqrt(sum(c * c for c in quat))
+        if math.isfinite(norm) and abs(norm - 1.0) > 1e-2:
+            self.counters.bump('rejected_quaternion', f'delta quaternion of norm {norm:.4g}')
+            self._warn('quaternion', f'delta rejected: orientation has norm {norm:.4g}; it must '
+                       'be a unit quaternion (identity is 0, 0, 0, 1)')
+            return
+        if math.isfinite(norm):
+            rpy = safety.matrix_to_rpy(safety.quaternion_to_matrix(quat))
+        else:
+            rpy = (math.nan,) * 3
+        verdict = self.core.offer((p.x, p.y, p.z, *rpy), _seconds(msg.header.stamp), now)
+        for event in verdict.events:
+            self.counters.bump(event, verdict.reason)
+        # A missing or stale ee_pose is said once, when it happens (see _update_pose).
+        if verdict.reason and verdict.events[0] != 'dropped_no_pose':
+            self._warn(verdict.events[0], f'delta dropped: {verdict.reason}')
+
+    def _gripper_value(self, value):
+        if not self.core.enabled:
+            self.counters.bump('gripper_dropped_disabled')
+            return
+        update = self.gripper.update(value)
+        if update.rejected:
+            self.counters.bump('gripper_rejected', f'gripper value {value}')
+            self._warn('gripper', f'gripper value {value} rejected (NaN or inf)')
+            return
+        if update.flipped:
+            self.counters.bump('gripper_flips')
+            self.get_logger().info(f'gripper: {update.state} ({update.position})')
+        if update.position is not None:
+            self._gripper_out.publish(Float64(data=float(update.position)))
+
+    def _publish(self, command, now):
+        if command.state == 'waiting':
+            return
+        if command.state == 'watchdog':
+            self.counters.bump(self._watchdog_key)
+        elif command.state == 'disabled':
+            self.counters.bump('disabled_ticks')
+        stamp = self.get_clock().now().to_msg()
+        if self.servo:
+            msg = TwistStamped()
+            msg.header.stamp, msg.header.frame_id = stamp, self.base_frame
+            t = msg.twist
+            t.linear.x, t.linear.y, t.linear.z = map(float, command.linear)
+            t.angular.x, t.angular.y, t.angular.z = map(float, command.angular)
+        else:
+            msg = PoseStamped()
+            msg.header.stamp, msg.header.frame_id = stamp, self.base_frame
+            pose = msg.pose
+            pose.position.x, pose.position.y, pose.position.z = map(float, command.pose.position)
+            (pose.orientation.x, pose.orientation.y, pose.orientation.z,
+             pose.orientation.w) = map(float, command.pose.quaternion)
+        self._out.publish(msg)
+        self._stream_rate.mark(now)
+
+    def _track_state(self, state):
+        if state == self._state:
+            return
+        if state == 'watchdog':
+            self.counters.bump('watchdog_trips')
+            self.get_logger().warning(
+                f'watchdog: no fresh delta within command_timeout {self.limits.command_timeout} '
+                's: ' + ('zero twist' if self.servo else 'holding the target'))
+        self._state = state
+
+    def _publish_diagnostics(self):
+        now = self.get_clock().now()
+        now_s = now.nanoseconds * 1e-9
+        counts, last_error = self.counters.snapshot()
+        pose = self.core.pose
+        values = {
+            'output_mode': self.cfg['output_mode'],
+            'enabled': self.core.enabled,
+            'state': self._state or 'starting',
+            'ee_pose': self._pose_state,
+            'ee_pose_age_s': now_s - pose.time if pose is not None else math.nan,
+            'stream_rate_target_hz': self.cfg['stream_rate_hz'],
+            'stream_rate_hz': self._stream_rate.rate(now_s),
+            'gripper_state': self.gripper.state or 'unknown',
+            **counts,
+            'last_error': last_error,
+        }
+        level, message = diagnostics.OK, 'running'
+        if self._pose_state != 'fresh':
+            level, message = diagnostics.WARN, f'ee_pose {self._pose_state}'
+        elif not self.core.enabled:
+            level, message = diagnostics.WARN, 'disabled'
+        self._diagnostics.publish(diagnostics.array(now.to_msg(), diagnostics.status(
+            f'{self.get_name()}: safety', level, message, values)))
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = ArmBridge()
+    code = 0
+    try:
+        if node.problems:
+            for problem in node.problems:
+                node.get_logger().error(problem)
+            node.get_logger().fatal('invalid parameters (see above); exiting')
+            code = 1
+        else:
+            rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

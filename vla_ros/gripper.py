@@ -1,0 +1,145 @@
+"""
+Gripper conventions and hysteresis for arm_bridge (ROS-free).
+
+A policy's gripper value means different things in different datasets, so the convention is a
+parameter (``gripper_convention``), never a guess:
+
+* ``open_is_one``: a value in [0, 1], 1 = open, 0 = closed. OpenVLA / BridgeData V2 (RLDS
+  datasets are standardised to this), and what vla_node publishes on ``vla/gripper`` by default.
+* ``closed_is_one``: a value in [0, 1], 1 = closed, 0 = open (vla_node with
+  ``gripper_open_is_one: false``, and stacks that command "closedness").
+* ``signed``: a value in [-1, 1], -1 = open, +1 = closed: robosuite / LIBERO's gripper action,
+  what OpenVLA's LIBERO evaluation sends after ``normalize_gripper_action`` and
+  ``invert_gripper_action``.
+
+Every value is first turned into an *openness* in [0, 1] (1 = open; values beyond the range
+are clipped). The hysteresis then votes: openness above ``threshold`` is a vote to open, below it
+a vote to close, exactly at it (or NaN / inf) no vote, which breaks a streak. The state flips
+only after ``consecutive`` votes in a row that disagree with it. The state starts unknown: the
+first ``consecutive`` agreeing votes set it, and nothing is commanded before that, so a bridge
+that starts never opens a gripper holding an object on its own.
+
+Relative gripper actions (fractal / RT-1's raw "open or close from now") are not a convention
+here; a model trained on them through the OpenVLA data pipeline already emits absolute values.
+"""
+
+import dataclasses
+import math
+
+CONVENTIONS = ('open_is_one', 'closed_is_one', 'signed')
+OPEN = 'open'
+CLOSED = 'closed'
+
+
+def openness(value, convention):
+    """Return the openness in [0, 1] (1 = open) of a gripper value, or None if non-finite."""
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    if convention == 'open_is_one':
+        level = value
+    elif convention == 'closed_is_one':
+        level = 1.0 - value
+    elif convention == 'signed':
+        level = (1.0 - value) / 2.0
+    else:
+        raise ValueError(f'unknown gripper convention {convention!r}; use one of {CONVENTIONS}')
+    return min(1.0, max(0.0, level))
+
+
+@dataclasses.dataclass(frozen=True)
+class GripperConfig:
+    """The gripper parameters of arm_bridge (``gripper_`` + field name)."""
+
+    convention: str = 'open_is_one'
+    threshold: float = 0.5
+    consecutive: int = 2
+    open_position: float = 1.0
+    closed_position: float = 0.0
+
+    def validate(self):
+        """Return a list of problems, each naming the parameter and its allowed values."""
+        problems = []
+        if self.convention not in CONVENTIONS:
+            problems.append(f"parameter 'gripper_convention' is {self.convention!r}; allowed: "
+                            + ', '.join(CONVENTIONS))
+        if not (_is_number(self.threshold) and 0.0 < self.threshold < 1.0):
+            problems.append(f"parameter 'gripper_threshold' is {self.threshold!r}; allowed range "
+                            '(0.0, 1.0), on the openness scale (0.5 = the middle of any '
+                            'convention)')
+        if not (isinstance(self.consecutive, int) and not isinstance(self.consecutive, bool)
+                and 1 <= self.consecutive <= 100):
+            problems.append(f"parameter 'gripper_consecutive' is {self.consecutive!r}; allowed: "
+                            'an integer in [1, 100]')
+        for name in ('open_position', 'closed_position'):
+            if not _is_number(getattr(self, name)):
+                problems.append(f"parameter 'gripper_{name}' is {getattr(self, name)!r}; "
+                                'allowed: any finite number')
+        if (_is_number(self.open_position) and _is_number(self.closed_position)
+                and self.open_position == self.closed_position):
+            problems.append("parameters 'gripper_open_position' and 'gripper_closed_position' "
+                            f'are both {self.open_position}; they must differ')
+        return problems
+
+
+def _is_number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class GripperUpdate:
+    """
+    The outcome of one gripper value.
+
+    ``position`` is the command to publish (None while the state is unknown or the value was
+    rejected); ``flipped`` is True when this value changed the state; ``rejected`` when it was
+    NaN or inf.
+    """
+
+    position: object
+    state: object
+    flipped: bool = False
+    rejected: bool = False
+
+
+class GripperHysteresis:
+    """Open/closed state from a stream of gripper values; see the module docstring."""
+
+    def __init__(self, config):
+        self.config = config
+        self.state = None          # None (unknown), OPEN or CLOSED
+        self._vote = None          # the vote of the current streak
+        self._streak = 0           # how many votes in a row disagree with the state
+
+    def position(self):
+        """Return the position command of the current state (None while unknown)."""
+        if self.state is None:
+            return None
+        return self.config.open_position if self.state == OPEN else self.config.closed_position
+
+    def update(self, value):
+        """Feed one gripper value; return a ``GripperUpdate``."""
+        level = openness(value, self.config.convention)
+        if level is None:
+            self._streak, self._vote = 0, None
+            return GripperUpdate(None, self.state, rejected=True)
+        if level > self.config.threshold:
+            vote = OPEN
+        elif level < self.config.threshold:
+            vote = CLOSED
+        else:
+            vote = None
+        if vote is None or vote == self.state:
+            self._streak, self._vote = 0, None
+            return GripperUpdate(self.position(), self.state)
+        self._streak = self._streak + 1 if vote == self._vote else 1
+        self._vote = vote
+        if self._streak < self.config.consecutive:
+            return GripperUpdate(self.position(), self.state)
+        self.state, self._streak, self._vote = vote, 0, None
+        return GripperUpdate(self.position(), self.state, flipped=True)
+
+    def reset(self):
+        """Forget the state (unknown again: nothing is commanded until a new streak)."""
+        self.state, self._vote, self._streak = None, None, 0

@@ -1,0 +1,443 @@
+"""
+The arm bridge's safety core: every check between a policy delta and an arm command (ROS-free).
+
+Times are float seconds on one clock (the node clock); positions are metres in the base frame;
+quaternions are ``(x, y, z, w)``; a delta is ``[dx, dy, dz, droll, dpitch, dyaw]`` with the
+rotation ``R = Rz(yaw) Ry(pitch) Rx(roll)`` (OpenVLA / BridgeData V2).
+
+Order of the checks for one delta (``check_delta``, then the mode's ``offer``):
+
+1. NaN or inf anywhere (delta or stamp): rejected.
+2. Stamp older than ``command_timeout`` or more than ``future_tolerance`` ahead of now: dropped.
+3. Stamp older than the last accepted stamp (reordered), or than the last enable: dropped. An
+   equal stamp is accepted: vla_node publishes the actions of one chunk with one image stamp.
+   Of several deltas accepted within one stream period (a burst), the newest wins and replaces
+   the others (counted as ``superseded``): one output never carries more than one step.
+4. Per-axis clip to +-``max_step_translation`` (x, y, z) and +-``max_step_rotation`` (roll,
+   pitch, yaw), as the WidowX / Bridge stack's ``np.clip`` does.
+5. No fresh measured pose (older than ``pose_timeout``): dropped.
+6. Workspace box: the translation is cut so the step ends inside ``[workspace_min,
+   workspace_max]``, from the previous target (``pose_target``) or from the predicted arm
+   position (``servo_twist``). From outside the box (an arm started outside) a step may move
+   towards the box or stay, never further out on any axis: the box never pushes the arm.
+
+``TwistStreamer`` (``servo_twist``) turns an accepted delta into a twist ``delta / step_duration``
+streamed until ``min(accept time + step_duration, stamp + command_timeout)`` and zero after, so a
+twist is never published from a delta older than ``command_timeout``. ``TargetTracker``
+(``pose_target``) composes the delta onto the previous target, Bridge-style. Both sit behind
+``enabled``: disabled means zero twist, or the measured pose at disable time held.
+"""
+
+import collections
+import dataclasses
+import math
+
+import numpy as np
+
+EVENTS = ('accepted', 'clamped_translation', 'clamped_rotation', 'clamped_box', 'dropped_stale',
+          'dropped_future', 'dropped_reordered', 'dropped_disabled', 'dropped_no_pose',
+          'rejected_nan', 'reseeds', 'superseded')
+_EPS = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class SafetyLimits:
+    """The bridge's limits; each field is the arm_bridge parameter of the same name."""
+
+    max_step_translation: float = 0.05
+    max_step_rotation: float = 0.25
+    workspace_min: tuple = (0.1, -0.4, 0.0)
+    workspace_max: tuple = (0.7, 0.4, 0.6)
+    command_timeout: float = 0.5
+    future_tolerance: float = 0.05
+    pose_timeout: float = 0.5
+    reseed_distance: float = 0.05
+
+    def validate(self):
+        """Return a list of problems, each naming the parameter and its allowed range."""
+        problems = []
+        ranges = (('max_step_translation', 0.0, 0.5, 'm'), ('max_step_rotation', 0.0, 1.0, 'rad'),
+                  ('command_timeout', 0.0, 60.0, 's'), ('pose_timeout', 0.0, 60.0, 's'),
+                  ('reseed_distance', 0.0, 1.0, 'm'))
+        for name, low, high, unit in ranges:
+            value = getattr(self, name)
+            if not (_is_number(value) and low < value <= high):
+                problems.append(f"parameter '{name}' is {value!r}; allowed range ({low}, {high}] "
+                                f'{unit}')
+        value = self.future_tolerance
+        if not (_is_number(value) and 0.0 <= value <= 1.0):
+            problems.append(f"parameter 'future_tolerance' is {value!r}; allowed range "
+                            '[0.0, 1.0] s')
+        boxes_ok = True
+        for name in ('workspace_min', 'workspace_max'):
+            value = getattr(self, name)
+            if not (isinstance(value, (tuple, list)) and len(value) == 3
+                    and all(_is_number(v) and abs(v) <= 100.0 for v in value)):
+                boxes_ok = False
+                problems.append(f"parameter '{name}' is {value!r}; allowed: 3 finite numbers "
+                                '[x, y, z] in metres within +-100, e.g. [0.1, -0.4, 0.0]')
+        if boxes_ok and not all(lo < hi for lo, hi in zip(self.workspace_min,
+                                                          self.workspace_max)):
+            problems.append(f"parameters 'workspace_min' {list(self.workspace_min)} and "
+                            f"'workspace_max' {list(self.workspace_max)}: each axis of "
+                            'workspace_min must be < the same axis of workspace_max')
+        return problems
+
+
+def _is_number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What became of one delta: the accepted (clamped) delta or None, counted events, a reason."""
+
+    delta: object
+    events: tuple
+    reason: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Pose:
+    """A measured or target pose: position (3,), unit quaternion (x, y, z, w), its time."""
+
+    position: np.ndarray
+    quaternion: np.ndarray
+    time: float
+
+
+# ------------------------------------------------------------------------------ rotations
+def rpy_to_matrix(roll, pitch, yaw):
+    """Return R = Rz(yaw) Ry(pitch) Rx(roll) as a (3, 3) array."""
+    cr, sr = math.cos(roll), math.sin(roll)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+                     [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+                     [-sp, cp * sr, cp * cr]])
+
+
+def matrix_to_rpy(rot):
+    """Return (roll, pitch, yaw) of a rotation matrix, pitch in [-pi/2, pi/2]."""
+    pitch = math.asin(max(-1.0, min(1.0, -rot[2, 0])))
+    return math.atan2(rot[2, 1], rot[2, 2]), pitch, math.atan2(rot[1, 0], rot[0, 0])
+
+
+def quaternion_to_matrix(q):
+    """Return the rotation matrix of a quaternion (x, y, z, w), normalised first."""
+    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def matrix_to_quaternion(rot):
+    """Return the unit quaternion (x, y, z, w), w >= 0, of a rotation matrix."""
+    trace = rot[0, 0] + rot[1, 1] + rot[2, 2]
+    if trace > 0:
+        s = 2.0 * math.sqrt(trace + 1.0)
+        q = [(rot[2, 1] - rot[1, 2]) / s, (rot[0, 2] - rot[2, 0]) / s,
+             (rot[1, 0] - rot[0, 1]) / s, 0.25 * s]
+    else:
+        i = int(np.argmax(np.diag(rot)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * math.sqrt(max(_EPS, 1.0 + rot[i, i] - rot[j, j] - rot[k, k]))
+        q = [0.0, 0.0, 0.0, (rot[k, j] - rot[j, k]) / s]
+        q[i] = 0.25 * s
+        q[j] = (rot[j, i] + rot[i, j]) / s
+        q[k] = (rot[k, i] + rot[i, k]) / s
+    q = np.array(q)
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def rotation_vector(rot):
+    """Return axis * angle (rad) of a rotation matrix: exp([v]x) == rot, angle in [0, pi]."""
+    q = matrix_to_quaternion(rot)
+    sin_half = float(np.linalg.norm(q[:3]))
+    if sin_half < _EPS:
+        return np.zeros(3)
+    return q[:3] / sin_half * 2.0 * math.atan2(sin_half, q[3])
+
+
+def rotation_from_vector(vec):
+    """Return exp([vec]x), the rotation of angle |vec| about vec (Rodrigues)."""
+    angle = float(np.linalg.norm(vec))
+    if angle < _EPS:
+        return np.eye(3)
+    x, y, z = np.asarray(vec) / angle
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + math.sin(angle) * k + (1.0 - math.cos(angle)) * (k @ k)
+
+
+def compose_pose(position, quaternion, delta):
+    """
+    Apply a delta to a pose, Bridge-style; return (new position, new quaternion).
+
+    The translation is added in the base frame; the rotation turns about the end-effector
+    position with base-aligned axes and left-multiplies: ``R_new = R_delta @ R``.
+    """
+    rot = rpy_to_matrix(*delta[3:6]) @ quaternion_to_matrix(quaternion)
+    return np.asarray(position, dtype=np.float64) + delta[:3], matrix_to_quaternion(rot)
+
+
+# ------------------------------------------------------------------------------ checks
+def check_delta(delta, stamp, now, limits, last_stamp=-math.inf):
+    """
+    Run checks 1 to 4 of the module docstring on one delta; return a ``Verdict``.
+
+    ``delta`` is 6 floats ``[dx, dy, dz, droll, dpitch, dyaw]``; ``last_stamp`` is the newest
+    stamp accepted so far (or the last enable time).
+    """
+    values = np.asarray(delta, dtype=np.float64).reshape(6)
+    if not (np.all(np.isfinite(values)) and math.isfinite(stamp)):
+        return Verdict(None, ('rejected_nan',), f'non-finite delta {values.tolist()} or stamp '
+                       f'{stamp}')
+    age = now - stamp
+    if age > limits.command_timeout:
+        return Verdict(None, ('dropped_stale',), f'delta stamped {age:.3f} s ago (command_timeout '
+                       f'{limits.command_timeout} s)')
+    if -age > limits.future_tolerance:
+        return Verdict(None, ('dropped_future',), f'delta stamped {-age:.3f} s in the future '
+                       f'(future_tolerance {limits.future_tolerance} s); check the clocks')
+    if stamp < last_stamp:
+        return Verdict(None, ('dropped_reordered',), f'delta stamped {last_stamp - stamp:.3f} s '
+                       'before the last accepted one (or the last enable)')
+    events = ['accepted']
+    clipped = values.copy()
+    clipped[:3] = np.clip(values[:3], -limits.max_step_translation, limits.max_step_translation)
+    clipped[3:] = np.clip(values[3:], -limits.max_step_rotation, limits.max_step_rotation)
+    if np.any(clipped[:3] != values[:3]):
+        events.append('clamped_translation')
+    if np.any(clipped[3:] != values[3:]):
+        events.append('clamped_rotation')
+    return Verdict(clipped, tuple(events))
+
+
+def bound_translation(position, step, limits):
+    """
+    Return (step cut to stay in the workspace box, True if it was cut).
+
+    Per axis the end point ``position + step`` is clipped to the box widened to contain
+    ``position``: inside the box a step ends inside; outside, it never goes further out.
+    """
+    position = np.asarray(position, dtype=np.float64)
+    low = np.minimum(np.asarray(limits.workspace_min, dtype=np.float64), position)
+    high = np.maximum(np.asarray(limits.workspace_max, dtype=np.float64), position)
+    end = position + step
+    bounded = np.clip(end, low, high)
+    return bounded - position, bool(np.any(bounded != end))
+
+
+def clip_to_box(position, limits):
+    """Return ``position`` clipped into the workspace box."""
+    return np.clip(position, limits.workspace_min, limits.workspace_max)
+
+
+def make_pose(position, quaternion, time):
+    """Return a ``Pose`` from raw values, or None when they are non-finite or degenerate."""
+    position = np.asarray(position, dtype=np.float64).reshape(3)
+    quaternion = np.asarray(quaternion, dtype=np.float64).reshape(4)
+    norm = float(np.linalg.norm(quaternion))
+    if not (np.all(np.isfinite(position)) and math.isfinite(norm) and norm > 1e-6):
+        return None
+    return Pose(position, quaternion / norm, float(time))
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """
+    One output of a mode's ``tick``.
+
+    ``state`` is ``moving``, ``idle`` (no motion, within command_timeout), ``watchdog`` (no fresh
+    delta within command_timeout), ``disabled`` or ``waiting`` (pose_target with no pose: publish
+    nothing). ``source_stamp`` is the stamp of the delta the motion came from (None for holds).
+    Servo: ``linear``/``angular`` in m/s and rad/s. Pose target: ``pose``.
+    """
+
+    state: str
+    linear: np.ndarray = None
+    angular: np.ndarray = None
+    pose: Pose = None
+    source_stamp: float = None
+
+
+class _Mode:
+    """What both output modes share: the enable switch, the stamp order and the measured pose."""
+
+    def __init__(self, limits):
+        self.limits = limits
+        self.enabled = True
+        self.last_stamp = -math.inf   # newest accepted stamp, or the last enable time
+        self.ever_accepted = False
+        self.pose = None              # the newest measured Pose (time = arrival on the node clock)
+        self._offered = False         # a delta was accepted since the last tick
+
+    def update_pose(self, pose):
+        self.pose = pose
+
+    def fresh_pose(self, now):
+        """Return the measured pose if it arrived within ``pose_timeout``, else None."""
+        if self.pose is None or now - self.pose.time > self.limits.pose_timeout:
+            return None
+        return self.pose
+
+    def _gate(self, delta, stamp, now):
+        if not self.enabled:
+            return Verdict(None, ('dropped_disabled',), 'delta while disabled')
+        verdict = check_delta(delta, stamp, now, self.limits, self.last_stamp)
+        if verdict.delta is not None and self.fresh_pose(now) is None:
+            return Verdict(None, ('dropped_no_pose',), 'no fresh ee_pose: the workspace box '
+                           'cannot be checked')
+        return verdict
+
+    def _accept(self, verdict, stamp, step, box_cut):
+        self.last_stamp = stamp
+        self.ever_accepted = True
+        events = verdict.events + (('clamped_box',) if box_cut else ())
+        events += ('superseded',) if self._offered else ()
+        self._offered = True
+        return Verdict(np.concatenate([step, verdict.delta[3:]]), events)
+
+    def _idle_state(self, now):
+        timed_out = now - self.last_stamp > self.limits.command_timeout
+        return 'watchdog' if self.ever_accepted and timed_out else 'idle'
+
+    def set_enabled(self, enabled, now):
+        """Switch motion on or off; on enable, deltas stamped before ``now`` are refused."""
+        if enabled and not self.enabled:
+            self.last_stamp = max(self.last_stamp, now)
+        self.enabled = bool(enabled)
+
+
+class TwistStreamer(_Mode):
+    """
+    ``servo_twist``: each accepted delta becomes a twist streamed for one step, then zeros.
+
+    The workspace box is checked against the *predicted* position: the measured pose plus the
+    motion this streamer has commanded since that pose arrived, so a lagging or briefly missing
+    ``ee_pose`` cannot let a step leave the box.
+    """
+
+    def __init__(self, limits, step_duration, stream_period):
+        super().__init__(limits)
+        self.step_duration = step_duration
+        self.stream_period = stream_period
+        # Commanded motions, oldest first: [start, end, linear, angular, source stamp]. The last
+        # one is the current stream while ``now < end``; a new delta or a stop cuts its end.
+        self._segments = collections.deque()
+
+    def predicted_position(self, now):
+        """Return the measured position plus the commanded motion since it arrived."""
+        since = self.pose.time
+        shift = np.zeros(3)
+        for start, end, linear, _, _ in self._segments:
+            overlap = min(end, now) - max(start, since)
+            if overlap > 0:
+                shift += linear * overlap
+        return self.pose.position + shift
+
+    def offer(self, delta, stamp, now):
+        """Check one delta at time ``now`` and, if accepted, start streaming it."""
+        verdict = self._gate(delta, stamp, now)
+        if verdict.delta is None:
+            return verdict
+        step, cut = bound_translation(self.predicted_position(now), verdict.delta[:3],
+                                      self.limits)
+        verdict = self._accept(verdict, stamp, step, cut)
+        self._stop(now)
+        rotation = rpy_to_matrix(*verdict.delta[3:])
+        end = min(now + self.step_duration, stamp + self.limits.command_timeout)
+        self._segments.append([now, end, step / self.step_duration,
+                               rotation_vector(rotation) / self.step_duration, stamp])
+        horizon = now - 2.0 * (self.limits.pose_timeout + self.step_duration)
+        while self._segments and self._segments[0][1] < horizon:
+            self._segments.popleft()
+        return verdict
+
+    def tick(self, now):
+        """
+        Return the twist to publish at ``now`` (a ``Command``; zero unless ``moving``).
+
+        The last tick of a step is scaled down so that, held for one stream period, the
+        stream moves the arm by the delta and no more.
+        """
+        zero = np.zeros(3)
+        self._offered = False
+        if not self.enabled:
+            return Command('disabled', zero, zero)
+        if not self._segments or now >= self._segments[-1][1]:
+            return Command(self._idle_state(now), zero, zero)
+        _, end, linear, angular, stamp = self._segments[-1]
+        scale = min(1.0, (end - now) / self.stream_period)
+        return Command('moving', linear * scale, angular * scale, source_stamp=stamp)
+
+    def _stop(self, now):
+        if self._segments and self._segments[-1][1] > now:
+            self._segments[-1][1] = now
+
+    def set_enabled(self, enabled, now):
+        """Switch motion on or off; off stops the stream at once."""
+        super().set_enabled(enabled, now)
+        if not enabled:
+            self._stop(now)
+
+    def reset(self, now):
+        """Forget the stream (zero twist from now on)."""
+        self._stop(now)
+
+
+class TargetTracker(_Mode):
+    """``pose_target``: an absolute target, the previous target composed with each delta."""
+
+    def __init__(self, limits):
+        super().__init__(limits)
+        self.target = None         # Pose
+        self._moved_at = None      # stamp of the delta that last moved the target
+        self._before = None        # (target, moved_at) before this period's delta, for a burst
+
+    def offer(self, delta, stamp, now):
+        """Check one delta at ``now`` and, if accepted, move the target by it."""
+        verdict = self._gate(delta, stamp, now)
+        if verdict.delta is None:
+            return verdict
+        if self._offered:  # a burst: the newest delta replaces this period's earlier one
+            self.target, self._moved_at = self._before
+        self._before = (self.target, self._moved_at)
+        measured = self.pose
+        reseed = (self.target is None or np.linalg.norm(self.target.position - measured.position)
+                  > self.limits.reseed_distance)
+        base = measured if reseed else self.target
+        step, cut = bound_translation(base.position, verdict.delta[:3], self.limits)
+        verdict = self._accept(verdict, stamp, step, cut)
+        position, quaternion = compose_pose(base.position, base.quaternion, verdict.delta)
+        self.target = Pose(position, quaternion, now)
+        self._moved_at = stamp
+        return Verdict(verdict.delta, verdict.events + (('reseeds',) if reseed else ()))
+
+    def tick(self, now):
+        """Return the target to publish at ``now``; ``waiting`` (publish nothing) with no pose."""
+        self._offered = False
+        if self.target is None:
+            if self.pose is None:
+                return Command('waiting')
+            self.target = self.pose  # first pose (or after reset): hold where the arm is
+            self._moved_at = None
+        if not self.enabled:
+            return Command('disabled', pose=self.target)
+        if self._moved_at is not None and now - self._moved_at <= self.limits.command_timeout:
+            return Command('moving', pose=self.target, source_stamp=self._moved_at)
+        return Command(self._idle_state(now), pose=self.target)
+
+    def set_enabled(self, enabled, now):
+        """Disable holds the measured pose at once (the last target if none was ever measured)."""
+        super().set_enabled(enabled, now)
+        if not enabled and self.pose is not None:
+            self.target = self.pose
+            self._moved_at = None
+
+    def reset(self, now):
+        """Forget the target: the next tick holds the measured pose."""
+        self.target = None
+        self._moved_at = None
