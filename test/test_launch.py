@@ -70,13 +70,16 @@ def test_vla_launch_arguments_are_the_documented_ones_with_the_yaml_defaults():
         assert str(params[name]) == args[name], f'launch default of {name} differs from the YAML'
 
 
-def test_yaml_holds_every_vla_node_parameter_with_its_default():
-    from vla_ros.vla_node import PARAMS
-    params = yaml.safe_load(CONFIG.read_text())['/**/vla_node']['ros__parameters']
-    assert {p.name: p.default for p in PARAMS} == params
+@pytest.mark.parametrize('node', ['vla_node', 'arm_bridge', 'sim_arm'])
+def test_yaml_holds_every_parameter_of_every_node_with_its_default(node):
+    import importlib
+    declared = importlib.import_module(f'vla_ros.{node}').PARAMS
     text = CONFIG.read_text()
-    for p in PARAMS:  # every parameter has a comment right above it
-        assert re.search(r'#[^\n]*\n\s+' + p.name + ':', text), f'{p.name} has no comment'
+    params = yaml.safe_load(text)[f'/**/{node}']['ros__parameters']
+    assert {p.name: p.default for p in declared} == params
+    section = text[text.index(f'/**/{node}:'):]
+    for p in declared:  # every parameter has a comment right above it
+        assert re.search(r'#[^\n]*\n\s+' + p.name + ':', section), f'{p.name} has no comment'
 
 
 def test_setup_installs_launch_and_config_files():

@@ -1,16 +1,21 @@
 """
-The README's main job: vla_node on a miniature checkpoint, fed by a synthetic camera.
+The README's main job: a closed loop of sim_arm, vla_node and arm_bridge, on a miniature model.
 
-    python -m vla_ros.demo [--seconds 8] [--rate 5] [--model PATH --unnorm-key KEY]
+    python -m vla_ros.demo [--seconds 20] [--rate 5] [--model PATH --unnorm-key KEY]
 
 It writes a miniature random-weight checkpoint (unless ``--model`` names a real one), starts
-``vla_node`` and a test camera stream as their own processes, sends an instruction over
-``vla/instruction`` as ``ros2 topic pub`` would, prints the actions as they arrive and the achieved
-rate, then stops everything. The miniature model's actions are random numbers with the right
-shape and range: the demo shows the plumbing, not a skill.
+``sim_arm`` (MuJoCo arm, table, objects and camera), ``vla_node`` and ``arm_bridge`` as their own
+processes with ``config/vla.yaml``, as ``launch/demo.launch.py`` composes them, sends an
+instruction over ``vla/instruction`` as ``ros2 topic pub`` would, and runs for ``--seconds``.
+It then prints the achieved rates, the latency from image stamp to command, the commands the
+bridge clamped, and saves camera frames and a plot of the end-effector path as PNG.
+
+The miniature model's actions are random numbers with the right shape and range: the demo shows
+the plumbing and the safety limits, not a skill. Point ``--model`` at openvla-7b for a real one.
 """
 
 import argparse
+import json
 import os
 from pathlib import Path
 import signal
@@ -19,15 +24,28 @@ import sys
 import threading
 import time
 
+import cv2
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped, TwistStamped
+import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-from std_msgs.msg import Float64MultiArray, String
+from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
 
-from vla_ros import diagnostics
+from vla_ros import conversions, diagnostics
 
-RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+
+def config_file():
+    """Return config/vla.yaml: installed under share/vla_ros, or beside the source tree."""
+    for base in (Path(sys.prefix) / 'share' / 'vla_ros', Path(__file__).resolve().parents[1]):
+        if (base / 'config' / 'vla.yaml').is_file():
+            return base / 'config' / 'vla.yaml'
+    raise FileNotFoundError('config/vla.yaml not found; install the package (pip install -e .)')
 
 
 def executable(name):
@@ -37,12 +55,14 @@ def executable(name):
 
 
 def start(argv, log_path):
-    log = open(log_path, 'wb')
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    """Start ``argv`` in its own process group, output to ``log_path``."""
+    with open(log_path, 'wb') as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def stop(proc, timeout=10.0):
+    """Stop like Ctrl-C, then kill the group if it does not go; return the exit status."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -53,15 +73,123 @@ def stop(proc, timeout=10.0):
     return proc.returncode
 
 
+class Observer:
+    """The demo's own ROS participant: records what a user would watch with ros2 topic echo."""
+
+    def __init__(self):
+        self.node = rclpy.create_node('vla_demo')
+        self.deltas, self.latencies, self.twists, self.path, self.frames = [], [], [], [], []
+        self.status, self.task = {}, {}
+        node = self.node
+        node.create_subscription(PoseStamped, 'vla/ee_delta', self._on_delta, RELIABLE)
+        node.create_subscription(TwistStamped, 'servo_node/delta_twist_cmds', self.twists.append,
+                                 RELIABLE)
+        node.create_subscription(PoseStamped, 'ee_pose', self._on_pose, BEST_EFFORT)
+        node.create_subscription(Image, 'camera/image_raw', self._on_image,
+                                 qos_profile_sensor_data)
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, RELIABLE)
+        node.create_subscription(String, 'sim/task', self._on_task, RELIABLE)
+        self.instruction = node.create_publisher(String, 'vla/instruction', RELIABLE)
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(node)
+        threading.Thread(target=self._executor.spin, daemon=True).start()
+
+    def now(self):
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def _on_delta(self, msg):
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self.latencies.append(self.now() - stamp)  # image stamp -> command out of vla_node
+        self.deltas.append(msg)
+
+    def _on_pose(self, msg):
+        p = msg.pose.position
+        self.path.append((self.now(), p.x, p.y, p.z))
+
+    def _on_image(self, msg):
+        self.frames.append(msg)
+        del self.frames[:-1]  # keep only the newest
+
+    def _on_diagnostics(self, msg):
+        for status in msg.status:
+            self.status[status.name] = diagnostics.values_of(status)
+
+    def _on_task(self, msg):
+        try:
+            self.task = json.loads(msg.data)
+        except ValueError:
+            pass
+
+    def close(self):
+        self._executor.shutdown()
+        self.node.destroy_node()
+
+
+def save_frame(msg, path):
+    cv2.imwrite(str(path), cv2.cvtColor(conversions.image_to_rgb(msg), cv2.COLOR_RGB2BGR))
+
+
+def plot_path(path, out):
+    """Save the end-effector path (top view and height over time) as PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    t, x, y, z = np.array(path).T
+    fig, (top, height) = plt.subplots(1, 2, figsize=(10, 4))
+    top.plot(y, x, '-')
+    top.plot(y[:1], x[:1], 'go', label='start')
+    top.plot(y[-1:], x[-1:], 'rs', label='end')
+    top.set(xlabel='y (m)', ylabel='x (m)', title='end effector, top view (base_link)')
+    top.axis('equal')
+    top.legend()
+    height.plot(t - t[0], z)
+    height.set(xlabel='time (s)', ylabel='z (m)', title='end effector height')
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument('--seconds', type=float, default=8.0, help='how long to run')
+    parser.add_argument('--seconds', type=float, default=20.0, help='how long the loop runs')
     parser.add_argument('--rate', type=float, default=5.0, help='control_rate_hz of vla_node')
     parser.add_argument('--model', help='checkpoint directory (default: a miniature one)')
     parser.add_argument('--unnorm-key', default='synth_bridge')
-    parser.add_argument('--instruction', default='pick up the red cup')
-    parser.add_argument('--out', default='out/demo', help='logs and the miniature checkpoint')
+    parser.add_argument('--instruction', default='pick up the red cube')
+    parser.add_argument('--out', default='out/demo', help='logs, frames, plot, checkpoint')
     return parser.parse_args(argv)
+
+
+def summarize(obs, args, out):
+    """Print the figures a user wants from a run; return True when commands flowed."""
+    vla = next((v for k, v in obs.status.items() if k.startswith('vla_node')), {})
+    bridge = next((v for k, v in obs.status.items() if k.startswith('arm_bridge')), {})
+    sim = next((v for k, v in obs.status.items() if k.startswith('sim_arm')), {})
+    times = [t for t, *_ in obs.path]
+    moving = sum(1 for t in obs.twists
+                 if abs(t.twist.linear.x) + abs(t.twist.linear.y) + abs(t.twist.linear.z) > 0)
+    print(f'\n== {args.seconds:.0f} s closed loop: sim_arm -> vla_node -> arm_bridge -> sim_arm')
+    print(f'vla_node   actions: {len(obs.deltas)}, achieved {vla.get("achieved_rate_hz", "?")} Hz '
+          f'(target {args.rate}); inference p50 {vla.get("inference_latency_p50_ms", "?")} ms, '
+          f'p95 {vla.get("inference_latency_p95_ms", "?")} ms; skipped '
+          f'{vla.get("ticks_skipped", "?")}, stale {vla.get("ticks_stale", "?")}, invalid '
+          f'{vla.get("invalid_actions", "?")}')
+    if obs.latencies:
+        p50, p95 = np.percentile(np.array(obs.latencies) * 1e3, [50, 95])
+        print(f'latency    image stamp -> vla/ee_delta: p50 {p50:.1f} ms, p95 {p95:.1f} ms')
+    print(f'arm_bridge stream {bridge.get("stream_rate_hz", "?")} Hz, {len(obs.twists)} twists '
+          f'({moving} moving); accepted {bridge.get("accepted", "?")}; clamped: translation '
+          f'{bridge.get("clamped_translation", "?")}, rotation '
+          f'{bridge.get("clamped_rotation", "?")}, box {bridge.get("clamped_box", "?")}; '
+          f'dropped stale {bridge.get("dropped_stale", "?")}')
+    print(f'sim_arm    camera {sim.get("camera_rate_hz", "?")} Hz, real-time factor '
+          f'{sim.get("real_time_factor", "?")}; task: {json.dumps(obs.task)}')
+    if len(obs.path) > 1:
+        start, end = np.array(obs.path[0][1:]), np.array(obs.path[-1][1:])
+        print(f'end effector moved {np.linalg.norm(end - start) * 100:.1f} cm over '
+              f'{times[-1] - times[0]:.1f} s; path plot: {out / "ee_path.png"}')
+        plot_path(obs.path, out / 'ee_path.png')
+    return bool(obs.deltas) and moving > 0
 
 
 def main(argv=None):
@@ -74,63 +202,55 @@ def main(argv=None):
         model = out / 'tiny-checkpoint'
         if not (model / 'model.safetensors').exists():
             print(f'writing a miniature random-weight checkpoint to {model}')
-            write_tiny_checkpoint(model, seed=0)
-    print(f'starting vla_node (model {model}, {args.rate} Hz) and a 20 Hz test camera; logs in '
+            write_tiny_checkpoint(model, seed=0, force=True)
+    params = ['--ros-args', '--params-file', str(config_file())]
+    print(f'starting sim_arm, vla_node (model {model}, {args.rate} Hz) and arm_bridge; logs in '
           f'{out}/')
-    node = start([executable('vla_node'), '--ros-args', '-p', f'model_path:={model}',
-                  '-p', f'unnorm_key:={args.unnorm_key}', '-p', f'control_rate_hz:={args.rate}'],
-                 out / 'vla_node.log')
-    camera = start([sys.executable, '-m', 'vla_ros.camera_stream', '--rate', '20'],
-                   out / 'camera_stream.log')
+    procs = {
+        'sim_arm': start([executable('sim_arm'), *params], out / 'sim_arm.log'),
+        'vla_node': start([executable('vla_node'), *params, '-p', f'model_path:={model}',
+                           '-p', f'unnorm_key:={args.unnorm_key}',
+                           '-p', f'control_rate_hz:={args.rate}'], out / 'vla_node.log'),
+        'arm_bridge': start([executable('arm_bridge'), *params,
+                             '-p', f'step_duration:={1.0 / args.rate}'], out / 'arm_bridge.log'),
+    }
     rclpy.init()
-    client = rclpy.create_node('vla_demo')
-    received, diags = [], []
-    client.create_subscription(Float64MultiArray, 'vla/action',
-                               lambda m: received.append((time.monotonic(), m)), RELIABLE)
-    client.create_subscription(DiagnosticArray, '/diagnostics', diags.append, RELIABLE)
-    publisher = client.create_publisher(String, 'vla/instruction', RELIABLE)
-    executor = SingleThreadedExecutor()
-    executor.add_node(client)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    code = 0
+    obs = Observer()
+    ok = False
     try:
         deadline = time.monotonic() + 120.0
-        while publisher.get_subscription_count() == 0:
-            if node.poll() is not None or time.monotonic() > deadline:
-                print(f'vla_node did not start; see {out}/vla_node.log', file=sys.stderr)
+        while obs.instruction.get_subscription_count() == 0 or not obs.frames:
+            dead = [name for name, p in procs.items() if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                print(f'{", ".join(dead) or "vla_node"} did not start; see the logs in {out}/',
+                      file=sys.stderr)
                 return 1
             time.sleep(0.1)
+        save_frame(obs.frames[-1], out / 'frame_start.png')
         print(f'sending instruction: {args.instruction!r}')
-        publisher.publish(String(data=args.instruction))
+        obs.instruction.publish(String(data=args.instruction))
         end = time.monotonic() + args.seconds
-        shown = 0
-        print('      t (s)      dx       dy       dz     droll   dpitch    dyaw   gripper')
+        saved_middle = False
         while time.monotonic() < end:
-            time.sleep(0.05)
-            for t, msg in received[shown:]:
-                print(f'{t - received[0][0]:10.2f} ' + ' '.join(f'{v:8.4f}' for v in msg.data))
-            shown = len(received)
-        times = [t for t, _ in received]
-        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-        print(f'{len(received)} actions in {args.seconds:.1f} s; achieved {rate:.2f} Hz '
-              f'(control_rate_hz {args.rate})')
-        for msg in diags[-1:]:
-            values = diagnostics.values_of(msg.status[0])
-            print('vla_node diagnostics: ' + ', '.join(
-                f'{k}={values[k]}' for k in ('achieved_rate_hz', 'inference_latency_p50_ms',
-                                             'inference_latency_p95_ms', 'ticks_skipped',
-                                             'ticks_stale', 'invalid_actions') if k in values))
-        if not received:
-            print('no actions arrived', file=sys.stderr)
-            code = 1
+            time.sleep(0.5)
+            if not saved_middle and time.monotonic() > end - args.seconds / 2:
+                save_frame(obs.frames[-1], out / 'frame_middle.png')
+                saved_middle = True
+            pose = np.round(obs.path[-1][1:], 3) if obs.path else '-'
+            print(f'  t={args.seconds - (end - time.monotonic()):5.1f} s  actions '
+                  f'{len(obs.deltas):4d}  ee {pose}', flush=True)
+        save_frame(obs.frames[-1], out / 'frame_end.png')
+        ok = summarize(obs, args, out)
+        print(f'camera frames: {out}/frame_start.png, frame_middle.png, frame_end.png')
     finally:
-        executor.shutdown()
-        client.destroy_node()
+        obs.close()
         rclpy.try_shutdown()
-        stop(camera)
-        node_code = stop(node)
-        print(f'stopped (vla_node exit status {node_code})')
-    return code
+        codes = {name: stop(proc) for name, proc in procs.items()}
+        print('stopped: ' + ', '.join(f'{k} exit {v}' for k, v in codes.items()))
+    if not ok:
+        print('no motion commands flowed through the loop; see the logs', file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == '__main__':

@@ -1,0 +1,34 @@
+"""Closed loop without hardware: sim_arm, vla_node and arm_bridge, all from config/vla.yaml."""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+
+def generate_launch_description():
+    config = os.path.join(get_package_share_directory('vla_ros'), 'config', 'vla.yaml')
+    args = [
+        DeclareLaunchArgument('model_path', description='OpenVLA checkpoint directory (e.g. '
+                              'one written by vla_tiny_model)'),
+        DeclareLaunchArgument('unnorm_key', default_value='',
+                              description='dataset statistics key, e.g. bridge_orig'),
+        DeclareLaunchArgument('control_rate_hz', default_value='5.0',
+                              description='control loop rate, Hz'),
+    ]
+    rate = ParameterValue(LaunchConfiguration('control_rate_hz'), value_type=float)
+    nodes = [
+        Node(package='vla_ros', executable='sim_arm', name='sim_arm', output='screen',
+             parameters=[config]),
+        Node(package='vla_ros', executable='vla_node', name='vla_node', output='screen',
+             parameters=[config, {'model_path': LaunchConfiguration('model_path'),
+                                  'unnorm_key': LaunchConfiguration('unnorm_key'),
+                                  'control_rate_hz': rate}]),
+        Node(package='vla_ros', executable='arm_bridge', name='arm_bridge', output='screen',
+             parameters=[config]),
+    ]
+    return LaunchDescription(args + nodes)
