@@ -230,6 +230,13 @@ def launch(ros_env, tmp_path):
         print(proc.output())
 
 
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory):
+    """Write one miniature random-weight checkpoint for the whole run (seed 0)."""
+    from vla_ros.policy.tiny import write_tiny_checkpoint
+    return str(write_tiny_checkpoint(tmp_path_factory.mktemp('tiny') / 'ckpt', seed=0))
+
+
 @pytest.fixture(autouse=True)
 def _no_stray_processes():
     """Fail a test that leaves child processes behind."""
