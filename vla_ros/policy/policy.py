@@ -11,6 +11,7 @@ and shapes, dtype/device arguments), so a bad checkpoint fails at start-up with 
 import gc
 from pathlib import Path
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from vla_ros.policy.actions import action_from_generation, ActionStats
 from vla_ros.policy.configuration import (OpenVLAConfig, read_json, resolve_device, resolve_dtype,
                                           resolve_quantization)
 from vla_ros.policy.errors import ConfigError, InputError, PolicyError
+from vla_ros.policy.fast import FAST_MAX_SEQ, FastPath
 from vla_ros.policy.modeling import OpenVLAModel
 from vla_ros.policy.processing import build_prompt, ImageProcessor, PromptTokenizer
 from vla_ros.policy.quantization import (import_bitsandbytes, is_quantized_weight,
@@ -32,7 +34,7 @@ class OpenVLAPolicy:
     """An OpenVLA checkpoint ready to predict actions (batch size 1, greedy, as the reference)."""
 
     def __init__(self, model, config, image_processor, tokenizer, device, dtype,
-                 eos_token_id=2, quantization=None, weight_bytes=0):
+                 eos_token_id=2, quantization=None, weight_bytes=0, fast=False):
         self.model = model.eval()
         self.config = config
         self.image_processor = image_processor
@@ -45,10 +47,13 @@ class OpenVLAPolicy:
         self.last_timing = {}
         self._stats = {key: ActionStats.from_norm_stats(config.action_stats(key))
                        for key in config.norm_stats}
+        self.fast = None  # a FastPath, or None for the plain path
+        if fast:
+            self.enable_fast()
 
     @classmethod
     def from_pretrained(cls, path, device='auto', dtype='auto', quantization=None,
-                        center_crop=False):
+                        center_crop=False, fast='auto'):
         """
         Load a local HF-format OpenVLA checkpoint directory.
 
@@ -56,9 +61,13 @@ class OpenVLAPolicy:
         ``dtype``: 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16', 'float16'.
         ``quantization``: None, '8bit' or '4bit' (bitsandbytes, CUDA only).
         ``center_crop``: the 0.9-area center crop of fine-tunes trained with image augmentation.
+        ``fast``: 'auto' (on for CUDA, off on CPU), True or False: the static-cache, CUDA-graph
+        path of ``fast.py``, warmed up (graphs captured) here, before the first prediction.
         Raises ``CheckpointError`` for bad files and ``ConfigError`` for bad arguments.
         """
         path = Path(path)
+        if fast not in ('auto', True, False):
+            raise ConfigError(f"fast={fast!r} is not supported; use 'auto', True or False.")
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         quantization = resolve_quantization(quantization, device)
@@ -78,7 +87,22 @@ class OpenVLAPolicy:
             quantize_language_model(model, quantization, dtype, device)
         return cls(model, config, image_processor, tokenizer, device, dtype,
                    eos_token_id=_eos_token_id(path), quantization=quantization,
-                   weight_bytes=weight_bytes)
+                   weight_bytes=weight_bytes,
+                   fast=device.type == 'cuda' if fast == 'auto' else fast)
+
+    def enable_fast(self, max_seq=FAST_MAX_SEQ, cuda_graphs=None):
+        """
+        Switch ``predict`` to the fast path (static KV cache; CUDA graphs on CUDA) and warm it up.
+
+        Same actions as the plain path; prompts longer than ``max_seq`` minus the 256 patches
+        and the generated tokens fall back to the plain path with a warning. ``self.fast = None``
+        switches back. Returns the ``FastPath``.
+        """
+        max_new = max(stats.dim for stats in self._stats.values())
+        self.fast = FastPath(self.model, self.image_processor, max_new, max_seq=max_seq,
+                             cuda_graphs=cuda_graphs)
+        self.fast.warmup(self.tokenizer)
+        return self.fast
 
     # ---- dataset statistics ---------------------------------------------------------------------
     @property
@@ -141,19 +165,22 @@ class OpenVLAPolicy:
         key = self.resolve_unnorm_key(unnorm_key)
         stats = self._stats[key]
         clock = _PhaseClock(self.device, exact=timing or self.device.type != 'cuda')
+        fast = self.fast
         with torch.inference_mode():
-            pixel_values = self.image_processor(image)  # (1, 6, 224, 224)
             input_ids = self.tokenizer.model_input_ids(prompt)
-            clock.mark('preprocess')
-            patches = self.model.embed_image(pixel_values.to(self.device))  # (1, N, C)
-            clock.mark('vision')
-            ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)  # (1, T)
-            cache = self.model.new_cache()
-            logits = self.model.prefill(self.model.embed_prompt(ids, patches), cache)  # (1, V)
-            clock.mark('prefill')
-            generated, hit_eos = self.model.greedy_decode(logits, cache, stats.dim,
-                                                          self.eos_token_id)
-            clock.mark('decode')
+            if fast is not None and not fast.fits(len(input_ids), stats.dim):
+                warnings.warn(f'prompt of {len(input_ids)} tokens does not fit the static KV '
+                              f'cache of the fast path ({fast.max_seq} positions with the image '
+                              'patches and generated tokens); using the plain path.',
+                              RuntimeWarning, stacklevel=2)
+                fast = None
+            if fast is not None:
+                pixel_values, ids = fast.inputs(image, input_ids)  # on the device
+                clock.mark('preprocess')
+                generated, hit_eos = fast.generate(pixel_values, ids, stats.dim,
+                                                   self.eos_token_id, clock)
+            else:
+                generated, hit_eos = self._generate_plain(image, input_ids, stats.dim, clock)
         action = action_from_generation(
             input_ids, generated, hit_eos, stats, unnorm_key=key,
             vocab_for_decoding=self.config.vocab_for_decoding,
@@ -161,6 +188,21 @@ class OpenVLAPolicy:
         self.last_timing = clock.result()
         action.timing.update(self.last_timing)
         return action
+
+    def _generate_plain(self, image, input_ids, num_new, clock):
+        """Run the plain path: ``ImageProcessor``, towers, ``DynamicCache``, greedy decode."""
+        pixel_values = self.image_processor(image)  # (1, 6, 224, 224)
+        clock.mark('preprocess')
+        patches = self.model.embed_image(pixel_values.to(self.device))  # (1, N, C)
+        clock.mark('vision')
+        ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)  # (1, T)
+        cache = self.model.new_cache()
+        logits = self.model.prefill(self.model.embed_prompt(ids, patches), cache)  # (1, V)
+        clock.mark('prefill')
+        generated, hit_eos = self.model.greedy_decode(logits, cache, num_new,
+                                                      self.eos_token_id)
+        clock.mark('decode')
+        return generated, hit_eos
 
     def intermediates(self, image, prompt):
         """
@@ -189,6 +231,7 @@ class OpenVLAPolicy:
     def close(self):
         """Free the weights (and the GPU cache); the policy cannot predict afterwards."""
         self.model = None
+        self.fast = None  # the static cache and the CUDA graphs
         gc.collect()
         if self.device.type == 'cuda':
             torch.cuda.empty_cache()

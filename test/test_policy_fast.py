@@ -1,0 +1,263 @@
+"""
+The fast path (``vla_ros/policy/fast.py``) gives the plain path's actions.
+
+On the CPU in float32, on every conformance case: the same generated ids and float64 actions,
+first-step logits within 1e-5, pixel values identical; also in the static shapes the CUDA graphs
+are captured with, and through stand-in graphs that replay into static outputs. The
+``generate()`` baseline of the benchmark gives the same ids. GPU-only tests (bf16 against float32,
+agreement on 100 images at full size) skip here.
+"""
+
+import numpy as np
+from PIL import Image
+from policy_helpers import one_thread, read_json, require_conformance, scene
+import pytest
+import torch
+from vla_ros.policy import ConfigError, OpenVLAPolicy
+from vla_ros.policy import fast as fast_module
+from vla_ros.policy.fast import FastPath, generate_baseline
+from vla_ros.policy.processing import build_prompt
+
+CASES = [f'c{i:02d}' for i in range(9)]
+LOGITS_ATOL = 1e-5  # the float32 noise floor of the conformance README
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope='module')
+def root():
+    return require_conformance()
+
+
+@pytest.fixture(scope='module')
+def policy(root):
+    """Load the conformance checkpoint with the fast path on ('auto' is off on the CPU)."""
+    return OpenVLAPolicy.from_pretrained(root / 'checkpoints' / 'tiny', device='cpu',
+                                         dtype='float32', fast=True)
+
+
+@pytest.fixture(scope='module')
+def case(root):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            spec = read_json(root / 'cases' / name / 'case.json')
+            image = Image.open(root / 'cases' / name / spec['image_file'])
+            image.load()
+            golden = read_json(root / 'golden' / 'tiny' / name / 'result.json')
+            cache[name] = image, spec['prompt'], spec['unnorm_key'], golden
+        return cache[name]
+    return get
+
+
+def predict(policy, fast, image, prompt, key):
+    """``predict_prompt`` with ``policy.fast`` set to ``fast`` (None: the plain path)."""
+    saved, policy.fast = policy.fast, fast
+    try:
+        return policy.predict_prompt(image, prompt, key)
+    finally:
+        policy.fast = saved
+
+
+def first_logits(policy, fast, image, prompt):
+    """First-step logits (V,) of the fast path ``fast``."""
+    with torch.inference_mode():
+        pixel_values, ids = fast.inputs(image, policy.tokenizer.model_input_ids(prompt))
+        embeds = policy.model.embed_prompt(ids, fast.embed_image(pixel_values))
+        return fast.prefill(embeds)[0].float().numpy()
+
+
+def assert_same_action(got, expected):
+    assert got.generated_ids == expected.generated_ids
+    assert np.array_equal(got.token_ids, expected.token_ids)
+    assert got.values.dtype == np.float64
+    assert np.array_equal(got.values, expected.values)
+    assert (got.valid, got.reason) == (expected.valid, expected.reason)
+
+
+class EagerGraph:
+    """Stands in for ``fast._Graph`` on the CPU: a replay re-runs ``fn`` into the same outputs."""
+
+    def __init__(self, fn, pool, warmup=2):
+        self.fn = fn
+        self.output = fn()
+
+    def replay(self):
+        new = self.fn()
+        pairs = zip(self.output, new) if isinstance(new, tuple) else [(self.output, new)]
+        for static, value in pairs:
+            static.copy_(value)
+        return self.output
+
+
+@pytest.fixture(scope='module')
+def variants(policy):
+    """Build the default CPU fast path, static shapes, and stand-in graphs from ``warmup``."""
+    static = FastPath(policy.model, policy.image_processor, 7, static_shapes=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fast_module, '_Graph', EagerGraph)
+        graphed = FastPath(policy.model, policy.image_processor, 7, cuda_graphs=True)
+        assert graphed.static_shapes
+        assert graphed.warmup(policy.tokenizer) == 1 + 8 + 1  # vision, prefill 288..512, decode
+    return {'default': policy.fast, 'static': static, 'graphed': graphed}
+
+
+# ---- the fast path equals the plain path --------------------------------------------------------
+@pytest.mark.parametrize('name', CASES)
+def test_fast_equals_plain_and_golden(name, policy, case, root):
+    image, prompt, key, golden = case(name)
+    plain = predict(policy, None, image, prompt, key)
+    fast = predict(policy, policy.fast, image, prompt, key)
+    assert_same_action(fast, plain)
+    assert list(fast.generated_ids) == golden['generated_ids']
+    gdir = root / 'golden' / 'tiny' / name
+    assert np.array_equal(fast.values, np.load(gdir / 'actions.npy'))
+    reference = policy.intermediates(image, prompt)
+    logits = first_logits(policy, policy.fast, image, prompt)
+    assert np.abs(logits - reference['first_step_logits']).max() <= LOGITS_ATOL
+    pixel_values, _ = policy.fast.inputs(image, [1])
+    assert np.array_equal(pixel_values.numpy(), reference['pixel_values'])
+
+
+@pytest.mark.parametrize('variant', ['static', 'graphed'])
+@pytest.mark.parametrize('name', CASES)
+def test_graph_shapes_equal_plain(name, variant, variants, policy, case):
+    image, prompt, key, _ = case(name)
+    fast = variants[variant]
+    assert_same_action(predict(policy, fast, image, prompt, key),
+                       predict(policy, None, image, prompt, key))
+    logits = first_logits(policy, fast, image, prompt)
+    reference = policy.intermediates(image, prompt)['first_step_logits']
+    assert np.abs(logits - reference).max() <= LOGITS_ATOL
+
+
+@pytest.mark.parametrize('variant', ['default', 'static', 'graphed'])
+def test_eos_case_stops_like_the_plain_path(variant, variants, policy, case):
+    image, prompt, key, golden = case('c08')
+    action = predict(policy, variants[variant], image, prompt, key)
+    assert golden['hit_eos'] and action.generated_ids[-1] == 2
+    assert list(action.generated_ids) == golden['generated_ids']  # truncated after EOS
+    assert len(action.generated_ids) == golden['num_generated'] < 7
+    assert action.token_ids.tolist() == golden['action_token_ids_used']  # prompt ids included
+    assert action.valid is False and 'EOS' in action.reason
+
+
+@pytest.mark.parametrize('variant', ['default', 'graphed'])
+def test_repeated_predictions_reuse_the_cache_without_leaking(variant, variants, policy, case):
+    fast = variants[variant]
+    cache_ptr = fast.llm.cache[0][0].data_ptr()
+    a_image, a_prompt, a_key, _ = case('c01')  # the longest prompt first, then a shorter one
+    b_image, b_prompt, b_key, _ = case('c08')
+    first = predict(policy, fast, a_image, a_prompt, a_key)
+    other = predict(policy, fast, b_image, b_prompt, b_key)
+    again = predict(policy, fast, a_image, a_prompt, a_key)
+    assert_same_action(again, first)
+    assert_same_action(other, predict(policy, None, b_image, b_prompt, b_key))
+    assert fast.llm.cache[0][0].data_ptr() == cache_ptr  # allocated once
+
+
+def test_random_images_and_instructions(policy):
+    for seed in range(4):
+        image = scene(200 + seed, 120 + 40 * seed, 300 - 30 * seed)
+        for instruction in ('pick up the red cup', 'Open the DRAWER, slowly!'):
+            prompt = build_prompt(instruction)
+            assert_same_action(predict(policy, policy.fast, image, prompt, 'synth_kitchen'),
+                               predict(policy, None, image, prompt, 'synth_kitchen'))
+
+
+# ---- fallback, arguments, baseline --------------------------------------------------------------
+def test_too_long_prompt_falls_back_with_a_warning(policy):
+    image = scene(11)
+    instruction = ' '.join(['pick up the red cup and put it in the bowl'] * 40)
+    ids = policy.tokenizer.model_input_ids(build_prompt(instruction))
+    assert not policy.fast.fits(len(ids), 7)
+    with pytest.warns(RuntimeWarning, match='does not fit the static KV cache'):
+        action = policy.predict(image, instruction, 'synth_bridge')
+    assert_same_action(action, predict(policy, None, image, build_prompt(instruction),
+                                       'synth_bridge'))
+
+
+def test_fast_argument(root):
+    path = root / 'checkpoints' / 'tiny'
+    assert OpenVLAPolicy.from_pretrained(path, device='cpu').fast is None  # 'auto' on the CPU
+    assert isinstance(OpenVLAPolicy.from_pretrained(path, device='cpu', fast=True).fast, FastPath)
+    with pytest.raises(ConfigError, match="fast='yes'"):
+        OpenVLAPolicy.from_pretrained(path, device='cpu', fast='yes')
+
+
+def test_max_seq_too_small_is_refused(policy):
+    with pytest.raises(ValueError, match='max_seq'):
+        FastPath(policy.model, policy.image_processor, 7, max_seq=200)
+
+
+@pytest.mark.parametrize('name', CASES)
+def test_generate_baseline_equals_plain(name, policy, case):
+    image, prompt, key, golden = case(name)
+    with torch.inference_mode():
+        ids = policy.tokenizer.model_input_ids(prompt)
+        patches = policy.model.embed_image(policy.image_processor(image))
+        embeds = policy.model.embed_prompt(torch.tensor([ids]), patches)
+        generated, hit_eos = generate_baseline(policy.model, embeds, 7)
+    assert generated == golden['generated_ids']
+    assert hit_eos == golden['hit_eos']
+
+
+# ---- GPU: bf16 against float32, and agreement at full size --------------------------------------
+@pytest.fixture(scope='module')
+def full_size():
+    """Real openvla-7b architecture, random weights: float32 reference logits, then bf16."""
+    from vla_ros.bench.__main__ import build_random
+    from vla_ros.policy.weights import materialize_buffers
+
+    device = torch.device('cuda')
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False  # the patch-embedding convolution
+    prompt = build_prompt('pick up the red cup')
+    images = [scene(300 + i, 480, 640) for i in range(4)]
+    reference = build_random('7b', device, torch.float32, fast=False)
+    ref_logits = [reference.intermediates(image, prompt)['first_step_logits']
+                  for image in images]
+    model = reference.model.to(torch.bfloat16)
+    materialize_buffers(model, device)  # RoPE inv_freq back to float32, as a bf16 load has it
+    torch.cuda.empty_cache()
+    policy = OpenVLAPolicy(model, reference.config, reference.image_processor,
+                           reference.tokenizer, device, torch.bfloat16, fast=True)
+    return policy, prompt, images, ref_logits
+
+
+@NEEDS_CUDA
+def test_bf16_first_step_logits_within_tolerance_of_float32(full_size):
+    """
+    Check the stated tolerance of the bf16 fast path against float32 on the same GPU.
+
+    RMS error of the first-step logits <= 1.5x that of the plain bf16 path (+ 0.01 std): the
+    fast path adds no error of its own beyond kernel-order noise; and <= 0.5 std in absolute
+    terms (a broken path is uncorrelated: about 1.4 std).
+    """
+    policy, prompt, images, ref_logits = full_size
+    for image, ref in zip(images, ref_logits):
+        std = float(ref.std())
+        fast = first_logits(policy, policy.fast, image, prompt)
+        plain = policy.intermediates(image, prompt)['first_step_logits']
+        fast_rms = float(np.sqrt(np.mean((fast - ref) ** 2)))
+        plain_rms = float(np.sqrt(np.mean((plain - ref) ** 2)))
+        assert fast_rms <= 1.5 * plain_rms + 0.01 * std, (fast_rms, plain_rms, std)
+        assert fast_rms <= 0.5 * std, (fast_rms, std)
+
+
+@NEEDS_CUDA
+def test_same_tokens_on_100_random_images_at_full_size(full_size):
+    policy, prompt, _, _ = full_size
+    same = 0
+    for i in range(100):
+        image = scene(1000 + i, 480, 640)
+        fast = predict(policy, policy.fast, image, prompt, 'synth_bridge')
+        plain = predict(policy, None, image, prompt, 'synth_bridge')
+        same += fast.token_ids.tolist() == plain.token_ids.tolist()
+    assert same >= 95, f'{same}/100 images with identical action tokens'

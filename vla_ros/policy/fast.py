@@ -1,0 +1,413 @@
+"""
+The fast inference path of ``OpenVLAPolicy``, in the manner of gpt-fast.
+
+Same weights, same greedy actions as the plain path (``modeling.OpenVLAModel.greedy_decode`` over
+a transformers ``DynamicCache``), less work around them:
+
+- ``StaticLlama``: prefill and one-token decode over the modules of the loaded
+  ``LlamaForCausalLM`` (its norms, projections and MLPs are called as they are: no weight is
+  copied or fused, bitsandbytes layers work too). A static KV cache of ``max_seq`` positions is
+  allocated once; RoPE cos/sin are precomputed by the model's own rotary module. Prefill starts
+  at position 0, so it attends causally over its own keys (``is_causal``: flash attention on
+  CUDA); a decode step attends over the whole cache with a mask of the valid positions, so its
+  shapes never change and ``input_pos`` is a device tensor.
+- ``FastPath``: the whole predict. Preprocessing resizes once per distinct tower transform with
+  PIL (bit-exact bicubic), uploads uint8 once and normalises on the device. Decoding runs all
+  ``n`` steps with no host sync, keeps the tokens in a device buffer and copies them to the host
+  once; EOS is applied afterwards, which is exact for greedy decoding (a token never depends on
+  later ones).
+- On CUDA, the vision towers + projector, one prefill per length bucket (the prompt is padded at
+  the end, invisible to causal attention) and one decode step are captured as CUDA graphs at
+  ``warmup()``, called at load time, never by the first ``predict``. A graph whose replay does
+  not match an eager run, or that cannot be captured, is dropped with a warning (eager instead).
+- ``generate_baseline``: transformers ``generate()`` over the same modules, for the benchmark.
+
+Why no fused q/k/v or gate/up weights: fusing needs either a second copy of the weights or the
+checkpoint's parameters turned into views of a new tensor. With CUDA graphs the launches a fusion
+saves are already free, and batch-1 decoding reads each weight once either way.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from vla_ros.policy.processing import center_crop_and_resize, to_rgb
+
+FAST_MAX_SEQ = 512  # static cache positions: 256 patches + prompt + generated tokens
+PREFILL_BUCKET = 32  # CUDA graph prefill lengths are multiples of this
+WARMUP_PROMPT = 'In: What action should the robot take to pick up the red cup?\nOut:'
+
+
+def _rotate_half(x):  # (..., D)
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class StaticLlama:
+    """Greedy-decoding Llama over a static KV cache; shares every weight with ``llama``."""
+
+    def __init__(self, llama, max_seq=FAST_MAX_SEQ):
+        config = llama.config
+        self.layers = list(llama.model.layers)
+        self.embed = llama.model.embed_tokens
+        self.norm = llama.model.norm
+        self.lm_head = llama.lm_head
+        attn = self.layers[0].self_attn
+        self.head_dim, self.scale = attn.head_dim, attn.scaling
+        n_kv = config.num_key_value_heads
+        self.sdpa_kwargs = {'enable_gqa': True} if n_kv != config.num_attention_heads else {}
+        self.max_seq = int(max_seq)
+        weight = self.embed.weight
+        device, dtype = weight.device, weight.dtype  # hidden states have the embedding dtype
+        with torch.no_grad():
+            self.positions = torch.arange(self.max_seq, device=device)  # (S,)
+            probe = torch.empty(0, device=device, dtype=dtype)
+            cos, sin = llama.model.rotary_emb(probe, position_ids=self.positions[None])
+            self.cos, self.sin = cos[0], sin[0]  # (S, D), as transformers computes them
+            shape = (1, n_kv, self.max_seq, self.head_dim)
+            self.cache = [(torch.zeros(shape, device=device, dtype=dtype),
+                           torch.zeros(shape, device=device, dtype=dtype))
+                          for _ in self.layers]
+
+    def _qkv(self, attn, h, cos, sin):  # h (1, T, C); cos, sin (T, D)
+        shape = (1, h.shape[1], -1, self.head_dim)
+        q = attn.q_proj(h).view(shape).transpose(1, 2)  # (1, H, T, D)
+        k = attn.k_proj(h).view(shape).transpose(1, 2)  # (1, Hkv, T, D)
+        v = attn.v_proj(h).view(shape).transpose(1, 2)  # (1, Hkv, T, D)
+        cos, sin = cos[None, None], sin[None, None]  # (1, 1, T, D)
+        q = (q * cos) + (_rotate_half(q) * sin)
+        k = (k * cos) + (_rotate_half(k) * sin)
+        return q, k, v
+
+    def _block_tail(self, layer, x, y):  # x (1, T, C) residual; y (1, H, T, D) attention
+        y = y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # (1, T, C)
+        x = x + layer.self_attn.o_proj(y)
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def _logits(self, x):  # (1, 1, C)
+        return self.lm_head(self.norm(x))[:, 0]  # (1, V)
+
+    def prefill(self, embeds, last):
+        """
+        Run ``embeds`` (1, T, C) at positions 0..T-1 into the cache.
+
+        Returns the logits (1, V) at position ``last`` (a (1,) long device tensor); rows after it
+        may be padding, which causal attention keeps out of every row up to ``last``.
+        """
+        length = embeds.shape[1]
+        if length > self.max_seq:
+            raise ValueError(f'prefill of {length} positions exceeds max_seq {self.max_seq}')
+        cos, sin = self.cos[:length], self.sin[:length]  # (T, D)
+        x = embeds
+        for layer, (k_cache, v_cache) in zip(self.layers, self.cache):
+            attn = layer.self_attn
+            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)
+            k_cache[:, :, :length].copy_(k)
+            v_cache[:, :, :length].copy_(v)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                               **self.sdpa_kwargs)  # (1, H, T, D)
+            x = self._block_tail(layer, x, y)
+        return self._logits(x.index_select(1, last))  # (1, V)
+
+    def decode_step(self, token, pos, length=None):
+        """
+        Run one token (1, 1) at position ``pos`` ((1,) long device tensor); return logits (1, V).
+
+        With ``length`` = pos + 1 (a host int) attention reads only the valid cache prefix, as
+        eager code can; without it, the whole cache under a mask of the valid positions (static
+        shapes, for CUDA graphs).
+        """
+        x = self.embed(token)  # (1, 1, C)
+        cos, sin = self.cos.index_select(0, pos), self.sin.index_select(0, pos)  # (1, D)
+        mask = None
+        if length is None:
+            length = self.max_seq
+            mask = (self.positions <= pos).view(1, 1, 1, self.max_seq)  # valid cache positions
+        for layer, (k_cache, v_cache) in zip(self.layers, self.cache):
+            attn = layer.self_attn
+            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)  # (1, H, 1, D)
+            k_cache.index_copy_(2, pos, k)
+            v_cache.index_copy_(2, pos, v)
+            y = F.scaled_dot_product_attention(q, k_cache[:, :, :length], v_cache[:, :, :length],
+                                               attn_mask=mask, scale=self.scale,
+                                               **self.sdpa_kwargs)
+            x = self._block_tail(layer, x, y)
+        return self._logits(x)  # (1, V)
+
+
+class _Graph:
+    """One CUDA graph of ``fn()`` over static tensors; ``replay`` returns its output."""
+
+    def __init__(self, fn, pool, warmup=2):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):  # cuBLAS handles, workspaces, autotuning: before capture
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.output = fn()
+
+    def replay(self):
+        self.graph.replay()
+        return self.output
+
+
+def _capture(name, fn, pool):
+    """
+    Capture ``fn``; return the graph, or None (with a warning) if it fails or disagrees.
+
+    ``fn`` returns a tensor, or a tuple whose first tensor is the one compared with an eager run.
+    """
+    def checked(out):
+        return (out[0] if isinstance(out, tuple) else out).float()
+
+    try:
+        expected = checked(fn()).clone()
+        graph = _Graph(fn, pool)
+        got = checked(graph.replay())
+    except RuntimeError as err:
+        warnings.warn(f'fast path: CUDA graph capture of the {name} failed ({err}); running it '
+                      'eagerly.', RuntimeWarning)
+        return None
+    scale = max(expected.abs().max().item(), 1.0)
+    error = (got - expected).abs().max().item()
+    if not math.isfinite(error) or error > 1e-2 * scale:
+        warnings.warn(f'fast path: the CUDA graph of the {name} differs from the eager run '
+                      f'(max |diff| {error:.3g}); running it eagerly.', RuntimeWarning)
+        return None
+    return graph
+
+
+class FastPath:
+    """
+    Everything ``OpenVLAPolicy.predict`` runs on its fast path, with buffers allocated once.
+
+    ``model``: the loaded ``OpenVLAModel``; ``image_processor``: its ``ImageProcessor``;
+    ``max_new_tokens``: the largest action dim; ``cuda_graphs``: None = on for CUDA;
+    ``static_shapes`` (default: as ``cuda_graphs``): bucket-padded prefill and masked whole-cache
+    decode, the shapes the graphs are captured with, also when running eagerly (tests use it on
+    the CPU to check the graphs' arithmetic).
+    """
+
+    def __init__(self, model, image_processor, max_new_tokens, max_seq=FAST_MAX_SEQ,
+                 cuda_graphs=None, static_shapes=None):
+        self.model = model
+        self.processor = image_processor
+        self.llm = StaticLlama(model.language_model, max_seq)
+        self.max_seq = self.llm.max_seq
+        self.max_new_tokens = int(max_new_tokens)
+        weight = self.llm.embed.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.num_patches = model.vision_backbone.featurizer.patch_embed.num_patches
+        if self.max_seq < self.num_patches + PREFILL_BUCKET:
+            raise ValueError(f'max_seq {self.max_seq} leaves no room for a prompt after the '
+                             f'{self.num_patches} image patches; use {FAST_MAX_SEQ}.')
+        self.cuda_graphs = (self.device.type == 'cuda') if cuda_graphs is None else cuda_graphs
+        self.static_shapes = self.cuda_graphs if static_shapes is None else static_shapes
+        self._setup_preprocessing()
+        hidden = self.llm.embed.embedding_dim
+        with torch.no_grad():
+            new = torch.zeros
+            self.tokens = new(1, self.max_new_tokens, dtype=torch.long, device=self.device)
+            self.token = new(1, 1, dtype=torch.long, device=self.device)  # decode input
+            self.pos = new(1, dtype=torch.long, device=self.device)  # its position
+            self.last = new(1, dtype=torch.long, device=self.device)  # last prompt position
+            self.embeds = new(1, self.max_seq, hidden, dtype=self.dtype, device=self.device)
+            crop = self.processor.towers[0].crop  # (224, 224), checked at load
+            self.pixels = new((1, 3 * len(self.processor.towers), *crop), device=self.device)
+        self._vision_graph = self._decode_graph = None
+        self._prefill_graphs = {}
+
+    # ---- preprocessing --------------------------------------------------------------------------
+    def _setup_preprocessing(self):
+        keys, self._tower_source = [], []
+        for tower in self.processor.towers:
+            key = (tower.size, tower.interpolation, tower.crop)
+            if key not in keys:
+                keys.append(key)
+            self._tower_source.append(keys.index(key))
+        self._resize_keys = keys
+        mean = [m for tower in self.processor.towers for m in tower.mean]
+        std = [s for tower in self.processor.towers for s in tower.std]
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+
+    def inputs(self, image, input_ids):
+        """
+        Return (pixel values (1, 6, 224, 224) float32, ids (1, T) long), both on the device.
+
+        The same values as ``ImageProcessor`` (PIL bicubic per distinct transform, crop, x / 255,
+        (x - mean) / std in float32), with one uint8 upload and the arithmetic on the device.
+        Both uploads happen here, before any device work is queued, so they never wait on it.
+        """
+        rgb = to_rgb(image)
+        if self.processor.center_crop:
+            rgb = center_crop_and_resize(self.processor.resize(rgb, 0))
+        arrays = []
+        for (height, width), interpolation, (crop_h, crop_w) in self._resize_keys:
+            resized = rgb.resize((width, height), interpolation)
+            if (height, width) != (crop_h, crop_w):  # torchvision center_crop rounding
+                top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
+                resized = resized.crop((left, top, left + crop_w, top + crop_h))
+            arrays.append(np.array(resized, dtype=np.uint8))  # (H, W, 3), writable
+        stacked = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)  # (K, H, W, 3)
+        pixels = torch.from_numpy(stacked).to(self.device)  # (K, H, W, 3) uint8
+        ids = torch.tensor([input_ids], dtype=torch.long).to(self.device)  # (1, T)
+        x = pixels.permute(0, 3, 1, 2).float().div(255)  # (K, 3, H, W)
+        x = x[self._tower_source].reshape(1, -1, *x.shape[2:])  # (1, 3 * towers, H, W)
+        return (x - self._mean) / self._std, ids
+
+    # ---- the forward pass -----------------------------------------------------------------------
+    def fits(self, num_ids, num_new):
+        """Return True if a prompt of ``num_ids`` ids and ``num_new`` tokens fit the cache."""
+        return (num_new <= self.max_new_tokens
+                and num_ids + self.num_patches + num_new - 1 <= self.max_seq)
+
+    def embed_image(self, pixel_values):  # (1, 6, 224, 224)
+        """Projected patches (1, N, C); a graph replay when one was captured."""
+        if self._vision_graph is None:
+            return self.model.embed_image(pixel_values)
+        self.pixels.copy_(pixel_values)
+        return self._vision_graph.replay()
+
+    def prefill(self, embeds):  # (1, T, C)
+        """Fill the cache with the prompt ``embeds``; return the last position's logits (1, V)."""
+        length = embeds.shape[1]
+        self.last.fill_(length - 1)
+        if not self.static_shapes:
+            return self.llm.prefill(embeds, self.last)
+        bucket = min(self.max_seq, -(-length // PREFILL_BUCKET) * PREFILL_BUCKET)
+        self.embeds[:, :length].copy_(embeds)
+        self.embeds[:, length:bucket].zero_()  # padding: finite, after every real position
+        graph = self._prefill_graphs.get(bucket)
+        if graph is None:
+            return self.llm.prefill(self.embeds[:, :bucket], self.last)
+        return graph.replay()
+
+    def _step(self, length=None):
+        logits = self.llm.decode_step(self.token, self.pos, length)  # (1, V)
+        return logits, logits.argmax(dim=-1, keepdim=True)  # (1, V), (1, 1)
+
+    def decode(self, logits, start, num_new):
+        """
+        Greedy ids from the prefill ``logits`` (1, V) of a prompt of ``start`` positions.
+
+        All ``num_new`` steps run with no host sync; the ids are copied to the host once.
+        """
+        self.token.copy_(logits.argmax(dim=-1, keepdim=True))
+        self.tokens[:, :1].copy_(self.token)
+        for i in range(1, num_new):
+            self.pos.fill_(start + i - 1)  # position of the token fed in
+            if self._decode_graph is not None:
+                _, token = self._decode_graph.replay()  # (1, 1)
+            else:
+                _, token = self._step(None if self.static_shapes else start + i)
+            self.token.copy_(token)
+            self.tokens[:, i:i + 1].copy_(token)
+        return self.tokens[0, :num_new].tolist()  # the one device-to-host copy
+
+    def generate(self, pixel_values, ids, num_new, eos_token_id, clock=None):
+        """
+        Return ``(generated ids, hit_eos)`` exactly as ``OpenVLAModel.greedy_decode`` would.
+
+        ``pixel_values`` and ``ids`` come from ``inputs``; ``clock.mark`` (optional) is called
+        after vision, prefill and decode.
+        """
+        mark = clock.mark if clock is not None else (lambda phase: None)
+        patches = self.embed_image(pixel_values)  # (1, N, C)
+        mark('vision')
+        embeds = self.model.embed_prompt(ids, patches)  # (1, T, C)
+        logits = self.prefill(embeds)  # (1, V)
+        mark('prefill')
+        generated = self.decode(logits, embeds.shape[1], num_new)
+        mark('decode')
+        if eos_token_id in generated:  # stop at the first EOS, as generation would have
+            return generated[:generated.index(eos_token_id) + 1], True
+        return generated, False
+
+    # ---- CUDA graphs ----------------------------------------------------------------------------
+    def warmup(self, tokenizer, image=None, prompt=WARMUP_PROMPT):
+        """
+        Run every piece once and capture the CUDA graphs (when enabled); call at load time.
+
+        Captures the vision towers + projector, one prefill per length bucket from the shortest
+        possible prompt up to ``max_seq``, and one decode step. Returns the number of graphs.
+        """
+        if not self.cuda_graphs:
+            return 0  # nothing to capture; the first eager call costs no more than later ones
+        if image is None:
+            from vla_ros.policy.tiny import synthetic_scene
+            image = synthetic_scene(np.random.default_rng(0))
+        ids_list = tokenizer.model_input_ids(prompt)
+        with torch.inference_mode():
+            pixel_values, _ = self.inputs(image, ids_list)
+            patches = self.model.embed_image(pixel_values)
+            cuda = self.device.type == 'cuda'
+            pool = torch.cuda.graph_pool_handle() if cuda else None  # one pool for all graphs
+            self.pixels.copy_(pixel_values)
+            self._vision_graph = _capture('vision towers',
+                                          lambda: self.model.embed_image(self.pixels), pool)
+            shortest = self.num_patches + 3  # BOS, one token, 29871
+            first = -(-shortest // PREFILL_BUCKET) * PREFILL_BUCKET
+            for bucket in range(first, self.max_seq + PREFILL_BUCKET, PREFILL_BUCKET):
+                bucket = min(bucket, self.max_seq)
+                if bucket in self._prefill_graphs:
+                    continue
+                length = bucket - 1  # a prompt that just fits the bucket
+                text = (ids_list[1:] * length)[:length - self.num_patches - 1]
+                ids = torch.tensor([ids_list[:1] + text], dtype=torch.long, device=self.device)
+                embeds = self.model.embed_prompt(ids, patches)  # (1, length, C)
+                self.embeds[:, :length].copy_(embeds)
+                self.embeds[:, length:bucket].zero_()
+                self.last.fill_(length - 1)
+                view = self.embeds[:, :bucket]
+                graph = _capture(f'prefill of {bucket}',
+                                 lambda view=view: self.llm.prefill(view, self.last), pool)
+                self._prefill_graphs[bucket] = graph
+            self._prefill_graphs = {k: g for k, g in self._prefill_graphs.items() if g}
+            self.token.copy_(self.prefill(embeds).argmax(dim=-1, keepdim=True))
+            self.pos.fill_(embeds.shape[1])
+            self._decode_graph = _capture('decode step', self._step, pool)
+            if cuda:
+                torch.cuda.synchronize(self.device)
+        return (len(self._prefill_graphs) + (self._vision_graph is not None)
+                + (self._decode_graph is not None))
+
+
+class PhaseStreamer:
+    """A transformers streamer that times the first generated token (the end of the prefill)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.calls = 0
+
+    def put(self, value):
+        """Mark 'prefill' when the first generated token arrives (call 0 is the prompt)."""
+        self.calls += 1
+        if self.calls == 2:
+            self.clock.mark('prefill')
+
+    def end(self):
+        """Mark 'decode' at the end of generation."""
+        self.clock.mark('decode')
+
+
+def generate_baseline(model, embeds, num_new, eos_token_id=2, pad_token_id=32000, clock=None):
+    """
+    Greedy ids from transformers' ``generate()`` on ``embeds`` (1, T, C): the benchmark baseline.
+
+    The same modules and weights as both paths of the policy. Returns ``(ids, hit_eos)``;
+    ``clock.mark`` (optional) gets 'prefill' and 'decode'.
+    """
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)  # (1, T)
+    out = model.language_model.generate(
+        inputs_embeds=embeds, attention_mask=mask, max_new_tokens=num_new, do_sample=False,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True,
+        streamer=PhaseStreamer(clock) if clock is not None else None)  # (1, new) ids only
+    ids = out[0].tolist()
+    return ids, bool(ids) and ids[-1] == eos_token_id
