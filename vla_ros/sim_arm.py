@@ -272,7 +272,7 @@ class SimArmNode(Node):
     # ---------------------------------------------------------------- inputs (store only)
     def _on_twist(self, msg):
         self._counters.bump('twists')
-        self._twists.put(msg)
+        self._twists.put((self._clock_ns(), msg))
 
     def _on_pose(self, msg):
         self._counters.bump('poses')
@@ -310,12 +310,12 @@ class SimArmNode(Node):
         A tick that comes late (a busy CPU) still gives every twist of a stream its own span of
         physics time, as a real arm that kept receiving them would have moved.
         """
-        clock_ns = self._clock_ns()
-        twists = [(self._twist_stamp(msg, clock_ns), msg) for msg in self._twists.take_all()]
+        twists = [(self._twist_stamp(msg, received_ns), msg)
+                  for received_ns, msg in self._twists.take_all()]
         for stamp_ns, msg in sorted((t for t in twists if t[0] is not None), key=lambda t: t[0]):
             self._step_to(stamp_ns)
             self._apply_twist(msg, stamp_ns)
-        self._step_to(clock_ns)
+        self._step_to(self._clock_ns())
 
     def _step_to(self, clock_ns):
         skips = self._pacer.skips
@@ -368,8 +368,13 @@ class SimArmNode(Node):
                 self._reject('rejected_nonfinite', f'gripper command {gripper.data} rejected: '
                              'send a finite opening in [0, 1]')
 
-    def _twist_stamp(self, msg, clock_ns):
-        """Return a valid twist's stamp (ns, at most ``clock_ns``), or None after rejecting it."""
+    def _twist_stamp(self, msg, received_ns):
+        """
+        Return a valid twist's stamp (ns, at most its arrival time), or None after rejecting it.
+
+        Staleness is judged at arrival, as a driver that was listening would have: a tick that
+        comes late does not make the twists that waited for it stale.
+        """
         lin, ang = msg.twist.linear, msg.twist.angular
         if not _finite(lin.x, lin.y, lin.z, ang.x, ang.y, ang.z):
             self._reject('rejected_nonfinite', f'twist {lin} {ang} rejected: NaN or infinite '
@@ -380,8 +385,8 @@ class SimArmNode(Node):
                          f"send it in '{self.cfg.base_frame}' (or leave frame_id empty)")
             return None
         stamp_ns = Time.from_msg(msg.header.stamp).nanoseconds
-        stamp_ns = clock_ns if stamp_ns == 0 else min(stamp_ns, clock_ns)  # future counts as now
-        age = (clock_ns - stamp_ns) * 1e-9
+        stamp_ns = received_ns if stamp_ns == 0 else min(stamp_ns, received_ns)  # future: now
+        age = (received_ns - stamp_ns) * 1e-9
         if age > self.cfg.twist_timeout:
             self._reject('stale_twists', f'twist stamped {age:.3f} s ago dropped (twist_timeout '
                          f'{self.cfg.twist_timeout} s); stamp commands with the current time')
