@@ -27,22 +27,14 @@ from rcl_interfaces.msg import ParameterDescriptor
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64
 from std_srvs.srv import SetBool, Trigger
 
-from vla_ros import diagnostics, safety
+from vla_ros import diagnostics, qos, safety
 from vla_ros.gripper import GripperConfig, GripperHysteresis
 from vla_ros.node_params import NodeParam
 from vla_ros.runtime import Counters, RateMeter
 
-COMMAND_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.VOLATILE)
-# Best effort, latest only: matches both reliable and best-effort ee_pose publishers.
-POSE_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
-                      reliability=ReliabilityPolicy.BEST_EFFORT,
-                      durability=DurabilityPolicy.VOLATILE)
 MODES = ('servo_twist', 'pose_target')
 MAX_PENDING = 32           # deltas or gripper values waiting for the next tick
 LOG_THROTTLE_S = 5.0
@@ -171,15 +163,15 @@ class ArmBridge(Node):
         self._pose_topic = self.resolve_topic_name('ee_pose')
         if self.servo:
             self._out = self.create_publisher(TwistStamped, 'servo_node/delta_twist_cmds',
-                                              COMMAND_QOS)
+                                              qos.COMMAND)
         else:
-            self._out = self.create_publisher(PoseStamped, 'target_pose', COMMAND_QOS)
-        self._gripper_out = self.create_publisher(Float64, 'gripper/command', COMMAND_QOS)
+            self._out = self.create_publisher(PoseStamped, 'target_pose', qos.COMMAND)
+        self._gripper_out = self.create_publisher(Float64, 'gripper/command', qos.COMMAND)
         self._diagnostics = self.create_publisher(diagnostics.DiagnosticArray, '/diagnostics',
-                                                  COMMAND_QOS)
-        self.create_subscription(PoseStamped, 'vla/ee_delta', self._on_delta, COMMAND_QOS)
-        self.create_subscription(Float64, 'vla/gripper', self._on_gripper, COMMAND_QOS)
-        self.create_subscription(PoseStamped, 'ee_pose', self._on_pose, POSE_QOS)
+                                                  qos.COMMAND)
+        self.create_subscription(PoseStamped, 'vla/ee_delta', self._on_delta, qos.COMMAND)
+        self.create_subscription(Float64, 'vla/gripper', self._on_gripper, qos.COMMAND)
+        self.create_subscription(PoseStamped, 'ee_pose', self._on_pose, qos.SENSOR)
         self.create_service(SetBool, '~/enable', self._on_enable)
         self.create_service(Trigger, '~/reset', self._on_reset)
         self.create_timer(period, self._tick)

@@ -26,6 +26,8 @@ here; a model trained on them through the OpenVLA data pipeline already emits ab
 import dataclasses
 import math
 
+from vla_ros.safety import is_finite_number
+
 CONVENTIONS = ('open_is_one', 'closed_is_one', 'signed')
 OPEN = 'open'
 CLOSED = 'closed'
@@ -63,7 +65,7 @@ class GripperConfig:
         if self.convention not in CONVENTIONS:
             problems.append(f"parameter 'gripper_convention' is {self.convention!r}; allowed: "
                             + ', '.join(CONVENTIONS))
-        if not (_is_number(self.threshold) and 0.0 < self.threshold < 1.0):
+        if not (is_finite_number(self.threshold) and 0.0 < self.threshold < 1.0):
             problems.append(f"parameter 'gripper_threshold' is {self.threshold!r}; allowed range "
                             '(0.0, 1.0), on the openness scale (0.5 = the middle of any '
                             'convention)')
@@ -72,19 +74,14 @@ class GripperConfig:
             problems.append(f"parameter 'gripper_consecutive' is {self.consecutive!r}; allowed: "
                             'an integer in [1, 100]')
         for name in ('open_position', 'closed_position'):
-            if not _is_number(getattr(self, name)):
+            if not is_finite_number(getattr(self, name)):
                 problems.append(f"parameter 'gripper_{name}' is {getattr(self, name)!r}; "
                                 'allowed: any finite number')
-        if (_is_number(self.open_position) and _is_number(self.closed_position)
+        if (is_finite_number(self.open_position) and is_finite_number(self.closed_position)
                 and self.open_position == self.closed_position):
             problems.append("parameters 'gripper_open_position' and 'gripper_closed_position' "
                             f'are both {self.open_position}; they must differ')
         return problems
-
-
-def _is_number(value):
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,12 @@ class Latest:
         with self._lock:
             return self._item
 
+    def take(self):
+        """Return the newest item and empty the slot (None when nothing new arrived)."""
+        with self._lock:
+            item, self._item = self._item, None
+            return item
+
     def clear(self):
         self.put(None)
 

@@ -61,18 +61,18 @@ class SafetyLimits:
                   ('reseed_distance', 0.0, 1.0, 'm'))
         for name, low, high, unit in ranges:
             value = getattr(self, name)
-            if not (_is_number(value) and low < value <= high):
+            if not (is_finite_number(value) and low < value <= high):
                 problems.append(f"parameter '{name}' is {value!r}; allowed range ({low}, {high}] "
                                 f'{unit}')
         value = self.future_tolerance
-        if not (_is_number(value) and 0.0 <= value <= 1.0):
+        if not (is_finite_number(value) and 0.0 <= value <= 1.0):
             problems.append(f"parameter 'future_tolerance' is {value!r}; allowed range "
                             '[0.0, 1.0] s')
         boxes_ok = True
         for name in ('workspace_min', 'workspace_max'):
             value = getattr(self, name)
             if not (isinstance(value, (tuple, list)) and len(value) == 3
-                    and all(_is_number(v) and abs(v) <= 100.0 for v in value)):
+                    and all(is_finite_number(v) and abs(v) <= 100.0 for v in value)):
                 boxes_ok = False
                 problems.append(f"parameter '{name}' is {value!r}; allowed: 3 finite numbers "
                                 '[x, y, z] in metres within +-100, e.g. [0.1, -0.4, 0.0]')
@@ -84,7 +84,8 @@ class SafetyLimits:
         return problems
 
 
-def _is_number(value):
+def is_finite_number(value):
+    """Return True for a finite int or float (not a bool): a valid numeric parameter value."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value))
 

@@ -61,24 +61,17 @@ from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data, QoSProfile,
-                       ReliabilityPolicy)
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
 
-from vla_ros import conversions, diagnostics
+from vla_ros import conversions, diagnostics, qos
 from vla_ros.node_params import declare, NodeParam, read
-from vla_ros.runtime import Counters, InferenceWorker, RateMeter, Window
+from vla_ros.runtime import Counters, InferenceWorker, Latest, RateMeter, Window
 
-COMMAND_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.VOLATILE)
-CLOCK_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
-                       reliability=ReliabilityPolicy.RELIABLE,
-                       durability=DurabilityPolicy.VOLATILE)
 CAMERA_FRAME = 'sim_camera'
 TASK_RATE_HZ = 10.0
 # Seconds of physics one real-time tick may run to catch up with the clock. A real arm keeps
@@ -195,7 +188,7 @@ class SimArmNode(Node):
         cfg = self.cfg
         self._sim = load_sim()
         self._twists = self._sim.Queue()
-        self._pose, self._gripper = self._sim.Mailbox(), self._sim.Mailbox()
+        self._pose, self._gripper = Latest(), Latest()
         self.arm = self._sim.SimArm(cfg.camera_width, cfg.camera_height, cfg.max_linear_speed,
                                     cfg.max_angular_speed, cfg.twist_timeout, cfg.seed)
         self._start_camera()
@@ -211,20 +204,20 @@ class SimArmNode(Node):
         loop_group = MutuallyExclusiveCallbackGroup()  # the tick and reset never overlap
         self._pubs = {
             'image': self.create_publisher(Image, 'camera/image_raw', qos_profile_sensor_data),
-            'ee_pose': self.create_publisher(PoseStamped, 'ee_pose', COMMAND_QOS),
-            'joints': self.create_publisher(JointState, 'joint_states', COMMAND_QOS),
-            'lifted': self.create_publisher(Bool, 'sim/object_lifted', COMMAND_QOS),
-            'task': self.create_publisher(String, 'sim/task', COMMAND_QOS),
+            'ee_pose': self.create_publisher(PoseStamped, 'ee_pose', qos.COMMAND),
+            'joints': self.create_publisher(JointState, 'joint_states', qos.COMMAND),
+            'lifted': self.create_publisher(Bool, 'sim/object_lifted', qos.COMMAND),
+            'task': self.create_publisher(String, 'sim/task', qos.COMMAND),
             'diagnostics': self.create_publisher(diagnostics.DiagnosticArray, '/diagnostics',
-                                                 COMMAND_QOS),
+                                                 qos.COMMAND),
         }
         if cfg.publish_clock:
-            self._pubs['clock'] = self.create_publisher(ClockMsg, '/clock', CLOCK_QOS)
+            self._pubs['clock'] = self.create_publisher(ClockMsg, '/clock', qos.CLOCK)
         self.create_subscription(TwistStamped, 'servo_node/delta_twist_cmds', self._on_twist,
-                                 COMMAND_QOS, callback_group=io_group)
-        self.create_subscription(PoseStamped, 'target_pose', self._on_pose, COMMAND_QOS,
+                                 qos.COMMAND, callback_group=io_group)
+        self.create_subscription(PoseStamped, 'target_pose', self._on_pose, qos.COMMAND,
                                  callback_group=io_group)
-        self.create_subscription(Float64, 'gripper/command', self._on_gripper, COMMAND_QOS,
+        self.create_subscription(Float64, 'gripper/command', self._on_gripper, qos.COMMAND,
                                  callback_group=io_group)
         self.create_service(Trigger, '~/reset', self._on_reset, callback_group=loop_group)
         # With /clock published by this node, its own timers must not wait on that clock.

@@ -25,25 +25,14 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile,
-                       ReliabilityPolicy)
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
-from vla_ros import conversions, diagnostics
+from vla_ros import conversions, diagnostics, qos
 from vla_ros.node_params import declare, NodeParam, read
 from vla_ros.runtime import (Counters, image_age_status, InferenceWorker, Latest,
                              MAX_INSTRUCTION_CHARS, RateMeter, Window)
-
-# Latest-only camera input (best effort, depth 1) and a reliable + volatile instruction input,
-# so a plain ``ros2 topic pub`` reaches the node.
-SENSOR_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
-                        reliability=ReliabilityPolicy.BEST_EFFORT,
-                        durability=DurabilityPolicy.VOLATILE)
-COMMAND_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.VOLATILE)
 
 PARAMS = (
     NodeParam('model_path', '', 'Local directory of an HF-format OpenVLA checkpoint (required).'),
@@ -173,11 +162,11 @@ class VlaNode(LifecycleNode):
             self._free_policy()
             return TransitionCallbackReturn.FAILURE
         self._out = {
-            'ee_delta': self.create_publisher(PoseStamped, 'vla/ee_delta', COMMAND_QOS),
-            'gripper': self.create_publisher(Float64, 'vla/gripper', COMMAND_QOS),
-            'action': self.create_publisher(Float64MultiArray, 'vla/action', COMMAND_QOS),
+            'ee_delta': self.create_publisher(PoseStamped, 'vla/ee_delta', qos.COMMAND),
+            'gripper': self.create_publisher(Float64, 'vla/gripper', qos.COMMAND),
+            'action': self.create_publisher(Float64MultiArray, 'vla/action', qos.COMMAND),
             'diagnostics': self.create_publisher(diagnostics.DiagnosticArray, '/diagnostics',
-                                                 COMMAND_QOS),
+                                                 qos.COMMAND),
         }
         self._own_services = [
             self.create_service(SetBool, '~/enable', self._on_enable,
@@ -198,16 +187,16 @@ class VlaNode(LifecycleNode):
     def on_activate(self, state):
         if self.cfg.image_transport == 'compressed':
             self._loop_subs.append(self.create_subscription(
-                CompressedImage, self._image_topic(), self._on_image, SENSOR_QOS,
+                CompressedImage, self._image_topic(), self._on_image, qos.SENSOR,
                 callback_group=self._io_group))
         else:
             self._loop_subs.append(self.create_subscription(
-                Image, self._image_topic(), self._on_image, SENSOR_QOS,
+                Image, self._image_topic(), self._on_image, qos.SENSOR,
                 callback_group=self._io_group))
         # Raw bytes, decoded here strictly, so that invalid UTF-8 is a counted bad input instead
         # of an instruction with replacement characters.
         self._loop_subs.append(self.create_subscription(
-            String, 'vla/instruction', self._on_instruction, COMMAND_QOS, raw=True,
+            String, 'vla/instruction', self._on_instruction, qos.COMMAND, raw=True,
             callback_group=self._io_group))
         self._loop_timers = [
             self.create_timer(1.0 / self.cfg.control_rate_hz, self._tick,

@@ -26,10 +26,9 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vla_ros import conversions, diagnostics
+from vla_ros import conversions, diagnostics, qos
 from vla_ros.camera_stream import scene
 from vla_ros.demo import executable, start, stop
-from vla_ros.vla_node import COMMAND_QOS
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -44,9 +43,9 @@ def tick_overhead(policy, iterations=200):
     from geometry_msgs.msg import PoseStamped
     from std_msgs.msg import Float64, Float64MultiArray
     node = rclpy.create_node('bench_tick')
-    pubs = [node.create_publisher(PoseStamped, 'vla/ee_delta', COMMAND_QOS),
-            node.create_publisher(Float64, 'vla/gripper', COMMAND_QOS),
-            node.create_publisher(Float64MultiArray, 'vla/action', COMMAND_QOS)]
+    pubs = [node.create_publisher(PoseStamped, 'vla/ee_delta', qos.COMMAND),
+            node.create_publisher(Float64, 'vla/gripper', qos.COMMAND),
+            node.create_publisher(Float64MultiArray, 'vla/action', qos.COMMAND)]
     action = np.array([0.01, -0.02, 0.003, 0.05, -0.04, 0.1, 1.0])
     rows = []
     for width, height, encoding in ((640, 480, 'rgb8'), (1280, 720, 'bgr8')):

@@ -11,8 +11,7 @@ os.environ.setdefault('MUJOCO_GL', 'egl')
 
 from vla_ros.sim.arm import object_layout, SimArm, Snapshot  # noqa: E402 - after MUJOCO_GL
 from vla_ros.sim.camera import RenderError, SimCamera  # noqa: E402 - after MUJOCO_GL
-from vla_ros.sim.loop import Mailbox, Pacer, Queue, Schedule  # noqa: E402 - after MUJOCO_GL
+from vla_ros.sim.loop import Pacer, Queue, Schedule  # noqa: E402 - after MUJOCO_GL
 
-__all__ = ['Mailbox', 'object_layout', 'Pacer', 'Queue', 'RenderError', 'Schedule', 'SimArm',
-           'SimCamera',
+__all__ = ['object_layout', 'Pacer', 'Queue', 'RenderError', 'Schedule', 'SimArm', 'SimCamera',
            'Snapshot']

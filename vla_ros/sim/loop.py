@@ -3,32 +3,13 @@ ROS-free pieces of the simulator's control loop; times are integer nanoseconds.
 
 ``Pacer`` maps a clock (the node clock in real time, or a tick counter in sim time) onto whole
 physics steps, so the state always has an exact time; ``Schedule`` says when a periodic output
-(camera frame, ee_pose) is due on that time line; ``Mailbox`` hands the newest command from a
-subscription callback to the control tick, ``Queue`` every command (twists, replayed at their
-stamps so a late tick does not change how far a stream moves the arm).
+(camera frame, ee_pose) is due on that time line; ``Queue`` hands every command of a stream to
+the control tick (twists, replayed at their stamps so a late tick does not change how far a
+stream moves the arm). Latest-only commands use ``vla_ros.runtime.Latest``.
 """
 
 import collections
 import threading
-
-
-class Mailbox:
-    """The newest item of one input; the control tick takes it out (latest only)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._item = None
-
-    def put(self, item):
-        """Store ``item``, replacing one not taken yet."""
-        with self._lock:
-            self._item = item
-
-    def take(self):
-        """Return the newest item and empty the box (None when nothing new arrived)."""
-        with self._lock:
-            item, self._item = self._item, None
-            return item
 
 
 class Queue:
