@@ -194,19 +194,19 @@ def test_twist_stream_moves_by_speed_times_duration_and_stops(ros, launch):
     pub = ros.publisher(TwistStamped, 'servo_node/delta_twist_cmds', RELIABLE)
     handshake(pub, lambda: twist(ros), diags, 'twists')
 
-    def one_second(vx):
+    def two_seconds(vx):
         start = latest_position(poses, after=time.monotonic())
-        stream(ros, pub, 1.0, vx=vx)
+        stream(ros, pub, 2.0, vx=vx)  # long enough that a hiccup of 0.2 s stays inside 10 %
         pub.publish(twist(ros))  # a zero twist ends the motion, as arm_bridge's watchdog does
         time.sleep(0.3)
         return latest_position(poses, after=time.monotonic()) - start
 
     # As in the arm_bridge test below: a scheduling hiccup spoils one attempt, not two.
-    moved = one_second(0.05)
-    if moved[0] != pytest.approx(0.05, rel=0.1):
+    moved = two_seconds(0.05)
+    if moved[0] != pytest.approx(0.1, rel=0.1):
         print(f'first attempt moved {moved}; trying back along -x')
-        moved = -one_second(-0.05)
-    assert moved[0] == pytest.approx(0.05, rel=0.1), moved
+        moved = -two_seconds(-0.05)
+    assert moved[0] == pytest.approx(0.1, rel=0.1), moved
     assert np.all(np.abs(moved[1:]) < 0.005), moved
     # The stream just stops (no zero twist): motion ends at the twist timeout.
     stream(ros, pub, 0.3, vx=0.05)
@@ -325,8 +325,11 @@ def test_arm_bridge_deltas_move_by_the_clamped_step_and_enable_false_stops(ros, 
     poses = ros.subscribe(PoseStamped, 'ee_pose', STATE)
     diags = ros.subscribe(DiagnosticArray, '/diagnostics', RELIABLE)
     start_sim(launch, f'twist_timeout:={TWIST_TIMEOUT}')  # arm_bridge ends each step with zeros
+    # 5 cm steps over 1 s: 5 cm/s keeps the gripper well inside the sim's 1.5 cm lead limit, and
+    # leaves a scheduling hiccup of a few tenths of a second inside the 10 % (see four_steps).
     bridge = launch('arm_bridge', '--ros-args', '-p', 'output_mode:=servo_twist',
-                    '-p', 'max_step_translation:=0.02', '-p', 'step_duration:=0.2')
+                    '-p', 'max_step_translation:=0.05', '-p', 'step_duration:=1.0',
+                    '-p', 'command_timeout:=1.5')  # a stream never outlives command_timeout
     bridge.wait_for_output('ee_pose received', timeout=30.0)
     deltas = ros.publisher(PoseStamped, 'vla/ee_delta', RELIABLE)
     handshake(deltas, lambda: pose_msg(ros, [0.0, 0.0, 0.0]), diags, 'accepted', 'arm_bridge')
@@ -335,31 +338,32 @@ def test_arm_bridge_deltas_move_by_the_clamped_step_and_enable_false_stops(ros, 
     time.sleep(0.3)  # the zero steps run out
 
     def four_steps(sign):
-        """Send 4 deltas of 5 cm along x (clamped to 2 cm); return the measured motion."""
+        """Send 4 deltas of 8 cm along x (clamped to 5 cm); return the measured motion."""
         start = latest_position(poses, after=time.monotonic())
         for _ in range(4):
-            deltas.publish(pose_msg(ros, [sign * 0.05, 0.0, 0.0]))
-            time.sleep(0.35)  # > step_duration: each step runs out before the next
+            deltas.publish(pose_msg(ros, [sign * 0.08, 0.0, 0.0]))
+            time.sleep(1.2)  # > step_duration: each step runs out before the next
         return start, latest_position(poses, after=time.monotonic()) - start
 
     # A velocity stream is exposed to scheduling hiccups of the three processes on this 2-core
     # VM (0.1-0.3 s now and then): a systematic error shows on both attempts, a hiccup on one.
     start, moved = four_steps(+1)
-    if moved[0] != pytest.approx(4 * 0.02, rel=0.1):
+    if moved[0] != pytest.approx(4 * 0.05, rel=0.1):
         print(f'first attempt moved {moved}; trying back along -x')
         start, moved = four_steps(-1)
         moved = -moved
-    assert moved[0] == pytest.approx(4 * 0.02, rel=0.1), moved
+    assert moved[0] == pytest.approx(4 * 0.05, rel=0.1), moved
     assert np.all(np.abs(moved[1:]) < 0.005), moved
     moved = latest_position(poses, after=time.monotonic()) - start
     time.sleep(0.3)
     stopped = latest_position(poses, after=time.monotonic())
     assert np.linalg.norm(stopped - start - moved) < 0.002, 'no deltas: no motion'
-    deltas.publish(pose_msg(ros, [0.05, 0.0, 0.0]))
-    time.sleep(0.08)  # mid-step: moving at 0.1 m/s
+    deltas.publish(pose_msg(ros, [0.08, 0.0, 0.0]))
+    time.sleep(0.1)  # early in the 1 s step: moving at 0.05 m/s
     reply = enable.call_async(SetBool.Request(data=False))
     wait_until(reply.done, 5.0, message='arm_bridge/enable to answer')
     assert reply.result().success
+    time.sleep(0.2)  # the zero twist lands and the weld settles
     at_disable = latest_position(poses, after=time.monotonic())
     time.sleep(0.5)
     after = latest_position(poses, after=time.monotonic())
