@@ -37,7 +37,8 @@ are rejected and counted. Gripper openings outside [0, 1] are clipped.
 Time. By default physics follows the node clock: each control tick steps it up to the node
 clock's now (at most ``MAX_CATCH_UP`` per tick; a longer stall is skipped, not raced through), and
 every output is stamped with the node-clock time of the state it shows. With ``publish_clock`` the
-simulator is the clock: sim time starts at 0 and follows the steady clock in the same way (so it
+simulator is the clock: sim time starts at 0 and follows the steady clock in the same way, but
+catches up at most ``SIM_TIME_CATCH_UP`` per tick (so it
 never runs faster than real time, and falls behind when a stall is skipped), ``/clock`` is
 published after each tick, and outputs are stamped with that sim time, which is what the node
 clock of any node with ``use_sim_time`` reads.
@@ -78,6 +79,9 @@ TASK_RATE_HZ = 10.0
 # moving while a starved process is late, so the sim catches up rather than dropping time; only a
 # longer stall (a suspended process, a clock jump) is skipped.
 MAX_CATCH_UP = 1.0
+# With publish_clock the simulator is the clock: a stall pauses sim time for every node instead of
+# being raced through.
+SIM_TIME_CATCH_UP = 0.05
 RENDERER_START_TIMEOUT = 60.0
 
 PARAMS = (
@@ -196,7 +200,8 @@ class SimArmNode(Node):
         self._pacer = self._sim.Pacer(
             int(round(self.arm.timestep * 1e9)),
             epoch_ns=0 if cfg.publish_clock else self.get_clock().now().nanoseconds,
-            max_steps=int(MAX_CATCH_UP / self.arm.timestep))
+            max_steps=int((SIM_TIME_CATCH_UP if cfg.publish_clock else MAX_CATCH_UP)
+                          / self.arm.timestep))
         self._ee_schedule = self._sim.Schedule(cfg.ee_pose_rate_hz)
         self._camera_schedule = self._sim.Schedule(cfg.camera_rate_hz)
         self._task_schedule = self._sim.Schedule(TASK_RATE_HZ)
