@@ -6,7 +6,8 @@ For demos and tests without a camera::
     python -m vla_ros.camera_stream --rate 20 --transport both --record /tmp/frames.txt
 
 ``--record`` appends ``sec nanosec index`` per published frame, so a test can tell which scene
-carried which stamp (``scene(index, ...)`` rebuilds it).
+carried which stamp (``scene(index, ...)`` rebuilds it). With ``--count N`` the stream waits for a
+subscriber before its first frame, so all N frames are sent to someone (the QoS is best effort).
 """
 
 import argparse
@@ -54,7 +55,13 @@ class CameraStream(Node):
         self._count = 0
         self.create_timer(1.0 / args.rate, self._publish)
 
+    def _subscribed(self):
+        publishers = [pub for pub in (self._raw, self._compressed) if pub is not None]
+        return any(pub.get_subscription_count() > 0 for pub in publishers)
+
     def _publish(self):
+        if self._args.count and self._count == 0 and not self._subscribed():
+            return
         index = self._count % len(self._scenes)
         stamp = (self.get_clock().now()
                  + rclpy.duration.Duration(seconds=self._args.stamp_offset)).to_msg()
@@ -85,7 +92,7 @@ def parse_args(argv):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--stamp-offset', type=float, default=0.0,
                         help='seconds added to every stamp (tests of stale/future images)')
-    parser.add_argument('--count', type=int, default=0, help='stop after N frames (0: never)')
+    parser.add_argument('--count', type=int, default=0, help='stop after N frames, counted from the first subscriber (0: never)')
     parser.add_argument('--record', help='append "sec nanosec index" per frame to this file')
     return parser.parse_args(argv)
 

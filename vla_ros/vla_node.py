@@ -384,6 +384,9 @@ class VlaNode(LifecycleNode):
             return
         if status == 'stale':
             self._counters.bump('stale')
+            self.get_logger().warning(
+                f'newest image is {age:.2f} s old (max_image_age {self.cfg.max_image_age} s); '
+                'holding until a fresh one arrives', throttle_duration_sec=5.0)
             return
         self._image_age.add(age)
         self._worker.submit(lambda: self._infer(frame, instruction, generation))
