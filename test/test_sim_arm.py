@@ -250,7 +250,7 @@ def test_target_pose_is_reached_within_the_speed_limit(ros, launch):
     assert np.linalg.norm(latest_position(poses, after=time.monotonic()) - start) < 0.001
     goal = start + np.array([0.08, -0.06, -0.05])
     poses.clear()
-    go_to(ros, pub, poses, goal, timeout=3.0)
+    go_to(ros, pub, poses, goal)
     samples = [(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, position(m))
                for m in poses.messages]
     speeds = [np.linalg.norm(b[1] - a[1]) / (b[0] - a[0])

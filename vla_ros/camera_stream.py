@@ -92,7 +92,8 @@ def parse_args(argv):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--stamp-offset', type=float, default=0.0,
                         help='seconds added to every stamp (tests of stale/future images)')
-    parser.add_argument('--count', type=int, default=0, help='stop after N frames, counted from the first subscriber (0: never)')
+    parser.add_argument('--count', type=int, default=0,
+                        help='stop after N frames, sent from the first subscriber on (0: never)')
     parser.add_argument('--record', help='append "sec nanosec index" per frame to this file')
     return parser.parse_args(argv)
 

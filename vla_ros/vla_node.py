@@ -230,6 +230,11 @@ class VlaNode(LifecycleNode):
             self._worker.wait_idle(timeout=30.0)
         self._image.clear()
 
+    def release(self):
+        """Stop the loop and the worker and free the policy; safe to call in any state."""
+        if self._configured:
+            self._teardown()
+
     def _teardown(self):
         self._stop_loop()
         if self._worker is not None:
@@ -496,8 +501,7 @@ def main(args=None):
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node._configured:
-            node._teardown()
+        node.release()
         node.destroy_node()
         rclpy.try_shutdown()
     return code
