@@ -293,6 +293,16 @@ def test_out_of_range_parameters_are_refused_at_start(launch, params, expected):
     assert 'invalid parameters' in output
 
 
+def test_step_duration_not_below_command_timeout_is_warned_at_start(launch):
+    bridge = start_bridge(launch, 'step_duration:=0.5', 'command_timeout:=0.4')
+    bridge.wait_for_output('waiting for ee_pose')
+    assert 'step_duration 0.5 s is not below command_timeout 0.4 s' in bridge.output()
+    fine = start_bridge(launch, 'step_duration:=0.2')
+    fine.wait_for_output('waiting for ee_pose')
+    assert 'not below command_timeout' not in fine.output()
+    assert bridge.alive and fine.alive
+
+
 def _defaults(**overrides):
     values = {p.name: p.default for p in PARAMS}
     values.update(overrides)

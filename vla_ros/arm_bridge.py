@@ -33,11 +33,10 @@ from std_srvs.srv import SetBool, Trigger
 from vla_ros import diagnostics, qos, safety
 from vla_ros.gripper import GripperConfig, GripperHysteresis
 from vla_ros.node_params import NodeParam
-from vla_ros.runtime import Counters, RateMeter
+from vla_ros.runtime import Counters, LogThrottle, RateMeter
 
 MODES = ('servo_twist', 'pose_target')
 MAX_PENDING = 32           # deltas or gripper values waiting for the next tick
-LOG_THROTTLE_S = 5.0
 
 _L = safety.SafetyLimits()
 _G = GripperConfig()
@@ -158,7 +157,7 @@ class ArmBridge(Node):
         self._pose_msg = None        # (PoseStamped, arrival time), newest only
         self._pose_state = 'waiting'  # waiting, fresh, stale: logged on each change
         self._state = None
-        self._last_warn = {}
+        self._throttle = LogThrottle()
         self._stream_rate = RateMeter()
         self._pose_topic = self.resolve_topic_name('ee_pose')
         if self.servo:
@@ -183,6 +182,12 @@ class ArmBridge(Node):
             f'max_step={self.limits.max_step_translation} m/{self.limits.max_step_rotation} rad '
             f'workspace={list(self.limits.workspace_min)}..{list(self.limits.workspace_max)} '
             f'gripper={grip.convention} threshold={grip.threshold} x{grip.consecutive}')
+        if self.servo and self.cfg['step_duration'] >= self.limits.command_timeout:
+            self.get_logger().warning(
+                f"step_duration {self.cfg['step_duration']} s is not below command_timeout "
+                f'{self.limits.command_timeout} s: each twist stream ends command_timeout after '
+                "the delta's stamp, so the arm moves less than the policy asks. Set step_duration "
+                "to 1 / vla_node's control_rate_hz, or raise command_timeout")
         what = ('deltas are dropped (the workspace box needs the arm position) and zero twist is '
                 'streamed' if self.servo else 'nothing is published')
         self.get_logger().warning(f'waiting for ee_pose on {self._pose_topic}: {what} until it '
@@ -192,10 +197,8 @@ class ArmBridge(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _warn(self, key, text):
-        """Log ``text`` at most once per LOG_THROTTLE_S for each ``key``."""
-        now = self._now()
-        if now - self._last_warn.get(key, -math.inf) >= LOG_THROTTLE_S:
-            self._last_warn[key] = now
+        """Log ``text`` at most once per 5 s for each ``key``."""
+        if self._throttle.ready(key):
             self.get_logger().warning(text)
 
     # ---------------------------------------------------------------- callbacks: store only

@@ -10,6 +10,7 @@ is skipped and counted, never queued.
 import collections
 import threading
 import time
+import traceback
 
 import numpy as np
 
@@ -102,6 +103,12 @@ class InferenceWorker:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    def _report(self, exc):
+        try:
+            self._on_error(exc)
+        except Exception:  # noqa: B902 - a failing error handler must not end the worker either
+            traceback.print_exc()
+
     def _run(self):
         while True:
             with self._cond:
@@ -113,7 +120,7 @@ class InferenceWorker:
             try:
                 job()
             except Exception as exc:  # noqa: B902 - a policy is user code; the loop must survive
-                self._on_error(exc)
+                self._report(exc)
             finally:
                 with self._cond:
                     self._busy = False
@@ -183,3 +190,29 @@ class Counters:
     def snapshot(self):
         with self._lock:
             return dict(self._counts), self.last_error
+
+
+class LogThrottle:
+    """
+    Say whether a message of each kind (key) may be logged: at most once per ``period_s``.
+
+    The node logs at its own call site when ``ready(key)`` is true. Cheap enough for a control
+    loop that rejects every message of a 50 Hz stream: rclpy's own ``throttle_duration_sec``
+    inspects the caller's stack and resolves file paths on every call, even when it then
+    suppresses the message. (A shared call site would also not do: rclpy refuses to log with
+    two severities from one line.)
+    """
+
+    def __init__(self, period_s=5.0):
+        self._period = float(period_s)
+        self._lock = threading.Lock()
+        self._last = {}
+
+    def ready(self, key):
+        """Return True (and start a new period for ``key``) when ``key`` may be logged now."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -float('inf')) < self._period:
+                return False
+            self._last[key] = now
+            return True

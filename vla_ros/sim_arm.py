@@ -60,7 +60,7 @@ import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
@@ -71,7 +71,7 @@ from std_srvs.srv import Trigger
 
 from vla_ros import conversions, diagnostics, qos
 from vla_ros.node_params import declare, NodeParam, read
-from vla_ros.runtime import Counters, InferenceWorker, Latest, RateMeter, Window
+from vla_ros.runtime import Counters, InferenceWorker, Latest, LogThrottle, RateMeter, Window
 
 CAMERA_FRAME = 'sim_camera'
 TASK_RATE_HZ = 10.0
@@ -180,6 +180,7 @@ class SimArmNode(Node):
         self._rtf = (time.monotonic(), 0)  # (steady seconds, sim steps) at the last diagnostics
         self._rtf_value = float('nan')
         self._lifted = False
+        self._throttle = LogThrottle()
 
     # ---------------------------------------------------------------- start-up and shutdown
     def start(self):
@@ -325,7 +326,8 @@ class SimArmNode(Node):
         if not self.context.ok():
             return  # shutting down (Ctrl-C): publishers are gone, nothing to report
         self._counters.bump(counter, text)
-        self.get_logger().warning(text, throttle_duration_sec=5.0)
+        if self._throttle.ready(counter):
+            self.get_logger().warning(text)
 
     # ---------------------------------------------------------------- the control loop
     def _tick(self):
@@ -488,7 +490,7 @@ def main(args=None):
     try:
         node = SimArmNode()
         node.start()
-        executor = MultiThreadedExecutor(num_threads=3)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except StartupError as exc:

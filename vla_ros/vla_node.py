@@ -22,7 +22,7 @@ import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
@@ -31,7 +31,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from vla_ros import conversions, diagnostics, qos
 from vla_ros.node_params import declare, NodeParam, read
-from vla_ros.runtime import (Counters, image_age_status, InferenceWorker, Latest,
+from vla_ros.runtime import (Counters, image_age_status, InferenceWorker, Latest, LogThrottle,
                              MAX_INSTRUCTION_CHARS, RateMeter, Window)
 
 PARAMS = (
@@ -134,6 +134,7 @@ class VlaNode(LifecycleNode):
                                   'disabled',
                                   'invalid_actions', 'bad_images', 'future_stamps',
                                   'bad_instructions', 'model_errors')
+        self._throttle = LogThrottle()
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._io_group = ReentrantCallbackGroup()
         self._loop_subs = []
@@ -267,8 +268,7 @@ class VlaNode(LifecycleNode):
             text = conversions.string_from_cdr(raw)
         except conversions.ConversionError as exc:
             self._reject_instruction(str(exc))
-            self.get_logger().warning(f'{exc}; idle until a valid instruction arrives',
-                                      throttle_duration_sec=5.0)
+            self._warn('instruction_text', f'{exc}; idle until a valid instruction arrives')
             return
         self._set_instruction(text)
 
@@ -277,8 +277,7 @@ class VlaNode(LifecycleNode):
         if len(text) > MAX_INSTRUCTION_CHARS:
             reason = (f'instruction of {len(text)} characters refused (limit '
                       f'{MAX_INSTRUCTION_CHARS}); send one short sentence')
-            self.get_logger().warning(f'{reason}; idle until a valid instruction arrives',
-                                      throttle_duration_sec=5.0)
+            self._warn('instruction_length', f'{reason}; idle until a valid instruction arrives')
             return self._reject_instruction(reason)
         text = text.strip()
         if text != self._instruction.get():
@@ -291,6 +290,11 @@ class VlaNode(LifecycleNode):
         self._counters.bump('bad_instructions', reason)
         self._drop_pending(instruction='')
         return reason
+
+    def _warn(self, key, text):
+        """Log ``text`` at most once per 5 s for each ``key``."""
+        if self._throttle.ready(key):
+            self.get_logger().warning(text)
 
     def _on_set_parameters(self, params):
         for param in params:
@@ -383,15 +387,13 @@ class VlaNode(LifecycleNode):
         status = image_age_status(age, self.cfg.max_image_age)
         if status == 'future':
             self._counters.bump('future_stamps', f'image stamped {-age:.3f} s in the future')
-            self.get_logger().warning(
-                f'image stamped {-age:.3f} s in the future of the node clock; check the camera '
-                'clock or use_sim_time', throttle_duration_sec=5.0)
+            self._warn('future', f'image stamped {-age:.3f} s in the future of the node clock; '
+                       'check the camera clock or use_sim_time')
             return
         if status == 'stale':
             self._counters.bump('stale')
-            self.get_logger().warning(
-                f'newest image is {age:.2f} s old (max_image_age {self.cfg.max_image_age} s); '
-                'holding until a fresh one arrives', throttle_duration_sec=5.0)
+            self._warn('stale', f'newest image is {age:.2f} s old (max_image_age '
+                       f'{self.cfg.max_image_age} s); holding until a fresh one arrives')
             return
         self._image_age.add(age)
         self._worker.submit(lambda: self._infer(frame, instruction, generation))
@@ -405,7 +407,7 @@ class VlaNode(LifecycleNode):
                 rgb = conversions.image_to_rgb(frame.msg)
         except conversions.ConversionError as exc:
             self._counters.bump('bad_images', str(exc))
-            self.get_logger().warning(f'image refused: {exc}', throttle_duration_sec=5.0)
+            self._warn('image', f'image refused: {exc}')
             return
         # Compute time is measured on a steady clock: under use_sim_time the node clock may stand
         # still while the model works.
@@ -414,9 +416,8 @@ class VlaNode(LifecycleNode):
         self._latency.add(time.perf_counter() - start)
         if not action.valid:
             self._counters.bump('invalid_actions', 'the model produced a non-action token')
-            self.get_logger().warning(
-                f'invalid action from the model (tokens {list(action.token_ids)}); nothing '
-                'published', throttle_duration_sec=5.0)
+            self._warn('invalid', f'invalid action from the model (tokens '
+                       f'{list(action.token_ids)}); nothing published')
             return
         values = np.atleast_2d(np.asarray(action.values, dtype=np.float64))
         if not np.all(np.isfinite(values)):
@@ -436,7 +437,7 @@ class VlaNode(LifecycleNode):
                 gripper_open_is_one=self.cfg.gripper_open_is_one)
         except conversions.ConversionError as exc:
             self._counters.bump('invalid_actions', str(exc))
-            self.get_logger().warning(f'action refused: {exc}', throttle_duration_sec=5.0)
+            self._warn('action', f'action refused: {exc}')
             return
         self._out['ee_delta'].publish(pose)
         self._out['gripper'].publish(gripper)
@@ -446,8 +447,9 @@ class VlaNode(LifecycleNode):
 
     def _on_worker_error(self, exc):
         self._counters.bump('model_errors', f'{type(exc).__name__}: {exc}')
-        self.get_logger().error(f'policy error, nothing published: {type(exc).__name__}: {exc}',
-                                throttle_duration_sec=5.0)
+        if self._throttle.ready('policy'):
+            self.get_logger().error(
+                f'policy error, nothing published: {type(exc).__name__}: {exc}')
 
     def _publish_diagnostics(self):
         now = self.get_clock().now()
@@ -485,7 +487,7 @@ class VlaNode(LifecycleNode):
 def main(args=None):
     rclpy.init(args=args)
     node = VlaNode()
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     code = 0
     try:

@@ -1,0 +1,35 @@
+"""The ROS-free control-loop pieces the nodes share: the inference worker and the log throttle."""
+
+import threading
+import time
+
+from vla_ros.runtime import InferenceWorker, LogThrottle
+
+
+def test_worker_survives_a_failing_job_and_a_failing_error_handler(capfd):
+    errors = []
+
+    def on_error(exc):
+        errors.append(exc)
+        raise ValueError('the handler itself failed')
+
+    worker = InferenceWorker(on_error, name='test_worker')
+    try:
+        assert worker.submit(lambda: 1 / 0)
+        assert worker.wait_idle(timeout=5.0)
+        assert isinstance(errors[0], ZeroDivisionError)
+        assert 'the handler itself failed' in capfd.readouterr().err
+        ran = threading.Event()
+        assert worker.submit(ran.set), 'the worker must take the next job'
+        assert ran.wait(timeout=5.0)
+    finally:
+        worker.stop()
+
+
+def test_log_throttle_passes_one_message_per_key_and_period():
+    throttle = LogThrottle(period_s=0.2)
+    assert throttle.ready('stale')
+    assert not throttle.ready('stale')
+    assert throttle.ready('frame'), 'each key has its own period'
+    time.sleep(0.25)
+    assert throttle.ready('stale')
