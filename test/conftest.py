@@ -87,13 +87,15 @@ class RosClient:
 
     def __init__(self, name='vla_test_client'):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
         self._rclpy = rclpy
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node(name, context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        # Not the MultiThreadedExecutor: its dispatch thread holds the GIL most of the time, which
+        # delays the test thread that stamps and publishes commands.
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
