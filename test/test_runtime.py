@@ -1,5 +1,6 @@
 """The ROS-free control-loop pieces the nodes share: the inference worker and the log throttle."""
 
+import logging
 import threading
 import time
 
@@ -26,10 +27,13 @@ def test_worker_survives_a_failing_job_and_a_failing_error_handler(capfd):
         worker.stop()
 
 
-def test_log_throttle_passes_one_message_per_key_and_period():
-    throttle = LogThrottle(period_s=0.2)
-    assert throttle.ready('stale')
-    assert not throttle.ready('stale')
-    assert throttle.ready('frame'), 'each key has its own period'
-    time.sleep(0.25)
-    assert throttle.ready('stale')
+def test_log_throttle_logs_one_message_per_key_and_period(caplog):
+    throttle = LogThrottle(logging.getLogger('vla_ros.test'), period_s=0.2)
+    with caplog.at_level(logging.WARNING):
+        throttle.warning('stale', 'stale 1')
+        throttle.warning('stale', 'stale 2')
+        throttle.error('policy', 'policy 1')  # each key has its own period
+        time.sleep(0.25)
+        throttle.warning('stale', 'stale 3')
+    assert [(r.levelname, r.message) for r in caplog.records] == [
+        ('WARNING', 'stale 1'), ('ERROR', 'policy 1'), ('WARNING', 'stale 3')]

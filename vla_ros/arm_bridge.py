@@ -157,7 +157,7 @@ class ArmBridge(Node):
         self._pose_msg = None        # (PoseStamped, arrival time), newest only
         self._pose_state = 'waiting'  # waiting, fresh, stale: logged on each change
         self._state = None
-        self._throttle = LogThrottle()
+        self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
         self._stream_rate = RateMeter()
         self._pose_topic = self.resolve_topic_name('ee_pose')
         if self.servo:
@@ -195,11 +195,6 @@ class ArmBridge(Node):
 
     def _now(self):
         return self.get_clock().now().nanoseconds * 1e-9
-
-    def _warn(self, key, text):
-        """Log ``text`` at most once per 5 s for each ``key``."""
-        if self._throttle.ready(key):
-            self.get_logger().warning(text)
 
     # ---------------------------------------------------------------- callbacks: store only
     def _on_delta(self, msg):
@@ -264,11 +259,11 @@ class ArmBridge(Node):
             pose = safety.make_pose((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), arrived)
             if frame != self.base_frame:
                 self.counters.bump('rejected_pose', f'ee_pose in frame {frame!r}')
-                self._warn('pose_frame', f'ee_pose refused: frame_id {frame!r}, expected '
-                           f"{self.base_frame!r} (parameter 'base_frame')")
+                self._log.warning('pose_frame', f'ee_pose refused: frame_id {frame!r}, '
+                                  f"expected {self.base_frame!r} (parameter 'base_frame')")
             elif pose is None:
                 self.counters.bump('rejected_pose', 'ee_pose with NaN/inf or a zero quaternion')
-                self._warn('pose_nan', 'ee_pose refused: NaN/inf or a zero quaternion')
+                self._log.warning('pose_nan', 'ee_pose refused: NaN/inf or a zero quaternion')
             else:
                 self.core.update_pose(pose)
         fresh = self.core.fresh_pose(now) is not None
@@ -288,17 +283,17 @@ class ArmBridge(Node):
         frame = msg.header.frame_id
         if frame.lstrip('/') != self.base_frame:
             self.counters.bump('rejected_frame', f'delta in frame {frame!r}')
-            self._warn('frame', f'delta rejected: frame_id {frame!r}, expected '
-                       f"{self.base_frame!r} (parameter 'base_frame'); deltas must be in the "
-                       'base frame')
+            self._log.warning('frame', f'delta rejected: frame_id {frame!r}, expected '
+                              f"{self.base_frame!r} (parameter 'base_frame'); deltas must be in "
+                              'the base frame')
             return
         p, q = msg.pose.position, msg.pose.orientation
         quat = (q.x, q.y, q.z, q.w)
         norm = math.sqrt(sum(c * c for c in quat))
         if math.isfinite(norm) and abs(norm - 1.0) > 1e-2:
             self.counters.bump('rejected_quaternion', f'delta quaternion of norm {norm:.4g}')
-            self._warn('quaternion', f'delta rejected: orientation has norm {norm:.4g}; it must '
-                       'be a unit quaternion (identity is 0, 0, 0, 1)')
+            self._log.warning('quaternion', f'delta rejected: orientation has norm {norm:.4g}; '
+                              'it must be a unit quaternion (identity is 0, 0, 0, 1)')
             return
         if math.isfinite(norm):
             rpy = safety.matrix_to_rpy(safety.quaternion_to_matrix(quat))
@@ -309,7 +304,7 @@ class ArmBridge(Node):
             self.counters.bump(event, verdict.reason)
         # A missing or stale ee_pose is said once, when it happens (see _update_pose).
         if verdict.reason and verdict.events[0] != 'dropped_no_pose':
-            self._warn(verdict.events[0], f'delta dropped: {verdict.reason}')
+            self._log.warning(verdict.events[0], f'delta dropped: {verdict.reason}')
 
     def _gripper_value(self, value):
         if not self.core.enabled:
@@ -318,7 +313,7 @@ class ArmBridge(Node):
         update = self.gripper.update(value)
         if update.rejected:
             self.counters.bump('gripper_rejected', f'gripper value {value}')
-            self._warn('gripper', f'gripper value {value} rejected (NaN or inf)')
+            self._log.warning('gripper', f'gripper value {value} rejected (NaN or inf)')
             return
         if update.flipped:
             self.counters.bump('gripper_flips')

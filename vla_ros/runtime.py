@@ -194,16 +194,16 @@ class Counters:
 
 class LogThrottle:
     """
-    Say whether a message of each kind (key) may be logged: at most once per ``period_s``.
+    Log each kind of message (a key) at most once per ``period_s``, to ``logger``.
 
-    The node logs at its own call site when ``ready(key)`` is true. Cheap enough for a control
-    loop that rejects every message of a 50 Hz stream: rclpy's own ``throttle_duration_sec``
-    inspects the caller's stack and resolves file paths on every call, even when it then
-    suppresses the message. (A shared call site would also not do: rclpy refuses to log with
-    two severities from one line.)
+    Cheap enough for a control loop that rejects every message of a 50 Hz stream: rclpy's own
+    ``throttle_duration_sec`` inspects the caller's stack and resolves file paths on every call,
+    even when it then suppresses the message. rclpy ties a severity to each calling line, so each
+    severity is logged from its own method here.
     """
 
-    def __init__(self, period_s=5.0):
+    def __init__(self, logger, period_s=5.0):
+        self._logger = logger
         self._period = float(period_s)
         self._lock = threading.Lock()
         self._last = {}
@@ -216,3 +216,13 @@ class LogThrottle:
                 return False
             self._last[key] = now
             return True
+
+    def warning(self, key, text):
+        """Log ``text`` as a warning unless ``key`` was logged within the period."""
+        if self.ready(key):
+            self._logger.warning(text)
+
+    def error(self, key, text):
+        """Log ``text`` as an error unless ``key`` was logged within the period."""
+        if self.ready(key):
+            self._logger.error(text)

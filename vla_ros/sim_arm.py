@@ -180,7 +180,7 @@ class SimArmNode(Node):
         self._rtf = (time.monotonic(), 0)  # (steady seconds, sim steps) at the last diagnostics
         self._rtf_value = float('nan')
         self._lifted = False
-        self._throttle = LogThrottle()
+        self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
 
     # ---------------------------------------------------------------- start-up and shutdown
     def start(self):
@@ -326,8 +326,7 @@ class SimArmNode(Node):
         if not self.context.ok():
             return  # shutting down (Ctrl-C): publishers are gone, nothing to report
         self._counters.bump(counter, text)
-        if self._throttle.ready(counter):
-            self.get_logger().warning(text)
+        self._log.warning(counter, text)
 
     # ---------------------------------------------------------------- the control loop
     def _tick(self):

@@ -134,7 +134,7 @@ class VlaNode(LifecycleNode):
                                   'disabled',
                                   'invalid_actions', 'bad_images', 'future_stamps',
                                   'bad_instructions', 'model_errors')
-        self._throttle = LogThrottle()
+        self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._io_group = ReentrantCallbackGroup()
         self._loop_subs = []
@@ -268,7 +268,7 @@ class VlaNode(LifecycleNode):
             text = conversions.string_from_cdr(raw)
         except conversions.ConversionError as exc:
             self._reject_instruction(str(exc))
-            self._warn('instruction_text', f'{exc}; idle until a valid instruction arrives')
+            self._log.warning('instruction_text', f'{exc}; idle until a valid instruction arrives')
             return
         self._set_instruction(text)
 
@@ -277,7 +277,8 @@ class VlaNode(LifecycleNode):
         if len(text) > MAX_INSTRUCTION_CHARS:
             reason = (f'instruction of {len(text)} characters refused (limit '
                       f'{MAX_INSTRUCTION_CHARS}); send one short sentence')
-            self._warn('instruction_length', f'{reason}; idle until a valid instruction arrives')
+            self._log.warning('instruction_length',
+                              f'{reason}; idle until a valid instruction arrives')
             return self._reject_instruction(reason)
         text = text.strip()
         if text != self._instruction.get():
@@ -290,11 +291,6 @@ class VlaNode(LifecycleNode):
         self._counters.bump('bad_instructions', reason)
         self._drop_pending(instruction='')
         return reason
-
-    def _warn(self, key, text):
-        """Log ``text`` at most once per 5 s for each ``key``."""
-        if self._throttle.ready(key):
-            self.get_logger().warning(text)
 
     def _on_set_parameters(self, params):
         for param in params:
@@ -387,13 +383,13 @@ class VlaNode(LifecycleNode):
         status = image_age_status(age, self.cfg.max_image_age)
         if status == 'future':
             self._counters.bump('future_stamps', f'image stamped {-age:.3f} s in the future')
-            self._warn('future', f'image stamped {-age:.3f} s in the future of the node clock; '
-                       'check the camera clock or use_sim_time')
+            self._log.warning('future', f'image stamped {-age:.3f} s in the future of the node '
+                              'clock; check the camera clock or use_sim_time')
             return
         if status == 'stale':
             self._counters.bump('stale')
-            self._warn('stale', f'newest image is {age:.2f} s old (max_image_age '
-                       f'{self.cfg.max_image_age} s); holding until a fresh one arrives')
+            self._log.warning('stale', f'newest image is {age:.2f} s old (max_image_age '
+                              f'{self.cfg.max_image_age} s); holding until a fresh one arrives')
             return
         self._image_age.add(age)
         self._worker.submit(lambda: self._infer(frame, instruction, generation))
@@ -407,7 +403,7 @@ class VlaNode(LifecycleNode):
                 rgb = conversions.image_to_rgb(frame.msg)
         except conversions.ConversionError as exc:
             self._counters.bump('bad_images', str(exc))
-            self._warn('image', f'image refused: {exc}')
+            self._log.warning('image', f'image refused: {exc}')
             return
         # Compute time is measured on a steady clock: under use_sim_time the node clock may stand
         # still while the model works.
@@ -416,8 +412,8 @@ class VlaNode(LifecycleNode):
         self._latency.add(time.perf_counter() - start)
         if not action.valid:
             self._counters.bump('invalid_actions', 'the model produced a non-action token')
-            self._warn('invalid', f'invalid action from the model (tokens '
-                       f'{list(action.token_ids)}); nothing published')
+            self._log.warning('invalid', f'invalid action from the model (tokens '
+                              f'{list(action.token_ids)}); nothing published')
             return
         values = np.atleast_2d(np.asarray(action.values, dtype=np.float64))
         if not np.all(np.isfinite(values)):
@@ -437,7 +433,7 @@ class VlaNode(LifecycleNode):
                 gripper_open_is_one=self.cfg.gripper_open_is_one)
         except conversions.ConversionError as exc:
             self._counters.bump('invalid_actions', str(exc))
-            self._warn('action', f'action refused: {exc}')
+            self._log.warning('action', f'action refused: {exc}')
             return
         self._out['ee_delta'].publish(pose)
         self._out['gripper'].publish(gripper)
@@ -447,9 +443,7 @@ class VlaNode(LifecycleNode):
 
     def _on_worker_error(self, exc):
         self._counters.bump('model_errors', f'{type(exc).__name__}: {exc}')
-        if self._throttle.ready('policy'):
-            self.get_logger().error(
-                f'policy error, nothing published: {type(exc).__name__}: {exc}')
+        self._log.error('policy', f'policy error, nothing published: {type(exc).__name__}: {exc}')
 
     def _publish_diagnostics(self):
         now = self.get_clock().now()
