@@ -1,7 +1,7 @@
 """
 Test-only helpers: write synthetic rosbag2 bags, replay a bag into ROS on simulated time.
 
-``write_bag`` builds a bag from plain Python values: frames go through ``vla_ros.conversions``
+``write_bag`` builds a bag from plain Python values: frames go through ``vla_ros.nodes.messages``
 (as the camera publishes them), everything else through rosbags' typestore classes.
 
 ``SimTimeReplay`` plays a bag to a ``vla_node`` started with ``use_sim_time:=true``, one control
@@ -17,9 +17,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosbags.highlevel import AnyReader
 from rosgraph_msgs.msg import Clock
 
-from vla_ros import conversions
-from vla_ros.camera_stream import scene
+from vla_ros.control.geometry import rpy_to_quaternion
 from vla_ros.evaluation.bags import BagWriter, typestore
+from vla_ros.nodes import messages
+from vla_ros.sim.scenes import scene
 
 NS = 1_000_000_000
 T0_NS = 1000 * NS  # a whole number of control periods, so node ticks fall on the step grid
@@ -40,8 +41,8 @@ def image_message(index, stamp_ns, transport='raw', encoding='rgb8', fmt='jpeg')
     """Return the rclpy Image/CompressedImage of synthetic scene ``index``."""
     rgb = scene(index, WIDTH, HEIGHT)
     if transport == 'compressed':
-        return conversions.rgb_to_compressed(rgb, fmt, stamp=ros_time(stamp_ns), frame_id='camera')
-    return conversions.rgb_to_image(rgb, encoding, stamp=ros_time(stamp_ns), frame_id='camera')
+        return messages.rgb_to_compressed(rgb, fmt, stamp=ros_time(stamp_ns), frame_id='camera')
+    return messages.rgb_to_image(rgb, encoding, stamp=ros_time(stamp_ns), frame_id='camera')
 
 
 def write_bag(path, storage='sqlite3', images=(), transport='raw', encoding='rgb8', fmt='jpeg',
@@ -66,13 +67,13 @@ def write_bag(path, storage='sqlite3', images=(), transport='raw', encoding='rgb
     for log_ns, text in instructions:
         records.append((log_ns, '/vla/instruction', ts.types['std_msgs/msg/String'](data=text)))
     for log_ns, values in actions:
-        records.append((log_ns, '/vla/action', conversions.action_to_messages(
+        records.append((log_ns, '/vla/action', messages.action_to_messages(
             values, ros_time(log_ns), 'base_link')[2]))
     pose_cls, point_cls, quat_cls = (ts.types['geometry_msgs/msg/' + n]
                                      for n in ('Pose', 'Point', 'Quaternion'))
     for log_ns, xyz, rpy in poses:
         pose = pose_cls(position=point_cls(*map(float, xyz)),
-                        orientation=quat_cls(*conversions.rpy_to_quaternion(*rpy)))
+                        orientation=quat_cls(*rpy_to_quaternion(*rpy)))
         header = ts.types['std_msgs/msg/Header'](
             stamp=ts.types['builtin_interfaces/msg/Time'](sec=log_ns // NS, nanosec=log_ns % NS),
             frame_id='base_link')

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 import shutil
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,5 +74,5 @@ def clone_checkpoint(src, dst, state=None, skip=()):
 
 def scene(seed, height=224, width=224):
     """Return a reproducible synthetic uint8 RGB scene."""
-    from vla_ros.policy.tiny import synthetic_scene
-    return synthetic_scene(np.random.default_rng(seed), height, width)
+    from vla_ros.sim.scenes import scene as synthetic
+    return synthetic(seed, width, height, noise=8)

@@ -18,10 +18,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64
 from std_srvs.srv import SetBool
 
-from vla_ros import diagnostics
-from vla_ros.arm_bridge import configuration, PARAMS
-from vla_ros.conversions import rpy_to_quaternion
-from vla_ros.safety import quaternion_to_matrix, rpy_to_matrix
+from vla_ros.control.geometry import quaternion_to_matrix, rpy_to_matrix, rpy_to_quaternion
+from vla_ros.nodes import diagnostics
+from vla_ros.nodes.arm_bridge import configuration, PARAMS
 
 QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 TWIST = 'servo_node/delta_twist_cmds'
@@ -256,7 +255,9 @@ def test_pose_target_waits_for_ee_pose_then_composes_inside_the_box(ros, launch)
                    message='a target clipped to the box')
         assert all(_position(m)[0] <= 0.44 + 1e-12 for m in targets.messages)
         # Gripper, signed (-1 = open): two agreeing values flip it.
+        # Each with a zero delta of its step: a gripper command alone moves nothing.
         for value in (-1.0, -1.0, 1.0, -1.0, 1.0, 1.0):
+            policy.delta((0.0, 0.0, 0.0))
             policy.gripper.publish(Float64(data=value))
             time.sleep(0.05)
         commands.wait_for(5)
@@ -269,13 +270,103 @@ def test_pose_target_waits_for_ee_pose_then_composes_inside_the_box(ros, launch)
     assert bridge.output().count('ee_pose received') == 1
 
 
+def test_gripper_moves_only_with_a_fresh_accepted_delta_of_its_step(ros, launch):
+    commands = ros.subscribe(Float64, 'gripper/command', QOS)
+    twists = ros.subscribe(TwistStamped, TWIST, QOS)
+    diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
+    bridge = start_bridge(launch, 'output_mode:=servo_twist', 'gripper_consecutive:=1')
+    policy = Policy(ros)
+    with Arm(ros):
+        bridge.wait_for_output('ee_pose received')
+        # A gripper command alone: ignored, however many (the hostile run closed the gripper).
+        handshake(lambda: policy.gripper.publish(Float64(data=0.0)), diag,
+                  'gripper_without_delta')
+        # With a delta stamped 5 s ago: the delta is dropped as stale, and its gripper with it.
+        for _ in range(3):
+            policy.delta((0.01, 0.0, 0.0), age=5.0)
+            policy.gripper.publish(Float64(data=0.0))
+            time.sleep(0.05)
+        wait_until(lambda: int(safety_status(diag)['gripper_with_rejected_delta']) >= 3, 5.0,
+                   message='three commands ignored with their stale deltas')
+        assert commands.messages == [], 'a bare or stale gripper command moved the gripper'
+        assert not moving(twists)
+        # With a fresh delta of the same step: the gripper closes.
+        policy.delta((0.01, 0.0, 0.0))
+        policy.gripper.publish(Float64(data=0.0))
+        assert [m.data for m in commands.wait_for(1, timeout=5.0)] == [0.0]
+        values = safety_status(diag)
+        assert int(values['gripper_applied']) == 1 and values['gripper_state'] == 'closed'
+        # The same delta delivered twice (same stamp, same values) is one step, not two.
+        duplicate = pose_msg(ros, (0.02, 0.0, 0.0))
+        twists.clear()
+        policy.deltas.publish(duplicate)
+        time.sleep(0.1)
+        policy.deltas.publish(duplicate)
+        wait_until(lambda: int(safety_status(diag)['dropped_duplicate']) == 1, 5.0,
+                   message='the second copy dropped as a duplicate')
+        step = sum(twist_values(m)[0] for m in moving(twists)) * 0.02  # metres streamed
+        assert step == pytest.approx(0.02, abs=0.004), f'{step} m streamed for one 0.02 m step'
+    assert bridge.alive
+
+
+def set_param(ros, node, name, value):
+    from rcl_interfaces.msg import Parameter, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter as RclpyParameter
+    value_msg = RclpyParameter(name, value=value).get_parameter_value()
+    request = SetParameters.Request(parameters=[Parameter(name=name, value=value_msg)])
+    assert isinstance(value_msg, ParameterValue)
+    return ros.call(SetParameters, f'/{node}/set_parameters', request).results[0]
+
+
+def get_param(ros, node, name):
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.parameter import parameter_value_to_python
+    response = ros.call(GetParameters, f'/{node}/get_parameters',
+                        GetParameters.Request(names=[name]))
+    return parameter_value_to_python(response.values[0])
+
+
+def test_run_time_changes_tighten_limits_or_are_refused(ros, launch):
+    twists = ros.subscribe(TwistStamped, TWIST, QOS)
+    bridge = start_bridge(launch, 'output_mode:=servo_twist')
+    policy = Policy(ros)
+    with Arm(ros):
+        bridge.wait_for_output('ee_pose received')
+        result = set_param(ros, 'arm_bridge', 'max_step_translation', 0.01)
+        assert result.successful, result.reason
+        bridge.wait_for_output('safety limits tightened')
+        twists.clear()
+        policy.delta((3.0, 0.0, 0.0))  # clamped to the new 0.01 m per 0.2 s step: 0.05 m/s
+        wait_until(lambda: step_done(twists), 5.0, message='the clamped step')
+        np.testing.assert_allclose(twist_values(moving(twists)[0])[:3], [0.05, 0, 0], atol=1e-9)
+        refused = [
+            ('max_step_translation', 0.1, 'would loosen the limit in force (0.01)'),
+            ('workspace_max', [0.8, 0.4, 0.6], 'would loosen the limit in force'),
+            ('output_mode', 'pose_target', "'output_mode' cannot change while the node runs"),
+            ('command_timeout', 'abc', "'command_timeout' is 'abc' (a string); it must be a "
+                                       'number'),
+            ('command_timeout', -1.0, "'command_timeout' is -1.0; allowed range (0.0, 60.0]"),
+        ]
+        for name, value, reason in refused:
+            result = set_param(ros, 'arm_bridge', name, value)
+            assert not result.successful and reason in result.reason, (name, result.reason)
+        # What get_parameters shows is what is in force.
+        assert get_param(ros, 'arm_bridge', 'max_step_translation') == 0.01
+        assert get_param(ros, 'arm_bridge', 'output_mode') == 'servo_twist'
+        assert list(get_param(ros, 'arm_bridge', 'workspace_max')) == [0.7, 0.4, 0.6]
+        assert set_param(ros, 'arm_bridge', 'workspace_max', [0.45, 0.4, 0.6]).successful
+        assert list(get_param(ros, 'arm_bridge', 'workspace_max')) == [0.45, 0.4, 0.6]
+    assert bridge.alive
+
+
 def _position(msg):
     p = msg.pose.position
     return np.array([p.x, p.y, p.z])
 
 
 @pytest.mark.parametrize('params, expected', [
-    (['stream_rate_hz:=0'], "parameter 'stream_rate_hz' is 0.0; allowed range (0, 1000] Hz"),
+    (['stream_rate_hz:=0'], "parameter 'stream_rate_hz' is 0.0; allowed: (0, 1000] Hz"),
     (['max_step_translation:=-1'], "parameter 'max_step_translation' is -1.0; allowed range "
                                    '(0.0, 0.5] m'),
     (['workspace_min:=[0.8,0.0,0.0]'], 'each axis of workspace_min must be < the same axis of '
@@ -290,7 +381,7 @@ def test_out_of_range_parameters_are_refused_at_start(launch, params, expected):
     assert bridge.wait_exit(timeout=30.0) != 0
     output = bridge.output()
     assert expected in output, output
-    assert 'invalid parameters' in output
+    assert 'cannot start' in output
 
 
 def test_step_duration_not_below_command_timeout_is_warned_at_start(launch):
@@ -313,7 +404,8 @@ def _defaults(**overrides):
     ({}, None),
     ({'workspace_min': [0, -1, 0], 'stream_rate_hz': 100}, None),   # integers are numbers
     ({'gripper_consecutive': 3.0}, None),
-    ({'stream_rate_hz': 'fast'}, "'stream_rate_hz' is 'fast'; allowed range (0, 1000] Hz"),
+    ({'stream_rate_hz': 'fast'}, "'stream_rate_hz' is 'fast' (a string); it must be a number: "
+                                 '(0, 1000] Hz'),
     ({'step_duration': 0.01}, "'step_duration' is 0.01; allowed range [0.02 (one stream "
                               'period), 10] s'),
     ({'workspace_max': [1.0, 1.0]}, "'workspace_max' is (1.0, 1.0); allowed: 3 finite numbers"),

@@ -1,8 +1,9 @@
-"""Pure tests of vla_ros.conversions: images and actions, no ROS graph."""
+"""Pure tests of the conversions (control.formats, nodes.messages): images, actions, no ROS."""
 
 import array
 import math
 import types
+import zlib
 
 import cv2
 from hypothesis import given, settings
@@ -12,10 +13,10 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
-from vla_ros.conversions import (
-    ACTION_LABEL, action_to_messages, compressed_to_rgb, ConversionError, image_to_rgb,
-    messages_to_action, multiarray_to_action, quaternion_to_rpy, rgb_to_compressed, rgb_to_image,
-    rpy_to_quaternion, string_from_cdr)
+from vla_ros.control.formats import (ACTION_LABEL, compressed_to_rgb, ConversionError,
+                                     image_to_rgb, MAX_IMAGE_PIXELS, multiarray_to_action)
+from vla_ros.nodes.messages import (action_to_messages, messages_to_action, rgb_to_compressed,
+                                    rgb_to_image, string_from_cdr)
 
 WIDTHS = [1, 3, 17, 641]
 PADDINGS = [0, 1, 3, 64]
@@ -250,6 +251,42 @@ def test_bad_images_raise_one_clear_error(overrides, match):
     assert issubclass(ConversionError, ValueError)
 
 
+def oversized_jpeg(width=12000, height=12000):
+    """Return a small real JPEG whose frame header claims ``width`` x ``height`` (a bomb)."""
+    data = bytearray(rgb_to_compressed(_smooth(16, 16), 'jpeg').data)
+    sof = data.index(b'\xff\xc0')  # baseline frame header: FFC0, length, precision, height, width
+    data[sof + 5:sof + 9] = height.to_bytes(2, 'big') + width.to_bytes(2, 'big')
+    return bytes(data)
+
+
+def oversized_png(width=12000, height=12000):
+    """Return a PNG header (valid CRCs) claiming ``width`` x ``height``, a token IDAT."""
+    def chunk(kind, body):
+        return (len(body).to_bytes(4, 'big') + kind + body
+                + zlib.crc32(kind + body).to_bytes(4, 'big'))
+    header = width.to_bytes(4, 'big') + height.to_bytes(4, 'big') + bytes([8, 2, 0, 0, 0])
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b'\0'))
+            + chunk(b'IEND', b''))
+
+
+@pytest.mark.parametrize('make, fmt', [(oversized_jpeg, 'jpeg'), (oversized_png, 'png')])
+def test_oversized_images_are_refused_before_decoding(make, fmt):
+    msg = CompressedImage(format=fmt)
+    msg.data = array.array('B', make())
+    assert len(msg.data) < 5000  # would decode to 12000 x 12000 x 3 = 432 MB
+    with pytest.raises(ConversionError, match='144000000 pixels refused'):
+        compressed_to_rgb(msg)
+    # The same size as a raw Image is refused from its header fields, before reading data.
+    raw = Image(encoding='rgb8', width=12000, height=12000, step=36000)
+    with pytest.raises(ConversionError, match=f'limit {MAX_IMAGE_PIXELS}'):
+        image_to_rgb(raw)
+    # At the limit a frame still decodes.
+    side = int(math.isqrt(MAX_IMAGE_PIXELS))
+    at_limit = Image(encoding='mono8', width=side, height=side, step=side)
+    at_limit.data = bytes(side * side)
+    assert image_to_rgb(at_limit).shape == (side, side, 3)
+
+
 def test_corrupt_compressed_images_raise():
     real = bytes(rgb_to_compressed(_smooth(120, 160), 'jpeg', quality=95).data)
     noise = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes()
@@ -286,47 +323,11 @@ def test_bad_arrays_raise(image, encoding):
 
 # --------------------------------------------------------------------------------------- actions
 
-def _rotation_matrix(roll, pitch, yaw):
-    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch), math.sin(pitch),
-                              math.cos(yaw), math.sin(yaw))
-    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
-    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
-    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _quaternion_matrix(x, y, z, w):
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
 angles = st.floats(-math.pi, math.pi, allow_nan=False)
 rolls = st.floats(-math.pi + MARGIN, math.pi - MARGIN)
 pitches = st.floats(-math.pi / 2 + MARGIN, math.pi / 2 - MARGIN)
 metres = st.floats(-1.0, 1.0)
 grippers = st.floats(0.0, 1.0)
-
-
-@given(angles, angles, angles)
-def test_quaternion_is_rz_ry_rx(roll, pitch, yaw):
-    q = rpy_to_quaternion(roll, pitch, yaw)
-    assert math.isclose(sum(c * c for c in q), 1.0, abs_tol=1e-12)
-    np.testing.assert_allclose(_quaternion_matrix(*q), _rotation_matrix(roll, pitch, yaw),
-                               atol=1e-12)
-
-
-def test_quaternion_known_values_and_normalisation():
-    assert rpy_to_quaternion(0, 0, 0) == (0, 0, 0, 1)
-    np.testing.assert_allclose(rpy_to_quaternion(0, 0, math.pi / 2),
-                               (0, 0, math.sqrt(0.5), math.sqrt(0.5)), atol=1e-15)
-    q = np.array(rpy_to_quaternion(0.3, -0.2, 0.1)) * 3.7  # not unit length
-    np.testing.assert_allclose(quaternion_to_rpy(*q), (0.3, -0.2, 0.1), atol=1e-12)
-    gimbal = quaternion_to_rpy(*rpy_to_quaternion(0.0, math.pi / 2, 0.0))  # asin argument clamped
-    assert math.isclose(gimbal[1], math.pi / 2, abs_tol=1e-7)
-    with pytest.raises(ConversionError, match='norm'):
-        quaternion_to_rpy(0, 0, 0, 0)
 
 
 @settings(max_examples=300)

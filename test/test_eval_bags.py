@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from vla_ros import conversions
-from vla_ros.camera_stream import scene
 from vla_ros.evaluation import cli
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
+from vla_ros.nodes import messages
 from vla_ros.policy import OpenVLAPolicy
+from vla_ros.sim.scenes import scene
 
 UNNORM_KEY = 'synth_bridge'
 MS = 1_000_000
@@ -43,7 +43,7 @@ def camera_frame(index, fmt=None):
     rgb = scene(index, WIDTH, HEIGHT)
     if fmt != 'jpeg':
         return rgb  # raw rgb8/bgr8 and png are lossless
-    data = np.frombuffer(conversions.rgb_to_compressed(rgb, 'jpeg').data, np.uint8)
+    data = np.frombuffer(messages.rgb_to_compressed(rgb, 'jpeg').data, np.uint8)
     return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
@@ -114,7 +114,67 @@ def test_command_line_outputs_and_predictions_bag(expected, tiny_checkpoint, tmp
         assert pose.header.stamp.sec * 10**9 + pose.header.stamp.nanosec == image_stamp
         assert pose.header.frame_id == 'base_link'
         np.testing.assert_array_equal(raw.data, action.values)
-        assert raw.layout.dim[0].label == conversions.ACTION_LABEL
-        np.testing.assert_allclose(conversions.messages_to_action(pose, gripper),
+        assert raw.layout.dim[0].label == messages.ACTION_LABEL
+        np.testing.assert_allclose(messages.messages_to_action(pose, gripper),
                                    np.r_[action.values[:6], np.clip(action.values[6], 0, 1)],
                                    atol=1e-12)
+
+
+def test_actions_logged_with_their_images_are_the_reference(
+        policy, tiny_checkpoint, tmp_path, capsys):
+    """A dataset converted to a bag: every action shares its image's log time (MCAP)."""
+    images = frames(6, 200 * MS)  # on the 5 Hz step grid
+    rng = np.random.default_rng(3)
+    references = rng.uniform(-0.05, 0.05, (len(images), 7))
+    references[:, 6] = rng.integers(0, 2, len(images))
+    bag = write_bag(tmp_path / 'dataset', 'mcap', images=images, instructions=INSTRUCTIONS[:1],
+                    actions=[(log_ns, ref) for (log_ns, _, _), ref in zip(images, references)])
+    out = tmp_path / 'out'
+    status = cli.main([str(bag), '--model', tiny_checkpoint, '--unnorm-key', UNNORM_KEY,
+                       '--rate', '5', '--out', str(out)])
+    assert status == 0, capsys.readouterr().err
+    m = json.loads((out / 'metrics.json').read_text())['overall']['metrics']
+    predicted = [policy.predict(camera_frame(i), FIRST, unnorm_key=UNNORM_KEY) for _, i, _ in
+                 images]
+    valid = [k for k, a in enumerate(predicted) if a.valid]
+    assert valid and m['steps_compared'] == len(valid)  # every valid step has its reference
+    errors = np.abs(np.array([predicted[k].values for k in valid]) - references[valid])
+    for i, name in enumerate(messages.ACTION_LABEL.split()):
+        assert m['mae'][name] == pytest.approx(errors[:, i].mean(), abs=1e-12), name
+
+
+def test_nothing_compared_or_predicted_is_not_a_result(tiny_checkpoint, tmp_path, capsys):
+    late = [(T0_NS + (2000 + k) * MS, np.zeros(7)) for k in range(4)]  # long after the images
+    bag = write_bag(tmp_path / 'late', 'mcap', images=frames(4, 200 * MS),
+                    instructions=INSTRUCTIONS[:1], actions=late)
+    status = cli.main([str(bag), '--model', tiny_checkpoint, '--unnorm-key', UNNORM_KEY,
+                       '--rate', '5', '--out', str(tmp_path / 'out')])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert 'vla_eval: error: no step could be compared with a reference: /vla/action has 4 ' \
+        "message(s); a step's reference is the first one logged in [its image's log time, the " \
+        "next step's time)" in err
+    assert 'check --action-topic and --rate' in err
+
+    from rosbags.typesys.stores.ros2_jazzy import builtin_interfaces__msg__Time as Time
+    from vla_ros.evaluation.bags import typestore
+    ts = typestore()
+    bad = [('/camera/image_raw', T0_NS + k * 200 * MS, ts.types['sensor_msgs/msg/Image'](
+        header=ts.types['std_msgs/msg/Header'](stamp=Time(sec=(T0_NS + k * 200 * MS) // 10**9,
+                                                          nanosec=k * 200 * MS),
+                                               frame_id='camera'),
+        height=4, width=4, encoding='bayer_rggb8', is_bigendian=0, step=4,
+        data=np.zeros(16, np.uint8))) for k in range(3)]
+    refused = write_bag(tmp_path / 'refused', 'mcap', instructions=INSTRUCTIONS[:1],
+                        raw_messages=bad)
+    out = tmp_path / 'out2'
+    status = cli.main([str(refused), '--model', tiny_checkpoint, '--unnorm-key', UNNORM_KEY,
+                       '--reference', 'none', '--out', str(out)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert 'bag refused: the image of 3 of 3 steps was refused: unknown image encoding ' \
+        "'bayer_rggb8'" in err
+    assert 'vla_eval: error: nothing was predicted in 3 steps' in err and \
+        '3 with a refused image' in err
+    summary = (out / 'summary.md').read_text()
+    assert '| refused images |' in summary and '| refused | 3 | 0 | 0 | 0 | 3 |' in summary

@@ -127,3 +127,23 @@ def test_exit_status_and_message_from_the_command(tmp_path):
                            cwd=REPO, capture_output=True, text=True, timeout=120)
     assert usage.returncode == 2 and 'the following arguments are required: --model' in \
         usage.stderr
+
+
+def test_rate_beyond_any_camera_or_bag_is_refused_with_the_figures(capsys, tmp_path):
+    bag = good_bag(tmp_path / 'bag')
+    status, err = run_eval(capsys, bag, '--rate', '1e9', out=tmp_path / 'out')
+    assert_error(status, err, '--rate 1e+09 Hz', 'must be in (0, 1000] Hz', '--rate 5')
+    # Within the rate limit, but a bag of 300 s at 1000 Hz is too many steps to be meant.
+    long = write_bag(tmp_path / 'long', images=[(T0_NS, 0, T0_NS),
+                                                (T0_NS + 300 * 10**9, 1, T0_NS + 300 * 10**9)],
+                     instructions=INSTRUCTION)
+    status, err = run_eval(capsys, long, '--rate', '1000', out=tmp_path / 'out')
+    assert_error(status, err, 'spans 300.000 s of log time', 'at --rate 1000 Hz that is 3e+05 '
+                 'steps, more than the 200000', 'e.g. --rate 5')
+
+
+def test_damaged_metadata_yaml_is_one_line(capsys, tmp_path):
+    bag = good_bag(tmp_path / 'bag')
+    (bag / 'metadata.yaml').write_text('rosbag2_bagfile_information: [unclosed\n  version: {')
+    status, err = run_eval(capsys, bag, '--reference', 'none', out=tmp_path / 'out')
+    assert_error(status, err, 'its metadata.yaml is damaged', 'ros2 bag reindex')

@@ -1,10 +1,10 @@
-"""Gripper conventions and hysteresis (vla_ros.gripper), table-tested."""
+"""Gripper conventions and hysteresis (vla_ros.control.gripper), table-tested."""
 
 import math
 
 import pytest
 
-from vla_ros.gripper import GripperConfig, GripperHysteresis, openness
+from vla_ros.control.gripper import GripperConfig, GripperHysteresis, openness
 
 NAN, INF = math.nan, math.inf
 

@@ -73,7 +73,7 @@ def test_vla_launch_arguments_are_the_documented_ones_with_the_yaml_defaults():
 @pytest.mark.parametrize('node', ['vla_node', 'arm_bridge', 'sim_arm'])
 def test_yaml_holds_every_parameter_of_every_node_with_its_default(node):
     import importlib
-    declared = importlib.import_module(f'vla_ros.{node}').PARAMS
+    declared = importlib.import_module(f'vla_ros.nodes.{node}').PARAMS
     text = CONFIG.read_text()
     params = yaml.safe_load(text)[f'/**/{node}']['ros__parameters']
     assert {p.name: p.default for p in declared} == params

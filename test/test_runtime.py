@@ -4,7 +4,8 @@ import logging
 import threading
 import time
 
-from vla_ros.runtime import InferenceWorker, LogThrottle
+from vla_ros.control.concurrency import InferenceWorker
+from vla_ros.nodes.logs import LogThrottle
 
 
 def test_worker_survives_a_failing_job_and_a_failing_error_handler(capfd):

@@ -1,5 +1,5 @@
 """
-The arm bridge's safety core (vla_ros.safety): property tests over hostile delta streams.
+The arm bridge's safety core (vla_ros.control.safety): property tests over hostile delta streams.
 
 The property tests drive ``TwistStreamer`` and ``TargetTracker`` exactly as the node does (pending
 deltas offered at a tick, then ``tick``), with a simulated clock and a simulated arm that follows
@@ -12,11 +12,10 @@ from hypothesis import given, HealthCheck, settings, strategies as st
 import numpy as np
 import pytest
 
-from vla_ros import conversions
-from vla_ros.safety import (bound_translation, check_delta, compose_pose, make_pose,
-                            matrix_to_quaternion, matrix_to_rpy, quaternion_to_matrix,
-                            rotation_from_vector, rotation_vector, rpy_to_matrix, SafetyLimits,
-                            TargetTracker, TwistStreamer)
+from vla_ros.control.geometry import (matrix_to_quaternion, matrix_to_rpy, quaternion_to_matrix,
+                                      rotation_from_vector, rpy_to_matrix)
+from vla_ros.control.safety import (bound_translation, check_delta, make_pose, SafetyLimits,
+                                    TargetTracker, TwistStreamer)
 
 LIMITS = SafetyLimits()
 LOW = np.array(LIMITS.workspace_min)
@@ -265,39 +264,6 @@ def test_pose_target_outputs_are_bounded_fresh_and_inside_the_box(config, scenar
 
 
 # ------------------------------------------------------------------------------ examples
-def test_rpy_matrix_matches_conversions_and_elementary_rotations():
-    for roll, pitch, yaw in [(0.1, -0.2, 0.3), (1.0, 0.5, -2.0), (0.0, 0.0, math.pi / 2)]:
-        rot = rpy_to_matrix(roll, pitch, yaw)
-        np.testing.assert_allclose(rot, rz(yaw) @ ry(pitch) @ rx(roll), atol=1e-12)
-        q = conversions.rpy_to_quaternion(roll, pitch, yaw)
-        np.testing.assert_allclose(quaternion_to_matrix(q), rot, atol=1e-12)
-        np.testing.assert_allclose(matrix_to_rpy(rot), (roll, pitch, yaw), atol=1e-12)
-
-
-@given(st.tuples(*[st.floats(-3.0, 3.0)] * 3))
-def test_quaternion_and_rotation_vector_round_trip(rpy):
-    rot = rpy_to_matrix(*rpy)
-    np.testing.assert_allclose(quaternion_to_matrix(matrix_to_quaternion(rot)), rot, atol=1e-9)
-    np.testing.assert_allclose(rotation_from_vector(rotation_vector(rot)), rot, atol=1e-9)
-
-
-def test_compose_pose_rotates_about_the_end_effector_with_base_axes_left_multiplied():
-    position = np.array([0.4, 0.1, 0.3])
-    start = rx(0.3) @ ry(-0.2)
-    delta = np.array([0.01, -0.02, 0.03, 0.1, 0.2, math.pi / 2])
-    new_position, new_quat = compose_pose(position, matrix_to_quaternion(start), delta)
-    # The rotation does not move the end-effector point; the translation is in the base frame.
-    np.testing.assert_allclose(new_position, position + delta[:3], atol=1e-12)
-    expected = rz(delta[5]) @ ry(delta[4]) @ rx(delta[3]) @ start
-    np.testing.assert_allclose(quaternion_to_matrix(new_quat), expected, atol=1e-12)
-    # Base-aligned axes: a yaw of 90 degrees turns the gripper's x axis from base x to base y.
-    _, quat = compose_pose(position, (0, 0, 0, 1), np.array([0, 0, 0, 0, 0, math.pi / 2]))
-    np.testing.assert_allclose(quaternion_to_matrix(quat)[:, 0], [0, 1, 0], atol=1e-12)
-    # Left-multiplied, not right: with a non-identity start the two differ.
-    right = start @ rz(delta[5]) @ ry(delta[4]) @ rx(delta[3])
-    assert not np.allclose(quaternion_to_matrix(new_quat), right, atol=1e-3)
-
-
 def test_check_delta_clips_per_axis_and_counts():
     verdict = check_delta([0.2, -0.01, -0.3, 0.5, 0.0, -1.0], T0, T0, LIMITS)
     np.testing.assert_allclose(verdict.delta, [0.05, -0.01, -0.05, 0.25, 0.0, -0.25])

@@ -15,9 +15,9 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import SetBool, Trigger
 
-from vla_ros import diagnostics
-from vla_ros.sim import Pacer, Schedule, SimArm
-from vla_ros.sim.arm import HOME_POSITION, WORKSPACE_HIGH
+from vla_ros.nodes import diagnostics
+from vla_ros.sim.arm import HOME_POSITION, SimArm, WORKSPACE_HIGH
+from vla_ros.sim.loop import Pacer, Schedule
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 TWIST_TIMEOUT = 0.3

@@ -1,9 +1,9 @@
 """vla_node as a user runs it: its own process, the miniature checkpoint, talking over DDS."""
 
 import functools
+import math
 import os
 from pathlib import Path
-import sys
 import time
 
 from conftest import REPO, wait_until
@@ -12,16 +12,17 @@ from geometry_msgs.msg import PoseStamped
 from lifecycle_msgs.srv import GetState
 import numpy as np
 import pytest
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.msg import Parameter
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
+from test_conversions import oversized_jpeg
 
-from vla_ros import diagnostics
-from vla_ros.camera_stream import scene
+from vla_ros.nodes import diagnostics
 from vla_ros.policy import OpenVLAPolicy
+from vla_ros.sim.scenes import scene
 
 COMMANDS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 CONFIG = REPO / 'config' / 'vla.yaml'
@@ -53,7 +54,7 @@ def start_node(launch, model_path, *params, env=None):
 
 def start_camera(launch, *args, record=None):
     extra = ['--record', str(record)] if record else []
-    return launch(sys.executable, '-m', 'vla_ros.camera_stream', *args, *extra)
+    return launch('camera_stream', *args, *extra)
 
 
 def recorded_frames(path):
@@ -87,9 +88,11 @@ def latest_diagnostics(inbox, timeout=10.0):
 
 
 def set_param(ros, name, value):
+    """Set one parameter of vla_node as ``ros2 param set`` does (the value's own type)."""
+    from rclpy.parameter import Parameter as RclpyParameter
     request = SetParameters.Request()
-    request.parameters = [Parameter(name=name, value=ParameterValue(
-        type=ParameterType.PARAMETER_STRING, string_value=value))]
+    request.parameters = [Parameter(name=name, value=RclpyParameter(
+        name, value=value).get_parameter_value())]
     return ros.call(SetParameters, '/vla_node/set_parameters', request).results[0]
 
 
@@ -166,22 +169,20 @@ def test_instruction_by_topic_then_by_parameter(ros, launch, tiny_checkpoint, re
     assert deltas.messages and node.alive
 
 
-def test_staleness_stops_and_resumes_output(ros, launch, tiny_checkpoint, tmp_path):
+def test_staleness_stops_and_resumes_output(ros, launch, tiny_checkpoint):
     deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
     node = start_node(launch, tiny_checkpoint, 'control_rate_hz:=5.0', 'max_image_age:=0.5',
                       'instruction:=pick up the red cup')
     node.wait_for_output('active', timeout=90.0)
-    record = tmp_path / 'frames.txt'
-    camera = start_camera(launch, '--rate', '20', '--count', '60', record=record)  # 3 s of images
+    camera = start_camera(launch, '--rate', '20', '--count', '60')  # 3 s of images
     deltas.wait_for(3, timeout=30.0)
     camera.wait_exit(timeout=30.0)
-    # The camera's own record of its last stamp (ROS time = system time here); receive times
-    # of the inbox are monotonic.
-    last_image = max(sec + nanosec * 1e-9 for sec, nanosec in recorded_frames(record))
-    time.sleep(2.0)
-    offset = time.time() - time.monotonic()
-    late = [t for t, _ in deltas.stamped if t + offset > last_image + 0.5 + 0.2 + 0.1]
-    assert not late, f'{len(late)} action(s) more than max_image_age after the last image'
+    # How soon output stops (within max_image_age of the last stamp) is the core's rule, tested
+    # exactly in test_control_core; here: it stops, and it resumes when images come back.
+    time.sleep(1.5)
+    deltas.clear()
+    time.sleep(1.5)
+    assert deltas.messages == [], 'actions without a fresh image'
     deltas.clear()
     start_camera(launch, '--rate', '20')
     deltas.wait_for(3, timeout=20.0)
@@ -249,6 +250,83 @@ def test_services_answer_while_a_slow_policy_infers(ros, launch, tiny_checkpoint
     diag = latest_diagnostics(diag_inbox)
     assert int(diag['ticks_skipped']) > 0, 'ticks during a slow prediction must be skipped'
     assert float(diag['inference_latency_p50_ms']) >= 2000.0
+
+
+def is_hold(msg):
+    p, q = msg.pose.position, msg.pose.orientation
+    return (p.x, p.y, p.z, q.x, q.y, q.z, q.w) == (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def test_disable_during_inference_the_hold_is_the_last_motion_message(
+        ros, launch, tiny_checkpoint):
+    """Disable while a slow policy infers, again and again: nothing follows the hold."""
+    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
+    node = start_node(launch, tiny_checkpoint, 'policy:=policies:slow',
+                      'control_rate_hz:=10.0', 'instruction:=pick up the red cup',
+                      env={'VLA_TEST_POLICY_DELAY': '0.3'})
+    start_camera(launch, '--rate', '20')
+    node.wait_for_output('active', timeout=90.0)
+    deltas.wait_for(2, timeout=30.0)
+    rng = np.random.default_rng(0)
+    for round_ in range(6):
+        wait_until(lambda: deltas.messages and not is_hold(deltas.messages[-1]), 10.0,
+                   message='actions flowing again')
+        time.sleep(float(rng.uniform(0.0, 0.3)))  # somewhere inside a 0.3 s prediction
+        assert ros.call(SetBool, '/vla_node/enable', SetBool.Request(data=False)).success
+        time.sleep(0.8)  # longer than the prediction that was running
+        received = deltas.messages
+        holds = [i for i, m in enumerate(received) if is_hold(m)]
+        assert holds and holds[-1] == len(received) - 1, \
+            f'round {round_}: {len(received) - 1 - holds[-1]} delta(s) after the hold'
+        assert ros.call(SetBool, '/vla_node/enable', SetBool.Request(data=True)).success
+    assert node.alive
+
+
+def test_deactivate_publishes_the_hold_and_nothing_after(ros, launch, tiny_checkpoint):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
+    node = start_node(launch, tiny_checkpoint, 'control_rate_hz:=5.0',
+                      'instruction:=pick up the red cup')
+    start_camera(launch, '--rate', '20')
+    node.wait_for_output('active', timeout=90.0)
+    deltas.wait_for(2, timeout=30.0)
+    request = ChangeState.Request()
+    request.transition.id = Transition.TRANSITION_DEACTIVATE
+    assert ros.call(ChangeState, '/vla_node/change_state', request).success
+    time.sleep(1.0)
+    received = deltas.messages
+    assert is_hold(received[-1]), 'deactivate must end with a hold, as enable: false does'
+    assert received[-1].header.frame_id == 'base_link'
+    time.sleep(1.0)
+    assert len(deltas.messages) == len(received), 'published while inactive'
+    request.transition.id = Transition.TRANSITION_ACTIVATE
+    assert ros.call(ChangeState, '/vla_node/change_state', request).success
+    deltas.wait_for(len(received) + 2, timeout=10.0)
+    assert node.alive
+
+
+def test_run_time_parameters_are_checked_and_the_node_survives(ros, launch, tiny_checkpoint):
+    node = start_node(launch, tiny_checkpoint, 'instruction:=pick up the red cup')
+    node.wait_for_output('active', timeout=90.0)
+    # No camera at all: said once (throttled), naming the topic.
+    node.wait_for_output('no image received on /camera/image_raw yet', timeout=10.0)
+    for value, reason in (('abc', "'max_image_age' is 'abc' (a string); it must be a number"),
+                          ('0.3', "'max_image_age' is '0.3' (a string)"),
+                          (True, "'max_image_age' is True (true or false)"),
+                          (-1.0, "'max_image_age' is -1.0; allowed: a number of seconds > 0"),
+                          (math.nan, "'max_image_age' is nan")):
+        result = set_param(ros, 'max_image_age', value)
+        assert not result.successful and reason in result.reason, (value, result.reason)
+    result = set_param(ros, 'control_rate_hz', 10.0)
+    assert not result.successful and "'control_rate_hz' cannot change" in result.reason
+    assert set_param(ros, 'max_image_age', 0.3).successful
+    assert set_param(ros, 'max_image_age', 2).successful  # an integer is a number of seconds
+    get = GetParameters.Request(names=['max_image_age', 'control_rate_hz'])
+    values = ros.call(GetParameters, '/vla_node/get_parameters', get).values
+    assert (values[0].integer_value, values[1].double_value) == (2, 5.0)
+    assert node.alive
+    assert node.output().count('no image received on /camera/image_raw') == 1
 
 
 def _bad_image(encoding='rgb8', width=64, height=48, step=None, data=None, stamp=None):
@@ -334,6 +412,14 @@ def test_corrupt_jpeg_is_counted(ros, launch, tiny_checkpoint):
         pub.publish(msg)
         time.sleep(0.05)
     assert int(latest_diagnostics(diag_inbox)['bad_images']) >= 2
+    # A 4 kB JPEG whose header claims 12000 x 12000 is refused before decoding (432 MB).
+    for _ in range(10):
+        msg = CompressedImage(format='jpeg', data=oversized_jpeg())
+        msg.header.stamp = ros.node.get_clock().now().to_msg()
+        pub.publish(msg)
+        time.sleep(0.05)
+    wait_until(lambda: '144000000 pixels refused' in latest_diagnostics(diag_inbox)['last_error'],
+               10.0, message='the oversized JPEG counted as a bad image')
     assert deltas.messages == []
     # A real JPEG stream on the same node gives actions.
     start_camera(launch, '--rate', '20', '--transport', 'compressed')
@@ -342,11 +428,16 @@ def test_corrupt_jpeg_is_counted(ros, launch, tiny_checkpoint):
 
 
 @pytest.mark.parametrize('params, message', [
-    ([], "'model_path' is required"),
+    ([], "'model_path' is ''; allowed: a local checkpoint directory; it is required"),
     (['unnorm_key:=no_such_key'], 'synth_bridge'),
     (['control_rate_hz:=0.0'], "'control_rate_hz' is 0.0"),
     (['control_rate_hz:=-5'], "'control_rate_hz' is -5.0"),
-], ids=['no-model-path', 'wrong-unnorm-key', 'zero-rate', 'negative-rate'])
+    (['control_rate_hz:=fast'], "'control_rate_hz' is 'fast' (a string); it must be a number"),
+    (['max_image_age:=[0.5,1.0]'], "'max_image_age' is [0.5, 1.0] (list); it must be a number"),
+    (['max_image_age:=abc'], "'max_image_age' is 'abc' (a string); it must be a number"),
+    (['autostart:=maybe'], "'autostart' is 'maybe' (a string); it must be true or false"),
+], ids=['no-model-path', 'wrong-unnorm-key', 'zero-rate', 'negative-rate', 'rate-string',
+        'age-list', 'age-string', 'autostart-string'])
 def test_bad_startup_exits_with_a_clear_message(launch, tiny_checkpoint, params, message):
     args = ['--ros-args', '--params-file', str(CONFIG)]
     if params != []:
@@ -369,4 +460,4 @@ def test_configure_fails_as_a_transition_without_autostart(ros, launch):
     assert not response.success
     state = ros.call(GetState, '/vla_node/get_state', GetState.Request()).current_state
     assert state.label == 'unconfigured'
-    assert node.alive and "'model_path' is required" in node.output()
+    assert node.alive and "'model_path' is ''; allowed: a local checkpoint" in node.output()

@@ -43,8 +43,9 @@ from vla_ros.policy.fast import generate_baseline
 from vla_ros.policy.modeling import OpenVLAModel
 from vla_ros.policy.processing import build_prompt, ImageProcessor, PromptTokenizer
 from vla_ros.policy.quantization import import_bitsandbytes, quantize_language_model
-from vla_ros.policy.tiny import _init_range, ASSETS, synthetic_scene
+from vla_ros.policy.tiny import _init_range, ASSETS
 from vla_ros.policy.weights import materialize_buffers
+from vla_ros.sim.scenes import scene
 
 PHASES = ('preprocess', 'vision', 'prefill', 'decode', 'total')
 PATHS = ('fast', 'plain', 'generate')
@@ -334,8 +335,7 @@ def run(args):
                   'steady_bytes': torch.cuda.memory_allocated(),
                   'reserved_bytes': torch.cuda.memory_reserved(),
                   'load_peak_bytes': torch.cuda.max_memory_allocated()}
-    rng = np.random.default_rng(args.seed)
-    images = [synthetic_scene(rng, 480, 640) for _ in range(max(args.n, 1))]
+    images = [scene(i, 640, 480, seed=args.seed, noise=8) for i in range(max(args.n, 1))]
     unnorm_key = policy.unnorm_keys[0]
     paths, tokens = measure(policy, images, args.warmup, unnorm_key)
     e2e = {path: paths[path]['end_to_end_ms']['p50'] for path in PATHS}

@@ -14,21 +14,12 @@ import time
 import cv2
 import numpy as np
 
-from vla_ros.conversions import compressed_to_rgb, image_to_rgb, rgb_to_compressed, rgb_to_image
+from vla_ros.control.formats import compressed_to_rgb, image_to_rgb
+from vla_ros.nodes.messages import rgb_to_compressed, rgb_to_image
+from vla_ros.sim.scenes import scene
 
 SIZES = ((640, 480), (1280, 720))
 GOAL_MS = 0.3
-
-
-def scene(width, height, seed=0):
-    """Return a camera-like (H, W, 3) uint8 RGB image: gradients, shapes and sensor noise."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    rgb = np.stack([255 * x / width, 255 * y / height, 128 + 60 * np.sin(x / 35 + y / 50)], 2)
-    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
-    cv2.rectangle(rgb, (width // 5, height // 3), (width // 2, height * 3 // 4), (200, 40, 30), -1)
-    cv2.circle(rgb, (width * 2 // 3, height // 2), height // 6, (30, 160, 220), -1)
-    noise = np.random.default_rng(seed).normal(0, 3, rgb.shape)
-    return np.clip(rgb + noise, 0, 255).astype(np.uint8)
 
 
 def timed(fn, iterations, warmup):
@@ -56,7 +47,7 @@ def main(argv=None):
     print(f'{"operation":<44} {"size":>9} {"p50 ms":>8} {"p95 ms":>8}')
     rows, misses = [], []
     for width, height in SIZES:
-        rgb = scene(width, height)
+        rgb = scene(0, width, height, noise=3)
         size = f'{width}x{height}'
         for encoding in ('rgb8', 'bgr8', 'rgba8', 'mono8'):
             source = rgb[..., 0] if encoding == 'mono8' else rgb

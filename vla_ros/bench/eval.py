@@ -6,7 +6,7 @@ Benchmark: vla_eval's throughput (steps/s) against bare ``predict()`` on the sam
         [--camera-rate HZ] [--repeats 3] [--json PATH]
 
 A bag is written with ``--steps`` control steps of synthetic 640x480 frames
-(``camera_stream.scene``) and one instruction. *bare*: a loop of ``policy.predict`` over the
+(``vla_ros.sim.scenes.scene``) and one instruction. *bare*: a loop of ``policy.predict`` over the
 frames the steps use, already decoded in memory (the ideal). *vla_eval*: ``evaluate_bag`` on the
 bag: read, deserialise, convert, predict, bookkeeping. The model is loaded and warm in both. The
 runs alternate (bare, vla_eval, bare, ...) so machine load hits both alike; the medians and the
@@ -35,8 +35,9 @@ def write_bench_bag(path, steps, rate, camera_rate, width, height, transport, st
     """Write the benchmark bag; return the frames (RGB) of the steps, in order."""
     from builtin_interfaces.msg import Time
 
-    from vla_ros import conversions
-    from vla_ros.camera_stream import scene
+    from vla_ros.control.formats import compressed_to_rgb
+    from vla_ros.nodes import messages
+    from vla_ros.sim.scenes import scene
     from vla_ros.evaluation.bags import BagWriter, typestore
 
     t0 = 1000 * NS
@@ -52,10 +53,10 @@ def write_bench_bag(path, steps, rate, camera_rate, width, height, transport, st
             stamp = Time(sec=log_ns // NS, nanosec=log_ns % NS)
             rgb = scenes[i % len(scenes)]
             if transport == 'compressed':
-                msg = conversions.rgb_to_compressed(rgb, 'jpeg', stamp=stamp)
-                rgb = conversions.compressed_to_rgb(msg)  # the frame the policy will see
+                msg = messages.rgb_to_compressed(rgb, 'jpeg', stamp=stamp)
+                rgb = compressed_to_rgb(msg)  # the frame the policy will see
             else:
-                msg = conversions.rgb_to_image(rgb, 'rgb8', stamp=stamp)
+                msg = messages.rgb_to_image(rgb, 'rgb8', stamp=stamp)
             writer.write(topic, log_ns, msg)
             frames.append((log_ns, rgb))
     return frames
@@ -63,7 +64,7 @@ def write_bench_bag(path, steps, rate, camera_rate, width, height, transport, st
 
 def run(args):
     from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
-    from vla_ros.policy import OpenVLAPolicy
+    from vla_ros.policy.loading import load_policy
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -79,9 +80,8 @@ def run(args):
         times = np.array([t for t, _ in frames])
         used = [frames[int(np.searchsorted(times, t0 + round(k * period), 'right')) - 1][1]
                 for k in range(args.steps)]
-        policy = OpenVLAPolicy.from_pretrained(model, device=args.device, dtype=args.dtype)
-        key = policy.resolve_unnorm_key(args.unnorm_key or None)
-        policy.predict(np.full((224, 224, 3), 128, np.uint8), 'warm up', unnorm_key=key)
+        policy, key = load_policy(model, unnorm_key=args.unnorm_key, device=args.device,
+                                  dtype=args.dtype)
         options = EvalOptions(compressed=args.transport == 'compressed', reference='none',
                               rate=args.rate)
         bare_s, eval_s, bare_cpu, eval_cpu, in_predict = [], [], [], [], []

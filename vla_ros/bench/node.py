@@ -26,9 +26,10 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vla_ros import conversions, diagnostics, qos
-from vla_ros.camera_stream import scene
-from vla_ros.demo import executable, start, stop
+from vla_ros.control.formats import image_to_rgb
+from vla_ros.nodes import diagnostics, messages, qos
+from vla_ros.nodes.demo import executable, start, stop
+from vla_ros.sim.scenes import scene
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -49,16 +50,16 @@ def tick_overhead(policy, iterations=200):
     action = np.array([0.01, -0.02, 0.003, 0.05, -0.04, 0.1, 1.0])
     rows = []
     for width, height, encoding in ((640, 480, 'rgb8'), (1280, 720, 'bgr8')):
-        msg = conversions.rgb_to_image(scene(0, width, height), encoding,
-                                       stamp=node.get_clock().now().to_msg())
+        msg = messages.rgb_to_image(scene(0, width, height), encoding,
+                                    stamp=node.get_clock().now().to_msg())
         parts = {'convert': [], 'preprocess': [], 'publish': [], 'total': []}
         for i in range(iterations + 20):
             t0 = time.perf_counter()
-            rgb = conversions.image_to_rgb(msg)
+            rgb = image_to_rgb(msg)
             t1 = time.perf_counter()
             policy.image_processor(rgb)
             t2 = time.perf_counter()
-            for pub, out in zip(pubs, conversions.action_to_messages(
+            for pub, out in zip(pubs, messages.action_to_messages(
                     action, msg.header.stamp, 'base_link')):
                 pub.publish(out)
             t3 = time.perf_counter()
@@ -75,7 +76,7 @@ def period_error(model, seconds, rate, out):
     node = start([executable('vla_node'), '--ros-args', '-p', f'model_path:={model}',
                   '-p', 'unnorm_key:=synth_bridge', '-p', f'control_rate_hz:={rate}',
                   '-p', 'instruction:=pick up the red cup'], out / 'vla_node.log')
-    camera = start([sys.executable, '-m', 'vla_ros.camera_stream', '--rate', '20'],
+    camera = start([executable('camera_stream'), '--rate', '20'],
                    out / 'camera.log')
     client = rclpy.create_node('bench_period')
     latest = {}
@@ -110,13 +111,13 @@ def main(argv=None):
     parser.add_argument('--rate', type=float, default=10.0)
     parser.add_argument('--json', help='write the figures to this file')
     args = parser.parse_args(argv)
-    from vla_ros.policy import OpenVLAPolicy
+    from vla_ros.policy.loading import load_policy
     from vla_ros.policy.tiny import write_tiny_checkpoint
     rclpy.init()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = write_tiny_checkpoint(Path(tmp) / 'tiny', seed=0)
-        policy = OpenVLAPolicy.from_pretrained(model, device='cpu', dtype='float32')
+        policy, _ = load_policy(model, unnorm_key='synth_bridge', device='cpu', dtype='float32')
         print('per-tick overhead excluding the forward pass (ms; goal p50 <= 2)')
         print(f'{"frame":<16}{"part":<12}{"p50":>8}{"p95":>8}{"p99":>8}')
         for label, parts in tick_overhead(policy):

@@ -51,7 +51,7 @@ def measure(path, runs, threads=0):
     from transformers import DynamicCache, LlamaForCausalLM  # noqa: F401
 
     from vla_ros.policy import OpenVLAPolicy
-    from vla_ros.policy.tiny import synthetic_scene
+    from vla_ros.sim.scenes import scene
 
     torch.set_grad_enabled(False)
     if threads:
@@ -61,9 +61,8 @@ def measure(path, runs, threads=0):
     policy = OpenVLAPolicy.from_pretrained(path, device='cpu', dtype='float32')
     load_s = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    rng = np.random.default_rng(0)
-    images = [synthetic_scene(rng, 480, 640) for _ in range(4)]
-    policy.predict(images[0], INSTRUCTION, UNNORM_KEY)  # warm-up
+    images = [scene(i, 640, 480, noise=8) for i in range(4)]
+    policy.predict(images[0], INSTRUCTION, UNNORM_KEY)  # warm-up, untimed
     samples = {phase: [] for phase in PHASES}
     for i in range(runs):
         policy.predict(images[i % len(images)], INSTRUCTION, UNNORM_KEY)

@@ -18,6 +18,9 @@ import time
 
 import numpy as np
 
+from vla_ros.sim.arm import SimArm  # vla_ros.sim sets MUJOCO_GL (egl) before mujoco loads
+from vla_ros.sim.camera import SimCamera
+
 SIZES = ((320, 240), (640, 480))
 
 
@@ -27,10 +30,10 @@ def percentiles(samples):
     return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
-def time_render(sim, width, height, frames, warmup):
+def time_render(width, height, frames, warmup):
     """Return per-frame render times (seconds) of the scene camera at ``width`` x ``height``."""
-    arm = sim.SimArm(width, height)
-    camera = sim.SimCamera(arm.model, width, height)
+    arm = SimArm(width, height)
+    camera = SimCamera(arm.model, width, height)
     snapshot = arm.snapshot()
     for _ in range(warmup):
         camera.render(snapshot)
@@ -43,9 +46,9 @@ def time_render(sim, width, height, frames, warmup):
     return samples
 
 
-def physics_speed(sim, seconds, tick=0.01, arm=None, on_tick=None):
+def physics_speed(seconds, tick=0.01, arm=None, on_tick=None):
     """Return sim seconds per wall second while the gripper moves in 10 ms ticks."""
-    arm = arm or sim.SimArm()
+    arm = arm or SimArm()
     start = time.perf_counter()
     ticks = int(seconds / tick)
     for i in range(ticks):
@@ -57,14 +60,14 @@ def physics_speed(sim, seconds, tick=0.01, arm=None, on_tick=None):
     return ticks * tick / (time.perf_counter() - start)
 
 
-def physics_speed_while_rendering(sim, seconds, width, height, rate_hz=10.0):
+def physics_speed_while_rendering(seconds, width, height, rate_hz=10.0):
     """Return the physics speed with a camera thread rendering at ``rate_hz`` beside it."""
-    arm = sim.SimArm(width, height)
+    arm = SimArm(width, height)
     latest = [arm.snapshot()]  # the physics loop replaces it; the camera thread reads it
     stop = threading.Event()
 
     def render_loop():
-        camera = sim.SimCamera(arm.model, width, height)
+        camera = SimCamera(arm.model, width, height)
         while not stop.wait(1.0 / rate_hz):
             camera.render(latest[0])
         camera.close()
@@ -74,7 +77,7 @@ def physics_speed_while_rendering(sim, seconds, width, height, rate_hz=10.0):
 
     def publish(arm):
         latest[0] = arm.snapshot()
-    speed = physics_speed(sim, seconds, arm=arm, on_tick=publish)
+    speed = physics_speed(seconds, arm=arm, on_tick=publish)
     stop.set()
     thread.join()
     return speed
@@ -86,17 +89,15 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--seconds', type=float, default=10.0, help='sim seconds to step')
     args = parser.parse_args(argv)
-    os.environ.setdefault('MUJOCO_GL', 'egl')
-    from vla_ros import sim
 
     print(f'python {platform.python_version()}, {os.cpu_count()} CPUs, '
           f"MUJOCO_GL={os.environ['MUJOCO_GL']}")
     for width, height in SIZES:
-        p50, p95 = percentiles(time_render(sim, width, height, args.frames, args.warmup))
+        p50, p95 = percentiles(time_render(width, height, args.frames, args.warmup))
         print(f'render {width}x{height}: p50 {p50:.1f} ms  p95 {p95:.1f} ms')
-    print(f'physics alone: {physics_speed(sim, args.seconds):.1f}x real time (2 ms steps)')
+    print(f'physics alone: {physics_speed(args.seconds):.1f}x real time (2 ms steps)')
     for width, height in SIZES:
-        speed = physics_speed_while_rendering(sim, args.seconds, width, height)
+        speed = physics_speed_while_rendering(args.seconds, width, height)
         print(f'physics with a {width}x{height} camera at 10 Hz on another thread: '
               f'{speed:.1f}x real time')
 

@@ -1,7 +1,8 @@
 """
 Offline evaluation of an OpenVLA checkpoint on rosbag2 recordings (``vla_eval``).
 
-The same ``vla_ros.conversions``, preprocessing and ``OpenVLAPolicy.predict`` as ``vla_node``, at
+The same ``ControlCore``, frame decoding, preprocessing and ``OpenVLAPolicy.predict`` as
+``vla_node``, at
 the node's control rate on bag time, so offline results predict live behaviour. ROS-free:
 ``rosbags`` reads and writes the bags, no rclpy node or graph is involved.
 

@@ -7,7 +7,7 @@ bag log-time order. ``BagWriter`` writes a new rosbag2 directory in either stora
 problem a user can cause (a missing or wrong topic, an empty, truncated or foreign bag, an
 unwritable output) raises ``EvalError`` with one line naming the problem and the fix.
 
-Messages from ``vla_ros.conversions`` (rclpy message classes) are written with ``to_rosbags``, a
+Messages from ``vla_ros.nodes.messages`` (rclpy message classes) are written with ``to_rosbags``, a
 field-by-field copy into the typestore's classes, so bags hold exactly what the live node and the
 camera publish.
 """
@@ -99,9 +99,16 @@ class Bag:
             reader = AnyReader([path], default_typestore=typestore())
             reader.open()
         except (FileNotFoundError, *READ_ERRORS) as exc:
+            detail = ' '.join(str(exc).split())  # one line, whatever the parser printed
+            if 'metadata' in detail.lower():
+                raise EvalError(
+                    f'cannot read bag {str(path)!r}: its metadata.yaml is damaged '
+                    f'({detail[:160]}); restore it from the recording, or rebuild it with '
+                    '`ros2 bag reindex`') from None
             raise EvalError(
-                f'cannot read bag {str(path)!r} ({self.storage}): {exc}; the file is truncated or '
-                'corrupt: re-record it, or for sqlite3 try `ros2 bag reindex`') from None
+                f'cannot read bag {str(path)!r} ({self.storage}): {detail}; the file is '
+                'truncated or corrupt: re-record it, or for sqlite3 try `ros2 bag reindex`'
+            ) from None
         self._reader = reader
         for conn in reader.connections:
             self._connections.setdefault(conn.topic, []).append(conn)
@@ -190,7 +197,7 @@ class Bag:
 
 def to_rosbags(msg, msgtype=None):
     """
-    Copy an rclpy message (e.g. from ``vla_ros.conversions``) into the typestore's class.
+    Copy an rclpy message (e.g. from ``vla_ros.nodes.messages``) into the typestore's class.
 
     ``msgtype`` defaults to the message's own type ('package/msg/Name'). Nested messages and
     lists of them are copied recursively; array fields become numpy arrays of their element type.

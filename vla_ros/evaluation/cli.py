@@ -30,6 +30,7 @@ from vla_ros.evaluation.bags import Bag, EvalError, topic_name
 from vla_ros.evaluation.evaluate import check_bag, EvalOptions, evaluate_bag, REFERENCES
 
 PROG = 'vla_eval'
+MAX_RATE_HZ = 1000.0
 USAGE = ('%(prog)s BAG [BAG ...] --model PATH [--unnorm-key K] [--image-topic T] [--compressed]\n'
          '       [--instruction-topic T | --instruction TEXT] [--reference action|ee_pose|none]\n'
          '       [--rate HZ] --out DIR [--write-bag] [--device D] [--dtype D] [--center-crop]\n'
@@ -98,9 +99,10 @@ def build_parser():
 
 def options_from_args(args):
     """Validate the arguments that argparse cannot and return ``EvalOptions``."""
-    if not (math.isfinite(args.rate) and args.rate > 0):
-        raise EvalError(f'--rate {args.rate} is not a positive number of Hz; pass e.g. '
-                        '--rate 5')
+    if not (math.isfinite(args.rate) and 0 < args.rate <= MAX_RATE_HZ):
+        raise EvalError(f'--rate {args.rate:g} Hz: the control rate must be in (0, '
+                        f'{MAX_RATE_HZ:g}] Hz (no camera or policy ticks faster); pass the rate '
+                        'of vla_node, e.g. --rate 5')
     if not (math.isfinite(args.max_image_age) and args.max_image_age >= 0):
         raise EvalError(f'--max-image-age {args.max_image_age} must be >= 0 s (0: no check)')
     if args.instruction is not None and not args.instruction.strip():
@@ -150,26 +152,18 @@ def _process_state(device):
 
 
 def _load_policy(args, device):
-    from vla_ros.policy import OpenVLAPolicy, PolicyError
+    from vla_ros.policy import PolicyError
+    from vla_ros.policy.loading import load_policy
 
-    # The arguments vla_node's load_policy passes, so the policy is the one the node runs.
-    kwargs = {'device': device, 'dtype': args.dtype, 'center_crop': args.center_crop}
-    if args.quantization:
-        kwargs['quantization'] = args.quantization
+    # The function and arguments vla_node loads with, so the policy is the one the node runs.
     try:
-        policy = OpenVLAPolicy.from_pretrained(args.model, **kwargs)
+        return load_policy(args.model, 'openvla', args.unnorm_key, device, args.dtype,
+                           args.center_crop, args.quantization)
     except PolicyError as exc:
         raise EvalError(f'cannot load --model {args.model!r}: {exc}') from None
-    try:
-        key = policy.resolve_unnorm_key(args.unnorm_key or None)
-    except PolicyError as exc:
-        raise EvalError(f'--unnorm-key: {exc}') from None
-    return policy, key
 
 
 def run(args):
-    import numpy as np
-
     from vla_ros.evaluation.report import prepare_out_dir, write_outputs
 
     options = options_from_args(args)
@@ -182,9 +176,7 @@ def run(args):
     state = _process_state(args.device)
     device = str(state.device) if args.device == 'auto' and state.num_processes > 1 \
         else args.device
-    policy, key = _load_policy(args, device)
-    # Warm-up, as vla_node does: the first step must not pay for lazy initialisation.
-    policy.predict(np.full((224, 224, 3), 128, np.uint8), 'warm up', unnorm_key=key)
+    policy, key = _load_policy(args, device)  # warmed up, as vla_node's
     rank = f'[{state.process_index}/{state.num_processes}] ' if state.num_processes > 1 else ''
     payloads = []
     with state.split_between_processes(list(range(len(paths)))) as mine:
@@ -211,10 +203,12 @@ def run(args):
                 print(f'{PROG}: error: {error}', file=sys.stderr)
         else:
             try:
-                _write(args, options, policy, key, records, out_dir, write_outputs)
+                problems = _write(args, options, policy, key, records, out_dir, write_outputs)
             except EvalError as exc:  # reported here, so the other ranks still finish below
-                print(f'{PROG}: error: {exc}', file=sys.stderr)
-                status = 2
+                problems = [str(exc)]
+            for problem in problems:
+                print(f'{PROG}: error: {problem}', file=sys.stderr)
+            status = 2 if problems else 0
     if state.num_processes > 1:
         state.wait_for_everyone()
         state.destroy_process_group()
@@ -252,6 +246,39 @@ def _write(args, options, policy, key, records, out_dir, write_outputs):
           f'{len(results)} plot(s)')
     for name, count in written.items():
         print(f'{PROG}: wrote {out_dir / ("predictions_" + name)} ({count} actions)')
+    for result in results:
+        refused = result.counts()['bad_image']
+        if refused:
+            print(f'{PROG}: bag {result.name}: the image of {refused} of {len(result.status)} '
+                  f'steps was refused: {result.bad_image_reason}', file=sys.stderr)
+    return not_a_result(data, options, results)
+
+
+def not_a_result(data, options, results):
+    """Return why the metrics measure nothing (nothing predicted or compared), or []."""
+    counts, metrics = data['overall']['counts'], data['overall']['metrics']
+    if counts['predicted'] == 0:
+        return [f"nothing was predicted in {counts['steps']} steps: {counts['idle']} idle (no "
+                f"instruction), {counts['stale'] + counts['future']} with a stale or future "
+                f"image (--max-image-age {options.max_image_age:g} s), {counts['bad_image']} with "
+                f"a refused image, {counts['bad_instructions']} refused instructions; metrics of "
+                'nothing are not a result: fix the recording or the options above']
+    if options.reference == 'none' or metrics['steps_compared'] > 0:
+        return []
+    messages = sum(r.reference_messages for r in results)
+    valid = counts['predicted'] - counts['invalid']
+    if options.reference == 'action':
+        where = (f"{options.topics()['action']} has {messages} message(s); a step's reference is "
+                 "the first one logged in [its image's log time, the next step's time)")
+        fix = 'check --action-topic and --rate, or pass --reference ee_pose or none'
+    else:
+        where = (f"{options.topics()['ee_pose']} and {options.topics()['gripper']} have "
+                 f"{messages} message(s); a step's reference needs a pose at it and at the next "
+                 'step, and a gripper state')
+        fix = 'check --ee-pose-topic, --gripper-topic and --rate, or pass --reference none'
+    return [f'no step could be compared with a reference: {where}; {counts["predicted"]} steps '
+            f'were predicted, {valid} of them valid, {counts["no_reference"]} without a '
+            f'reference; {fix}']
 
 
 def main(argv=None):

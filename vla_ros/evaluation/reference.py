@@ -6,9 +6,11 @@ A step without a reference gets a row of NaN and is left out of the error metric
 
 **Recorded actions** (``--reference action``, regression between checkpoints). A
 ``Float64MultiArray`` has no header, so pairing is by log time: step ``k`` takes the first
-``vla/action`` logged strictly after its image was logged and strictly before the next step time
-``t_{k+1}``, that is the action the live node published from (about) that frame before its next
-tick. A step with none in that window has no reference.
+``vla/action`` logged in the window ``[log time of its image, t_{k+1})``, from the moment its
+image was logged up to (not including) the next step time. That is the action a live node
+published from (about) that frame before its next tick, and also the action a dataset converted
+to a bag (or a teleoperation log) logged at the same time as its image. A step with none in that
+window has no reference.
 
 **ee_pose relabelling** (``--reference ee_pose``), as BridgeData V2 / OpenVLA do it. OpenVLA's
 ``relabel_bridge_actions`` (prismatic/vla/datasets/rlds/oxe/transforms.py, the same function as
@@ -19,7 +21,7 @@ which has no next state. Here, with ``p_k`` the newest ee_pose logged at or befo
 
 - ``dx, dy, dz = xyz(p_{k+1}) - xyz(p_k)`` (metres, base frame);
 - ``droll, dpitch, dyaw = rpy(p_{k+1}) - rpy(p_k)``, roll/pitch/yaw with R = Rz Ry Rx (as the
-  action convention and ``conversions.quaternion_to_rpy``), each wrapped to (-pi, pi]. Bridge
+  action convention and ``geometry.quaternion_to_rpy``), each wrapped to (-pi, pi]. Bridge
   does not wrap; wrapping changes only a difference that crosses +-pi, where the plain
   difference would be an impossible ~2 pi step;
 - ``gripper`` = the gripper state (``--gripper-topic``, std_msgs/Float64, 1 = open) newest at or
@@ -28,11 +30,10 @@ which has no next state. Here, with ``p_k`` the newest ee_pose logged at or befo
 - the last step, and a step before the first pose or gripper state, has no reference.
 """
 
-import math
-
 import numpy as np
 
-ACTION_DIM = 7
+from vla_ros.control.formats import ACTION_DIM
+from vla_ros.control.geometry import wrap_angle
 
 
 def newest_at_or_before(times, queries):
@@ -41,15 +42,9 @@ def newest_at_or_before(times, queries):
                            side='right') - 1
 
 
-def wrap_angle(angle):
-    """Wrap radians to (-pi, pi]."""
-    angle = np.asarray(angle, dtype=np.float64)
-    return angle - 2 * math.pi * np.ceil((angle - math.pi) / (2 * math.pi))
-
-
 def recorded_actions(image_log_ns, next_step_ns, action_times, actions):
     """
-    Pair each step with the first recorded action in (its image's log time, next step time).
+    Pair each step with the first recorded action in [its image's log time, next step time).
 
     ``image_log_ns``, ``next_step_ns``: int64 (K,); ``action_times`` int64 (N,), sorted;
     ``actions`` float64 (N, 7). Returns float64 (K, 7), NaN rows where no action fits.
@@ -59,7 +54,7 @@ def recorded_actions(image_log_ns, next_step_ns, action_times, actions):
     action_times = np.asarray(action_times, dtype=np.int64)
     if action_times.size == 0:
         return out
-    first = np.searchsorted(action_times, image_log_ns, side='right')  # first logged after image
+    first = np.searchsorted(action_times, image_log_ns, side='left')  # first at or after image
     ok = first < action_times.size
     ok[ok] &= action_times[first[ok]] < np.asarray(next_step_ns, dtype=np.int64)[ok]
     out[ok] = np.asarray(actions, dtype=np.float64)[first[ok]]

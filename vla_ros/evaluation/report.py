@@ -8,7 +8,8 @@ and nothing that changes between identical runs except the ``latency_ms`` entrie
 A predictions bag (``--write-bag``) holds, for every step with a valid action, what the live node
 publishes on its topics, logged at the step time: ``/vla/ee_delta`` (PoseStamped stamped with the
 image's header stamp, frame ``base_link``), ``/vla/gripper`` and ``/vla/action``, built by the
-node's own ``conversions.action_to_messages``. ``ros2 bag play --clock`` plays them to arm_bridge.
+node's own ``vla_ros.nodes.messages.action_to_messages``. ``ros2 bag play --clock`` plays them to
+arm_bridge.
 """
 
 import json
@@ -18,7 +19,6 @@ import shutil
 
 import numpy as np
 
-from vla_ros import conversions
 from vla_ros.evaluation import metrics as metric_lib
 from vla_ros.evaluation.bags import BagWriter, EvalError
 
@@ -101,16 +101,17 @@ def summary_markdown(data, plots):
     lines = ['# vla_eval summary', '',
              f"model `{cfg['model']}`, unnorm_key `{cfg['unnorm_key']}`, reference "
              f"`{cfg['reference']}`, {cfg['rate_hz']} Hz, image topic `{cfg['image_topic']}`", '',
-             '| bag | steps | predicted | idle | stale | invalid rate | compared | '
-             'mean norm. MAE | transl. cosine | gripper agree | latency p50 / p95 ms |',
-             '|---|---|---|---|---|---|---|---|---|---|---|']
+             '| bag | steps | predicted | idle | stale | refused images | invalid rate | '
+             'compared | mean norm. MAE | transl. cosine | gripper agree | latency p50 / p95 ms |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     rows = [(name, bag) for name, bag in data['bags'].items()]
     rows.append(('**overall**', data['overall']))
     for name, entry in rows:
         c, m = entry['counts'], entry['metrics']
         lat = m['latency_ms']
         lines.append(f"| {name} | {c['steps']} | {c['predicted']} | {c['idle']} | "
-                     f"{c['stale'] + c['future']} | {_fmt(m['invalid_rate'], 3)} | "
+                     f"{c['stale'] + c['future']} | {c['bad_image']} | "
+                     f"{_fmt(m['invalid_rate'], 3)} | "
                      f"{m['steps_compared']} | {_fmt(m['mae_normalized_mean'])} | "
                      f"{_fmt(m['translation_cosine'], 3)} | {_fmt(m['gripper_agreement'], 3)} | "
                      f"{_fmt(lat['p50'], 3)} / {_fmt(lat['p95'], 3)} |")
@@ -140,13 +141,14 @@ def write_predictions_bag(result, path, storage=None):
                 raise EvalError(f'{str(old)!r} exists and is not a bag; move it away or choose '
                                 'another --out')
             shutil.rmtree(old)
+    from vla_ros.nodes.messages import action_to_messages  # ROS message classes: only here
+
     written = 0
     with BagWriter(tmp, storage or result.storage) as writer:
         for k in np.flatnonzero(result.predicted_mask & result.valid):
             stamp_ns = int(result.image_stamp_ns[k])
             stamp = _time_msg(stamp_ns)
-            pose, gripper, raw = conversions.action_to_messages(result.predicted[k], stamp,
-                                                                ACTION_FRAME)
+            pose, gripper, raw = action_to_messages(result.predicted[k], stamp, ACTION_FRAME)
             log_ns = int(result.time_ns[k])
             for topic, msg in zip(OUTPUT_TOPICS, (pose, gripper, raw)):
                 writer.write(topic, log_ns, msg)

@@ -1,5 +1,5 @@
 """
-The control steps of one bag, as the live node would have ticked through it.
+The inputs of a bag's control steps, in the order the live node would have received them.
 
 Time base: bag **log time** (the recorder's receive time). Step ``k`` is at
 ``t_k = t_0 + round(k * 1e9 / rate)`` ns from the first image's log time to the last image's. Why
@@ -8,45 +8,55 @@ runs on *is* the log time, so the node ticks at these instants; the live node us
 image it has *received*, which the log time records; and the instruction, ``vla/action`` and
 gripper topics have no header at all, so only log time orders them against the images.
 
-At each step, exactly as ``vla_node._tick``:
-
-- the instruction is the last one logged at or before ``t_k`` (or ``--instruction``), stripped;
-  empty, too long (over ``MAX_INSTRUCTION_CHARS``) or undecodable means idle: nothing predicted;
-- the image is the newest one logged at or before ``t_k``. Its header stamp gives its age
-  ``t_k - stamp``: older than ``max_image_age`` is *stale*, more than ``FUTURE_TOLERANCE_S`` in
-  the future is *future*; neither is predicted (``max_image_age`` 0 turns both checks off, for
-  bags whose camera stamps come from another clock);
-- a frame the conversions refuse is *bad_image*; every other step is *ready*.
-
-The bag is read once, in log-time order. A step is settled as soon as a message logged after
-``t_k`` arrives, and kept only if an image is logged at or after ``t_k``. Only the images a step
-uses are deserialised and converted, with the same ``vla_ros.conversions`` as the node.
+``StepReader`` walks the bag once, in log-time order, and yields two kinds of events in time
+order: ``Instruction`` (a ``std_msgs/String`` as the node would decode it; an undecodable one
+carries the reason it is refused) and ``StepInput`` (a tick at ``t_k`` with the newest image
+logged at or before it, its header stamp, and that frame decoded by the node's own
+``vla_ros.control.formats``). What each step *does* (idle, stale, future, predict, a queued chunk
+action) is not decided here: ``evaluate`` hands these events to the same ``ControlCore`` as the
+node. A step is yielded once a message logged after ``t_k`` arrives, and only if an image is
+logged at or after ``t_k`` (steps past the last frame are dropped). Only the images a step uses
+are deserialised and decoded, once each.
 """
 
 import dataclasses
 
 import numpy as np
 
-from vla_ros import conversions
+from vla_ros.control import formats
+from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.evaluation.bags import EvalError, READ_ERRORS
-from vla_ros.runtime import image_age_status, MAX_INSTRUCTION_CHARS
 
-STATUSES = ('ready', 'idle', 'stale', 'future', 'bad_image')
+# Steps one bag may have (duration x rate): about 11 h at 5 Hz, 1.9 h at 30 Hz.
+MAX_STEPS = 200_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    """An instruction message at ``log_ns``: its text, or why it is refused (``refused``)."""
+
+    log_ns: int
+    text: str = ''
+    refused: str = ''
 
 
 @dataclasses.dataclass
-class Step:
-    """One control step: when, which image and instruction, and whether it is predicted."""
+class StepInput:
+    """One control tick's inputs: when, and the newest frame (decoded, or why it was refused)."""
 
     index: int
     time_ns: int  # t_k, bag log time
     image_index: int  # position of the image among the image topic's messages
     image_log_ns: int
-    image_stamp_ns: int  # header stamp of the image (the live node stamps its outputs with it)
-    instruction: str  # '' when idle
-    status: str  # one of STATUSES
-    rgb: object = None  # (H, W, 3) uint8 when ready
-    detail: str = ''  # why the image was refused
+    image_stamp_ns: int  # header stamp (the live node stamps its outputs with it)
+    rgb: object = None  # (H, W, 3) uint8, or None when refused
+    error: object = None  # the ConversionError that refused the frame
+
+    def decode(self, _msg=None):
+        """Return the frame, or raise the ``ConversionError`` that refused it (``core.infer``)."""
+        if self.error is not None:
+            raise self.error
+        return self.rgb
 
 
 @dataclasses.dataclass
@@ -59,19 +69,11 @@ class Streams:
     poses: list = dataclasses.field(default_factory=list)  # (x, y, z, roll, pitch, yaw)
     gripper_times: list = dataclasses.field(default_factory=list)
     grippers: list = dataclasses.field(default_factory=list)
-    bad_instructions: int = 0
 
 
 def step_time(t0_ns, k, rate):
     """Return ``t_k`` in ns: ``t0 + round(k * 1e9 / rate)``."""
     return t0_ns + int(round(k * 1e9 / rate))
-
-
-def clean_instruction(text):
-    """Return the instruction as the live node keeps it: stripped, '' (idle) when too long."""
-    if len(text) > MAX_INSTRUCTION_CHARS:
-        return ''
-    return text.strip()
 
 
 def image_stamp_ns(msg):
@@ -81,36 +83,32 @@ def image_stamp_ns(msg):
 
 class StepReader:
     """
-    Walk one opened ``Bag`` and yield its ``Step``s in order (see the module docstring).
+    Walk one opened ``Bag`` and yield its ``Instruction`` and ``StepInput`` events in order.
 
     ``topics`` maps roles ('image', 'instruction', 'action', 'ee_pose', 'gripper') to topic
-    names; roles that are absent are not read. ``instruction`` (non-empty) replaces the
-    instruction topic. After the walk, ``streams`` holds the action, pose and gripper topics.
+    names; roles that are absent are not read. After the walk, ``streams`` holds the action,
+    pose and gripper topics.
     """
 
-    def __init__(self, bag, topics, rate, compressed=False, instruction=None,
-                 max_image_age=0.5):
+    def __init__(self, bag, topics, rate, compressed=False):
         self.bag = bag
         self.topics = topics
         self.rate = float(rate)
         self.compressed = compressed
-        self.fixed_instruction = clean_instruction(instruction) if instruction else None
-        self.max_image_age = float(max_image_age)
         self.streams = Streams()
         self.last_image_log_ns = None
         self._roles = {topic: role for role, topic in topics.items()}
-        self._converted = (None, None)  # (image index, rgb or ConversionError)
+        self._decoded = (None, None)  # (image index, (rgb, error))
 
     def __iter__(self):
-        instruction = self.fixed_instruction if self.fixed_instruction is not None else ''
         image = None  # (index, log_ns, raw bytes)
-        pending = []  # settled steps waiting for an image logged at or after them
+        pending = []  # events after the newest image, waiting for an image logged after them
         t0 = None
         k = 0
         count = -1
         for topic, log_ns, data in self.bag.messages(sorted(self._roles), raw=True):
             while t0 is not None and step_time(t0, k, self.rate) < log_ns:
-                pending.append((k, step_time(t0, k, self.rate), image, instruction))
+                pending.append((k, step_time(t0, k, self.rate), image))
                 k += 1
             role = self._roles[topic]
             if role == 'image':
@@ -119,36 +117,41 @@ class StepReader:
                 self.last_image_log_ns = log_ns
                 if t0 is None:
                     t0 = log_ns
-                for item in pending:
-                    yield self._settle(*item)
+                yield from (self._event(item) for item in pending)
                 pending = []
             elif role == 'instruction':
-                if self.fixed_instruction is None:
-                    instruction = self._instruction(data)
+                event = self._instruction(log_ns, data)
+                if t0 is None:
+                    yield event  # before the first step: it sets the starting instruction
+                else:
+                    pending.append(event)
             else:
                 self._store(role, log_ns, data)
         if t0 is not None:
             while step_time(t0, k, self.rate) <= self.last_image_log_ns:
-                pending.append((k, step_time(t0, k, self.rate), image, instruction))
+                pending.append((k, step_time(t0, k, self.rate), image))
                 k += 1
             for item in pending:
-                if item[1] <= self.last_image_log_ns:
-                    yield self._settle(*item)
+                if isinstance(item, Instruction) or item[1] <= self.last_image_log_ns:
+                    yield self._event(item)
 
-    def _instruction(self, data):
+    def _event(self, item):
+        return item if isinstance(item, Instruction) else self._step(*item)
+
+    def _instruction(self, log_ns, data):
         try:
-            return clean_instruction(self.bag.deserialize(data, self.topics['instruction']).data)
-        except (EvalError, *READ_ERRORS):
-            self.streams.bad_instructions += 1  # the node counts it and goes idle
-            return ''
+            msg = self.bag.deserialize(data, self.topics['instruction'])
+        except (EvalError, *READ_ERRORS) as exc:  # the node counts it and goes idle
+            return Instruction(log_ns, refused=f'undecodable instruction: {exc}')
+        return Instruction(log_ns, msg.data)
 
     def _store(self, role, log_ns, data):
         msg = self.bag.deserialize(data, self.topics[role])
         s = self.streams
         if role == 'action':
             try:
-                values = conversions.multiarray_to_action(msg)
-            except conversions.ConversionError as exc:
+                values = formats.multiarray_to_action(msg)
+            except formats.ConversionError as exc:
                 raise EvalError(f'reference action on {self.topics[role]} at log time '
                                 f'{log_ns * 1e-9:.3f} s in bag {str(self.bag.path)!r}: {exc}; '
                                 'use --reference ee_pose or another --action-topic') from None
@@ -157,9 +160,9 @@ class StepReader:
         elif role == 'ee_pose':
             p = msg.pose
             try:
-                rpy = conversions.quaternion_to_rpy(p.orientation.x, p.orientation.y,
-                                                    p.orientation.z, p.orientation.w)
-            except conversions.ConversionError as exc:
+                rpy = quaternion_to_rpy(p.orientation.x, p.orientation.y, p.orientation.z,
+                                        p.orientation.w)
+            except ValueError as exc:
                 raise EvalError(f'ee_pose on {self.topics[role]} at log time '
                                 f'{log_ns * 1e-9:.3f} s in bag {str(self.bag.path)!r}: {exc}; '
                                 'fix the recording or use --reference action') from None
@@ -169,38 +172,19 @@ class StepReader:
             s.gripper_times.append(log_ns)
             s.grippers.append(float(msg.data))
 
-    def _settle(self, k, t_ns, image, instruction):
-        """Turn a step's inputs into a ``Step`` with its status (and frame when ready)."""
+    def _step(self, k, t_ns, image):
+        """Turn a step's inputs into a ``StepInput`` with its frame decoded (once per image)."""
         index, log_ns, data = image
-        msg = self.bag.deserialize(data, self.topics['image'])
-        stamp = image_stamp_ns(msg)
-        step = Step(k, t_ns, index, log_ns, stamp, instruction, 'ready')
-        age = (t_ns - stamp) * 1e-9
-        verdict = image_age_status(age, self.max_image_age) if self.max_image_age > 0 else 'ok'
-        if not instruction:
-            step.status = 'idle'
-        elif verdict != 'ok':
-            step.status = verdict
-        else:
-            rgb = self._convert(index, msg)
-            if isinstance(rgb, conversions.ConversionError):
-                step.status, step.detail = 'bad_image', str(rgb)
-            else:
-                step.rgb = rgb
-        return step
-
-    def _convert(self, index, msg):
-        """Convert the frame once, even when several steps use it."""
-        if self._converted[0] != index:
+        if self._decoded[0] != index:
+            msg = self.bag.deserialize(data, self.topics['image'])
+            decode = formats.compressed_to_rgb if self.compressed else formats.image_to_rgb
             try:
-                if self.compressed:
-                    rgb = conversions.compressed_to_rgb(msg)
-                else:
-                    rgb = conversions.image_to_rgb(msg)
-            except conversions.ConversionError as exc:
-                rgb = exc
-            self._converted = (index, rgb)
-        return self._converted[1]
+                frame = (decode(msg), None)
+            except formats.ConversionError as exc:
+                frame = (None, exc)
+            self._decoded = (index, (image_stamp_ns(msg), *frame))
+        stamp, rgb, error = self._decoded[1]
+        return StepInput(k, t_ns, index, log_ns, stamp, rgb, error)
 
 
 def as_arrays(streams):
@@ -208,6 +192,6 @@ def as_arrays(streams):
     def pack(times, values, dim):
         return (np.asarray(times, dtype=np.int64),
                 np.asarray(values, dtype=np.float64).reshape(len(times), dim))
-    return {'action': pack(streams.action_times, streams.actions, 7),
+    return {'action': pack(streams.action_times, streams.actions, formats.ACTION_DIM),
             'ee_pose': pack(streams.pose_times, streams.poses, 6),
             'gripper': pack(streams.gripper_times, streams.grippers, 1)}

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from vla_ros.policy.processing import center_crop_and_resize, to_rgb
 
 FAST_MAX_SEQ = 512  # static cache positions: 256 patches + prompt + generated tokens
 PREFILL_BUCKET = 32  # CUDA graph prefill lengths are multiples of this
@@ -209,7 +208,8 @@ class FastPath:
                              f'{self.num_patches} image patches; use {FAST_MAX_SEQ}.')
         self.cuda_graphs = (self.device.type == 'cuda') if cuda_graphs is None else cuda_graphs
         self.static_shapes = self.cuda_graphs if static_shapes is None else static_shapes
-        self._setup_preprocessing()
+        self._mean = image_processor.mean.to(self.device)  # (1, 6, 1, 1)
+        self._std = image_processor.std.to(self.device)
         hidden = self.llm.embed.embedding_dim
         with torch.no_grad():
             new = torch.zeros
@@ -224,43 +224,17 @@ class FastPath:
         self._prefill_graphs = {}
 
     # ---- preprocessing --------------------------------------------------------------------------
-    def _setup_preprocessing(self):
-        keys, self._tower_source = [], []
-        for tower in self.processor.towers:
-            key = (tower.size, tower.interpolation, tower.crop)
-            if key not in keys:
-                keys.append(key)
-            self._tower_source.append(keys.index(key))
-        self._resize_keys = keys
-        mean = [m for tower in self.processor.towers for m in tower.mean]
-        std = [s for tower in self.processor.towers for s in tower.std]
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-
     def inputs(self, image, input_ids):
         """
         Return (pixel values (1, 6, 224, 224) float32, ids (1, T) long), both on the device.
 
-        The same values as ``ImageProcessor`` (PIL bicubic per distinct transform, crop, x / 255,
-        (x - mean) / std in float32), with one uint8 upload and the arithmetic on the device.
-        Both uploads happen here, before any device work is queued, so they never wait on it.
+        ``ImageProcessor``'s own two steps: its host crops (PIL, uint8) uploaded once, its
+        ``normalize`` run on the device. Both uploads happen here, before any device work is
+        queued, so they never wait on it.
         """
-        rgb = to_rgb(image)
-        if self.processor.center_crop:
-            rgb = center_crop_and_resize(self.processor.resize(rgb, 0))
-        arrays = []
-        for (height, width), interpolation, (crop_h, crop_w) in self._resize_keys:
-            resized = rgb.resize((width, height), interpolation)
-            if (height, width) != (crop_h, crop_w):  # torchvision center_crop rounding
-                top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
-                resized = resized.crop((left, top, left + crop_w, top + crop_h))
-            arrays.append(np.array(resized, dtype=np.uint8))  # (H, W, 3), writable
-        stacked = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)  # (K, H, W, 3)
-        pixels = torch.from_numpy(stacked).to(self.device)  # (K, H, W, 3) uint8
+        pixels = torch.from_numpy(self.processor.crops(image)).to(self.device)  # (K, H, W, 3)
         ids = torch.tensor([input_ids], dtype=torch.long).to(self.device)  # (1, T)
-        x = pixels.permute(0, 3, 1, 2).float().div(255)  # (K, 3, H, W)
-        x = x[self._tower_source].reshape(1, -1, *x.shape[2:])  # (1, 3 * towers, H, W)
-        return (x - self._mean) / self._std, ids
+        return self.processor.normalize(pixels, self._mean, self._std), ids
 
     # ---- the forward pass -----------------------------------------------------------------------
     def fits(self, num_ids, num_new):
@@ -341,8 +315,7 @@ class FastPath:
         if not self.cuda_graphs:
             return 0  # nothing to capture; the first eager call costs no more than later ones
         if image is None:
-            from vla_ros.policy.tiny import synthetic_scene
-            image = synthetic_scene(np.random.default_rng(0))
+            image = np.full((224, 224, 3), 128, np.uint8)
         ids_list = tokenizer.model_input_ids(prompt)
         with torch.inference_mode():
             pixel_values, _ = self.inputs(image, ids_list)

@@ -15,6 +15,8 @@ The forward pass is split at the seams a fast path needs: ``embed_image`` (tower
 and ``greedy_decode`` around them.
 """
 
+import inspect
+
 import timm
 from timm.layers import LayerScale as TimmLayerScale
 import torch
@@ -113,6 +115,17 @@ class FusedMLPProjector(nn.Module):
         return self.fc3(x)  # (B, N, C)
 
 
+def _cache_keyword(module):
+    """
+    Return the name under which ``module.forward`` takes a KV cache.
+
+    transformers 5.x renamed ``past_key_values`` to ``cache`` and deprecated the old name
+    (removed in 5.40); older releases only know ``past_key_values``.
+    """
+    return 'cache' if 'cache' in inspect.signature(module.forward).parameters \
+        else 'past_key_values'
+
+
 class OpenVLAModel(nn.Module):
     """The whole network; ``state_dict()`` keys are the released checkpoint's keys."""
 
@@ -126,6 +139,7 @@ class OpenVLAModel(nn.Module):
         self.projector = FusedMLPProjector(self.vision_backbone.embed_dim,
                                            self.llama_config.hidden_size)
         self.language_model = LlamaForCausalLM(self.llama_config)
+        self._cache_keyword = _cache_keyword(self.language_model.model)
 
     # ---- vision ---------------------------------------------------------------------------------
     def embed_image(self, pixel_values):  # (B, 6, H, W)
@@ -155,13 +169,14 @@ class OpenVLAModel(nn.Module):
 
     def prefill(self, inputs_embeds, cache):  # (B, T, C)
         """Run the prompt through the LLM (positions 0..T-1); return the last logits (B, V)."""
-        out = self.language_model.model(inputs_embeds=inputs_embeds, past_key_values=cache,
-                                        use_cache=True)
+        out = self.language_model.model(inputs_embeds=inputs_embeds, use_cache=True,
+                                        **{self._cache_keyword: cache})
         return self._logits(out.last_hidden_state)
 
     def decode_step(self, token_ids, cache):  # (B, 1)
         """One cached step; the position is the cache length. Returns logits (B, V)."""
-        out = self.language_model.model(input_ids=token_ids, past_key_values=cache, use_cache=True)
+        out = self.language_model.model(input_ids=token_ids, use_cache=True,
+                                        **{self._cache_keyword: cache})
         return self._logits(out.last_hidden_state)
 
     def greedy_decode(self, logits, cache, max_new_tokens, eos_token_id):

@@ -137,11 +137,28 @@ class TowerTransform:
 
 
 class ImageProcessor:
-    """Turns one image into the model's (1, 6, 224, 224) float32 pixel values."""
+    """
+    Turns one image into the model's (1, 6, 224, 224) float32 pixel values.
+
+    In two steps that the fast path runs apart: ``crops`` (PIL, on the host: one bicubic resize
+    and center crop per distinct tower transform, uint8) and ``normalize`` (torch, on any device:
+    x / 255, then ``(x - mean) / std`` per tower, in float32).
+    """
 
     def __init__(self, towers, center_crop=False):
         self.towers = tuple(towers)
         self.center_crop = bool(center_crop)
+        keys, self.tower_source = [], []
+        for tower in self.towers:
+            key = (tower.size, tower.interpolation, tower.crop)
+            if key not in keys:
+                keys.append(key)
+            self.tower_source.append(keys.index(key))
+        self.transforms = tuple(keys)  # distinct (size, interpolation, crop)
+        mean = [m for tower in self.towers for m in tower.mean]
+        std = [s for tower in self.towers for s in tower.std]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, 3T, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     @classmethod
     def from_pretrained(cls, path, center_crop=False):
@@ -173,19 +190,36 @@ class ImageProcessor:
         size = transform.size[1], transform.size[0]  # PIL wants (W, H)
         return rgb.resize(size, transform.interpolation)
 
-    def __call__(self, image):
-        """Return pixel values (1, 6, 224, 224) float32: [DINOv2 | SigLIP] channels."""
+    def crops(self, image):
+        """Return (K, 224, 224, 3) uint8: one resized, center-cropped image per transform."""
         rgb = to_rgb(image)
         if self.center_crop:
             rgb = center_crop_and_resize(self.resize(rgb, 0))
-        branches = []
-        resized = {}
-        for transform in self.towers:
-            key = (transform.size, transform.interpolation)
-            if key not in resized:
-                resized[key] = rgb.resize((key[0][1], key[0][0]), key[1])
-            branches.append(_to_normalized_tensor(resized[key], transform))
-        return torch.cat(branches, dim=0).unsqueeze(0)  # (1, 6, H, W)
+        arrays = []
+        for (height, width), interpolation, (crop_h, crop_w) in self.transforms:
+            resized = rgb.resize((width, height), interpolation)
+            if (height, width) != (crop_h, crop_w):  # torchvision center_crop rounding
+                top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
+                resized = resized.crop((left, top, left + crop_w, top + crop_h))
+            arrays.append(np.array(resized, dtype=np.uint8))  # (H, W, 3), writable
+        return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)  # (K, H, W, 3)
+
+    def normalize(self, crops, mean=None, std=None):
+        """
+        Return pixel values (1, 3T, H, W) float32 from ``crops`` (K, H, W, 3) uint8 (any device).
+
+        ``mean`` and ``std`` default to ``self.mean`` / ``self.std``; pass copies on the crops'
+        device to keep the arithmetic there.
+        """
+        mean = self.mean if mean is None else mean
+        std = self.std if std is None else std
+        x = crops.permute(0, 3, 1, 2).float().div(255)  # (K, 3, H, W)
+        x = x[self.tower_source].reshape(1, -1, *x.shape[2:])  # (1, 3T, H, W): [DINOv2 | SigLIP]
+        return (x - mean) / std
+
+    def __call__(self, image):
+        """Return pixel values (1, 6, 224, 224) float32: [DINOv2 | SigLIP] channels."""
+        return self.normalize(torch.from_numpy(self.crops(image)))
 
 
 def _tower_transform(raw, index):
@@ -211,21 +245,6 @@ def _pair(value):
     if isinstance(value, (int, float)):
         return int(value), int(value)
     return tuple(int(v) for v in value)
-
-
-def _to_normalized_tensor(resized, transform):
-    """Center crop, to-tensor and normalise one tower's branch: (3, H, W) float32."""
-    width, height = resized.size
-    crop_h, crop_w = transform.crop
-    if (height, width) != (crop_h, crop_w):  # torchvision center_crop rounding
-        top = int(round((height - crop_h) / 2.0))
-        left = int(round((width - crop_w) / 2.0))
-        resized = resized.crop((left, top, left + crop_w, top + crop_h))
-    pixels = torch.from_numpy(np.array(resized, dtype=np.uint8))  # (H, W, 3) uint8
-    x = pixels.permute(2, 0, 1).float().div(255)  # (3, H, W)
-    mean = torch.tensor(transform.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(transform.std, dtype=torch.float32).view(3, 1, 1)
-    return (x - mean) / std
 
 
 class PromptTokenizer:

@@ -28,6 +28,7 @@ from vla_ros.policy.errors import ConfigError, PolicyError
 from vla_ros.policy.modeling import OpenVLAModel
 from vla_ros.policy.processing import ImageProcessor, PromptTokenizer
 from vla_ros.policy.weights import materialize_buffers, WEIGHTS_FILE
+from vla_ros.sim.scenes import scene
 
 ASSETS = Path(__file__).resolve().parent / 'assets' / 'tiny'
 ASSET_FILES = ('config.json', 'generation_config.json', 'preprocessor_config.json',
@@ -35,20 +36,6 @@ ASSET_FILES = ('config.json', 'generation_config.json', 'preprocessor_config.jso
 CALIBRATION_INSTRUCTIONS = ('pick up the red cup', 'move the blue block to the left of the bowl',
                             'open the top drawer')
 _SQRT3 = math.sqrt(3.0)
-
-
-def synthetic_scene(rng, height=224, width=224):
-    """Return a random uint8 RGB scene (H, W, 3): a gradient, a few rectangles and pixel noise."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    start, stop = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    mix = (xx / max(width - 1, 1) + yy / max(height - 1, 1))[..., None] / 2  # (H, W, 1)
-    image = start * (1 - mix) + stop * mix  # (H, W, 3)
-    for _ in range(int(rng.integers(2, 6))):
-        y0, x0 = int(rng.integers(0, height - 8)), int(rng.integers(0, width - 8))
-        y1, x1 = y0 + int(rng.integers(8, height // 2)), x0 + int(rng.integers(8, width // 2))
-        image[y0:y1, x0:x1] = rng.uniform(0, 255, 3)
-    image += rng.normal(0, 8, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def _init_range(name, shape, hidden_size):
@@ -168,8 +155,7 @@ def write_checkpoint(out_dir, config_overrides=None, seed=0, calibrate=True, for
     if calibrate:
         policy = OpenVLAPolicy(model, config, ImageProcessor.from_pretrained(out_dir),
                                PromptTokenizer.from_pretrained(out_dir), 'cpu', torch.float32)
-        rng = np.random.default_rng(int(seed))
-        images = [synthetic_scene(rng) for _ in range(6)]
+        images = [scene(i, 224, 224, seed=int(seed), noise=8) for i in range(6)]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and immune to contention
         try:

@@ -1,17 +1,15 @@
 """
-ROS-free MuJoCo simulation behind the ``sim_arm`` node: a floating gripper, a table, objects.
+The simulator core behind ``sim_arm`` (ROS-free): MuJoCo scene, arm, camera; synthetic images.
 
-Importing this package sets ``MUJOCO_GL=egl`` (headless offscreen rendering) unless the
-environment already chose a backend; MuJoCo reads it once, when it is first imported.
+Files: ``arm`` (the floating gripper, table and objects, commanded like a real arm), ``camera``
+(offscreen rendering on any thread), ``loop`` (physics time and output schedules), ``scenes``
+(seeded synthetic camera images, numpy only), ``scene.xml``.
+
+MuJoCo reads ``MUJOCO_GL`` once, when it is first imported. This package sets it to ``egl``
+(headless offscreen rendering) unless the environment already chose a back end, here and nowhere
+else: every module that imports mujoco lives in this package, so this runs first.
 """
 
 import os
 
 os.environ.setdefault('MUJOCO_GL', 'egl')
-
-from vla_ros.sim.arm import object_layout, SimArm, Snapshot  # noqa: E402 - after MUJOCO_GL
-from vla_ros.sim.camera import RenderError, SimCamera  # noqa: E402 - after MUJOCO_GL
-from vla_ros.sim.loop import Pacer, Queue, Schedule  # noqa: E402 - after MUJOCO_GL
-
-__all__ = ['object_layout', 'Pacer', 'Queue', 'RenderError', 'Schedule', 'SimArm', 'SimCamera',
-           'Snapshot']

@@ -32,7 +32,8 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from vla_ros.conversions import quaternion_to_rpy
+from vla_ros.control.geometry import (clamp_norm, conjugate_wxyz, finite_vector, from_wxyz,
+                                      quaternion_to_rpy, to_wxyz)
 from vla_ros.sim.camera import SimCamera
 
 SCENE_XML = Path(__file__).with_name('scene.xml')
@@ -64,26 +65,6 @@ def object_layout(seed):
                 break
         layout[name] = (x, y, rng.uniform(-math.pi, math.pi))
     return layout
-
-
-def _wxyz(xyzw):
-    return np.array([xyzw[3], xyzw[0], xyzw[1], xyzw[2]], dtype=np.float64)
-
-
-def _xyzw(wxyz):
-    return np.array([wxyz[1], wxyz[2], wxyz[3], wxyz[0]], dtype=np.float64)
-
-
-def _clamp_norm(vector, limit):
-    norm = float(np.linalg.norm(vector))
-    return vector * (limit / norm) if norm > limit else vector
-
-
-def _finite_vector(values, size, name):
-    array = np.asarray(values, dtype=np.float64).reshape(-1)
-    if array.size != size or not np.all(np.isfinite(array)):
-        raise ValueError(f'{name} must be {size} finite numbers, got {list(array)}')
-    return array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +137,7 @@ class SimArm:
         """Return the end-effector site's (position xyz, quaternion xyzw) in the base frame."""
         quat = np.empty(4)
         mujoco.mju_mat2Quat(quat, self.data.site_xmat[self._ee_site])
-        return self.data.site_xpos[self._ee_site].copy(), _xyzw(quat)
+        return self.data.site_xpos[self._ee_site].copy(), from_wxyz(quat)
 
     def joint_state(self):
         """Return (names, positions, velocities): six virtual joints, then the two fingers."""
@@ -200,22 +181,22 @@ class SimArm:
         It expires ``twist_timeout`` after its stamp, which was ``age`` seconds before the physics
         time (negative when the physics lags behind a fresh stamp).
         """
-        linear = _finite_vector(linear, 3, 'linear velocity')
-        angular = _finite_vector(angular, 3, 'angular velocity')
-        self._linear = _clamp_norm(linear, self.max_linear_speed)
-        self._angular = _clamp_norm(angular, self.max_angular_speed)
+        linear = finite_vector(linear, 3, 'linear velocity')
+        angular = finite_vector(angular, 3, 'angular velocity')
+        self._linear = clamp_norm(linear, self.max_linear_speed)
+        self._angular = clamp_norm(angular, self.max_angular_speed)
         self._twist_until = self.time - float(age) + self.twist_timeout
         self._mode = 'twist'
 
     def command_pose(self, position, quaternion):
         """Approach the absolute pose (xyz; quaternion xyzw) at no more than the speed limits."""
-        position = _finite_vector(position, 3, 'position')
-        quat = _finite_vector(quaternion, 4, 'quaternion')
+        position = finite_vector(position, 3, 'position')
+        quat = finite_vector(quaternion, 4, 'quaternion')
         norm = float(np.linalg.norm(quat))
         if norm < 1e-6:
             raise ValueError('quaternion has zero norm; identity is (0, 0, 0, 1)')
         self._target_pos = np.clip(position, WORKSPACE_LOW, WORKSPACE_HIGH)
-        self._target_quat = _wxyz(quat / norm)
+        self._target_quat = to_wxyz(quat / norm)
         self._mode = 'pose'
 
     def command_gripper(self, opening):
@@ -258,9 +239,9 @@ class SimArm:
                 self._rotate(quat, self._angular, angle)
         elif self._mode == 'pose':
             error = self._target_pos - pos
-            pos += _clamp_norm(error, self.max_linear_speed * dt)
+            pos += clamp_norm(error, self.max_linear_speed * dt)
             delta = np.empty(4)
-            mujoco.mju_mulQuat(delta, self._target_quat, _conjugate(quat))
+            mujoco.mju_mulQuat(delta, self._target_quat, conjugate_wxyz(quat))
             axis = np.empty(3)
             mujoco.mju_quat2Vel(axis, delta, 1.0)  # axis * angle of the remaining rotation
             angle = float(np.linalg.norm(axis))
@@ -270,7 +251,7 @@ class SimArm:
             return
         np.clip(pos, WORKSPACE_LOW, WORKSPACE_HIGH, out=pos)
         actual = self.data.xpos[self._gripper_body]
-        pos[:] = actual + _clamp_norm(pos - actual, MAX_LEAD)
+        pos[:] = actual + clamp_norm(pos - actual, MAX_LEAD)
 
     @staticmethod
     def _rotate(quat, axis, angle):
@@ -293,7 +274,3 @@ class SimArm:
         if self._camera is not None:
             self._camera.close()
             self._camera = None
-
-
-def _conjugate(quat):
-    return np.array([quat[0], -quat[1], -quat[2], -quat[3]])

@@ -3,33 +3,8 @@ ROS-free pieces of the simulator's control loop; times are integer nanoseconds.
 
 ``Pacer`` maps a clock (the node clock in real time, or a tick counter in sim time) onto whole
 physics steps, so the state always has an exact time; ``Schedule`` says when a periodic output
-(camera frame, ee_pose) is due on that time line; ``Queue`` hands every command of a stream to
-the control tick (twists, replayed at their stamps so a late tick does not change how far a
-stream moves the arm). Latest-only commands use ``vla_ros.runtime.Latest``.
+(camera frame, ee_pose) is due on that time line.
 """
-
-import collections
-import threading
-
-
-class Queue:
-    """Every item of one input since the last take, oldest first (bounded; the oldest go)."""
-
-    def __init__(self, maxlen=256):
-        self._lock = threading.Lock()
-        self._items = collections.deque(maxlen=maxlen)
-
-    def put(self, item):
-        """Append ``item``."""
-        with self._lock:
-            self._items.append(item)
-
-    def take_all(self):
-        """Return every item put since the last call and empty the queue."""
-        with self._lock:
-            items = list(self._items)
-            self._items.clear()
-            return items
 
 
 class Pacer:

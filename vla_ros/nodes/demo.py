@@ -1,7 +1,7 @@
 """
 The README's main job: a closed loop of sim_arm, vla_node and arm_bridge, on a miniature model.
 
-    python -m vla_ros.demo [--seconds 20] [--rate 5] [--model PATH --unnorm-key KEY]
+    python -m vla_ros.nodes.demo [--seconds 20] [--rate 5] [--model PATH --unnorm-key KEY]
 
 It writes a miniature random-weight checkpoint (unless ``--model`` names a real one), starts
 ``sim_arm`` (MuJoCo arm, table, objects and camera), ``vla_node`` and ``arm_bridge`` as their own
@@ -34,7 +34,8 @@ from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from vla_ros import conversions, diagnostics
+from vla_ros.control.formats import image_to_rgb
+from vla_ros.nodes import diagnostics
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -126,7 +127,7 @@ class Observer:
 
 
 def save_frame(msg, path):
-    cv2.imwrite(str(path), cv2.cvtColor(conversions.image_to_rgb(msg), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.cvtColor(image_to_rgb(msg), cv2.COLOR_RGB2BGR))
 
 
 def plot_path(path, out):

@@ -3,39 +3,25 @@ Publish a synthetic camera stream: a few seeded test scenes, cycled, stamped on 
 
 For demos and tests without a camera::
 
-    python -m vla_ros.camera_stream --rate 20 --transport both --record /tmp/frames.txt
+    ros2 run vla_ros camera_stream --rate 20 --transport both --record /tmp/frames.txt
 
 ``--record`` appends ``sec nanosec index`` per published frame, so a test can tell which scene
-carried which stamp (``scene(index, ...)`` rebuilds it). With ``--count N`` the stream waits for a
-subscriber before its first frame, so all N frames are sent to someone (the QoS is best effort).
+carried which stamp (``vla_ros.sim.scenes.scene(index, ...)`` rebuilds it). With ``--count N``
+the stream waits for a subscriber before its first frame, so all N frames are sent to someone
+(the QoS is best effort).
 """
 
 import argparse
 import sys
 
-import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.duration import Duration
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
-from vla_ros import conversions
-
-
-def scene(index, width=640, height=480, seed=0):
-    """Return test scene ``index`` as (height, width, 3) uint8 RGB: a gradient and boxes."""
-    rng = np.random.default_rng([seed, index])
-    y, x = np.mgrid[0:height, 0:width]
-    img = np.empty((height, width, 3), np.float32)
-    img[..., 0] = 255.0 * x / max(width - 1, 1)
-    img[..., 1] = 255.0 * y / max(height - 1, 1)
-    img[..., 2] = 128.0
-    for _ in range(4):
-        x0, y0 = rng.integers(0, width), rng.integers(0, height)
-        w, h = rng.integers(width // 8, width // 2), rng.integers(height // 8, height // 2)
-        img[y0:y0 + h, x0:x0 + w] = rng.integers(0, 256, size=3)
-    return img.clip(0, 255).astype(np.uint8)
+from vla_ros.nodes import messages, qos
+from vla_ros.nodes.startup import report_problems, run
+from vla_ros.sim.scenes import scene
 
 
 class CameraStream(Node):
@@ -44,16 +30,35 @@ class CameraStream(Node):
     def __init__(self, args):
         super().__init__('camera_stream')
         self._args = args
+        self._raw = self._compressed = self._record = None
+        self._count = 0
+
+    def start(self):
+        """Check the arguments, then create the publishers; False if a problem was reported."""
+        args = self._args
+        problems = [f'--{name} is {value}; it must be {allowed}' for name, value, ok, allowed in (
+            ('rate', args.rate, 0 < args.rate <= 1000, 'in (0, 1000] frames per second'),
+            ('width', args.width, 1 <= args.width <= 8192, 'in 1 .. 8192 pixels'),
+            ('height', args.height, 1 <= args.height <= 8192, 'in 1 .. 8192 pixels'),
+            ('frames', args.frames, args.frames >= 1, 'at least 1'),
+            ('count', args.count, args.count >= 0, '0 (forever) or more'),
+        ) if not ok]
+        if problems:
+            report_problems(self.get_logger(), problems)
+            return False
         self._scenes = [scene(i, args.width, args.height, args.seed) for i in range(args.frames)]
-        self._raw = self._compressed = None
         if args.transport in ('raw', 'both'):
-            self._raw = self.create_publisher(Image, 'camera/image_raw', qos_profile_sensor_data)
+            self._raw = self.create_publisher(Image, 'camera/image_raw', qos.SENSOR)
         if args.transport in ('compressed', 'both'):
             self._compressed = self.create_publisher(
-                CompressedImage, 'camera/image_raw/compressed', qos_profile_sensor_data)
+                CompressedImage, 'camera/image_raw/compressed', qos.SENSOR)
         self._record = open(args.record, 'a') if args.record else None
-        self._count = 0
         self.create_timer(1.0 / args.rate, self._publish)
+        return True
+
+    def close(self):
+        if self._record:
+            self._record.close()
 
     def _subscribed(self):
         publishers = [pub for pub in (self._raw, self._compressed) if pub is not None]
@@ -63,14 +68,13 @@ class CameraStream(Node):
         if self._args.count and self._count == 0 and not self._subscribed():
             return
         index = self._count % len(self._scenes)
-        stamp = (self.get_clock().now()
-                 + rclpy.duration.Duration(seconds=self._args.stamp_offset)).to_msg()
+        stamp = (self.get_clock().now() + Duration(seconds=self._args.stamp_offset)).to_msg()
         rgb = self._scenes[index]
         if self._raw is not None:
-            self._raw.publish(conversions.rgb_to_image(rgb, self._args.encoding, stamp=stamp,
-                                                       frame_id='camera'))
+            self._raw.publish(messages.rgb_to_image(rgb, self._args.encoding, stamp=stamp,
+                                                    frame_id='camera'))
         if self._compressed is not None:
-            self._compressed.publish(conversions.rgb_to_compressed(
+            self._compressed.publish(messages.rgb_to_compressed(
                 rgb, self._args.format, stamp=stamp, frame_id='camera'))
         if self._record:
             self._record.write(f'{stamp.sec} {stamp.nanosec} {index}\n')
@@ -99,17 +103,9 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    args = parse_args(rclpy.utilities.remove_ros_args(sys.argv if argv is None else argv)[1:])
-    rclpy.init(args=sys.argv if argv is None else argv)
-    node = CameraStream(args)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    argv = sys.argv if argv is None else argv
+    args = parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    return run(lambda: CameraStream(args), argv)
 
 
 if __name__ == '__main__':

@@ -12,9 +12,13 @@ measured end-effector pose in ``base_frame``). Outputs, by ``output_mode``:
   streamed at ``stream_rate_hz`` (fzi cartesian controllers, Servo pose mode).
 
 plus ``gripper/command`` (Float64 position after hysteresis) and ``/diagnostics`` (1 Hz). Every
-check lives in ``vla_ros.safety`` and ``vla_ros.gripper``; this node only moves messages in and
-out. Callbacks store; one timer on the node clock processes everything, so ``use_sim_time`` works
-and all state is touched by one thread (single-threaded executor).
+check lives in ``vla_ros.control.safety`` and ``vla_ros.control.gripper``; this node only moves
+messages in and out. Callbacks store, in arrival order; one timer on the node clock processes
+everything, so ``use_sim_time`` works and all state is touched by one thread.
+
+Run-time parameter changes: a safety limit may be tightened while the bridge runs (it applies at
+the next tick); loosening one, or changing any other parameter, is refused with the reason:
+restart the bridge with the new value.
 """
 
 import collections
@@ -23,102 +27,117 @@ import math
 import sys
 
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from rcl_interfaces.msg import ParameterDescriptor
-import rclpy
-from rclpy.executors import ExternalShutdownException
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from std_msgs.msg import Float64
 from std_srvs.srv import SetBool, Trigger
 
-from vla_ros import diagnostics, qos, safety
-from vla_ros.gripper import GripperConfig, GripperHysteresis
-from vla_ros.node_params import NodeParam
-from vla_ros.runtime import Counters, LogThrottle, RateMeter
+from vla_ros.control import geometry, safety
+from vla_ros.control.gripper import GripperConfig, GripperHysteresis, PAIRINGS, StepPairing
+from vla_ros.control.stats import Counters, RateMeter
+from vla_ros.nodes import diagnostics, params, qos
+from vla_ros.nodes.logs import LogThrottle
+from vla_ros.nodes.startup import report_problems, run
 
 MODES = ('servo_twist', 'pose_target')
-MAX_PENDING = 32           # deltas or gripper values waiting for the next tick
+MAX_PENDING = 64           # deltas and gripper values waiting for the next tick
 
 _L = safety.SafetyLimits()
 _G = GripperConfig()
 PARAMS = (
-    NodeParam('output_mode', 'servo_twist', "'servo_twist' (TwistStamped to MoveIt Servo) or "
-              "'pose_target' (absolute PoseStamped target)."),
-    NodeParam('base_frame', 'base_link', 'Frame of ee_pose and of the deltas; deltas in another '
-              'frame are rejected.'),
-    NodeParam('stream_rate_hz', 50.0, 'Rate of the output stream, Hz, in (0, 1000].'),
-    NodeParam('step_duration', 0.2, 'Seconds one delta lasts (1 / policy rate); twist = delta / '
-              'step_duration. In [1 / stream_rate_hz, 10].'),
-    NodeParam('command_timeout', _L.command_timeout, 'Seconds; older deltas are dropped and no '
-              'motion comes from a delta older than this. In (0, 60].'),
-    NodeParam('future_tolerance', _L.future_tolerance, 'Seconds a delta stamp may be ahead of the '
-              'node clock. In [0, 1].'),
-    NodeParam('pose_timeout', _L.pose_timeout, 'Seconds; with no ee_pose newer than this, deltas '
-              'are dropped. In (0, 60].'),
-    NodeParam('max_step_translation', _L.max_step_translation, 'Per-axis clip of a step, m. In '
-              '(0, 0.5].'),
-    NodeParam('max_step_rotation', _L.max_step_rotation, 'Per-axis clip of roll, pitch, yaw of a '
-              'step, rad. In (0, 1].'),
-    NodeParam('workspace_min', list(_L.workspace_min), 'Lower corner [x, y, z] of the workspace '
-              'box in base_frame, m.'),
-    NodeParam('workspace_max', list(_L.workspace_max), 'Upper corner [x, y, z] of the workspace '
-              'box in base_frame, m.'),
-    NodeParam('reseed_distance', _L.reseed_distance, 'pose_target: the target restarts from '
-              'ee_pose when it is further than this from it, m. In (0, 1].'),
-    NodeParam('gripper_convention', _G.convention, "'open_is_one', 'closed_is_one' or 'signed' "
-              '(-1 = open, +1 = closed).'),
-    NodeParam('gripper_threshold', _G.threshold, 'Openness threshold of the hysteresis, in '
-              '(0, 1).'),
-    NodeParam('gripper_consecutive', _G.consecutive, 'Votes in a row needed to flip the gripper, '
-              'in [1, 100].'),
-    NodeParam('gripper_open_position', _G.open_position, 'gripper/command value for open.'),
-    NodeParam('gripper_closed_position', _G.closed_position, 'gripper/command value for '
-              'closed.'),
+    params.NodeParam('output_mode', 'servo_twist', "'servo_twist' (TwistStamped to MoveIt "
+                     "Servo) or 'pose_target' (absolute PoseStamped target).",
+                     check=lambda v: v in MODES, allowed=', '.join(MODES)),
+    params.NodeParam('base_frame', 'base_link', 'Frame of ee_pose and of the deltas; deltas in '
+                     'another frame are rejected.', check=lambda v: bool(v.strip('/')),
+                     allowed='a non-empty frame name, e.g. base_link'),
+    params.NodeParam('stream_rate_hz', 50.0, 'Rate of the output stream, Hz.',
+                     check=lambda v: 0.0 < v <= 1000.0, allowed='(0, 1000] Hz'),
+    params.NodeParam('step_duration', 0.2, 'Seconds one delta lasts (1 / policy rate); twist = '
+                     'delta / step_duration. In [1 / stream_rate_hz, 10].'),
+    params.NodeParam('command_timeout', _L.command_timeout, 'Seconds; older deltas are dropped '
+                     'and no motion comes from a delta older than this. In (0, 60].',
+                     runtime=True),
+    params.NodeParam('future_tolerance', _L.future_tolerance, 'Seconds a delta stamp may be '
+                     'ahead of the node clock. In [0, 1].', runtime=True),
+    params.NodeParam('pose_timeout', _L.pose_timeout, 'Seconds; with no ee_pose newer than '
+                     'this, deltas are dropped. In (0, 60].', runtime=True),
+    params.NodeParam('max_step_translation', _L.max_step_translation, 'Per-axis clip of a step, '
+                     'm. In (0, 0.5].', runtime=True),
+    params.NodeParam('max_step_rotation', _L.max_step_rotation, 'Per-axis clip of roll, pitch, '
+                     'yaw of a step, rad. In (0, 1].', runtime=True),
+    params.NodeParam('workspace_min', list(_L.workspace_min), 'Lower corner [x, y, z] of the '
+                     'workspace box in base_frame, m.', runtime=True),
+    params.NodeParam('workspace_max', list(_L.workspace_max), 'Upper corner [x, y, z] of the '
+                     'workspace box in base_frame, m.', runtime=True),
+    params.NodeParam('reseed_distance', _L.reseed_distance, 'pose_target: the target restarts '
+                     'from ee_pose when it is further than this from it, m. In (0, 1].',
+                     runtime=True),
+    params.NodeParam('gripper_convention', _G.convention, "'open_is_one', 'closed_is_one' or "
+                     "'signed' (-1 = open, +1 = closed)."),
+    params.NodeParam('gripper_threshold', _G.threshold, 'Openness threshold of the hysteresis, '
+                     'in (0, 1).'),
+    params.NodeParam('gripper_consecutive', _G.consecutive, 'Votes in a row needed to flip the '
+                     'gripper, in [1, 100].'),
+    params.NodeParam('gripper_open_position', _G.open_position, 'gripper/command value for '
+                     'open.'),
+    params.NodeParam('gripper_closed_position', _G.closed_position, 'gripper/command value for '
+                     'closed.'),
 )
-
-
-def _number(value):
-    """Return ints as floats (``-p stream_rate_hz:=50``); anything else unchanged."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
+_LIMITS = tuple(f.name for f in dataclasses.fields(safety.SafetyLimits))
+RESTART_HINT = 'only the safety limits may change, and only tighten, while arm_bridge runs; ' \
+    'restart it with -p NAME:=VALUE'
 
 
 def configuration(values):
     """
     Turn raw parameter values (a dict) into (settings dict, SafetyLimits, GripperConfig, problems).
 
-    Every problem names the parameter and its allowed range or values.
+    Every problem names the parameter and its allowed range or values. A value of the wrong type
+    is reported once and the default stands in for it, so the other checks still run.
     """
-    v = {name: _number(value) for name, value in values.items()}
-    for name in ('workspace_min', 'workspace_max'):
-        if isinstance(v[name], (list, tuple)) or hasattr(v[name], 'tolist'):
-            v[name] = tuple(_number(x) for x in list(v[name]))
-    limits = safety.SafetyLimits(**{f.name: v[f.name]
-                                    for f in dataclasses.fields(safety.SafetyLimits)})
-    consecutive = v['gripper_consecutive']
-    if isinstance(consecutive, float) and consecutive.is_integer():
-        consecutive = int(consecutive)
-    grip = GripperConfig(v['gripper_convention'], v['gripper_threshold'], consecutive,
-                         v['gripper_open_position'], v['gripper_closed_position'])
-    problems = []
-    if v['output_mode'] not in MODES:
-        problems.append(f"parameter 'output_mode' is {v['output_mode']!r}; allowed: "
-                        + ', '.join(MODES))
-    if not (isinstance(v['base_frame'], str) and v['base_frame'].strip('/')):
-        problems.append(f"parameter 'base_frame' is {v['base_frame']!r}; allowed: a non-empty "
-                        'frame name, e.g. base_link')
-    rate = v['stream_rate_hz']
-    rate_ok = isinstance(rate, float) and math.isfinite(rate) and 0.0 < rate <= 1000.0
-    if not rate_ok:
-        problems.append(f"parameter 'stream_rate_hz' is {rate!r}; allowed range (0, 1000] Hz")
-    step = v['step_duration']
-    low = 1.0 / rate if rate_ok else 0.0
-    if not (isinstance(step, float) and math.isfinite(step) and 0.0 < step <= 10.0
-            and step >= low - 1e-9):
-        problems.append(f"parameter 'step_duration' is {step!r}; allowed range "
+    v, problems = {}, []
+    for p in PARAMS:
+        v[p.name], problem = params.check(p, values[p.name])
+        if problem:
+            problems.append(problem)
+            v[p.name], _ = params.check(p, p.default)
+    limits = safety.SafetyLimits(**{name: v[name] for name in _LIMITS})
+    grip = GripperConfig(v['gripper_convention'], v['gripper_threshold'],
+                         v['gripper_consecutive'], v['gripper_open_position'],
+                         v['gripper_closed_position'])
+    low = 1.0 / v['stream_rate_hz']
+    if not low - 1e-9 <= v['step_duration'] <= 10.0:
+        problems.append(f"parameter 'step_duration' is {v['step_duration']!r}; allowed range "
                         f'[{low:.6g} (one stream period), 10] s')
-    problems += limits.validate() + grip.validate()
-    return v, limits, grip, problems
+    return v, limits, grip, problems + limits.validate() + grip.validate()
+
+
+def tightened(limits, changes):
+    """
+    Return (new SafetyLimits, None), or (None, reason) if a change loosens a limit or is invalid.
+
+    Smaller is tighter for the clips, timeouts, tolerances and reseed distance; a box is tighter
+    when it lies inside the one in force.
+    """
+    new = dataclasses.replace(limits, **changes)
+    problems = new.validate()
+    if problems:
+        return None, problems[0]
+    for name, value in changes.items():
+        old = getattr(limits, name)
+        if name == 'workspace_min':
+            looser = any(n < o for n, o in zip(value, old))
+        elif name == 'workspace_max':
+            looser = any(n > o for n, o in zip(value, old))
+        else:
+            looser = value > old
+        if looser:
+            shown = [list(v) if isinstance(v, tuple) else v for v in (value, old)]
+            return None, (f"'{name}' {shown[0]} would loosen the limit in force ({shown[1]}); a "
+                          'safety limit may only tighten while arm_bridge runs: restart it with '
+                          f'-p {name}:=... to loosen it')
+    return new, None
 
 
 def _seconds(stamp):
@@ -130,35 +149,37 @@ class ArmBridge(Node):
 
     def __init__(self, **kwargs):
         super().__init__('arm_bridge', **kwargs)
-        for p in PARAMS:
-            # Dynamic typing: a wrong type reaches ``configuration`` and is refused there, with
-            # the parameter's name and range, instead of failing inside rclpy.
-            self.declare_parameter(p.name, p.default, ParameterDescriptor(
-                description=p.description, dynamic_typing=True))
-        self.cfg, self.limits, grip, self.problems = configuration(
+        params.declare(self, PARAMS)
+        self.cfg = self.limits = self.core = None
+        self._inbox = collections.deque()  # ('delta' | 'gripper', msg or value, arrival)
+        self._pose_msg = None        # (PoseStamped, arrival time), newest only
+        self._pose_state = 'waiting'  # waiting, fresh, stale: logged on each change
+        self._state = None
+        self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
+        self._stream_rate = RateMeter()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def start(self):
+        """Check every parameter, then create the I/O; return False if a problem was reported."""
+        self.cfg, self.limits, grip, problems = configuration(
             {p.name: self.get_parameter(p.name).value for p in PARAMS})
-        if self.problems:
-            return
+        if problems:
+            report_problems(self.get_logger(), problems)
+            return False
         self.servo = self.cfg['output_mode'] == 'servo_twist'
-        self.base_frame = self.cfg['base_frame']
+        self.base_frame = self.cfg['base_frame'].lstrip('/')
         period = 1.0 / self.cfg['stream_rate_hz']
         if self.servo:
             self.core = safety.TwistStreamer(self.limits, self.cfg['step_duration'], period)
         else:
             self.core = safety.TargetTracker(self.limits)
         self.gripper = GripperHysteresis(grip)
+        self.pairing = StepPairing()
         self._watchdog_key = 'watchdog_zeros' if self.servo else 'watchdog_holds'
         self.counters = Counters(*safety.EVENTS, 'rejected_frame', 'rejected_quaternion',
                                  'dropped_burst', self._watchdog_key, 'watchdog_trips',
                                  'disabled_ticks', 'rejected_pose', 'gripper_flips',
-                                 'gripper_rejected', 'gripper_dropped_disabled')
-        self._deltas = collections.deque()
-        self._grippers = collections.deque()
-        self._pose_msg = None        # (PoseStamped, arrival time), newest only
-        self._pose_state = 'waiting'  # waiting, fresh, stale: logged on each change
-        self._state = None
-        self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
-        self._stream_rate = RateMeter()
+                                 'gripper_rejected', *(f'gripper_{p}' for p in PAIRINGS))
         self._pose_topic = self.resolve_topic_name('ee_pose')
         if self.servo:
             self._out = self.create_publisher(TwistStamped, 'servo_node/delta_twist_cmds',
@@ -178,10 +199,8 @@ class ArmBridge(Node):
         self.get_logger().info(
             f"started: output_mode={self.cfg['output_mode']} base_frame={self.base_frame} "
             f"stream_rate_hz={self.cfg['stream_rate_hz']} step_duration="
-            f"{self.cfg['step_duration']} s command_timeout={self.limits.command_timeout} s "
-            f'max_step={self.limits.max_step_translation} m/{self.limits.max_step_rotation} rad '
-            f'workspace={list(self.limits.workspace_min)}..{list(self.limits.workspace_max)} '
-            f'gripper={grip.convention} threshold={grip.threshold} x{grip.consecutive}')
+            f"{self.cfg['step_duration']} s {self._limits_text()} gripper={grip.convention} "
+            f'threshold={grip.threshold} x{grip.consecutive}')
         if self.servo and self.cfg['step_duration'] >= self.limits.command_timeout:
             self.get_logger().warning(
                 f"step_duration {self.cfg['step_duration']} s is not below command_timeout "
@@ -192,21 +211,45 @@ class ArmBridge(Node):
                 'streamed' if self.servo else 'nothing is published')
         self.get_logger().warning(f'waiting for ee_pose on {self._pose_topic}: {what} until it '
                                   'arrives')
+        return True
+
+    def close(self):
+        """Nothing to release: the bridge owns no thread or device."""
+
+    def _limits_text(self):
+        lim = self.limits
+        return (f'command_timeout={lim.command_timeout} s max_step={lim.max_step_translation} '
+                f'm/{lim.max_step_rotation} rad workspace={list(lim.workspace_min)}..'
+                f'{list(lim.workspace_max)}')
 
     def _now(self):
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _on_set_parameters(self, changes):
+        values, reason = params.check_changes(PARAMS, changes, self.core is not None,
+                                              RESTART_HINT)
+        limits = self.limits
+        if reason is None and values and self.core is not None:
+            limits, reason = tightened(self.limits, values)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
+        if self.core is not None and limits is not self.limits:
+            self.limits = self.core.limits = limits
+            self.get_logger().info(f'safety limits tightened: {self._limits_text()}')
+        return SetParametersResult(successful=True)
+
     # ---------------------------------------------------------------- callbacks: store only
-    def _on_delta(self, msg):
-        if len(self._deltas) >= MAX_PENDING:
-            self._deltas.popleft()
+    def _store(self, kind, item):
+        if len(self._inbox) >= MAX_PENDING:
+            self._inbox.popleft()
             self.counters.bump('dropped_burst', 'more deltas than one tick can take')
-        self._deltas.append(msg)
+        self._inbox.append((kind, item, self._now()))
+
+    def _on_delta(self, msg):
+        self._store('delta', msg)
 
     def _on_gripper(self, msg):
-        if len(self._grippers) >= MAX_PENDING:
-            self._grippers.popleft()
-        self._grippers.append(msg.data)
+        self._store('gripper', msg.data)
 
     def _on_pose(self, msg):
         self._pose_msg = (msg, self._now())
@@ -216,8 +259,8 @@ class ArmBridge(Node):
         now = self._now()
         self._update_pose(now)
         self.core.set_enabled(request.data, now)
-        self._deltas.clear()
-        self._grippers.clear()
+        self._inbox.clear()
+        self.pairing.reset()
         if request.data:
             response.message = 'enabled: deltas stamped from now on are followed'
         else:
@@ -231,7 +274,8 @@ class ArmBridge(Node):
 
     def _on_reset(self, request, response):
         self.core.reset(self._now())
-        self._deltas.clear()
+        self._inbox.clear()
+        self.pairing.reset()
         response.success = True
         response.message = ('reset: stream cleared, zero twist' if self.servo else
                             'reset: target forgotten, holding the measured pose')
@@ -242,10 +286,14 @@ class ArmBridge(Node):
     def _tick(self):
         now = self._now()
         self._update_pose(now)
-        while self._deltas:
-            self._offer(self._deltas.popleft(), now)
-        while self._grippers:
-            self._gripper_value(self._grippers.popleft())
+        while self._inbox:
+            kind, item, arrival = self._inbox.popleft()
+            if kind == 'delta':
+                accepted = self._offer(item, now)
+                self._gripper_commands(self.pairing.delta(arrival, accepted))
+            else:
+                self._gripper_commands(self.pairing.gripper(arrival, item))
+        self._gripper_commands(self.pairing.expire(now))
         command = self.core.tick(now)
         self._publish(command, now)
         self._track_state(command.state)
@@ -280,13 +328,14 @@ class ArmBridge(Node):
             self._pose_state = state
 
     def _offer(self, msg, now):
+        """Check one delta message and offer it to the safety core; return True if accepted."""
         frame = msg.header.frame_id
         if frame.lstrip('/') != self.base_frame:
             self.counters.bump('rejected_frame', f'delta in frame {frame!r}')
             self._log.warning('frame', f'delta rejected: frame_id {frame!r}, expected '
                               f"{self.base_frame!r} (parameter 'base_frame'); deltas must be in "
                               'the base frame')
-            return
+            return False
         p, q = msg.pose.position, msg.pose.orientation
         quat = (q.x, q.y, q.z, q.w)
         norm = math.sqrt(sum(c * c for c in quat))
@@ -294,9 +343,9 @@ class ArmBridge(Node):
             self.counters.bump('rejected_quaternion', f'delta quaternion of norm {norm:.4g}')
             self._log.warning('quaternion', f'delta rejected: orientation has norm {norm:.4g}; '
                               'it must be a unit quaternion (identity is 0, 0, 0, 1)')
-            return
+            return False
         if math.isfinite(norm):
-            rpy = safety.matrix_to_rpy(safety.quaternion_to_matrix(quat))
+            rpy = geometry.matrix_to_rpy(geometry.quaternion_to_matrix(quat))
         else:
             rpy = (math.nan,) * 3
         verdict = self.core.offer((p.x, p.y, p.z, *rpy), _seconds(msg.header.stamp), now)
@@ -305,21 +354,31 @@ class ArmBridge(Node):
         # A missing or stale ee_pose is said once, when it happens (see _update_pose).
         if verdict.reason and verdict.events[0] != 'dropped_no_pose':
             self._log.warning(verdict.events[0], f'delta dropped: {verdict.reason}')
+        return verdict.delta is not None
 
-    def _gripper_value(self, value):
-        if not self.core.enabled:
-            self.counters.bump('gripper_dropped_disabled')
-            return
-        update = self.gripper.update(value)
-        if update.rejected:
-            self.counters.bump('gripper_rejected', f'gripper value {value}')
-            self._log.warning('gripper', f'gripper value {value} rejected (NaN or inf)')
-            return
-        if update.flipped:
-            self.counters.bump('gripper_flips')
-            self.get_logger().info(f'gripper: {update.state} ({update.position})')
-        if update.position is not None:
-            self._gripper_out.publish(Float64(data=float(update.position)))
+    def _gripper_commands(self, settled):
+        """Apply the gripper commands paired with an accepted delta; count the others."""
+        for value, outcome in settled:
+            self.counters.bump(f'gripper_{outcome}')
+            if outcome == 'with_rejected_delta':
+                self._log.warning('gripper_pair', 'gripper command ignored: the delta of its '
+                                  'step was dropped (stale, rejected or disabled)')
+                continue
+            if outcome == 'without_delta':
+                self._log.warning('gripper_alone', 'gripper command ignored: no delta of the '
+                                  'same step arrived with it (vla/gripper moves the gripper only '
+                                  'together with an accepted vla/ee_delta)')
+                continue
+            update = self.gripper.update(value)
+            if update.rejected:
+                self.counters.bump('gripper_rejected', f'gripper value {value}')
+                self._log.warning('gripper', f'gripper value {value} rejected (NaN or inf)')
+                continue
+            if update.flipped:
+                self.counters.bump('gripper_flips')
+                self.get_logger().info(f'gripper: {update.state} ({update.position})')
+            if update.position is not None:
+                self._gripper_out.publish(Float64(data=float(update.position)))
 
     def _publish(self, command, now):
         if command.state == 'waiting':
@@ -382,23 +441,7 @@ class ArmBridge(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = ArmBridge()
-    code = 0
-    try:
-        if node.problems:
-            for problem in node.problems:
-                node.get_logger().error(problem)
-            node.get_logger().fatal('invalid parameters (see above); exiting')
-            code = 1
-        else:
-            rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run(ArmBridge, args)
 
 
 if __name__ == '__main__':

@@ -56,22 +56,22 @@ import time
 
 from geometry_msgs.msg import PoseStamped, TwistStamped
 import numpy as np
-import rclpy
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
 
-from vla_ros import conversions, diagnostics, qos
-from vla_ros.node_params import declare, NodeParam, read
-from vla_ros.runtime import Counters, InferenceWorker, Latest, LogThrottle, RateMeter, Window
+from vla_ros.control.concurrency import InferenceWorker, Latest, Queue
+from vla_ros.control.geometry import is_finite_number
+from vla_ros.control.stats import Counters, RateMeter, Window
+from vla_ros.nodes import diagnostics, messages, params, qos
+from vla_ros.nodes.logs import LogThrottle
+from vla_ros.nodes.startup import report_problems, run
 
 CAMERA_FRAME = 'sim_camera'
 TASK_RATE_HZ = 10.0
@@ -84,77 +84,37 @@ MAX_CATCH_UP = 1.0
 SIM_TIME_CATCH_UP = 0.05
 RENDERER_START_TIMEOUT = 60.0
 
+
+def _within(low, high, low_open=False):
+    """Return a check that a number lies in [low, high] (or (low, high])."""
+    return lambda v: (v > low if low_open else v >= low) and v <= high
+
+
 PARAMS = (
-    NodeParam('camera_width', 320, 'Camera image width in pixels (16 .. 2048).'),
-    NodeParam('camera_height', 240, 'Camera image height in pixels (16 .. 2048).'),
-    NodeParam('camera_rate_hz', 10.0, 'Camera frame rate, Hz (0 < rate <= 60).'),
-    NodeParam('physics_rate_hz', 100.0, 'Control loop rate, Hz (10 .. 500); physics substeps '
-              'at 2 ms inside each tick.'),
-    NodeParam('ee_pose_rate_hz', 50.0, 'Rate of ee_pose and joint_states, Hz '
-              '(0 < rate <= physics_rate_hz).'),
-    NodeParam('max_linear_speed', 0.25, 'End-effector speed limit, m/s (0 < v <= 1).'),
-    NodeParam('max_angular_speed', 1.0, 'End-effector angular speed limit, rad/s (0 < w <= 4).'),
-    NodeParam('twist_timeout', 0.1, 'Seconds a twist holds after its stamp; older twists are '
-              'dropped (0.01 .. 5).'),
-    NodeParam('base_frame', 'base_link', 'Frame of ee_pose and the accepted command frame.'),
-    NodeParam('publish_clock', False, 'Publish /clock from physics time and stamp with it '
-              '(other nodes then use use_sim_time).'),
-    NodeParam('seed', 0, 'Seed of the object placement (>= 0).'),
+    params.NodeParam('camera_width', 320, 'Camera image width in pixels.',
+                     check=_within(16, 2048), allowed='an integer in 16 .. 2048'),
+    params.NodeParam('camera_height', 240, 'Camera image height in pixels.',
+                     check=_within(16, 2048), allowed='an integer in 16 .. 2048'),
+    params.NodeParam('camera_rate_hz', 10.0, 'Camera frame rate, Hz.',
+                     check=_within(0, 60, True), allowed='0 < rate <= 60 Hz'),
+    params.NodeParam('physics_rate_hz', 100.0, 'Control loop rate, Hz; physics substeps at 2 ms '
+                     'inside each tick.', check=_within(10, 500), allowed='10 .. 500 Hz'),
+    params.NodeParam('ee_pose_rate_hz', 50.0, 'Rate of ee_pose and joint_states, Hz.',
+                     check=_within(0, 500, True), allowed='0 < rate <= physics_rate_hz'),
+    params.NodeParam('max_linear_speed', 0.25, 'End-effector speed limit, m/s.',
+                     check=_within(0, 1.0, True), allowed='0 < v <= 1.0 m/s'),
+    params.NodeParam('max_angular_speed', 1.0, 'End-effector angular speed limit, rad/s.',
+                     check=_within(0, 4.0, True), allowed='0 < w <= 4.0 rad/s'),
+    params.NodeParam('twist_timeout', 0.1, 'Seconds a twist holds after its stamp; older twists '
+                     'are dropped.', check=_within(0.01, 5.0), allowed='0.01 .. 5.0 s'),
+    params.NodeParam('base_frame', 'base_link', 'Frame of ee_pose and the accepted command '
+                     'frame.', check=lambda v: bool(v.strip()), allowed='a non-empty frame name'),
+    params.NodeParam('publish_clock', False, 'Publish /clock from physics time and stamp with it '
+                     '(other nodes then use use_sim_time).'),
+    params.NodeParam('seed', 0, 'Seed of the object placement.', check=lambda v: v >= 0,
+                     allowed='an integer >= 0'),
 )
-
-
-def validate(cfg):
-    """Return a list of problems with the configuration, each naming the parameter and range."""
-    problems = []
-
-    def check(name, ok, allowed):
-        if not ok:
-            problems.append(f"parameter '{name}' is {getattr(cfg, name)!r}; allowed: {allowed}")
-
-    def within(value, low, high, low_open=False):
-        return math.isfinite(value) and (value > low if low_open else value >= low) \
-            and value <= high
-
-    check('camera_width', 16 <= cfg.camera_width <= 2048, 'an integer in 16 .. 2048')
-    check('camera_height', 16 <= cfg.camera_height <= 2048, 'an integer in 16 .. 2048')
-    check('camera_rate_hz', within(cfg.camera_rate_hz, 0, 60, True), '0 < rate <= 60 Hz')
-    check('physics_rate_hz', within(cfg.physics_rate_hz, 10, 500), '10 .. 500 Hz')
-    check('ee_pose_rate_hz', within(cfg.ee_pose_rate_hz, 0, cfg.physics_rate_hz, True),
-          f'0 < rate <= physics_rate_hz ({cfg.physics_rate_hz}) Hz')
-    check('max_linear_speed', within(cfg.max_linear_speed, 0, 1.0, True), '0 < v <= 1.0 m/s')
-    check('max_angular_speed', within(cfg.max_angular_speed, 0, 4.0, True),
-          '0 < w <= 4.0 rad/s')
-    check('twist_timeout', within(cfg.twist_timeout, 0.01, 5.0), '0.01 .. 5.0 s')
-    check('base_frame', bool(cfg.base_frame.strip()), 'a non-empty frame name')
-    check('seed', cfg.seed >= 0, 'an integer >= 0')
-    return problems
-
-
-class StartupError(RuntimeError):
-    """The node cannot start; the message says why."""
-
-
-def load_sim():
-    """
-    Import ``vla_ros.sim`` with ``MUJOCO_GL=egl`` unless set (raise StartupError if it fails).
-
-    MuJoCo picks its OpenGL back end once, when it is first imported, so this runs before any
-    other import of mujoco in the process.
-    """
-    os.environ.setdefault('MUJOCO_GL', 'egl')
-    try:
-        from vla_ros import sim
-    except (ImportError, AttributeError, RuntimeError, OSError) as exc:
-        raise StartupError(
-            f"cannot load MuJoCo with MUJOCO_GL={os.environ['MUJOCO_GL']!r} "
-            f'({type(exc).__name__}: {exc}); install it with pip install mujoco, and pick a '
-            'working OpenGL back end: MUJOCO_GL=egl (headless, needs libEGL), glfw (a display) '
-            'or osmesa (needs libOSMesa)') from exc
-    return sim
-
-
-def _finite(*values):
-    return all(math.isfinite(v) for v in values)
+RESTART_HINT = 'restart sim_arm with -p NAME:=VALUE'
 
 
 class SimArmNode(Node):
@@ -162,8 +122,8 @@ class SimArmNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__('sim_arm', **kwargs)
-        declare(self, PARAMS)
-        self.cfg = read(self, PARAMS)
+        params.declare(self, PARAMS)
+        self.cfg = None
         self.arm = None
         self._camera = None
         self._worker = None
@@ -181,35 +141,48 @@ class SimArmNode(Node):
         self._rtf_value = float('nan')
         self._lifted = False
         self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ---------------------------------------------------------------- start-up and shutdown
     def start(self):
-        """Validate parameters, build the sim and renderer, then start I/O (raise StartupError)."""
-        problems = validate(self.cfg)
-        if problems:
-            for problem in problems:
-                self.get_logger().error(problem)
-            raise StartupError('invalid parameters (see above)')
+        """Check parameters, build the sim and renderer, start I/O; False if a problem was said."""
+        self.cfg, problems = params.read(self, PARAMS)
         cfg = self.cfg
-        self._sim = load_sim()
-        self._twists = self._sim.Queue()
-        self._pose, self._gripper = Latest(), Latest()
-        self.arm = self._sim.SimArm(cfg.camera_width, cfg.camera_height, cfg.max_linear_speed,
-                                    cfg.max_angular_speed, cfg.twist_timeout, cfg.seed)
-        self._start_camera()
+        if not problems and cfg.ee_pose_rate_hz > cfg.physics_rate_hz:
+            problems.append(f"parameter 'ee_pose_rate_hz' is {cfg.ee_pose_rate_hz}; allowed: "
+                            f'0 < rate <= physics_rate_hz ({cfg.physics_rate_hz}) Hz')
+        if not problems:
+            try:
+                from vla_ros.sim import arm, camera, loop
+                self._sim = (arm, camera, loop)
+            except (ImportError, AttributeError, RuntimeError, OSError) as exc:
+                problems.append(
+                    f"cannot load MuJoCo with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} "
+                    f"({type(exc).__name__}: {exc}); install it with pip install '.[sim]', and "
+                    'pick a working OpenGL back end: MUJOCO_GL=egl (headless, needs libEGL), '
+                    'glfw (a display) or osmesa (needs libOSMesa)')
+        if not problems:
+            self._twists = Queue()
+            self._pose, self._gripper = Latest(), Latest()
+            self.arm = arm.SimArm(cfg.camera_width, cfg.camera_height, cfg.max_linear_speed,
+                                  cfg.max_angular_speed, cfg.twist_timeout, cfg.seed)
+            problems += self._start_camera(camera)
+        if problems:
+            report_problems(self.get_logger(), problems)
+            return False
         self._steady_start_ns = self._steady.now().nanoseconds
-        self._pacer = self._sim.Pacer(
+        self._pacer = loop.Pacer(
             int(round(self.arm.timestep * 1e9)),
             epoch_ns=0 if cfg.publish_clock else self.get_clock().now().nanoseconds,
             max_steps=int((SIM_TIME_CATCH_UP if cfg.publish_clock else MAX_CATCH_UP)
                           / self.arm.timestep))
-        self._ee_schedule = self._sim.Schedule(cfg.ee_pose_rate_hz)
-        self._camera_schedule = self._sim.Schedule(cfg.camera_rate_hz)
-        self._task_schedule = self._sim.Schedule(TASK_RATE_HZ)
+        self._ee_schedule = loop.Schedule(cfg.ee_pose_rate_hz)
+        self._camera_schedule = loop.Schedule(cfg.camera_rate_hz)
+        self._task_schedule = loop.Schedule(TASK_RATE_HZ)
         io_group = ReentrantCallbackGroup()
         loop_group = MutuallyExclusiveCallbackGroup()  # the tick and reset never overlap
         self._pubs = {
-            'image': self.create_publisher(Image, 'camera/image_raw', qos_profile_sensor_data),
+            'image': self.create_publisher(Image, 'camera/image_raw', qos.SENSOR),
             'ee_pose': self.create_publisher(PoseStamped, 'ee_pose', qos.COMMAND),
             'joints': self.create_publisher(JointState, 'joint_states', qos.COMMAND),
             'lifted': self.create_publisher(Bool, 'sim/object_lifted', qos.COMMAND),
@@ -239,23 +212,29 @@ class SimArmNode(Node):
             f'limits {cfg.max_linear_speed} m/s {cfg.max_angular_speed} rad/s, twist_timeout '
             f'{cfg.twist_timeout} s, base_frame {cfg.base_frame}, seed {cfg.seed}, time '
             f'{"sim (publishing /clock)" if cfg.publish_clock else "node clock (real time)"}')
+        return True
 
-    def _start_camera(self):
+    def _start_camera(self, camera_module):
         """Create the renderer on the camera thread (an OpenGL context is per-thread)."""
         self._worker = InferenceWorker(self._on_camera_error, name='sim_camera')
 
         def create():
-            camera = self._sim.SimCamera(self.arm.model, self.cfg.camera_width,
-                                         self.cfg.camera_height, self.arm.camera)
+            camera = camera_module.SimCamera(self.arm.model, self.cfg.camera_width,
+                                             self.cfg.camera_height, self.arm.camera)
             camera.render(self.arm.snapshot())  # warm-up: the first frame compiles shaders
             self._camera = camera
         self._worker.submit(create)
-        if not self._worker.wait_idle(RENDERER_START_TIMEOUT) or self._camera is None:
-            reason = self._startup_errors[0] if self._startup_errors else \
-                f'no answer within {RENDERER_START_TIMEOUT} s'
-            message = str(reason) if isinstance(reason, self._sim.RenderError) else (
-                f'cannot start the renderer: {reason}; try MUJOCO_GL=egl (headless) or glfw')
-            raise StartupError(message)
+        if self._worker.wait_idle(RENDERER_START_TIMEOUT) and self._camera is not None:
+            return []
+        reason = self._startup_errors[0] if self._startup_errors else \
+            f'no answer within {RENDERER_START_TIMEOUT} s'
+        if isinstance(reason, camera_module.RenderError):
+            return [str(reason)]
+        return [f'cannot start the renderer: {reason}; try MUJOCO_GL=egl (headless) or glfw']
+
+    def _on_set_parameters(self, changes):
+        _, reason = params.check_changes(PARAMS, changes, self.arm is not None, RESTART_HINT)
+        return SetParametersResult(successful=reason is None, reason=reason or '')
 
     def close(self):
         """Stop the camera thread and free the renderer."""
@@ -375,7 +354,7 @@ class SimArmNode(Node):
         comes late does not make the twists that waited for it stale.
         """
         lin, ang = msg.twist.linear, msg.twist.angular
-        if not _finite(lin.x, lin.y, lin.z, ang.x, ang.y, ang.z):
+        if not all(map(is_finite_number, (lin.x, lin.y, lin.z, ang.x, ang.y, ang.z))):
             self._reject('rejected_nonfinite', f'twist {lin} {ang} rejected: NaN or infinite '
                          'values')
             return None
@@ -400,7 +379,7 @@ class SimArmNode(Node):
 
     def _apply_pose(self, msg):
         p, q = msg.pose.position, msg.pose.orientation
-        if not _finite(p.x, p.y, p.z, q.x, q.y, q.z, q.w):
+        if not all(map(is_finite_number, (p.x, p.y, p.z, q.x, q.y, q.z, q.w))):
             self._reject('rejected_nonfinite', 'target_pose rejected: NaN or infinite values')
             return
         if msg.header.frame_id != self.cfg.base_frame:
@@ -439,8 +418,8 @@ class SimArmNode(Node):
         """Run on the camera thread: draw the snapshot and publish it with its stamp."""
         rgb = self._camera.render(snapshot)
         self._render_time.add(self._camera.last_render_s)
-        self._pubs['image'].publish(conversions.rgb_to_image(rgb, 'rgb8', stamp=stamp,
-                                                             frame_id=CAMERA_FRAME))
+        self._pubs['image'].publish(messages.rgb_to_image(rgb, 'rgb8', stamp=stamp,
+                                                          frame_id=CAMERA_FRAME))
         self._counters.bump('frames')
         self._frame_rate.mark(time.monotonic())
 
@@ -483,29 +462,7 @@ class SimArmNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    code = 0
-    node = None
-    try:
-        node = SimArmNode()
-        node.start()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except StartupError as exc:
-        code = 1
-        node.get_logger().fatal(f'cannot start: {exc}')
-    except ParameterException as exc:
-        code = 1
-        print(f'sim_arm: bad parameter: {exc}', file=sys.stderr)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run(SimArmNode, args)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,7 @@ here; a model trained on them through the OpenVLA data pipeline already emits ab
 import dataclasses
 import math
 
-from vla_ros.safety import is_finite_number
+from vla_ros.control.geometry import is_finite_number
 
 CONVENTIONS = ('open_is_one', 'closed_is_one', 'signed')
 OPEN = 'open'
@@ -140,3 +140,60 @@ class GripperHysteresis:
     def reset(self):
         """Forget the state (unknown again: nothing is commanded until a new streak)."""
         self.state, self._vote, self._streak = None, None, 0
+
+
+# A gripper command and the delta of its step arrive within this many seconds of each other:
+# vla_node publishes them back to back, and DDS may deliver the two topics in either order.
+PAIR_WINDOW_S = 0.1
+# What became of one gripper command (``StepPairing``): applied, or why it was ignored.
+PAIRINGS = ('applied', 'with_rejected_delta', 'without_delta')
+
+
+class StepPairing:
+    """
+    Match gripper commands to the delta of the same control step (ROS-free).
+
+    A gripper command moves the gripper only together with a fresh, accepted delta of the same
+    step; alone, or with a stale or rejected delta, it is ignored. ``std_msgs/Float64`` carries
+    no stamp, so the step is found by arrival: a command belongs to the newest delta that arrived
+    at most ``window`` seconds before it and has no command yet; one that arrives first waits up
+    to ``window`` for its delta (the next delta to arrive). Feed events in arrival order; each
+    call returns ``[(value, outcome)]`` for the commands it settles, outcome one of ``PAIRINGS``.
+    """
+
+    def __init__(self, window=PAIR_WINDOW_S):
+        self.window = float(window)
+        self._delta = None  # [arrival, accepted, taken] of the newest delta
+        self._waiting = []  # [(arrival, value)] commands that came before their delta
+
+    def delta(self, arrival, accepted):
+        """Record a delta that arrived at ``arrival``, accepted or not by the safety core."""
+        settled, taken = [], False
+        for when, value in self._waiting:
+            if not taken and arrival - when <= self.window:
+                settled.append((value, 'applied' if accepted else 'with_rejected_delta'))
+                taken = True
+            else:
+                settled.append((value, 'without_delta'))
+        self._waiting = []
+        self._delta = [arrival, bool(accepted), taken]
+        return settled
+
+    def gripper(self, arrival, value):
+        """Take a gripper command: settle it now if its delta is here, else let it wait."""
+        last = self._delta
+        if last is not None and not last[2] and arrival - last[0] <= self.window:
+            last[2] = True
+            return [(value, 'applied' if last[1] else 'with_rejected_delta')]
+        self._waiting.append((arrival, value))
+        return []
+
+    def expire(self, now):
+        """Settle the commands that waited longer than ``window`` for a delta: ignored."""
+        settled = [(v, 'without_delta') for t, v in self._waiting if now - t > self.window]
+        self._waiting = [(t, v) for t, v in self._waiting if now - t <= self.window]
+        return settled
+
+    def reset(self):
+        """Forget every delta and waiting command (disable, reset)."""
+        self._delta, self._waiting = None, []

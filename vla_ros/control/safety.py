@@ -10,7 +10,8 @@ Order of the checks for one delta (``check_delta``, then the mode's ``offer``):
 1. NaN or inf anywhere (delta or stamp): rejected.
 2. Stamp older than ``command_timeout`` or more than ``future_tolerance`` ahead of now: dropped.
 3. Stamp older than the last accepted stamp (reordered), or than the last enable: dropped. An
-   equal stamp is accepted: vla_node publishes the actions of one chunk with one image stamp.
+   equal stamp is accepted (vla_node publishes the actions of one chunk with one image stamp),
+   unless the values are equal too: the same delta delivered twice is a duplicate, not a step.
    Of several deltas accepted within one stream period (a burst), the newest wins and replaces
    the others (counted as ``superseded``): one output never carries more than one step.
 4. Per-axis clip to +-``max_step_translation`` (x, y, z) and +-``max_step_rotation`` (roll,
@@ -34,10 +35,12 @@ import math
 
 import numpy as np
 
+from vla_ros.control.geometry import (compose_pose, is_finite_number, rotation_vector,
+                                      rpy_to_matrix)
+
 EVENTS = ('accepted', 'clamped_translation', 'clamped_rotation', 'clamped_box', 'dropped_stale',
-          'dropped_future', 'dropped_reordered', 'dropped_disabled', 'dropped_no_pose',
-          'rejected_nan', 'reseeds', 'superseded')
-_EPS = 1e-12
+          'dropped_future', 'dropped_reordered', 'dropped_duplicate', 'dropped_disabled',
+          'dropped_no_pose', 'rejected_nan', 'reseeds', 'superseded')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,12 +87,6 @@ class SafetyLimits:
         return problems
 
 
-def is_finite_number(value):
-    """Return True for a finite int or float (not a bool): a valid numeric parameter value."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """What became of one delta: the accepted (clamped) delta or None, counted events, a reason."""
@@ -106,81 +103,6 @@ class Pose:
     position: np.ndarray
     quaternion: np.ndarray
     time: float
-
-
-# ------------------------------------------------------------------------------ rotations
-def rpy_to_matrix(roll, pitch, yaw):
-    """Return R = Rz(yaw) Ry(pitch) Rx(roll) as a (3, 3) array."""
-    cr, sr = math.cos(roll), math.sin(roll)
-    cp, sp = math.cos(pitch), math.sin(pitch)
-    cy, sy = math.cos(yaw), math.sin(yaw)
-    return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-                     [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-                     [-sp, cp * sr, cp * cr]])
-
-
-def matrix_to_rpy(rot):
-    """Return (roll, pitch, yaw) of a rotation matrix, pitch in [-pi/2, pi/2]."""
-    pitch = math.asin(max(-1.0, min(1.0, -rot[2, 0])))
-    return math.atan2(rot[2, 1], rot[2, 2]), pitch, math.atan2(rot[1, 0], rot[0, 0])
-
-
-def quaternion_to_matrix(q):
-    """Return the rotation matrix of a quaternion (x, y, z, w), normalised first."""
-    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-def matrix_to_quaternion(rot):
-    """Return the unit quaternion (x, y, z, w), w >= 0, of a rotation matrix."""
-    trace = rot[0, 0] + rot[1, 1] + rot[2, 2]
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = [(rot[2, 1] - rot[1, 2]) / s, (rot[0, 2] - rot[2, 0]) / s,
-             (rot[1, 0] - rot[0, 1]) / s, 0.25 * s]
-    else:
-        i = int(np.argmax(np.diag(rot)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(max(_EPS, 1.0 + rot[i, i] - rot[j, j] - rot[k, k]))
-        q = [0.0, 0.0, 0.0, (rot[k, j] - rot[j, k]) / s]
-        q[i] = 0.25 * s
-        q[j] = (rot[j, i] + rot[i, j]) / s
-        q[k] = (rot[k, i] + rot[i, k]) / s
-    q = np.array(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
-
-
-def rotation_vector(rot):
-    """Return axis * angle (rad) of a rotation matrix: exp([v]x) == rot, angle in [0, pi]."""
-    q = matrix_to_quaternion(rot)
-    sin_half = float(np.linalg.norm(q[:3]))
-    if sin_half < _EPS:
-        return np.zeros(3)
-    return q[:3] / sin_half * 2.0 * math.atan2(sin_half, q[3])
-
-
-def rotation_from_vector(vec):
-    """Return exp([vec]x), the rotation of angle |vec| about vec (Rodrigues)."""
-    angle = float(np.linalg.norm(vec))
-    if angle < _EPS:
-        return np.eye(3)
-    x, y, z = np.asarray(vec) / angle
-    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-    return np.eye(3) + math.sin(angle) * k + (1.0 - math.cos(angle)) * (k @ k)
-
-
-def compose_pose(position, quaternion, delta):
-    """
-    Apply a delta to a pose, Bridge-style; return (new position, new quaternion).
-
-    The translation is added in the base frame; the rotation turns about the end-effector
-    position with base-aligned axes and left-multiplies: ``R_new = R_delta @ R``.
-    """
-    rot = rpy_to_matrix(*delta[3:6]) @ quaternion_to_matrix(quaternion)
-    return np.asarray(position, dtype=np.float64) + delta[:3], matrix_to_quaternion(rot)
 
 
 # ------------------------------------------------------------------------------ checks
@@ -273,6 +195,7 @@ class _Mode:
         self.last_stamp = -math.inf   # newest accepted stamp, or the last enable time
         self.ever_accepted = False
         self.pose = None              # the newest measured Pose (time = arrival on the node clock)
+        self._last_raw = None         # the last accepted delta as received, for duplicates
         self._offered = False         # a delta was accepted since the last tick
 
     def update_pose(self, pose):
@@ -287,14 +210,19 @@ class _Mode:
     def _gate(self, delta, stamp, now):
         if not self.enabled:
             return Verdict(None, ('dropped_disabled',), 'delta while disabled')
-        verdict = check_delta(delta, stamp, now, self.limits, self.last_stamp)
+        raw = np.asarray(delta, dtype=np.float64).reshape(6)
+        if stamp == self.last_stamp and np.array_equal(raw, self._last_raw):
+            return Verdict(None, ('dropped_duplicate',), 'the same delta (stamp and values) as '
+                           'the last accepted one: a duplicate, not a new step')
+        verdict = check_delta(raw, stamp, now, self.limits, self.last_stamp)
         if verdict.delta is not None and self.fresh_pose(now) is None:
             return Verdict(None, ('dropped_no_pose',), 'no fresh ee_pose: the workspace box '
                            'cannot be checked')
         return verdict
 
-    def _accept(self, verdict, stamp, step, box_cut):
+    def _accept(self, verdict, stamp, step, box_cut, raw):
         self.last_stamp = stamp
+        self._last_raw = np.asarray(raw, dtype=np.float64).reshape(6)
         self.ever_accepted = True
         events = verdict.events + (('clamped_box',) if box_cut else ())
         events += ('superseded',) if self._offered else ()
@@ -309,6 +237,7 @@ class _Mode:
         """Switch motion on or off; on enable, deltas stamped before ``now`` are refused."""
         if enabled and not self.enabled:
             self.last_stamp = max(self.last_stamp, now)
+            self._last_raw = None
         self.enabled = bool(enabled)
 
 
@@ -346,7 +275,7 @@ class TwistStreamer(_Mode):
             return verdict
         step, cut = bound_translation(self.predicted_position(now), verdict.delta[:3],
                                       self.limits)
-        verdict = self._accept(verdict, stamp, step, cut)
+        verdict = self._accept(verdict, stamp, step, cut, delta)
         self._stop(now)
         rotation = rpy_to_matrix(*verdict.delta[3:])
         end = min(now + self.step_duration, stamp + self.limits.command_timeout)
@@ -411,7 +340,7 @@ class TargetTracker(_Mode):
                   > self.limits.reseed_distance)
         base = measured if reseed else self.target
         step, cut = bound_translation(base.position, verdict.delta[:3], self.limits)
-        verdict = self._accept(verdict, stamp, step, cut)
+        verdict = self._accept(verdict, stamp, step, cut, delta)
         position, quaternion = compose_pose(base.position, base.quaternion, verdict.delta)
         self.target = Pose(position, quaternion, now)
         self._moved_at = stamp

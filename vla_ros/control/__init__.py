@@ -1,0 +1,9 @@
+"""
+The rules of the control loop, ROS-free: the node and offline evaluation share every one of them.
+
+Files: ``core`` (the tick verdict, instruction, enable, the commit gate, ``infer``), ``safety``
+(arm_bridge's checks: clamps, workspace box, staleness, watchdog), ``gripper`` (conventions,
+hysteresis, pairing a command with its step), ``geometry`` (every rotation, finite checks),
+``formats`` (camera frames and actions from ROS message fields, without the message classes),
+``concurrency`` (newest-input slots, the inference worker), ``stats`` (diagnostics figures).
+"""

@@ -1,0 +1,10 @@
+"""
+The thin ROS 2 nodes and what only they need: message building, QoS, parameters, diagnostics.
+
+Executables: ``vla_node`` (policy), ``arm_bridge`` (safety bridge), ``sim_arm`` (MuJoCo arm),
+``camera_stream`` (synthetic camera); ``demo`` runs the closed loop. Shared pieces: ``messages``
+(ROS messages from numpy), ``qos``, ``params`` (typed declarations, one check), ``startup`` (the
+one start-up pattern), ``diagnostics``, ``logs`` (a cheap log throttle). Every decision is made by
+the ROS-free code in ``vla_ros.control``; a node turns messages into its inputs and its outputs
+into messages.
+"""

@@ -1,0 +1,402 @@
+"""
+vla_node: an OpenVLA policy at a fixed control rate, from camera and instruction topics.
+
+A lifecycle node. ``configure`` checks the parameters, loads the policy, warms it up and creates
+the publishers; ``activate`` starts the subscriptions and the control timer; ``deactivate`` holds
+and stops them; ``cleanup`` frees the model. With ``autostart`` (the default) the node configures
+and activates itself, so plain ``ros2 run`` works.
+
+An adapter around ``vla_ros.control.core.ControlCore``, which makes every decision: callbacks
+store the newest image and pass instructions to the core, the timer asks the core what the tick
+does, the ``InferenceWorker`` thread predicts (``core.infer``) and commits, and the core's
+``emit`` publishes, under the core's lock. ``vla_eval`` drives the same core offline.
+"""
+
+import math
+import sys
+import threading
+
+from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float64, Float64MultiArray, String
+from std_srvs.srv import SetBool, Trigger
+
+from vla_ros.control import formats
+from vla_ros.control.concurrency import InferenceWorker, Latest
+from vla_ros.control.core import ControlCore, Frame, infer
+from vla_ros.control.stats import Counters, RateMeter, Window
+from vla_ros.nodes import diagnostics, messages, params, qos
+from vla_ros.nodes.logs import LogThrottle
+from vla_ros.nodes.startup import report_problems, run
+
+PARAMS = (
+    params.NodeParam('model_path', '', 'Local directory of an HF-format OpenVLA checkpoint.',
+                     check=bool, allowed='a local checkpoint directory; it is required: '
+                     '-p model_path:=/models/openvla-7b'),
+    params.NodeParam('unnorm_key', '', 'Dataset statistics to unnormalise with; empty only when '
+                     'the checkpoint has exactly one.'),
+    params.NodeParam('device', 'auto', "'auto' (first CUDA device, else CPU), 'cpu', 'cuda', "
+                     "'cuda:N'."),
+    params.NodeParam('dtype', 'auto', "'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', "
+                     "'bfloat16', 'float16'."),
+    params.NodeParam('quantization', '', 'Weight quantization (bitsandbytes, CUDA only).',
+                     check=lambda v: v in ('', '8bit', '4bit'), allowed="'', '8bit' or '4bit'"),
+    params.NodeParam('control_rate_hz', 5.0, 'Fixed rate of the control loop, Hz.',
+                     check=lambda v: v > 0, allowed='a finite number > 0, e.g. 5.0'),
+    params.NodeParam('max_image_age', 0.5, 'Seconds; an older newest image means no action '
+                     'this tick.', check=lambda v: v > 0, allowed='a number of seconds > 0',
+                     runtime=True),
+    params.NodeParam('image_transport', 'raw', 'sensor_msgs/Image or CompressedImage input.',
+                     check=lambda v: v in ('raw', 'compressed'), allowed="'raw' or 'compressed'"),
+    params.NodeParam('center_crop', False, 'Center crop (0.9 area) used by fine-tunes trained '
+                     'with image augmentation.'),
+    params.NodeParam('action_frame', 'base_link', 'frame_id of the published deltas.',
+                     check=lambda v: bool(v.strip('/')), allowed='a frame name, e.g. base_link'),
+    params.NodeParam('gripper_open_is_one', True, 'Publish vla/gripper with 1 = open (OpenVLA); '
+                     'false publishes 1 - g.'),
+    params.NodeParam('instruction', '', 'Current instruction; empty = idle.', runtime=True),
+    params.NodeParam('autostart', True, 'Configure and activate at start, so plain ros2 run '
+                     'works.', runtime=True),
+    params.NodeParam('policy', 'openvla', "'openvla', or 'module:callable' returning a policy "
+                     'object (custom policies and tests).'),
+)
+RESTART_HINT = 'deactivate, cleanup, set it, then configure and activate (or restart the node)'
+# Tick verdicts -> the diagnostics counter they bump (queued and ready count as actions).
+VERDICT_COUNTERS = {'disabled': 'ticks_disabled', 'idle': 'ticks_idle', 'busy': 'ticks_skipped',
+                    'stale': 'ticks_stale'}
+PARAM = {p.name: p for p in PARAMS}
+
+
+class VlaNode(LifecycleNode):
+    """The policy node; see the module docstring."""
+
+    def __init__(self, **kwargs):
+        super().__init__('vla_node', **kwargs)
+        params.declare(self, PARAMS)
+        self.cfg = None
+        self.policy = None
+        self.unnorm_key = None
+        self._configured = False
+        self._publish_lock = threading.Lock()
+        self.core = ControlCore(self._emit)
+        self._image = Latest()
+        self._worker = None
+        self._latency, self._image_age = Window(), Window()
+        self._period_error = Window(size=1000)  # |tick interval - period|, s
+        self._last_tick = None
+        self._tick_rate, self._action_rate = RateMeter(), RateMeter()
+        self._counters = Counters('ticks', 'actions', 'holds', 'ticks_missed',
+                                  *VERDICT_COUNTERS.values(), 'future_stamps', 'invalid_actions',
+                                  'bad_images', 'bad_instructions', 'model_errors')
+        self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._io_group = ReentrantCallbackGroup()
+        self._loop_subs, self._loop_timers = [], []
+        self._out, self._own_services = {}, []
+        initial, problem = params.check(PARAM['instruction'],
+                                        self.get_parameter('instruction').value)
+        if not problem:
+            self._instruct(initial)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ---------------------------------------------------------------- start-up and lifecycle
+    def start(self):
+        """Configure and activate when ``autostart``; return False if that failed (reported)."""
+        autostart, problem = params.check(PARAM['autostart'],
+                                          self.get_parameter('autostart').value)
+        if problem:
+            report_problems(self.get_logger(), [problem])
+            return False
+        if not autostart:
+            self.get_logger().info('autostart is false: waiting for a lifecycle manager')
+            return True
+        return (self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+                and self.trigger_activate() == TransitionCallbackReturn.SUCCESS)
+
+    def on_configure(self, state):
+        from vla_ros.policy import PolicyError
+        from vla_ros.policy.loading import load_policy
+
+        self.cfg, problems = params.read(self, PARAMS)
+        if not problems:
+            try:
+                self.policy, self.unnorm_key = load_policy(
+                    self.cfg.model_path, self.cfg.policy, self.cfg.unnorm_key, self.cfg.device,
+                    self.cfg.dtype, self.cfg.center_crop, self.cfg.quantization or None)
+            except (PolicyError, OSError, RuntimeError) as exc:
+                problems.append(f'cannot load the policy: {exc}')
+        if problems:
+            report_problems(self.get_logger(), problems, 'configure failed')
+            return TransitionCallbackReturn.FAILURE
+        self.core.max_image_age = self.cfg.max_image_age
+        self._out = {
+            'ee_delta': self.create_publisher(PoseStamped, 'vla/ee_delta', qos.COMMAND),
+            'gripper': self.create_publisher(Float64, 'vla/gripper', qos.COMMAND),
+            'action': self.create_publisher(Float64MultiArray, 'vla/action', qos.COMMAND),
+            'diagnostics': self.create_publisher(diagnostics.DiagnosticArray, '/diagnostics',
+                                                 qos.COMMAND),
+        }
+        self._own_services = [
+            self.create_service(SetBool, '~/enable', self._on_enable,
+                                callback_group=self._io_group),
+            self.create_service(Trigger, '~/reset', self._on_reset,
+                                callback_group=self._io_group),
+        ]
+        self._worker = InferenceWorker(self._on_worker_error)
+        self._configured = True
+        self.get_logger().info(
+            f'configured: model={self.cfg.model_path} policy={self.cfg.policy} '
+            f'device={getattr(self.policy, "device", self.cfg.device)} '
+            f'dtype={getattr(self.policy, "dtype", self.cfg.dtype)} '
+            f'rate={self.cfg.control_rate_hz} Hz unnorm_key={self.unnorm_key} '
+            f'image_topic={self._image_topic()} transport={self.cfg.image_transport} '
+            f'max_image_age={self.cfg.max_image_age} s')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state):
+        image_type = CompressedImage if self.cfg.image_transport == 'compressed' else Image
+        self._loop_subs = [
+            self.create_subscription(image_type, self._image_topic(), self._on_image, qos.SENSOR,
+                                     callback_group=self._io_group),
+            # Raw bytes, decoded here strictly: invalid UTF-8 is a counted bad input instead of
+            # an instruction with replacement characters.
+            self.create_subscription(String, 'vla/instruction', self._on_instruction,
+                                     qos.COMMAND, raw=True, callback_group=self._io_group),
+        ]
+        self._loop_timers = [
+            self.create_timer(1.0 / self.cfg.control_rate_hz, self._tick,
+                              callback_group=self._timer_group),
+            self.create_timer(1.0, self._publish_diagnostics, callback_group=self._io_group),
+        ]
+        self.get_logger().info(f'active: waiting for images on {self._image_topic()} and an '
+                               'instruction')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state):
+        self.core.hold(self._now())  # the same hold as enable: false; nothing older follows it
+        self._stop_loop()
+        self.get_logger().info('inactive: published a hold, publishing nothing further')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state):
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state):
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_loop(self):
+        for timer in self._loop_timers:
+            self.destroy_timer(timer)
+        for sub in self._loop_subs:
+            self.destroy_subscription(sub)
+        self._loop_timers, self._loop_subs = [], []
+        if self._worker is not None:
+            self._worker.wait_idle(timeout=30.0)
+        self._image.clear()
+
+    def close(self):
+        """Stop the loop and the worker and free the policy; safe to call in any state."""
+        if self._configured:
+            self._teardown()
+
+    def _teardown(self):
+        self._stop_loop()
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        with self._publish_lock:
+            for pub in self._out.values():
+                self.destroy_publisher(pub)
+            self._out = {}
+        for srv in self._own_services:
+            self.destroy_service(srv)
+        self._own_services = []
+        if self.policy is not None and hasattr(self.policy, 'close'):
+            self.policy.close()
+        self.policy = None
+        self._configured = False
+
+    # ---------------------------------------------------------------- inputs
+    def _now(self):
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _image_topic(self):
+        base = self.resolve_topic_name('camera/image_raw')
+        return base + '/compressed' if self.cfg.image_transport == 'compressed' else base
+
+    def _on_image(self, msg):
+        stamp = msg.header.stamp
+        self._image.put(Frame(msg, stamp.sec + stamp.nanosec * 1e-9))
+
+    def _on_instruction(self, raw):
+        try:
+            self._instruct(messages.string_from_cdr(raw))
+        except formats.ConversionError as exc:
+            self._report_instruction(self.core.refuse_instruction(str(exc)), 'undecodable')
+
+    def _instruct(self, text):
+        return self._report_instruction(self.core.set_instruction(text), 'too_long')
+
+    def _report_instruction(self, update, kind):
+        """Log and count an instruction update; return the refusal reason ('' if accepted)."""
+        if update.refused:
+            self._counters.bump('bad_instructions', update.refused)
+            self._log.warning(f'instruction_{kind}', f'{update.refused}; idle until a valid '
+                              'instruction arrives')
+        elif update.changed:
+            self.get_logger().info(f'instruction: {update.text!r}' if update.text
+                                   else 'idle: no instruction')
+        return update.refused
+
+    def _on_set_parameters(self, changes):
+        values, reason = params.check_changes(PARAMS, changes, self._configured, RESTART_HINT)
+        if reason is None and 'instruction' in values:
+            reason = self._instruct(values['instruction']) or None
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
+        if 'max_image_age' in values:
+            self.core.max_image_age = values['max_image_age']
+            if self.cfg is not None:
+                self.cfg.max_image_age = values['max_image_age']
+        return SetParametersResult(successful=True)
+
+    # ---------------------------------------------------------------- services
+    def _on_enable(self, request, response):
+        self.core.set_enabled(request.data, self._now())
+        response.success = True
+        response.message = 'enabled' if request.data else 'disabled: published a hold (zero delta)'
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_reset(self, request, response):
+        self.core.reset()
+        response.success = True
+        response.message = 'instruction and queued actions cleared: idle'
+        self.get_logger().info(response.message)
+        return response
+
+    # ---------------------------------------------------------------- the control loop
+    def _tick(self):
+        now = self._now()
+        self._tick_rate.mark(now)
+        self._counters.bump('ticks')
+        period = 1.0 / self.cfg.control_rate_hz
+        if self._last_tick is not None:
+            interval = now - self._last_tick
+            self._period_error.add(abs(interval - period))
+            if interval > 1.5 * period:
+                self._counters.bump('ticks_missed')
+        self._last_tick = now
+        tick = self.core.tick(now, self._image.get(), busy=self._worker.busy)
+        if tick.verdict in VERDICT_COUNTERS:
+            self._counters.bump(VERDICT_COUNTERS[tick.verdict])
+        if tick.verdict == 'ready':
+            self._image_age.add(tick.age_s)
+            self._worker.submit(lambda: self._infer(tick.ticket))
+        elif tick.verdict == 'stale' and math.isnan(tick.age_s):
+            self._log.warning('no_image', f'no image received on {self._image_topic()} yet: '
+                              'publishing nothing; check the camera topic (remap '
+                              'camera/image_raw) and image_transport')
+        elif tick.verdict == 'stale':
+            self._log.warning('stale', f'newest image is {tick.age_s:.2f} s old (max_image_age '
+                              f'{self.core.max_image_age} s); holding until a fresh one arrives')
+        elif tick.verdict == 'future':
+            self._counters.bump('future_stamps', f'image stamped {-tick.age_s:.3f} s ahead')
+            self._log.warning('future', f'image stamped {-tick.age_s:.3f} s in the future of the '
+                              'node clock; check the camera clock or use_sim_time')
+
+    def _decode(self, msg):
+        if self.cfg.image_transport == 'compressed':
+            return formats.compressed_to_rgb(msg)
+        return formats.image_to_rgb(msg)
+
+    def _infer(self, ticket):
+        """Run on the worker thread: predict and commit (a policy error goes to the handler)."""
+        prediction = infer(self.policy, ticket, self._decode, self.unnorm_key)
+        if prediction.status == 'bad_image':
+            self._counters.bump('bad_images', prediction.detail)
+            self._log.warning('image', f'image refused: {prediction.detail}')
+            return
+        self._latency.add(prediction.latency_s)
+        if prediction.status == 'invalid':
+            self._counters.bump('invalid_actions', prediction.detail)
+            self._log.warning('invalid', f'invalid action: {prediction.detail}; nothing '
+                              'published')
+            return
+        self.core.commit(ticket, prediction.rows)
+
+    def _emit(self, emission):
+        """Publish what the core emits (called under the core's lock: quick, never raises)."""
+        with self._publish_lock:
+            if not self._out:
+                return  # cleaned up
+            if emission.kind == 'hold':
+                pose = PoseStamped()  # a zero delta with the identity rotation, stamped now
+                pose.header.stamp = self.get_clock().now().to_msg()
+                pose.header.frame_id = self.cfg.action_frame
+                pose.pose.orientation.w = 1.0
+                self._out['ee_delta'].publish(pose)
+                self._counters.bump('holds')
+                return
+            try:
+                pose, gripper, raw = messages.action_to_messages(
+                    emission.values, emission.frame.msg.header.stamp, self.cfg.action_frame,
+                    gripper_open_is_one=self.cfg.gripper_open_is_one)
+            except formats.ConversionError as exc:
+                self._counters.bump('invalid_actions', str(exc))
+                return
+            self._out['ee_delta'].publish(pose)
+            self._out['gripper'].publish(gripper)
+            self._out['action'].publish(raw)
+        self._counters.bump('actions')
+        self._action_rate.mark(self._now())
+
+    def _on_worker_error(self, exc):
+        self._counters.bump('model_errors', f'{type(exc).__name__}: {exc}')
+        self._log.error('policy', f'policy error, nothing published: {type(exc).__name__}: {exc}')
+
+    def _publish_diagnostics(self):
+        now = self.get_clock().now()
+        now_s = now.nanoseconds * 1e-9
+        counts, last_error = self._counters.snapshot()
+        latency, age = self._latency.summary(), self._image_age.summary()
+        period_error = self._period_error.summary()
+        values = {
+            'target_rate_hz': self.cfg.control_rate_hz,
+            'achieved_rate_hz': self._action_rate.rate(now_s),
+            'tick_rate_hz': self._tick_rate.rate(now_s),
+            'inference_latency_p50_ms': latency['p50'] * 1e3,
+            'inference_latency_p95_ms': latency['p95'] * 1e3,
+            'inference_latency_max_ms': latency['max'] * 1e3,
+            'tick_period_error_p50_ms': period_error['p50'] * 1e3,
+            'tick_period_error_p99_ms': period_error['p99'] * 1e3,
+            'image_age_at_use_ms': age['last'] * 1e3,
+            'image_age_at_use_p95_ms': age['p95'] * 1e3,
+            **counts,
+            'enabled': self.core.enabled,
+            'instruction': self.core.instruction[:200],
+            'unnorm_key': self.unnorm_key,
+            'last_error': last_error,
+        }
+        level, message = diagnostics.OK, 'running'
+        if last_error:
+            level, message = diagnostics.WARN, last_error[:200]
+        with self._publish_lock:
+            if self._out:
+                self._out['diagnostics'].publish(diagnostics.array(
+                    now.to_msg(), diagnostics.status(f'{self.get_name()}: control loop', level,
+                                                     message, values,
+                                                     hardware_id=self.cfg.model_path)))
+
+
+def main(args=None):
+    return run(VlaNode, args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""
+Load a policy ready for its first control step: one function for the node, evaluation and benches.
+
+    policy, unnorm_key = load_policy('/models/openvla-7b', unnorm_key='bridge_orig')
+
+``load_policy`` builds the policy named by ``policy`` (``'openvla'``, or ``'module:callable'``
+for a custom policy object with the same ``predict``), resolves the unnorm key (a wrong one
+raises with the list of valid keys) and warms it up with one prediction, so the first real
+prediction pays for no lazy initialisation (allocators, kernels, CUDA graphs). Errors are
+``PolicyError``s with one line naming the problem and the fix.
+"""
+
+import importlib
+
+import numpy as np
+
+from vla_ros.policy.errors import ConfigError, PolicyError
+
+POLICIES = ('openvla',)
+WARMUP_INSTRUCTION = 'warm up'
+
+
+def policy_factory(name):
+    """Return the callable ``factory(model_path, **kwargs)`` for a policy name."""
+    if name == 'openvla':
+        from vla_ros.policy.policy import OpenVLAPolicy
+        return OpenVLAPolicy.from_pretrained
+    module_name, _, attr = name.partition(':')
+    if not module_name or not attr:
+        raise ConfigError(f'policy {name!r} is not known; use one of {", ".join(POLICIES)} or '
+                          "'package.module:callable'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f'policy {name!r}: cannot import {attr} from {module_name} ({exc}); '
+                          'check the module is on PYTHONPATH') from None
+
+
+def warm_up(policy, unnorm_key):
+    """Run one prediction on a grey 224x224 image (results discarded)."""
+    policy.predict(np.full((224, 224, 3), 128, np.uint8), WARMUP_INSTRUCTION,
+                   unnorm_key=unnorm_key)
+
+
+def load_policy(model_path, policy='openvla', unnorm_key='', device='auto', dtype='auto',
+                center_crop=False, quantization=None):
+    """
+    Load, resolve the unnorm key and warm up; return ``(policy, resolved unnorm key)``.
+
+    Raises ``PolicyError`` for every problem with the checkpoint or the arguments.
+    """
+    factory = policy_factory(policy)
+    kwargs = {'device': device, 'dtype': dtype, 'center_crop': center_crop}
+    if quantization:
+        kwargs['quantization'] = quantization
+    loaded = factory(str(model_path), **kwargs)
+    try:
+        key = loaded.resolve_unnorm_key(unnorm_key or None)
+        warm_up(loaded, key)
+    except PolicyError:
+        close = getattr(loaded, 'close', None)
+        if close is not None:
+            close()
+        raise
+    return loaded, key
