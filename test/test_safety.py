@@ -25,18 +25,6 @@ T0 = 1000.0
 NAN, INF = math.nan, math.inf
 
 
-def rx(a):
-    return np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-
-
-def ry(a):
-    return np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
-
-
-def rz(a):
-    return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-
-
 # ------------------------------------------------------------------------------ strategies
 _translation = st.one_of(st.floats(-0.1, 0.1), st.floats(-1e6, 1e6),
                          st.sampled_from([1e6, -1e6, 0.05, -0.05, NAN, INF, -INF, 0.0, 1e300]))

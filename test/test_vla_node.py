@@ -52,6 +52,16 @@ def start_node(launch, model_path, *params, env=None):
     return launch('vla_node', *args, env=env)
 
 
+def start_acting(ros, launch, model_path, *params, env=None):
+    """Start vla_node and a 20 Hz camera; return (node, vla/ee_delta inbox) once actions flow."""
+    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
+    node = start_node(launch, model_path, 'instruction:=pick up the red cup', *params, env=env)
+    start_camera(launch, '--rate', '20')
+    node.wait_for_output('active', timeout=90.0)
+    deltas.wait_for(2, timeout=30.0)
+    return node, deltas
+
+
 def start_camera(launch, *args, record=None):
     extra = ['--record', str(record)] if record else []
     return launch('camera_stream', *args, *extra)
@@ -192,12 +202,7 @@ def test_staleness_stops_and_resumes_output(ros, launch, tiny_checkpoint):
 
 
 def test_enable_and_reset_services(ros, launch, tiny_checkpoint):
-    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
-    node = start_node(launch, tiny_checkpoint, 'control_rate_hz:=5.0',
-                      'instruction:=pick up the red cup')
-    start_camera(launch, '--rate', '20')
-    node.wait_for_output('active', timeout=90.0)
-    deltas.wait_for(2, timeout=30.0)
+    node, deltas = start_acting(ros, launch, tiny_checkpoint, 'control_rate_hz:=5.0')
 
     response = ros.call(SetBool, '/vla_node/enable', SetBool.Request(data=False))
     assert response.success
@@ -260,13 +265,8 @@ def is_hold(msg):
 def test_disable_during_inference_the_hold_is_the_last_motion_message(
         ros, launch, tiny_checkpoint):
     """Disable while a slow policy infers, again and again: nothing follows the hold."""
-    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
-    node = start_node(launch, tiny_checkpoint, 'policy:=policies:slow',
-                      'control_rate_hz:=10.0', 'instruction:=pick up the red cup',
-                      env={'VLA_TEST_POLICY_DELAY': '0.3'})
-    start_camera(launch, '--rate', '20')
-    node.wait_for_output('active', timeout=90.0)
-    deltas.wait_for(2, timeout=30.0)
+    node, deltas = start_acting(ros, launch, tiny_checkpoint, 'policy:=policies:slow',
+                                'control_rate_hz:=10.0', env={'VLA_TEST_POLICY_DELAY': '0.3'})
     rng = np.random.default_rng(0)
     for round_ in range(6):
         wait_until(lambda: deltas.messages and not is_hold(deltas.messages[-1]), 10.0,
@@ -285,12 +285,7 @@ def test_disable_during_inference_the_hold_is_the_last_motion_message(
 def test_deactivate_publishes_the_hold_and_nothing_after(ros, launch, tiny_checkpoint):
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState
-    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
-    node = start_node(launch, tiny_checkpoint, 'control_rate_hz:=5.0',
-                      'instruction:=pick up the red cup')
-    start_camera(launch, '--rate', '20')
-    node.wait_for_output('active', timeout=90.0)
-    deltas.wait_for(2, timeout=30.0)
+    node, deltas = start_acting(ros, launch, tiny_checkpoint, 'control_rate_hz:=5.0')
     request = ChangeState.Request()
     request.transition.id = Transition.TRANSITION_DEACTIVATE
     assert ros.call(ChangeState, '/vla_node/change_state', request).success
