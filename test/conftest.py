@@ -232,6 +232,21 @@ def launch(ros_env, tmp_path):
         print(proc.output())
 
 
+@pytest.fixture(scope='module')
+def conformance_root():
+    """Return the OpenVLA golden vectors folder (``openvla_tiny/``); skip when it is absent."""
+    from policy_helpers import require_conformance
+    return require_conformance()
+
+
+@pytest.fixture(scope='module')
+def torch_one_thread():
+    """Run torch on one CPU thread for a module of policy tests (see policy_helpers)."""
+    from policy_helpers import one_thread
+    with one_thread():
+        yield
+
+
 @pytest.fixture(scope='session')
 def tiny_checkpoint(tmp_path_factory):
     """Write one miniature random-weight checkpoint for the whole run (seed 0)."""

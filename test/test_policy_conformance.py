@@ -8,7 +8,7 @@ generated ids, actions (exact in float64) and ``valid``.
 
 import numpy as np
 from PIL import Image
-from policy_helpers import one_thread, read_json, require_conformance
+from policy_helpers import read_json
 import pytest
 from vla_ros.policy import OpenVLAPolicy
 from vla_ros.policy.actions import (action_token_range, ActionStats, bin_centers,
@@ -20,33 +20,25 @@ RELATIVE = ('featurizer_patches', 'fused_featurizer_patches', 'projector_out',
             'llm_inputs_embeds')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures('torch_one_thread')
 
 
 @pytest.fixture(scope='module')
-def root():
-    return require_conformance()
-
-
-@pytest.fixture(scope='module')
-def policy(root):
-    return OpenVLAPolicy.from_pretrained(root / 'checkpoints' / 'tiny', device='cpu',
+def policy(conformance_root):
+    return OpenVLAPolicy.from_pretrained(conformance_root / 'checkpoints' / 'tiny', device='cpu',
                                          dtype='float32')
 
 
 @pytest.fixture(scope='module')
-def run(policy, root):
+def run(policy, conformance_root):
     """Per case: (case.json, golden result.json, intermediates, Action), computed once."""
     cache = {}
 
     def get(case):
         if case not in cache:
-            spec = read_json(root / 'cases' / case / 'case.json')
-            golden = read_json(root / 'golden' / 'tiny' / case / 'result.json')
-            image = Image.open(root / 'cases' / case / spec['image_file'])
+            spec = read_json(conformance_root / 'cases' / case / 'case.json')
+            golden = read_json(conformance_root / 'golden' / 'tiny' / case / 'result.json')
+            image = Image.open(conformance_root / 'cases' / case / spec['image_file'])
             image.load()
             inter = policy.intermediates(image, spec['prompt'])
             action = policy.predict_prompt(image, spec['prompt'], spec['unnorm_key'])
@@ -55,19 +47,19 @@ def run(policy, root):
     return get
 
 
-def test_cases_present(root):
-    assert sorted(p.name for p in (root / 'cases').iterdir()) == CASES
+def test_cases_present(conformance_root):
+    assert sorted(p.name for p in (conformance_root / 'cases').iterdir()) == CASES
 
 
-def test_tokenizer_golden_strings(policy, root):
-    golden = read_json(root / 'tokenizer_golden.json')
+def test_tokenizer_golden_strings(policy, conformance_root):
+    golden = read_json(conformance_root / 'tokenizer_golden.json')
     assert len(golden['cases']) == 25
     for entry in golden['cases']:
         assert policy.tokenizer.encode(entry['text']) == entry['input_ids'], entry['text']
 
 
-def test_bin_centers_exact(root):
-    assert np.array_equal(bin_centers(), np.load(root / 'action_bin_centers.npy'))
+def test_bin_centers_exact(conformance_root):
+    assert np.array_equal(bin_centers(), np.load(conformance_root / 'action_bin_centers.npy'))
 
 
 @pytest.mark.parametrize('case', CASES)
@@ -82,39 +74,40 @@ def test_tokenizer_ids(case, run, policy):
 
 
 @pytest.mark.parametrize('case', CASES)
-def test_resize_exact(case, run, policy, root):
+def test_resize_exact(case, run, policy, conformance_root):
     _, _, image, _, _ = run(case)
     resized = np.asarray(policy.image_processor.resize(image))
-    golden = np.asarray(Image.open(root / 'cases' / case / 'resized_224.png').convert('RGB'))
+    golden = Image.open(conformance_root / 'cases' / case / 'resized_224.png').convert('RGB')
+    golden = np.asarray(golden)
     assert resized.shape == (224, 224, 3)
     assert np.array_equal(resized, golden)
 
 
 @pytest.mark.parametrize('case', CASES)
-def test_pixel_values(case, run, root):
+def test_pixel_values(case, run, conformance_root):
     _, _, _, inter, _ = run(case)
-    golden = np.load(root / 'cases' / case / 'pixel_values.npy')
+    golden = np.load(conformance_root / 'cases' / case / 'pixel_values.npy')
     assert inter['pixel_values'].shape == golden.shape == (1, 6, 224, 224)
     assert np.abs(inter['pixel_values'] - golden).max() <= 1e-6
 
 
 @pytest.mark.parametrize('case', CASES)
-def test_intermediates(case, run, root):
+def test_intermediates(case, run, conformance_root):
     _, _, _, inter, _ = run(case)
     for name in RELATIVE:
-        golden = np.load(root / 'golden' / 'tiny' / case / f'{name}.npy')
+        golden = np.load(conformance_root / 'golden' / 'tiny' / case / f'{name}.npy')
         assert inter[name].shape == golden.shape, name
         relative = np.abs(inter[name] - golden).max() / np.abs(golden).max()
         assert relative <= 1e-4, (name, relative)
-    golden = np.load(root / 'golden' / 'tiny' / case / 'first_step_logits.npy')
+    golden = np.load(conformance_root / 'golden' / 'tiny' / case / 'first_step_logits.npy')
     assert inter['first_step_logits'].shape == golden.shape == (32064,)
     assert np.abs(inter['first_step_logits'] - golden).max() <= 1e-4
 
 
 @pytest.mark.parametrize('case', CASES)
-def test_generation_and_actions(case, run, root):
+def test_generation_and_actions(case, run, conformance_root):
     _, golden, _, _, action = run(case)
-    gdir = root / 'golden' / 'tiny' / case
+    gdir = conformance_root / 'golden' / 'tiny' / case
     assert list(action.generated_ids) == golden['generated_ids']
     assert action.token_ids.tolist() == golden['action_token_ids_used']
     assert action.values.dtype == np.float64

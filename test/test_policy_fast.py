@@ -10,7 +10,7 @@ agreement on 100 images at full size) skip here.
 
 import numpy as np
 from PIL import Image
-from policy_helpers import one_thread, read_json, require_conformance, scene
+from policy_helpers import read_json, scene
 import pytest
 import torch
 from vla_ros.policy import ConfigError, OpenVLAPolicy
@@ -23,34 +23,26 @@ LOGITS_ATOL = 1e-5  # the float32 noise floor of the conformance README
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures('torch_one_thread')
 
 
 @pytest.fixture(scope='module')
-def root():
-    return require_conformance()
-
-
-@pytest.fixture(scope='module')
-def policy(root):
+def policy(conformance_root):
     """Load the conformance checkpoint with the fast path on ('auto' is off on the CPU)."""
-    return OpenVLAPolicy.from_pretrained(root / 'checkpoints' / 'tiny', device='cpu',
+    return OpenVLAPolicy.from_pretrained(conformance_root / 'checkpoints' / 'tiny', device='cpu',
                                          dtype='float32', fast=True)
 
 
 @pytest.fixture(scope='module')
-def case(root):
+def case(conformance_root):
     cache = {}
 
     def get(name):
         if name not in cache:
-            spec = read_json(root / 'cases' / name / 'case.json')
-            image = Image.open(root / 'cases' / name / spec['image_file'])
+            spec = read_json(conformance_root / 'cases' / name / 'case.json')
+            image = Image.open(conformance_root / 'cases' / name / spec['image_file'])
             image.load()
-            golden = read_json(root / 'golden' / 'tiny' / name / 'result.json')
+            golden = read_json(conformance_root / 'golden' / 'tiny' / name / 'result.json')
             cache[name] = image, spec['prompt'], spec['unnorm_key'], golden
         return cache[name]
     return get
@@ -110,13 +102,13 @@ def variants(policy):
 
 # ---- the fast path equals the plain path --------------------------------------------------------
 @pytest.mark.parametrize('name', CASES)
-def test_fast_equals_plain_and_golden(name, policy, case, root):
+def test_fast_equals_plain_and_golden(name, policy, case, conformance_root):
     image, prompt, key, golden = case(name)
     plain = predict(policy, None, image, prompt, key)
     fast = predict(policy, policy.fast, image, prompt, key)
     assert_same_action(fast, plain)
     assert list(fast.generated_ids) == golden['generated_ids']
-    gdir = root / 'golden' / 'tiny' / name
+    gdir = conformance_root / 'golden' / 'tiny' / name
     assert np.array_equal(fast.values, np.load(gdir / 'actions.npy'))
     reference = policy.intermediates(image, prompt)
     logits = first_logits(policy, policy.fast, image, prompt)
@@ -183,8 +175,8 @@ def test_too_long_prompt_falls_back_with_a_warning(policy):
                                        'synth_bridge'))
 
 
-def test_fast_argument(root):
-    path = root / 'checkpoints' / 'tiny'
+def test_fast_argument(conformance_root):
+    path = conformance_root / 'checkpoints' / 'tiny'
     assert OpenVLAPolicy.from_pretrained(path, device='cpu').fast is None  # 'auto' on the CPU
     assert isinstance(OpenVLAPolicy.from_pretrained(path, device='cpu', fast=True).fast, FastPath)
     with pytest.raises(ConfigError, match="fast='yes'"):

@@ -329,6 +329,23 @@ def test_twist_box_uses_the_commanded_motion_since_the_last_pose():
     assert verdict.delta[0] == pytest.approx(0.7 - 0.675)
 
 
+@pytest.mark.parametrize('mode', ['servo_twist', 'pose_target'])
+def test_the_same_delta_twice_is_a_duplicate_but_a_chunk_is_not(mode):
+    core = TwistStreamer(LIMITS, 0.2, 0.02) if mode == 'servo_twist' else TargetTracker(LIMITS)
+    core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0))
+    delta = [0.02, 0, 0, 0, 0, 0.1]
+    assert core.offer(delta, T0, T0).events[0] == 'accepted'
+    core.tick(T0 + 0.02)
+    again = core.offer(list(delta), T0, T0 + 0.1)  # delivered twice, 100 ms apart
+    assert again.events == ('dropped_duplicate',) and again.delta is None
+    # The next action of a chunk shares the image stamp but not the values: a step.
+    assert core.offer([0.01, 0, 0, 0, 0, 0], T0, T0 + 0.12).events[0] == 'accepted'
+    # After enable, an equal delta with a new stamp is a new step again.
+    core.set_enabled(False, T0 + 0.2)
+    core.set_enabled(True, T0 + 0.2)
+    assert core.offer(delta, T0 + 0.25, T0 + 0.25).events[0] == 'accepted'
+
+
 def test_no_motion_without_a_fresh_pose():
     core = TwistStreamer(LIMITS, 0.2, 0.02)
     assert core.offer([0.01, 0, 0, 0, 0, 0], T0, T0).events == ('dropped_no_pose',)
