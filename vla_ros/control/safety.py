@@ -368,6 +368,7 @@ class TargetTracker(_Mode):
             self._moved_at = None
 
     def reset(self, now):
-        """Forget the target: the next tick holds the measured pose."""
-        self.target = None
+        """Forget the target: the next tick holds the measured pose (disabled: keep the hold)."""
+        if self.enabled:
+            self.target = None
         self._moved_at = None
