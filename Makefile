@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo gpu-check clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m vla_ros.nodes.demo $(DEMO_ARGS)
+
+# On a GPU machine: GPU tests, decode-step profile, OpenVLA-7B benchmark into docs/perf/, and the
+# GPU table of docs/PERFORMANCE.md regenerated (see vla_ros/bench/gpu_check.py).
+gpu-check: $(STAMP)
+	$(PY) -m vla_ros.bench.gpu_check $(GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

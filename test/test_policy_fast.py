@@ -13,9 +13,11 @@ from PIL import Image
 from policy_helpers import read_json, scene
 import pytest
 import torch
+from vla_ros.bench.kernels import decode_layer_ops
 from vla_ros.policy import ConfigError, OpenVLAPolicy
-from vla_ros.policy import fast as fast_module
+from vla_ros.policy import graphs as graphs_module
 from vla_ros.policy.fast import FastPath, generate_baseline
+from vla_ros.policy.graphs import GraphCapture
 from vla_ros.policy.processing import build_prompt
 
 CASES = [f'c{i:02d}' for i in range(9)]
@@ -62,7 +64,7 @@ def first_logits(policy, fast, image, prompt):
     with torch.inference_mode():
         pixel_values, ids = fast.inputs(image, policy.tokenizer.model_input_ids(prompt))
         embeds = policy.model.embed_prompt(ids, fast.embed_image(pixel_values))
-        return fast.prefill(embeds)[0].float().numpy()
+        return fast.prefill(embeds)[0].float().cpu().numpy()
 
 
 def assert_same_action(got, expected):
@@ -74,9 +76,9 @@ def assert_same_action(got, expected):
 
 
 class EagerGraph:
-    """Stands in for ``fast._Graph`` on the CPU: a replay re-runs ``fn`` into the same outputs."""
+    """Stand in for ``graphs._Graph`` on the CPU: a replay re-runs ``fn`` into the outputs."""
 
-    def __init__(self, fn, pool, warmup=2):
+    def __init__(self, fn, pool, device, warmup=2):
         self.fn = fn
         self.output = fn()
 
@@ -93,7 +95,7 @@ def variants(policy):
     """Build the default CPU fast path, static shapes, and stand-in graphs from ``warmup``."""
     static = FastPath(policy.model, policy.image_processor, 7, static_shapes=True)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fast_module, '_Graph', EagerGraph)
+        patch.setattr(graphs_module, '_Graph', EagerGraph)
         graphed = FastPath(policy.model, policy.image_processor, 7, cuda_graphs=True)
         assert graphed.static_shapes
         assert graphed.warmup(policy.tokenizer) == 1 + 8 + 1  # vision, prefill 288..512, decode
@@ -163,6 +165,93 @@ def test_random_images_and_instructions(policy):
                                predict(policy, None, image, prompt, 'synth_kitchen'))
 
 
+# ---- the fused decoder and the capture bookkeeping ----------------------------------------------
+def test_kernel_budget_of_a_decode_layer(variants):
+    """One decode layer launches 14 aten ops (40 before the fused decoder); it must not grow."""
+    per_layer, launching = decode_layer_ops(variants['static'])
+    assert sum(launching.values()) == 14, dict(launching)
+    assert launching['scaled_dot_product_attention'] == 1 and launching['rms_norm'] == 2
+
+
+def test_fused_weights_are_views_not_copies(policy):
+    layer = policy.model.language_model.model.layers[0]
+    fused = policy.fast.llm.layers[0]
+    for module in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+        assert module.weight.untyped_storage().data_ptr() == \
+            fused.qkv.untyped_storage().data_ptr()
+    assert layer.mlp.up_proj.weight.untyped_storage().data_ptr() == \
+        fused.gate_up.untyped_storage().data_ptr()
+    storages = {p.untyped_storage().data_ptr() for p in policy.model.parameters()}
+    total = sum(p.numel() for p in policy.model.parameters())
+    # Every parameter still counted once: the fused tensors replaced, not added to, the weights.
+    assert total == sum(t.numel() for t in policy.model.state_dict().values())
+    assert len(storages) < len(list(policy.model.parameters()))
+
+
+class EmptyGraph:
+    """A capture that recorded nothing: its outputs keep what the eager run left in them."""
+
+    def __init__(self, fn, pool, device, warmup=2):
+        self.output = fn()
+
+    def replay(self):
+        return self.output
+
+
+class FailingGraph:
+    """A capture that raises (not a RuntimeError) the first time, then works."""
+
+    calls = 0
+
+    def __init__(self, fn, pool, device, warmup=2):
+        FailingGraph.calls += 1
+        if FailingGraph.calls == 1:
+            raise ValueError('capture invalidated')
+        self.inner = EagerGraph(fn, pool, device)
+        self.output = self.inner.output
+
+    def replay(self):
+        return self.inner.replay()
+
+
+def test_an_empty_graph_fails_its_check(monkeypatch):
+    x = torch.arange(6.0)
+    monkeypatch.setattr(graphs_module, '_Graph', EmptyGraph)
+    with pytest.warns(RuntimeWarning, match='differs from the eager run'):
+        assert GraphCapture('cpu').capture('probe', lambda: x * 2) is None
+
+
+def test_a_failed_capture_runs_eagerly_and_later_captures_still_work(monkeypatch):
+    x = torch.arange(6.0)
+    monkeypatch.setattr(graphs_module, '_Graph', FailingGraph)
+    FailingGraph.calls = 0
+    graphs = GraphCapture('cpu')
+    with pytest.warns(RuntimeWarning, match='ValueError: capture invalidated'):
+        assert graphs.capture('first', lambda: x * 2) is None
+    second = graphs.capture('second', lambda: x * 3)
+    assert second is not None and torch.equal(second.replay(), x * 3)
+    assert graphs.failures == 1
+
+
+class Linear8bitLt(torch.nn.Module):
+    """Named like bitsandbytes' int8 linear, which syncs and has data-dependent shapes."""
+
+
+def test_int8_language_model_runs_eagerly_with_the_vision_graph(policy, monkeypatch, case):
+    monkeypatch.setattr(graphs_module, '_Graph', EagerGraph)
+    policy.model.language_model.add_module('int8_probe', Linear8bitLt())
+    try:
+        fast = FastPath(policy.model, policy.image_processor, 7, cuda_graphs=True)
+    finally:
+        del policy.model.language_model.int8_probe
+    assert not fast.llm_graphs
+    with pytest.warns(RuntimeWarning, match='8-bit'):
+        assert fast.warmup(policy.tokenizer) == 1  # the vision towers only
+    image, prompt, key, _ = case('c03')
+    assert_same_action(predict(policy, fast, image, prompt, key),
+                       predict(policy, None, image, prompt, key))
+
+
 # ---- fallback, arguments, baseline --------------------------------------------------------------
 def test_too_long_prompt_falls_back_with_a_warning(policy):
     image = scene(11)
@@ -208,6 +297,7 @@ def full_size():
     from vla_ros.policy.weights import materialize_buffers
 
     device = torch.device('cuda')
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False  # the patch-embedding convolution
     prompt = build_prompt('pick up the red cup')
@@ -220,7 +310,9 @@ def full_size():
     torch.cuda.empty_cache()
     policy = OpenVLAPolicy(model, reference.config, reference.image_processor,
                            reference.tokenizer, device, torch.bfloat16, fast=True)
-    return policy, prompt, images, ref_logits
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    yield policy, prompt, images, ref_logits
+    policy.close()
 
 
 @NEEDS_CUDA
@@ -243,13 +335,63 @@ def test_bf16_first_step_logits_within_tolerance_of_float32(full_size):
         assert fast_rms <= 0.5 * std, (fast_rms, std)
 
 
+def step_margins(policy, image, prompt, generated):
+    """Top-1 minus top-2 logit at each generated step of the plain path (teacher forcing)."""
+    with torch.inference_mode():
+        ids = policy.tokenizer.model_input_ids(prompt)
+        patches = policy.model.embed_image(policy.image_processor(image).to(policy.device))
+        sequence = torch.tensor([ids + list(generated[:-1])], device=policy.device)
+        embeds = policy.model.embed_prompt(sequence, patches)
+        hidden = policy.model.language_model.model(inputs_embeds=embeds).last_hidden_state
+        logits = policy.model.language_model.lm_head(hidden[0, -len(generated):]).float()
+        top = logits.topk(2, dim=-1).values  # (steps, 2)
+    return (top[:, 0] - top[:, 1]).cpu().numpy()
+
+
 @NEEDS_CUDA
 def test_same_tokens_on_100_random_images_at_full_size(full_size):
-    policy, prompt, _, _ = full_size
-    same = 0
+    """
+    Give identical tokens, fast against plain bf16, except within bf16 noise.
+
+    Within noise: the plain path's top-1/top-2 margin at the first differing step is below 4x
+    the largest first-step logit difference measured between the two paths on the reference
+    images.
+    """
+    policy, prompt, images, _ = full_size
+    noise = max(float(np.abs(first_logits(policy, policy.fast, image, prompt)
+                             - policy.intermediates(image, prompt)['first_step_logits']).max())
+                for image in images)
+    differ, within_noise = 0, 0
     for i in range(100):
         image = scene(1000 + i, 480, 640)
         fast = predict(policy, policy.fast, image, prompt, 'synth_bridge')
         plain = predict(policy, None, image, prompt, 'synth_bridge')
-        same += fast.token_ids.tolist() == plain.token_ids.tolist()
-    assert same >= 95, f'{same}/100 images with identical action tokens'
+        if fast.generated_ids == plain.generated_ids:
+            continue
+        step = next(k for k, (a, b) in enumerate(zip(fast.generated_ids, plain.generated_ids))
+                    if a != b)
+        if step_margins(policy, image, prompt, plain.generated_ids)[step] < 4 * noise:
+            within_noise += 1
+        else:
+            differ += 1
+    assert differ == 0, f'{differ} images differ beyond bf16 noise ({within_noise} within it)'
+    assert within_noise <= 20, f'{within_noise}/100 images within noise: the bound is too loose'
+
+
+@NEEDS_CUDA
+def test_normalisation_is_bit_exact_on_the_gpu(policy):
+    crops = torch.from_numpy(policy.image_processor.crops(scene(7, 640, 480)))
+    on_gpu = policy.image_processor.normalize(crops.cuda(), policy.image_processor.table.cuda())
+    assert torch.equal(on_gpu.cpu(), policy.image_processor.normalize(crops))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA devices')
+def test_fast_path_on_the_second_gpu(conformance_root, case):
+    """Capture and replay on cuda:1: the same actions as the plain path there."""
+    path = conformance_root / 'checkpoints' / 'tiny'
+    policy = OpenVLAPolicy.from_pretrained(path, device='cuda:1', dtype='float32', fast=True)
+    assert policy.fast._decode_graph is not None and policy.fast._vision_graph is not None
+    for name in ('c00', 'c05'):
+        image, prompt, key, _ = case(name)
+        assert_same_action(predict(policy, policy.fast, image, prompt, key),
+                           predict(policy, None, image, prompt, key))

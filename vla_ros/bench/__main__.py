@@ -35,12 +35,14 @@ import numpy as np
 from PIL import Image
 import torch
 
+from vla_ros.bench.kernels import decode_layer_ops
 from vla_ros.bench.policy import SMALL_LLAMA
 from vla_ros.policy import OpenVLAPolicy, PolicyError
 from vla_ros.policy.configuration import (openvla_7b_config, OpenVLAConfig, read_json,
                                           resolve_device, resolve_dtype)
 from vla_ros.policy.fast import generate_baseline
 from vla_ros.policy.modeling import OpenVLAModel
+from vla_ros.policy.policy import PhaseClock
 from vla_ros.policy.processing import build_prompt, ImageProcessor, PromptTokenizer
 from vla_ros.policy.quantization import import_bitsandbytes, quantize_language_model
 from vla_ros.policy.tiny import _init_range, ASSETS
@@ -52,25 +54,6 @@ PATHS = ('fast', 'plain', 'generate')
 INSTRUCTION = 'pick up the red cup'
 ACTION_ROW_SCALE = 1.55  # the conformance recipe's lm_head action rows: action tokens win often
 REPO = Path(__file__).resolve().parents[2]
-
-
-class _Clock:
-    """Seconds per phase, with a device sync at every mark."""
-
-    def __init__(self, device):
-        self._cuda = device.type == 'cuda'
-        self._start = self._last = time.perf_counter()
-        self.phases = {}
-
-    def mark(self, phase):
-        if self._cuda:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.phases[phase] = now - self._last
-        self._last = now
-
-    def result(self):
-        return dict(self.phases, total=self._last - self._start)
 
 
 # ---- building a policy --------------------------------------------------------------------------
@@ -131,7 +114,7 @@ def quantize_in_place(policy, quantization):
 def predict_generate(policy, image, prompt, unnorm_key, timed=True):
     """One prediction through transformers ``generate()``; returns (ids, seconds per phase)."""
     device, model = policy.device, policy.model
-    clock = _Clock(device) if timed else None
+    clock = PhaseClock(device, exact=True) if timed else None
     mark = clock.mark if timed else (lambda phase: None)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -186,14 +169,14 @@ def measure(policy, images, warmup, unnorm_key):
     for i, image in enumerate(images):
         for path in PATHS[i % 3:] + PATHS[:i % 3]:
             if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
+                torch.cuda.synchronize(policy.device)
+                torch.cuda.reset_peak_memory_stats(policy.device)
             ids, timing = run_path(policy, path, image, prompt, unnorm_key)
             tokens[path].append(ids)
             for phase in PHASES:
                 samples[path][phase].append(timing[phase])
             if cuda:  # the same again without the per-phase syncs
-                peaks[path] = max(peaks[path], torch.cuda.max_memory_allocated())
+                peaks[path] = max(peaks[path], torch.cuda.max_memory_allocated(policy.device))
                 timing = run_path(policy, path, image, prompt, unnorm_key, timed=False)[1]
             end_to_end[path].append(timing['total'])
     results = {}
@@ -252,6 +235,9 @@ def print_report(report):
           f'{report["ratio_fast_vs_plain"]:.2f}x')
     for name, (same, total) in report['agreement'].items():
         print(f'identical generated ids, {name}: {same}/{total}')
+    kernels = report['kernels_per_decode_layer']
+    print(f'aten ops launching work per decode layer (fast path): {sum(kernels.values()):.0f} '
+          f'({", ".join(f"{k} {v:g}" for k, v in sorted(kernels.items()))})')
     memory = report.get('memory')
     if memory:
         gib = 2 ** 30
@@ -330,11 +316,12 @@ def run(args):
                      (same, len(cases))}
     memory = None
     if cuda:
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
         memory = {'weight_bytes': policy.weight_bytes,
-                  'steady_bytes': torch.cuda.memory_allocated(),
-                  'reserved_bytes': torch.cuda.memory_reserved(),
-                  'load_peak_bytes': torch.cuda.max_memory_allocated()}
+                  'steady_bytes': torch.cuda.memory_allocated(device),
+                  'reserved_bytes': torch.cuda.memory_reserved(device),
+                  'load_peak_bytes': torch.cuda.max_memory_allocated(device)}
+    _, launching = decode_layer_ops(policy.fast)
     images = [scene(i, 640, 480, seed=args.seed, noise=8) for i in range(max(args.n, 1))]
     unnorm_key = policy.unnorm_keys[0]
     paths, tokens = measure(policy, images, args.warmup, unnorm_key)
@@ -349,6 +336,7 @@ def run(args):
             'fast_graphs': bool(policy.fast and policy.fast.cuda_graphs),
             'command': ' '.join(['python -m vla_ros.bench'] + args.argv)}
     return {'meta': meta, 'paths': paths, 'memory': memory,
+            'kernels_per_decode_layer': {name: round(n, 3) for name, n in launching.items()},
             'ratio_fast_vs_generate': e2e['generate'] / e2e['fast'],
             'ratio_fast_vs_plain': e2e['plain'] / e2e['fast'],
             'agreement': {'fast vs plain': agreement(tokens, 'fast'),

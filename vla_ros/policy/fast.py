@@ -4,13 +4,15 @@ The fast inference path of ``OpenVLAPolicy``, in the manner of gpt-fast.
 Same weights, same greedy actions as the plain path (``modeling.OpenVLAModel.greedy_decode`` over
 a transformers ``DynamicCache``), less work around them:
 
-- ``StaticLlama``: prefill and one-token decode over the modules of the loaded
-  ``LlamaForCausalLM`` (its norms, projections and MLPs are called as they are: no weight is
-  copied or fused, bitsandbytes layers work too). A static KV cache of ``max_seq`` positions is
+- ``decoder.FusedLlama``: prefill and one-token decode over the weights of the loaded
+  ``LlamaForCausalLM``, 14 kernels per decode layer (fused RMSNorm, q/k/v and gate/up matmuls
+  over fused weights that the modules' parameters are views of, RoPE on q and k in three ops,
+  residuals folded into the output matmuls). A static KV cache of ``max_seq`` positions is
   allocated once; RoPE cos/sin are precomputed by the model's own rotary module. Prefill starts
   at position 0, so it attends causally over its own keys (``is_causal``: flash attention on
-  CUDA); a decode step attends over the whole cache with a mask of the valid positions, so its
-  shapes never change and ``input_pos`` is a device tensor.
+  CUDA); a decode step attends over the whole cache with an additive mask of the valid
+  positions, built once per step, so its shapes never change and ``input_pos`` is a device
+  tensor.
 - ``FastPath``: the whole predict. Preprocessing resizes once per distinct tower transform with
   PIL (bit-exact bicubic), uploads uint8 once and normalises on the device. Decoding runs all
   ``n`` steps with no host sync, keeps the tokens in a device buffer and copies them to the host
@@ -22,164 +24,23 @@ a transformers ``DynamicCache``), less work around them:
   not match an eager run, or that cannot be captured, is dropped with a warning (eager instead).
 - ``generate_baseline``: transformers ``generate()`` over the same modules, for the benchmark.
 
-Why no fused q/k/v or gate/up weights: fusing needs either a second copy of the weights or the
-checkpoint's parameters turned into views of a new tensor. With CUDA graphs the launches a fusion
-saves are already free, and batch-1 decoding reads each weight once either way.
+Why fuse when CUDA graphs already remove the CPU cost of launches: a graph does not remove the
+GPU time of each kernel (about 2-5 us of launch latency and ramp each, times 40 per layer and 32
+layers per decode step), nor the memory traffic of the unfused elementwise chains.
 """
 
-import math
 import warnings
 
 import numpy as np
 import torch
-from torch.nn import functional as F
+
+from vla_ros.policy.decoder import FusedLlama
+from vla_ros.policy.graphs import GraphCapture
 
 
 FAST_MAX_SEQ = 512  # static cache positions: 256 patches + prompt + generated tokens
 PREFILL_BUCKET = 32  # CUDA graph prefill lengths are multiples of this
 WARMUP_PROMPT = 'In: What action should the robot take to pick up the red cup?\nOut:'
-
-
-def _rotate_half(x):  # (..., D)
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-class StaticLlama:
-    """Greedy-decoding Llama over a static KV cache; shares every weight with ``llama``."""
-
-    def __init__(self, llama, max_seq=FAST_MAX_SEQ):
-        config = llama.config
-        self.layers = list(llama.model.layers)
-        self.embed = llama.model.embed_tokens
-        self.norm = llama.model.norm
-        self.lm_head = llama.lm_head
-        attn = self.layers[0].self_attn
-        self.head_dim, self.scale = attn.head_dim, attn.scaling
-        n_kv = config.num_key_value_heads
-        self.sdpa_kwargs = {'enable_gqa': True} if n_kv != config.num_attention_heads else {}
-        self.max_seq = int(max_seq)
-        weight = self.embed.weight
-        device, dtype = weight.device, weight.dtype  # hidden states have the embedding dtype
-        with torch.no_grad():
-            self.positions = torch.arange(self.max_seq, device=device)  # (S,)
-            probe = torch.empty(0, device=device, dtype=dtype)
-            cos, sin = llama.model.rotary_emb(probe, position_ids=self.positions[None])
-            self.cos, self.sin = cos[0], sin[0]  # (S, D), as transformers computes them
-            shape = (1, n_kv, self.max_seq, self.head_dim)
-            self.cache = [(torch.zeros(shape, device=device, dtype=dtype),
-                           torch.zeros(shape, device=device, dtype=dtype))
-                          for _ in self.layers]
-
-    def _qkv(self, attn, h, cos, sin):  # h (1, T, C); cos, sin (T, D)
-        shape = (1, h.shape[1], -1, self.head_dim)
-        q = attn.q_proj(h).view(shape).transpose(1, 2)  # (1, H, T, D)
-        k = attn.k_proj(h).view(shape).transpose(1, 2)  # (1, Hkv, T, D)
-        v = attn.v_proj(h).view(shape).transpose(1, 2)  # (1, Hkv, T, D)
-        cos, sin = cos[None, None], sin[None, None]  # (1, 1, T, D)
-        q = (q * cos) + (_rotate_half(q) * sin)
-        k = (k * cos) + (_rotate_half(k) * sin)
-        return q, k, v
-
-    def _block_tail(self, layer, x, y):  # x (1, T, C) residual; y (1, H, T, D) attention
-        y = y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # (1, T, C)
-        x = x + layer.self_attn.o_proj(y)
-        return x + layer.mlp(layer.post_attention_layernorm(x))
-
-    def _logits(self, x):  # (1, 1, C)
-        return self.lm_head(self.norm(x))[:, 0]  # (1, V)
-
-    def prefill(self, embeds, last):
-        """
-        Run ``embeds`` (1, T, C) at positions 0..T-1 into the cache.
-
-        Returns the logits (1, V) at position ``last`` (a (1,) long device tensor); rows after it
-        may be padding, which causal attention keeps out of every row up to ``last``.
-        """
-        length = embeds.shape[1]
-        if length > self.max_seq:
-            raise ValueError(f'prefill of {length} positions exceeds max_seq {self.max_seq}')
-        cos, sin = self.cos[:length], self.sin[:length]  # (T, D)
-        x = embeds
-        for layer, (k_cache, v_cache) in zip(self.layers, self.cache):
-            attn = layer.self_attn
-            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)
-            k_cache[:, :, :length].copy_(k)
-            v_cache[:, :, :length].copy_(v)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
-                                               **self.sdpa_kwargs)  # (1, H, T, D)
-            x = self._block_tail(layer, x, y)
-        return self._logits(x.index_select(1, last))  # (1, V)
-
-    def decode_step(self, token, pos, length=None):
-        """
-        Run one token (1, 1) at position ``pos`` ((1,) long device tensor); return logits (1, V).
-
-        With ``length`` = pos + 1 (a host int) attention reads only the valid cache prefix, as
-        eager code can; without it, the whole cache under a mask of the valid positions (static
-        shapes, for CUDA graphs).
-        """
-        x = self.embed(token)  # (1, 1, C)
-        cos, sin = self.cos.index_select(0, pos), self.sin.index_select(0, pos)  # (1, D)
-        mask = None
-        if length is None:
-            length = self.max_seq
-            mask = (self.positions <= pos).view(1, 1, 1, self.max_seq)  # valid cache positions
-        for layer, (k_cache, v_cache) in zip(self.layers, self.cache):
-            attn = layer.self_attn
-            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)  # (1, H, 1, D)
-            k_cache.index_copy_(2, pos, k)
-            v_cache.index_copy_(2, pos, v)
-            y = F.scaled_dot_product_attention(q, k_cache[:, :, :length], v_cache[:, :, :length],
-                                               attn_mask=mask, scale=self.scale,
-                                               **self.sdpa_kwargs)
-            x = self._block_tail(layer, x, y)
-        return self._logits(x)  # (1, V)
-
-
-class _Graph:
-    """One CUDA graph of ``fn()`` over static tensors; ``replay`` returns its output."""
-
-    def __init__(self, fn, pool, warmup=2):
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):  # cuBLAS handles, workspaces, autotuning: before capture
-                fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.output = fn()
-
-    def replay(self):
-        self.graph.replay()
-        return self.output
-
-
-def _capture(name, fn, pool):
-    """
-    Capture ``fn``; return the graph, or None (with a warning) if it fails or disagrees.
-
-    ``fn`` returns a tensor, or a tuple whose first tensor is the one compared with an eager run.
-    """
-    def checked(out):
-        return (out[0] if isinstance(out, tuple) else out).float()
-
-    try:
-        expected = checked(fn()).clone()
-        graph = _Graph(fn, pool)
-        got = checked(graph.replay())
-    except RuntimeError as err:
-        warnings.warn(f'fast path: CUDA graph capture of the {name} failed ({err}); running it '
-                      'eagerly.', RuntimeWarning)
-        return None
-    scale = max(expected.abs().max().item(), 1.0)
-    error = (got - expected).abs().max().item()
-    if not math.isfinite(error) or error > 1e-2 * scale:
-        warnings.warn(f'fast path: the CUDA graph of the {name} differs from the eager run '
-                      f'(max |diff| {error:.3g}); running it eagerly.', RuntimeWarning)
-        return None
-    return graph
 
 
 class FastPath:
@@ -197,7 +58,7 @@ class FastPath:
                  cuda_graphs=None, static_shapes=None):
         self.model = model
         self.processor = image_processor
-        self.llm = StaticLlama(model.language_model, max_seq)
+        self.llm = FusedLlama(model.language_model, max_seq)
         self.max_seq = self.llm.max_seq
         self.max_new_tokens = int(max_new_tokens)
         weight = self.llm.embed.weight
@@ -207,9 +68,11 @@ class FastPath:
             raise ValueError(f'max_seq {self.max_seq} leaves no room for a prompt after the '
                              f'{self.num_patches} image patches; use {FAST_MAX_SEQ}.')
         self.cuda_graphs = (self.device.type == 'cuda') if cuda_graphs is None else cuda_graphs
+        # bitsandbytes int8 (threshold 6.0) splits outliers by the data and syncs: no graphs.
+        self.llm_graphs = not any(type(m).__name__ == 'Linear8bitLt'
+                                  for m in model.language_model.modules())
         self.static_shapes = self.cuda_graphs if static_shapes is None else static_shapes
-        self._mean = image_processor.mean.to(self.device)  # (1, 6, 1, 1)
-        self._std = image_processor.std.to(self.device)
+        self._table = image_processor.table.to(self.device)  # (6, 256) float32
         hidden = self.llm.embed.embedding_dim
         with torch.no_grad():
             new = torch.zeros
@@ -234,7 +97,7 @@ class FastPath:
         """
         pixels = torch.from_numpy(self.processor.crops(image)).to(self.device)  # (K, H, W, 3)
         ids = torch.tensor([input_ids], dtype=torch.long).to(self.device)  # (1, T)
-        return self.processor.normalize(pixels, self._mean, self._std), ids
+        return self.processor.normalize(pixels, self._table), ids
 
     # ---- the forward pass -----------------------------------------------------------------------
     def fits(self, num_ids, num_new):
@@ -317,14 +180,19 @@ class FastPath:
         if image is None:
             image = np.full((224, 224, 3), 128, np.uint8)
         ids_list = tokenizer.model_input_ids(prompt)
-        with torch.inference_mode():
+        graphs = GraphCapture(self.device)
+        with torch.inference_mode(), graphs.on_device():
             pixel_values, _ = self.inputs(image, ids_list)
             patches = self.model.embed_image(pixel_values)
-            cuda = self.device.type == 'cuda'
-            pool = torch.cuda.graph_pool_handle() if cuda else None  # one pool for all graphs
             self.pixels.copy_(pixel_values)
-            self._vision_graph = _capture('vision towers',
-                                          lambda: self.model.embed_image(self.pixels), pool)
+            self._vision_graph = graphs.capture('vision towers',
+                                                lambda: self.model.embed_image(self.pixels))
+            if not self.llm_graphs:
+                warnings.warn('fast path: bitsandbytes 8-bit layers synchronise and take '
+                              'data-dependent shapes, so the language model runs eagerly (the '
+                              'vision towers still replay a CUDA graph).', RuntimeWarning)
+                graphs.synchronize()
+                return int(self._vision_graph is not None)
             shortest = self.num_patches + 3  # BOS, one token, 29871
             first = -(-shortest // PREFILL_BUCKET) * PREFILL_BUCKET
             for bucket in range(first, self.max_seq + PREFILL_BUCKET, PREFILL_BUCKET):
@@ -339,15 +207,13 @@ class FastPath:
                 self.embeds[:, length:bucket].zero_()
                 self.last.fill_(length - 1)
                 view = self.embeds[:, :bucket]
-                graph = _capture(f'prefill of {bucket}',
-                                 lambda view=view: self.llm.prefill(view, self.last), pool)
-                self._prefill_graphs[bucket] = graph
+                self._prefill_graphs[bucket] = graphs.capture(
+                    f'prefill of {bucket}', lambda view=view: self.llm.prefill(view, self.last))
             self._prefill_graphs = {k: g for k, g in self._prefill_graphs.items() if g}
             self.token.copy_(self.prefill(embeds).argmax(dim=-1, keepdim=True))
             self.pos.fill_(embeds.shape[1])
-            self._decode_graph = _capture('decode step', self._step, pool)
-            if cuda:
-                torch.cuda.synchronize(self.device)
+            self._decode_graph = graphs.capture('decode step', self._step)
+            graphs.synchronize()
         return (len(self._prefill_graphs) + (self._vision_graph is not None)
                 + (self._decode_graph is not None))
 

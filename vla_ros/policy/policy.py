@@ -164,7 +164,7 @@ class OpenVLAPolicy:
             raise InputError('prompt must be a non-empty str.')
         key = self.resolve_unnorm_key(unnorm_key)
         stats = self._stats[key]
-        clock = _PhaseClock(self.device, exact=timing or self.device.type != 'cuda')
+        clock = PhaseClock(self.device, exact=timing or self.device.type != 'cuda')
         fast = self.fast
         with torch.inference_mode():
             input_ids = self.tokenizer.model_input_ids(prompt)
@@ -241,10 +241,11 @@ class OpenVLAPolicy:
                 f'quantization={self.quantization}, unnorm_keys={self.unnorm_keys})')
 
 
-class _PhaseClock:
-    """Wall time per phase; on CUDA it synchronises at each mark only when ``exact``."""
+class PhaseClock:
+    """Wall time per phase; on CUDA it synchronises the device at each mark when ``exact``."""
 
     def __init__(self, device, exact):
+        self._device = device
         self._cuda = device.type == 'cuda'
         self._exact = exact
         self._start = self._last = time.perf_counter()
@@ -252,7 +253,7 @@ class _PhaseClock:
 
     def mark(self, phase):
         if self._cuda and self._exact:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self._device)
         now = time.perf_counter()
         self._phases[phase] = now - self._last
         self._last = now

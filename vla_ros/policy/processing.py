@@ -142,7 +142,7 @@ class ImageProcessor:
 
     In two steps that the fast path runs apart: ``crops`` (PIL, on the host: one bicubic resize
     and center crop per distinct tower transform, uint8) and ``normalize`` (torch, on any device:
-    x / 255, then ``(x - mean) / std`` per tower, in float32).
+    ``(x / 255 - mean) / std`` per tower, as a lookup in a float32 table computed on the CPU).
     """
 
     def __init__(self, towers, center_crop=False):
@@ -155,10 +155,14 @@ class ImageProcessor:
                 keys.append(key)
             self.tower_source.append(keys.index(key))
         self.transforms = tuple(keys)  # distinct (size, interpolation, crop)
-        mean = [m for tower in self.towers for m in tower.mean]
-        std = [s for tower in self.towers for s in tower.std]
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, 3T, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # The reference's arithmetic, ``(x / 255 - mean) / std`` in float32, done once here on
+        # the CPU for every byte value of every channel: normalising is then a lookup, which
+        # gives the same bits on any device (CUDA turns a division by a scalar into a
+        # multiplication by its reciprocal, one ulp off for 126 of the 256 values).
+        mean = torch.tensor([m for t in self.towers for m in t.mean], dtype=torch.float32)
+        std = torch.tensor([s for t in self.towers for s in t.std], dtype=torch.float32)
+        levels = torch.arange(256, dtype=torch.uint8).float().div(255)  # (256,)
+        self.table = ((levels[None] - mean[:, None]) / std[:, None]).contiguous()  # (3T, 256)
 
     @classmethod
     def from_pretrained(cls, path, center_crop=False):
@@ -204,18 +208,17 @@ class ImageProcessor:
             arrays.append(np.array(resized, dtype=np.uint8))  # (H, W, 3), writable
         return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)  # (K, H, W, 3)
 
-    def normalize(self, crops, mean=None, std=None):
+    def normalize(self, crops, table=None):
         """
         Return pixel values (1, 3T, H, W) float32 from ``crops`` (K, H, W, 3) uint8 (any device).
 
-        ``mean`` and ``std`` default to ``self.mean`` / ``self.std``; pass copies on the crops'
-        device to keep the arithmetic there.
+        One gather from ``table`` (default ``self.table``; pass a copy on the crops' device): the
+        value of byte ``b`` in channel ``c`` is ``table[c, b]``.
         """
-        mean = self.mean if mean is None else mean
-        std = self.std if std is None else std
-        x = crops.permute(0, 3, 1, 2).float().div(255)  # (K, 3, H, W)
-        x = x[self.tower_source].reshape(1, -1, *x.shape[2:])  # (1, 3T, H, W): [DINOv2 | SigLIP]
-        return (x - mean) / std
+        table = self.table if table is None else table
+        x = crops.permute(0, 3, 1, 2)[self.tower_source]  # (T, 3, H, W): [DINOv2 | SigLIP]
+        index = x.reshape(table.shape[0], -1).long()  # (3T, H * W)
+        return table.gather(1, index).view(1, table.shape[0], *x.shape[2:])  # (1, 3T, H, W)
 
     def __call__(self, image):
         """Return pixel values (1, 6, 224, 224) float32: [DINOv2 | SigLIP] channels."""
