@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 import torch
 
-from vla_ros.bench.kernels import decode_layer_ops
+from vla_ros.bench.kernels import decode_layer_ops, plain_layer_ops
 from vla_ros.bench.policy import SMALL_LLAMA
 from vla_ros.policy import OpenVLAPolicy, PolicyError
 from vla_ros.policy.configuration import (openvla_7b_config, OpenVLAConfig, read_json,
@@ -235,9 +235,12 @@ def print_report(report):
           f'{report["ratio_fast_vs_plain"]:.2f}x')
     for name, (same, total) in report['agreement'].items():
         print(f'identical generated ids, {name}: {same}/{total}')
-    kernels = report['kernels_per_decode_layer']
-    print(f'aten ops launching work per decode layer (fast path): {sum(kernels.values()):.0f} '
-          f'({", ".join(f"{k} {v:g}" for k, v in sorted(kernels.items()))})')
+    for path, key in (('fast', 'kernels_per_decode_layer'),
+                      ('plain', 'kernels_per_decode_layer_plain')):
+        kernels = report[key]
+        print(f'aten ops launching work per decode layer, {path} path: '
+              f'{sum(kernels.values()):.0f} '
+              f'({", ".join(f"{k} {v:g}" for k, v in sorted(kernels.items()))})')
     memory = report.get('memory')
     if memory:
         gib = 2 ** 30
@@ -322,6 +325,7 @@ def run(args):
                   'reserved_bytes': torch.cuda.memory_reserved(device),
                   'load_peak_bytes': torch.cuda.max_memory_allocated(device)}
     _, launching = decode_layer_ops(policy.fast)
+    plain_kernels = plain_layer_ops(policy.model)
     images = [scene(i, 640, 480, seed=args.seed, noise=8) for i in range(max(args.n, 1))]
     unnorm_key = policy.unnorm_keys[0]
     paths, tokens = measure(policy, images, args.warmup, unnorm_key)
@@ -337,6 +341,7 @@ def run(args):
             'command': ' '.join(['python -m vla_ros.bench'] + args.argv)}
     return {'meta': meta, 'paths': paths, 'memory': memory,
             'kernels_per_decode_layer': {name: round(n, 3) for name, n in launching.items()},
+            'kernels_per_decode_layer_plain': dict(plain_kernels),
             'ratio_fast_vs_generate': e2e['generate'] / e2e['fast'],
             'ratio_fast_vs_plain': e2e['plain'] / e2e['fast'],
             'agreement': {'fast vs plain': agreement(tokens, 'fast'),

@@ -11,7 +11,7 @@ create a view, change metadata or allocate (``view``, ``transpose``, ``slice``, 
 launch nothing and are left out.
 
 ``python -m vla_ros.bench.kernels [--model PATH]`` prints the count per decode layer for the
-fast path's fused decoder.
+plain path (transformers' own layer) and for the fast path's fused decoder.
 """
 
 import argparse
@@ -31,14 +31,32 @@ METADATA_OPS = frozenset((
 
 
 class OpCounter(TorchDispatchMode):
-    """Count the aten ops dispatched inside the ``with`` block (``all`` and ``launching``)."""
+    """
+    Count the aten ops dispatched inside the ``with`` block (``all`` and ``launching``).
 
-    def __init__(self):
+    ``only``: a module; then only the ops dispatched while its forward runs are counted.
+    """
+
+    def __init__(self, only=None):
         super().__init__()
         self.all = collections.Counter()
+        self._inside = only is None
+        self._hooks = []
+        if only is not None:
+            self._hooks = [only.register_forward_pre_hook(lambda *a: self._enter(True)),
+                           only.register_forward_hook(lambda *a: self._enter(False))]
+
+    def _enter(self, inside):
+        self._inside = inside
+
+    def __exit__(self, *exc):
+        for hook in self._hooks:
+            hook.remove()
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.all[func.overloadpacket.__name__] += 1
+        if self._inside:
+            self.all[func.overloadpacket.__name__] += 1
         return func(*args, **(kwargs or {}))
 
     @property
@@ -76,6 +94,25 @@ def decode_layer_ops(fast):
     return per_layer, launching
 
 
+def plain_layer_ops(model, prompt_length=270):
+    """
+    Return the launching ops of one decoder layer in one decode step of the plain path.
+
+    transformers' own ``LlamaDecoderLayer`` with a ``DynamicCache``, as ``OpenVLAModel`` runs
+    it: the reference the fused decoder is measured against.
+    """
+    llama = model.language_model
+    with torch.inference_mode():
+        cache = model.new_cache()
+        embeds = llama.model.embed_tokens(torch.zeros((1, prompt_length), dtype=torch.long,
+                                                      device=llama.lm_head.weight.device))
+        model.prefill(embeds, cache)
+        token = torch.zeros((1, 1), dtype=torch.long, device=embeds.device)
+        with OpCounter(only=llama.model.layers[0]) as counter:
+            model.decode_step(token, cache)
+    return counter.launching
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description='Kernel budget of one decode step (CPU).')
     parser.add_argument('--model', default=None,
@@ -93,12 +130,14 @@ def main(argv=None):
             from vla_ros.policy.tiny import write_tiny_checkpoint
             model = write_tiny_checkpoint(f'{tmp}/tiny', seed=0)
         policy = OpenVLAPolicy.from_pretrained(model, device='cpu', dtype='float32')
+        plain = plain_layer_ops(policy.model)
         fast = FastPath(policy.model, policy.image_processor, 7, static_shapes=True)
         per_layer, launching = decode_layer_ops(fast)
-    print(f'one decode step, per layer: {sum(per_layer.values()):.0f} aten ops, '
-          f'{sum(launching.values()):.0f} launching work')
-    for name, n in sorted(launching.items(), key=lambda item: (-item[1], item[0])):
-        print(f'  {n:4.0f}  {name}')
+    for label, counts in (("plain path (transformers' LlamaDecoderLayer)", plain),
+                          ('fast path (vla_ros.policy.decoder.FusedBlock)', launching)):
+        print(f'{label}: {sum(counts.values()):.0f} aten ops launching work per decode layer')
+        for name, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+            print(f'  {n:4.0f}  {name}')
 
 
 if __name__ == '__main__':
