@@ -248,6 +248,30 @@ def torch_one_thread():
 
 
 @pytest.fixture(scope='session')
+def oft_checkpoints(tmp_path_factory):
+    """
+    Return {platform: folder} of the OFT conformance checkpoints, made whole.
+
+    The kit leaves out ``model.safetensors`` (the OFT backbone is the openvla_tiny one, byte
+    for byte); it is copied in, as the kit's README says.
+    """
+    import shutil
+    from policy_helpers import conformance_dir
+    root = conformance_dir()
+    backbone = root / 'openvla_tiny' / 'checkpoints' / 'tiny' / 'model.safetensors'
+    kit = root / 'openvla_oft_tiny' / 'checkpoints'
+    if not backbone.is_file() or not kit.is_dir():
+        pytest.skip(f'OFT golden vectors not found under {root}')
+    folders = {}
+    for platform in ('libero', 'aloha'):
+        folder = tmp_path_factory.mktemp('oft') / platform
+        shutil.copytree(kit / f'oft_tiny_{platform}', folder)
+        shutil.copyfile(backbone, folder / 'model.safetensors')
+        folders[platform] = folder
+    return folders
+
+
+@pytest.fixture(scope='session')
 def tiny_checkpoint(tmp_path_factory):
     """Write one miniature random-weight checkpoint for the whole run (seed 0)."""
     from vla_ros.policy.tiny import write_tiny_checkpoint

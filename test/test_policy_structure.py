@@ -64,3 +64,43 @@ def test_towers(model, released):
         vision['fused_featurizer_num_prefix_tokens'])
     gelus = [m for m in model.vision_backbone.modules() if isinstance(m, torch.nn.GELU)]
     assert gelus and all(m.approximate == 'none' for m in gelus)  # exact erf GELU
+
+
+# ---- OpenVLA-OFT-7B: the same backbone, plus its heads at D = 4096 ----------------------------
+def oft_head_shapes(action_dim, proprio_dim, width=4096, blocks=2):
+    """Return the tensor names and shapes OFT's fine-tuning writes (openvla_oft_tiny README)."""
+    head = {'model.layer_norm1.weight': (width * action_dim,),
+            'model.layer_norm1.bias': (width * action_dim,),
+            'model.fc1.weight': (width, width * action_dim), 'model.fc1.bias': (width,),
+            'model.layer_norm2.weight': (width,), 'model.layer_norm2.bias': (width,),
+            'model.fc2.weight': (action_dim, width), 'model.fc2.bias': (action_dim,)}
+    for i in range(blocks):
+        head.update({f'model.mlp_resnet_blocks.{i}.ffn.0.weight': (width,),
+                     f'model.mlp_resnet_blocks.{i}.ffn.0.bias': (width,),
+                     f'model.mlp_resnet_blocks.{i}.ffn.1.weight': (width, width),
+                     f'model.mlp_resnet_blocks.{i}.ffn.1.bias': (width,)})
+    projector = {'fc1.weight': (width, proprio_dim), 'fc1.bias': (width,),
+                 'fc2.weight': (width, width), 'fc2.bias': (width,)}
+    return head, projector
+
+
+@pytest.mark.parametrize('platform', ['libero', 'aloha'])
+def test_oft_7b_heads_load_every_released_tensor_name(platform, model, released):
+    from vla_ros.policy.oft_configuration import OFTConstants
+    from vla_ros.policy.oft_modeling import L1RegressionHead, load_into, ProprioProjector
+
+    constants = OFTConstants.for_platform(platform)
+    width = model.llama_config.hidden_size
+    assert width == 4096
+    head_shapes, projector_shapes = oft_head_shapes(constants.action_dim, constants.proprio_dim)
+    with torch.device('meta'):
+        head = L1RegressionHead(width, constants.action_dim, constants.chunk_len)
+        projector = ProprioProjector(width, constants.proprio_dim)
+    for module, shapes in ((head, head_shapes), (projector, projector_shapes)):
+        state = {f'module.{name}': torch.empty(shape, device='meta')
+                 for name, shape in shapes.items()}  # as OFT saves them: DDP's prefix
+        state = {k[len('module.'):]: v for k, v in state.items()}
+        load_into(module, state, f'{platform} (meta)', constants, width)
+        assert {n: tuple(t.shape) for n, t in module.state_dict().items()} == shapes
+    # The backbone is openvla-7b's, unchanged (LoRA is merged into the same keys).
+    assert len(model.state_dict()) == released['num_tensors']

@@ -48,16 +48,27 @@ class ActionStats:
 
 @dataclasses.dataclass(frozen=True)
 class Action:
-    """One predicted action; ``values`` is what OpenVLA's ``predict_action`` returns."""
+    """
+    What every policy returns: one action (OpenVLA) or a chunk of them (OpenVLA-OFT).
 
-    values: np.ndarray  # float64 (D,), unnormalised
+    ``values`` is float64 (D,) for OpenVLA, exactly as its ``predict_action`` returns, and
+    (chunk_len, D) for OFT, exactly as its ``get_vla_action``; ``rows`` is always 2-D, so the node
+    and evaluation handle both alike (one action is a chunk of length 1).
+    """
+
+    values: np.ndarray  # float64 (D,) or (chunk_len, D), unnormalised
     valid: bool  # False when a decoded id is not an action token or EOS came early
-    token_ids: np.ndarray  # int64 (D,), the ids decoded into values
-    normalized: np.ndarray  # float64 (D,), in [-1, 1]
+    token_ids: np.ndarray  # int64, the ids decoded into values (empty for a regression head)
+    normalized: np.ndarray  # float64, the shape of values
     reason: str = ''  # why it is not valid; '' when valid
     generated_ids: tuple = ()  # every generated id, EOS included
     unnorm_key: str = ''
     timing: dict = dataclasses.field(default_factory=dict)  # seconds per phase
+
+    @property
+    def rows(self):
+        """Return the actions as rows, float64 (chunk_len, D): one row for OpenVLA."""
+        return np.atleast_2d(self.values)
 
 
 def action_token_range(vocab_for_decoding=32000, n_bins=N_ACTION_BINS):
@@ -73,15 +84,25 @@ def decode_tokens(token_ids, stats, vocab_for_decoding=32000, n_bins=N_ACTION_BI
     caller's (see ``action_from_generation``).
     """
     ids = np.asarray(token_ids, dtype=np.int64)  # (D,)
-    centers = bin_centers(n_bins)
-    index = np.clip(vocab_for_decoding - ids - 1, 0, centers.shape[0] - 1)
-    normalized = centers[index]
+    normalized, valid = normalized_from_tokens(ids, vocab_for_decoding, n_bins)
     values = np.where(stats.mask,
                       0.5 * (normalized + 1) * (stats.q99 - stats.q01) + stats.q01,
                       normalized)
-    low, high = action_token_range(vocab_for_decoding, n_bins)
-    valid = bool(np.all((ids >= low) & (ids <= high)))
     return normalized, values, valid
+
+
+def normalized_from_tokens(token_ids, vocab_for_decoding=32000, n_bins=N_ACTION_BINS):
+    """
+    Return ``(normalized float64, valid)`` of action token ids, by the reference's rule.
+
+    id -> ``bin_centers[clip(vocab - id - 1, 0, n_bins - 2)]``; ``valid`` is True when every id
+    is one of the ``n_bins`` action tokens (others decode silently to the end bins).
+    """
+    ids = np.asarray(token_ids, dtype=np.int64)
+    centers = bin_centers(n_bins)
+    normalized = centers[np.clip(vocab_for_decoding - ids - 1, 0, centers.shape[0] - 1)]
+    low, high = action_token_range(vocab_for_decoding, n_bins)
+    return normalized, bool(np.all((ids >= low) & (ids <= high)))
 
 
 def action_from_generation(input_ids, generated_ids, hit_eos, stats, unnorm_key='',

@@ -152,9 +152,13 @@ class FusedBlock:
 
 
 class FusedLlama:
-    """Batch-1 Llama over a static KV cache of ``max_seq`` positions; shares every weight."""
+    """
+    Batch-1 Llama over a static KV cache of ``max_seq`` positions; shares every weight.
 
-    def __init__(self, llama, max_seq):
+    ``cache=False`` allocates no KV cache (``encode`` only: OpenVLA-OFT's single pass).
+    """
+
+    def __init__(self, llama, max_seq, cache=True):
         config = llama.config
         self.layers = [FusedBlock(layer, config) for layer in llama.model.layers]
         self.embed = llama.model.embed_tokens
@@ -172,14 +176,16 @@ class FusedLlama:
             sign[:head_dim // 2] = -1
             self.cos = cos[0][:, None]  # (S, 1, D), as transformers computes it
             self.sin = (sin[0] * sign)[:, None]  # (S, 1, D): rotate_half folded in
-            # Row p: 0 where a key position may be attended from position p, -inf after it.
-            allowed = self.positions[None, :] <= self.positions[:, None]  # (S, S)
-            self.masks = torch.zeros((self.max_seq, self.max_seq), device=self.device,
-                                     dtype=dtype).masked_fill_(~allowed, float('-inf'))
-            shape = (1, config.num_key_value_heads, self.max_seq, head_dim)
-            self.cache = [(torch.zeros(shape, device=self.device, dtype=dtype),
-                           torch.zeros(shape, device=self.device, dtype=dtype))
-                          for _ in self.layers]
+            self.masks, self.cache = None, []
+            if cache:
+                # Row p: 0 where a key position may be attended from position p, -inf after it.
+                allowed = self.positions[None, :] <= self.positions[:, None]  # (S, S)
+                self.masks = torch.zeros((self.max_seq, self.max_seq), device=self.device,
+                                         dtype=dtype).masked_fill_(~allowed, float('-inf'))
+                shape = (1, config.num_key_value_heads, self.max_seq, head_dim)
+                self.cache = [(torch.zeros(shape, device=self.device, dtype=dtype),
+                               torch.zeros(shape, device=self.device, dtype=dtype))
+                              for _ in self.layers]
 
     def _norm(self, x):
         weight = self.final_norm.weight

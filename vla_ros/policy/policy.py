@@ -8,6 +8,7 @@ Loading checks everything that can be checked before the first prediction (files
 and shapes, dtype/device arguments), so a bad checkpoint fails at start-up with one clear error.
 """
 
+import dataclasses
 import gc
 from pathlib import Path
 import time
@@ -30,7 +31,80 @@ from vla_ros.policy.quantization import (import_bitsandbytes, is_quantized_weigh
 GENERATION_CONFIG_FILE = 'generation_config.json'
 
 
-class OpenVLAPolicy:
+@dataclasses.dataclass
+class Backbone:
+    """What every OpenVLA-family policy loads: the network, config, processor and tokenizer."""
+
+    model: OpenVLAModel
+    config: OpenVLAConfig
+    image_processor: ImageProcessor
+    tokenizer: PromptTokenizer
+    device: torch.device
+    dtype: torch.dtype
+    quantization: object
+    weight_bytes: int
+    eos_token_id: int
+
+
+def load_backbone(path, device='auto', dtype='auto', quantization=None, center_crop=False):
+    """
+    Load the OpenVLA backbone of a checkpoint folder (safetensors only); return a ``Backbone``.
+
+    Checks everything that can be checked before the first prediction (files, tensor names and
+    shapes, the dtype/device arguments); raises ``CheckpointError`` or ``ConfigError``.
+    """
+    path = Path(path)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    quantization = resolve_quantization(quantization, device)
+    if quantization:
+        import_bitsandbytes(quantization)  # fail before reading gigabytes
+    config = OpenVLAConfig.from_pretrained(path)
+    image_processor = ImageProcessor.from_pretrained(path, center_crop=center_crop)
+    tokenizer = PromptTokenizer.from_pretrained(path)
+    found = weights.read_headers(weights.find_weight_files(path))
+    with torch.device('meta'):
+        model = OpenVLAModel(config)
+    weights.check_tensors(model, found)
+    keep_on_cpu = is_quantized_weight if quantization else None
+    weight_bytes = weights.load_into(model, found, device, dtype, keep_on_cpu=keep_on_cpu)
+    weights.materialize_buffers(model, device)
+    if quantization:
+        quantize_language_model(model, quantization, dtype, device)
+    return Backbone(model.eval(), config, image_processor, tokenizer, device, dtype,
+                    quantization, weight_bytes, _eos_token_id(path))
+
+
+class StatsKeys:
+    """Dataset-statistics keys of a policy (``self._stats``): listing and resolving them."""
+
+    @property
+    def unnorm_keys(self):
+        """Return the keys of the dataset statistics to un-normalise with, sorted."""
+        return sorted(self._stats)
+
+    def resolve_unnorm_key(self, unnorm_key=None):
+        """
+        Return the statistics key to use for ``unnorm_key``.
+
+        None or '' is allowed only when the checkpoint has exactly one key; an unknown key raises
+        ``ConfigError`` listing the valid ones.
+        """
+        keys = self.unnorm_keys
+        if unnorm_key is None or unnorm_key == '':
+            if len(keys) == 1:
+                return keys[0]
+            raise ConfigError(f'unnorm_key is required: this checkpoint has {len(keys)} dataset '
+                              f'statistics ({self.config.norm_stats_source}); pass one of: '
+                              f'{", ".join(keys)}.')
+        if unnorm_key not in self._stats:
+            raise ConfigError(f'unnorm_key={unnorm_key!r} is not in the dataset statistics of '
+                              f'this checkpoint ({self.config.norm_stats_source}); valid keys: '
+                              f'{", ".join(keys)}.')
+        return unnorm_key
+
+
+class OpenVLAPolicy(StatsKeys):
     """An OpenVLA checkpoint ready to predict actions (batch size 1, greedy, as the reference)."""
 
     def __init__(self, model, config, image_processor, tokenizer, device, dtype,
@@ -65,30 +139,14 @@ class OpenVLAPolicy:
         path of ``fast.py``, warmed up (graphs captured) here, before the first prediction.
         Raises ``CheckpointError`` for bad files and ``ConfigError`` for bad arguments.
         """
-        path = Path(path)
         if fast not in ('auto', True, False):
             raise ConfigError(f"fast={fast!r} is not supported; use 'auto', True or False.")
-        device = resolve_device(device)
-        dtype = resolve_dtype(dtype, device)
-        quantization = resolve_quantization(quantization, device)
-        if quantization:
-            import_bitsandbytes(quantization)  # fail before reading gigabytes
-        config = OpenVLAConfig.from_pretrained(path)
-        image_processor = ImageProcessor.from_pretrained(path, center_crop=center_crop)
-        tokenizer = PromptTokenizer.from_pretrained(path)
-        found = weights.read_headers(weights.find_weight_files(path))
-        with torch.device('meta'):
-            model = OpenVLAModel(config)
-        weights.check_tensors(model, found)
-        keep_on_cpu = is_quantized_weight if quantization else None
-        weight_bytes = weights.load_into(model, found, device, dtype, keep_on_cpu=keep_on_cpu)
-        weights.materialize_buffers(model, device)
-        if quantization:
-            quantize_language_model(model, quantization, dtype, device)
-        return cls(model, config, image_processor, tokenizer, device, dtype,
-                   eos_token_id=_eos_token_id(path), quantization=quantization,
-                   weight_bytes=weight_bytes,
-                   fast=device.type == 'cuda' if fast == 'auto' else fast)
+        backbone = load_backbone(path, device, dtype, quantization, center_crop)
+        return cls(backbone.model, backbone.config, backbone.image_processor,
+                   backbone.tokenizer, backbone.device, backbone.dtype,
+                   eos_token_id=backbone.eos_token_id, quantization=backbone.quantization,
+                   weight_bytes=backbone.weight_bytes,
+                   fast=backbone.device.type == 'cuda' if fast == 'auto' else fast)
 
     def enable_fast(self, max_seq=FAST_MAX_SEQ, cuda_graphs=None):
         """
@@ -105,31 +163,6 @@ class OpenVLAPolicy:
         return self.fast
 
     # ---- dataset statistics ---------------------------------------------------------------------
-    @property
-    def unnorm_keys(self):
-        """Return the keys of the dataset statistics to un-normalise with, sorted."""
-        return sorted(self._stats)
-
-    def resolve_unnorm_key(self, unnorm_key=None):
-        """
-        Return the statistics key to use for ``unnorm_key``.
-
-        None or '' is allowed only when the checkpoint has exactly one key; an unknown key raises
-        ``ConfigError`` listing the valid ones.
-        """
-        keys = self.unnorm_keys
-        if unnorm_key is None or unnorm_key == '':
-            if len(keys) == 1:
-                return keys[0]
-            raise ConfigError(f'unnorm_key is required: this checkpoint has {len(keys)} dataset '
-                              f'statistics ({self.config.norm_stats_source}); pass one of: '
-                              f'{", ".join(keys)}.')
-        if unnorm_key not in self._stats:
-            raise ConfigError(f'unnorm_key={unnorm_key!r} is not in the dataset statistics of '
-                              f'this checkpoint ({self.config.norm_stats_source}); valid keys: '
-                              f'{", ".join(keys)}.')
-        return unnorm_key
-
     def action_dim_for(self, unnorm_key=None):
         """Return the number of action dimensions (tokens generated) for ``unnorm_key``."""
         return self._stats[self.resolve_unnorm_key(unnorm_key)].dim
