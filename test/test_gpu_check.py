@@ -46,3 +46,19 @@ def test_kernel_classes():
     assert gpu_check.kernel_class('void at::native::index_copy_kernel') == 'copy / index'
     assert gpu_check.kernel_class('void at::native::vectorized_elementwise_kernel') == \
         'elementwise'
+
+
+def test_oft_reports_become_gpu_rows(tmp_path):
+    from vla_ros.bench import oft
+    out = tmp_path / 'perf'
+    out.mkdir()
+    assert oft.main(['--device', 'cpu', '--n', '2', '--warmup', '1', '--threads', '1',
+                     '--json', str(out / 'cpu-oft.json')]) == 0
+    report = json.loads((out / 'cpu-oft.json').read_text())
+    assert report['forward_passes_per_action'] == {'openvla_oft': 0.125, 'openvla': 7.0}
+    assert report['max_normalized_difference_fast_vs_eager'] < 1e-5
+    assert 'no GPU run committed yet' in gpu_check.gpu_table(out.glob('*.json'))
+    report['meta'].update(device='cuda:0', device_name='NVIDIA H100 80GB HBM3')
+    (out / 'gpu-oft.json').write_text(json.dumps(report))
+    table = gpu_check.gpu_table(out.glob('*.json'))
+    assert '| NVIDIA H100 80GB HBM3 | random OpenVLA-OFT tiny (libero, 2 images, chunk 8)' in table

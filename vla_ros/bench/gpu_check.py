@@ -6,7 +6,8 @@ The GPU check of the fast path, in one go: ``make gpu-check`` (about 5 minutes o
 3. a profile of one decode step of OpenVLA-7B (random weights, bf16): the kernels it launches
    and the GPU time per kernel class, and the time of one replay of the captured step;
 4. ``python -m vla_ros.bench --random 7b --device cuda --dtype bfloat16 --n 100 --json
-   docs/perf/<date>-<device>-openvla7b.json``;
+   docs/perf/<date>-<device>-openvla7b.json``, and the same for OpenVLA-OFT-7B (LIBERO: 2 images,
+   proprio, chunk 8) with ``python -m vla_ros.bench.oft``;
 5. docs/PERFORMANCE.md's GPU table regenerated from every ``docs/perf/*.json``.
 
 Everything it measures lands in ``docs/perf/`` (the JSON files and ``<date>-<device>.log``),
@@ -119,13 +120,16 @@ def profile_decode(policy, steps=5):
 
 def gpu_table(paths):
     """Return the Markdown table of the benchmark JSON files in ``paths`` run on a GPU."""
-    rows = ['| date | device | model, dtype | fast path p50 | `generate()` p50 | ratio | '
-            'GPU memory steady | kernels / decode layer | command |',
-            '|---|---|---|---|---|---|---|---|---|']
+    rows = ['| date | device | model, dtype | fast path p50 | baseline p50 (`generate()`, or '
+            'OFT: eager transformers) | ratio | GPU memory steady | kernels / decode layer | '
+            'command |', '|---|---|---|---|---|---|---|---|---|']
     for path in sorted(paths):
         report = json.loads(Path(path).read_text())
         meta = report.get('meta', {})
         if not str(meta.get('device', '')).startswith('cuda'):
+            continue
+        if report.get('kind') == 'oft':
+            rows.append(oft_row(report))
             continue
         fast, base = report['paths']['fast'], report['paths']['generate']
         memory = report.get('memory') or {}
@@ -141,6 +145,21 @@ def gpu_table(paths):
     if len(rows) == 2:
         rows.append('| – | no GPU run committed yet | | | | | | | |')
     return '\n'.join(rows)
+
+
+def oft_row(report):
+    """Return the GPU table row of an OpenVLA-OFT benchmark JSON (``vla_ros.bench.oft``)."""
+    meta, paths = report['meta'], report['paths']
+    fast, eager = paths['fast'], paths['eager']
+    memory = report.get('memory') or {}
+    steady = memory.get('steady_bytes')
+    return (f"| {meta['date']} | {meta['device_name']} | {meta['model']} ({meta['platform']}, "
+            f"{meta['images']} images, chunk {meta['chunk'][0]}), {meta['dtype']} | "
+            f"{fast['phases_ms']['total']['p50']:.1f} ms per chunk "
+            f"({fast['actions_per_s']:.0f} actions/s) | "
+            f"{eager['phases_ms']['total']['p50']:.1f} ms | {report['ratio_fast_vs_eager']:.2f}x | "
+            f"{'–' if steady is None else f'{steady / 2**30:.1f} GiB'} | – | "
+            f"`{meta['command']}` |")
 
 
 def update_doc(doc, perf_dir):
@@ -208,6 +227,15 @@ def main(argv=None):
         bench_status = bench.main(command)
     say(buffer.getvalue())
     status = status or bench_status
+    if not args.model:  # OpenVLA-OFT-7B: the same backbone, the LIBERO heads, 2 images
+        from vla_ros.bench import oft
+        say('== benchmark: OpenVLA-OFT')
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            status = status or oft.main(['--random', '7b', '--device', str(device), '--dtype',
+                                         str(dtype)[6:], '--n', str(args.n),
+                                         '--json', str(out / f'{stem}-openvla-oft7b.json')])
+        say(buffer.getvalue())
     say('== docs: the GPU table of ' + str(args.doc))
     say(update_doc(args.doc, out))
     (out / f'{stem}.log').write_text(log.getvalue())

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 from PIL import Image
+import torch
 
 from vla_ros.policy.errors import InputError
 from vla_ros.policy.oft_configuration import PLACEHOLDER_ID, STOP_ID
@@ -102,15 +103,21 @@ def _spans(in_size, out_size):
 
 
 def _gather(image, starts, weights, axis):
-    """Weighted sum along ``axis``, accumulated in float32 in TF's order."""
-    out = None
+    """
+    Weighted sum along ``axis`` of ``image`` (a float32 tensor), in float32 in TF's order.
+
+    One multiply and one add per span position, as separate float32 operations (no fused
+    multiply-add), accumulated from the first position on: TF's loop, bit for bit.
+    """
     size = image.shape[axis]
+    shape = [1] * image.dim()
+    shape[axis] = -1
+    out = None
     for j in range(weights.shape[1]):
-        taken = np.take(image, np.minimum(starts + j, size - 1), axis=axis)  # float32
-        shape = [1] * image.ndim
-        shape[axis] = -1
-        term = (weights[:, j].reshape(shape) * taken).astype(_F32)
-        out = term if out is None else (out + term).astype(_F32)
+        index = torch.from_numpy(np.minimum(starts + j, size - 1))
+        term = image.index_select(axis, index).mul_(torch.from_numpy(weights[:, j].copy())
+                                                   .view(shape))
+        out = term if out is None else out.add_(term)
     return out
 
 
@@ -122,9 +129,9 @@ def tf_resize(image, size=SIZE):
     Image.fromarray(image).save(buffer, format='JPEG', quality=JPEG_QUALITY, subsampling=2)
     decoded = simplejpeg.decode_jpeg(buffer.getvalue(), colorspace='RGB', fastdct=True,
                                      fastupsample=False)  # (H, W, 3) uint8, as TF decodes
-    x = decoded.astype(_F32)
+    x = torch.from_numpy(decoded).float()  # (H, W, 3)
     rows = _gather(x, *_spans(x.shape[0], size), axis=0)  # (size, W, 3)
-    out = _gather(rows, *_spans(x.shape[1], size), axis=1)  # (size, size, 3)
+    out = _gather(rows, *_spans(x.shape[1], size), axis=1).numpy()  # (size, size, 3)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)  # np.round: half to even, as TF
 
 
