@@ -157,7 +157,8 @@ def oft_row(report):
             f"{meta['images']} images, chunk {meta['chunk'][0]}), {meta['dtype']} | "
             f"{fast['phases_ms']['total']['p50']:.1f} ms per chunk "
             f"({fast['actions_per_s']:.0f} actions/s) | "
-            f"{eager['phases_ms']['total']['p50']:.1f} ms | {report['ratio_fast_vs_eager']:.2f}x | "
+            f"{eager['phases_ms']['total']['p50']:.1f} ms | "
+            f"{report['ratio_fast_vs_eager']:.2f}x | "
             f"{'–' if steady is None else f'{steady / 2**30:.1f} GiB'} | – | "
             f"`{meta['command']}` |")
 

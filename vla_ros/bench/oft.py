@@ -106,8 +106,8 @@ def measure(policy, sets, warmup, key):
         p50 = result['phases_ms']['total']['p50']
         result.update(chunks_per_s=1e3 / p50, actions_per_s=chunk * 1e3 / p50)
         results[path] = result
-    difference = max(float(np.abs(a - b).max()) for a, b in zip(outputs['fast'],
-                                                                  outputs['eager']))
+    pairs = zip(outputs['fast'], outputs['eager'])
+    difference = max(float(np.abs(a - b).max()) for a, b in pairs)
     return results, difference
 
 
@@ -191,7 +191,7 @@ def print_report(report):
         print(f"{path:<6} ms p50/p95: {cells}; {row['chunks_per_s']:.2f} chunks/s, "
               f"{row['actions_per_s']:.1f} actions/s")
     passes = report['forward_passes_per_action']
-    print(f"speed-up fast / eager transformers forward (p50 per chunk): "
+    print('speed-up fast / eager transformers forward (p50 per chunk): '
           f"{report['ratio_fast_vs_eager']:.2f}x; max |normalised fast - eager| "
           f"{report['max_normalized_difference_fast_vs_eager']:.2g}")
     print(f"forward passes per action: OpenVLA-OFT {passes['openvla_oft']:.3f} (one per chunk), "

@@ -115,8 +115,8 @@ def _gather(image, starts, weights, axis):
     out = None
     for j in range(weights.shape[1]):
         index = torch.from_numpy(np.minimum(starts + j, size - 1))
-        term = image.index_select(axis, index).mul_(torch.from_numpy(weights[:, j].copy())
-                                                   .view(shape))
+        weight = torch.from_numpy(weights[:, j].copy()).view(shape)
+        term = image.index_select(axis, index).mul_(weight)
         out = term if out is None else out.add_(term)
     return out
 
