@@ -1,6 +1,7 @@
 """Start vla_node with config/vla.yaml; expose only the arguments that vary between robots."""
 
 import os
+from typing import List
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
@@ -20,6 +21,11 @@ def generate_launch_description():
         DeclareLaunchArgument('device', default_value='auto', description='auto, cpu, cuda:N'),
         DeclareLaunchArgument('control_rate_hz', default_value='5.0',
                               description='control loop rate, Hz'),
+        DeclareLaunchArgument('policy', default_value='openvla',
+                              description='openvla or openvla_oft'),
+        DeclareLaunchArgument('camera_topics', default_value='[camera/image_raw]',
+                              description='one image topic per policy image, primary first, '
+                              'e.g. [camera/image_raw, wrist_camera/image_raw]'),
         DeclareLaunchArgument('namespace', default_value='', description='namespace of the node'),
         DeclareLaunchArgument('image_topic', default_value='camera/image_raw',
                               description='camera topic to remap camera/image_raw to'),
@@ -36,6 +42,9 @@ def generate_launch_description():
             'device': LaunchConfiguration('device'),
             'control_rate_hz': ParameterValue(LaunchConfiguration('control_rate_hz'),
                                               value_type=float),
+            'policy': LaunchConfiguration('policy'),
+            'camera_topics': ParameterValue(LaunchConfiguration('camera_topics'),
+                                            value_type=List[str]),
         }],
         remappings=[('camera/image_raw', LaunchConfiguration('image_topic'))],
     )

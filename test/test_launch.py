@@ -64,10 +64,11 @@ def test_vla_launch_arguments_are_the_documented_ones_with_the_yaml_defaults():
     tree = ast.parse((REPO / 'launch' / 'vla.launch.py').read_text())
     args = launch_arguments(tree)
     assert set(args) == {'model_path', 'unnorm_key', 'device', 'control_rate_hz', 'namespace',
-                         'image_topic'}
+                         'image_topic', 'policy', 'camera_topics'}
     params = yaml.safe_load(CONFIG.read_text())['/**/vla_node']['ros__parameters']
-    for name in ('unnorm_key', 'device', 'control_rate_hz'):
-        assert str(params[name]) == args[name], f'launch default of {name} differs from the YAML'
+    for name in ('unnorm_key', 'device', 'control_rate_hz', 'policy', 'camera_topics'):
+        assert params[name] == yaml.safe_load(args[name] or "''"), \
+            f'launch default of {name} differs from the YAML'
 
 
 @pytest.mark.parametrize('node', ['vla_node', 'arm_bridge', 'sim_arm'])

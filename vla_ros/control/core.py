@@ -12,19 +12,24 @@ What the core owns, under one lock:
   **generation** and drops queued actions;
 * **enable / reset**: disabling (``set_enabled(False)``) and ``hold`` (deactivate) bump the
   generation and emit a hold;
-* the **tick verdict**, in this order: ``disabled``, ``idle`` (no instruction), ``busy`` (the
-  model still works on an earlier tick: skipped, never queued), ``queued`` (the next action of a
-  chunk the policy returned is emitted), ``stale`` (no image, or older than ``max_image_age``),
-  ``future`` (stamped more than ``FUTURE_TOLERANCE_S`` ahead), else ``ready`` with a ``Ticket``;
-* the **commit gate**: every action and every hold leaves through ``emit``, called with the lock
-  held. An action is committed only if its ticket's generation is still current and the core is
+* the **chunks** the policy returned and which row a tick publishes (``chunks.ChunkSchedule``:
+  ``open_loop``, ``receding`` or ``ensemble``; OpenVLA's one-row chunks behave as before);
+* the **tick verdict**: ``disabled``, ``idle`` (no instruction), ``busy`` (the model still works
+  on an earlier tick: skipped, never queued) or ``queued`` (a chunk still executes: no new
+  inference), ``stale`` (a camera with no image, or one older than ``max_image_age``; a state
+  older than ``max_proprio_age``), ``future`` (stamped more than ``FUTURE_TOLERANCE_S`` ahead),
+  ``skewed`` (the cameras' stamps more than ``max_camera_skew`` apart), ``bad_state`` (the state
+  could not be assembled), else ``ready`` with a ``Ticket``. ``detail`` names the camera or the
+  state. A tick may also have published the next row of a chunk (``emitted``);
+* the **commit gate**: every action, chunk and hold leaves through ``emit``, called with the lock
+  held. A chunk is committed only if its ticket's generation is still current and the core is
   enabled, so once a hold has been emitted nothing computed before it can follow it.
 
-``infer`` is the step between ``ready`` and ``commit`` that both callers share: decode the frame,
-predict, check the result.
+``infer`` is the step between ``ready`` and ``commit`` that both callers share: decode the
+frames, predict (one image for OpenVLA, the list and the state for OpenVLA-OFT), check the
+result.
 """
 
-import collections
 import dataclasses
 import math
 import threading
@@ -32,13 +37,15 @@ import time
 
 import numpy as np
 
+from vla_ros.control.chunks import ChunkSchedule
 from vla_ros.control.formats import ConversionError
 
 # Longer instructions are refused (idle); OpenVLA prompts are one short sentence.
 MAX_INSTRUCTION_CHARS = 1000
 # An image stamped further than this ahead of the clock that uses it is refused.
 FUTURE_TOLERANCE_S = 0.05
-VERDICTS = ('disabled', 'idle', 'busy', 'queued', 'stale', 'future', 'ready')
+VERDICTS = ('disabled', 'idle', 'busy', 'queued', 'stale', 'future', 'skewed', 'bad_state',
+            'ready')
 
 
 def image_age_status(age, max_age):
@@ -52,10 +59,44 @@ def image_age_status(age, max_age):
 
 @dataclasses.dataclass(frozen=True)
 class Frame:
-    """An observation: the message (opaque to the core) and its header stamp in seconds."""
+    """A camera message (opaque to the core), its header stamp in seconds, and its topic."""
 
     msg: object
     stamp_s: float
+    name: str = 'camera'
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """The robot's state vector, the stamp of its oldest part, or why it is missing."""
+
+    values: object = None  # float64 (P,)
+    stamp_s: float = math.nan
+    problem: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """
+    What one prediction uses: a frame per camera (primary first; None: no message yet).
+
+    ``state`` when the policy needs the robot's state (``needs_state``). The observation's
+    stamp is the primary camera's: outputs are stamped with it and chunks are timed from it.
+    """
+
+    frames: tuple
+    names: tuple = ('camera',)
+    state: State = None
+    needs_state: bool = False
+
+    @property
+    def stamp_s(self):
+        return self.frames[0].stamp_s
+
+    @classmethod
+    def single(cls, frame):
+        """One camera and no state (OpenVLA)."""
+        return cls((frame,), (frame.name if frame is not None else 'camera',))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,33 +105,41 @@ class Ticket:
 
     generation: int
     instruction: str
-    frame: Frame
+    observation: Observation
     time_s: float
+    start_s: float = math.nan  # the tick of the chunk's row 0: this one, or the next if it acted
 
 
 @dataclasses.dataclass(frozen=True)
 class Emission:
     """
-    What leaves the core: an ``action`` (7 values, from ``frame``) or a ``hold`` at ``time_s``.
+    What leaves the core: an ``action`` (one row), a ``chunk`` (all rows) or a ``hold``.
 
-    ``hold`` is the stop a bridge needs at once: a zero delta.
+    A hold at ``time_s`` is the stop a bridge needs at once (a zero delta). ``source`` is the
+    observation the action or chunk came from.
     """
 
     kind: str
     values: np.ndarray = None
-    frame: Frame = None
+    source: Observation = None
     time_s: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
 class Tick:
-    """The verdict of one tick; ``ticket`` when ``ready``, ``emitted`` when ``queued``."""
+    """
+    The verdict of one tick; ``ticket`` when ``ready``; ``emitted`` when a row was published.
+
+    ``detail`` says which camera or what about the state, for ``stale``/``future``/``skewed``/
+    ``bad_state``.
+    """
 
     verdict: str
     time_s: float
-    age_s: float = math.nan  # image age at the tick; NaN without an image
+    age_s: float = math.nan  # primary image age at the tick; NaN without an image
     ticket: Ticket = None
     emitted: Emission = None
+    detail: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,17 +157,31 @@ class ControlCore:
 
     ``emit(Emission)`` publishes; it is called with the core's lock held, so it must be quick and
     must not call back into the core. ``max_image_age`` None turns the age checks off (offline,
-    for recordings whose camera stamps come from another clock).
+    for recordings whose camera stamps come from another clock); ``max_camera_skew`` and
+    ``max_proprio_age`` None turn theirs off. ``period`` is the control period (s).
     """
 
-    def __init__(self, emit, max_image_age=0.5):
+    def __init__(self, emit, max_image_age=0.5, period=0.2, chunk_mode='open_loop',
+                 execute_steps=0, ensemble_decay=0.01, max_camera_skew=None,
+                 max_proprio_age=None):
         self._emit = emit
         self._lock = threading.Lock()
         self._instruction = ''
         self._generation = 0
         self._enabled = True
-        self._queue = collections.deque()  # (values (7,), frame) of the current chunk
+        self._emitted_at = -math.inf
+        self._schedule = ChunkSchedule(chunk_mode, period, execute_steps, ensemble_decay)
         self.max_image_age = max_image_age
+        self.max_camera_skew = max_camera_skew
+        self.max_proprio_age = max_proprio_age
+
+    @property
+    def max_image_age(self):
+        return self._schedule.max_age
+
+    @max_image_age.setter
+    def max_image_age(self, value):
+        self._schedule.max_age = value  # a chunk's rows expire with its image
 
     @property
     def instruction(self):
@@ -135,10 +198,17 @@ class ControlCore:
         with self._lock:
             return self._generation
 
+    @property
+    def chunk_step(self):
+        """Return the row of the newest chunk last published (-1: none)."""
+        with self._lock:
+            chunks = self._schedule.chunks
+            return chunks[-1].last if chunks else -1
+
     # ---------------------------------------------------------------- instruction, enable, reset
     def _new_generation(self):
         self._generation += 1
-        self._queue.clear()
+        self._schedule.clear()
 
     def set_instruction(self, text):
         """Install ``text`` (stripped); over the length limit it is refused and the core idles."""
@@ -183,47 +253,87 @@ class ControlCore:
         self._emit(Emission('hold', time_s=now))
 
     # ---------------------------------------------------------------- the tick and the gate
-    def tick(self, now, frame, busy=False):
+    def tick(self, now, observation, busy=False):
         """
-        Decide what the tick at ``now`` (seconds) does with the newest ``frame`` (or None).
+        Decide what the tick at ``now`` (seconds) does with the newest ``observation``.
 
-        ``busy``: the model is still working on an earlier ticket. A ``queued`` verdict has
-        already emitted its action.
+        ``observation``: an ``Observation`` (or None: nothing received yet). ``busy``: the model
+        still works on an earlier ticket. A published row is in ``emitted``.
         """
         with self._lock:
             if not self._enabled:
                 return Tick('disabled', now)
             if not self._instruction:
                 return Tick('idle', now)
-            if busy:
-                return Tick('busy', now)
-            if self._queue:
-                values, source = self._queue.popleft()
-                emission = Emission('action', values, source)
-                self._emit(emission)
-                return Tick('queued', now, emitted=emission)
+            emitted = self._publish(now)
+            if busy or not self._schedule.wants_inference():
+                return Tick('queued' if emitted else 'busy', now, emitted=emitted)
+            verdict, age, detail = self._check(now, observation)
+            if verdict != 'ok':
+                return Tick(verdict, now, age, emitted=emitted, detail=detail)
+            start = now + self._schedule.period if emitted else now
+            ticket = Ticket(self._generation, self._instruction, observation, now, start)
+            return Tick('ready', now, age, ticket=ticket, emitted=emitted)
+
+    def _publish(self, now, catch_up=False):
+        action = self._schedule.action(now, catch_up)
+        if action is None:
+            return None
+        emission = Emission('action', action[0], action[1])
+        self._emit(emission)
+        self._emitted_at = now
+        return emission
+
+    def _check(self, now, observation):
+        """Return (verdict, primary image age, detail) of an observation at ``now``."""
+        frames = observation.frames if observation is not None else (None,)
+        names = observation.names if observation is not None else ('camera',)
+        for frame, name in zip(frames, names):
             if frame is None:
-                return Tick('stale', now)
-            age = now - frame.stamp_s
-            if self.max_image_age is not None:
-                status = image_age_status(age, self.max_image_age)
-                if status != 'ok':
-                    return Tick(status, now, age)
-            ticket = Ticket(self._generation, self._instruction, frame, now)
-            return Tick('ready', now, age, ticket=ticket)
+                return 'stale', math.nan, f'no image received on {name} yet'
+        age = now - frames[0].stamp_s
+        if self.max_image_age is not None:
+            for frame, name in zip(frames, names):
+                status = image_age_status(now - frame.stamp_s, self.max_image_age)
+                if status == 'stale':
+                    return status, age, (f'{name}: newest image {now - frame.stamp_s:.2f} s old '
+                                         f'(max_image_age {self.max_image_age} s)')
+                if status == 'future':
+                    return status, age, (f'{name}: image stamped {frame.stamp_s - now:.3f} s in '
+                                         'the future of the clock')
+        stamps = [frame.stamp_s for frame in frames]
+        skew = max(stamps) - min(stamps)
+        if self.max_camera_skew is not None and skew > self.max_camera_skew:
+            oldest = names[int(np.argmin(stamps))]
+            return 'skewed', age, (f'cameras stamped {skew:.3f} s apart (max_camera_skew '
+                                   f'{self.max_camera_skew} s); {oldest} lags')
+        if observation.needs_state:
+            state = observation.state
+            if state is None or state.problem:
+                return 'bad_state', age, state.problem if state else 'no state received yet'
+            state_age = now - state.stamp_s
+            if self.max_proprio_age is not None and state_age > self.max_proprio_age:
+                return 'stale', age, (f'state {state_age:.2f} s old (max_proprio_age '
+                                      f'{self.max_proprio_age} s)')
+            if state_age < -FUTURE_TOLERANCE_S:
+                return 'future', age, f'state stamped {-state_age:.3f} s in the future'
+        return 'ok', age, ''
 
-    def commit(self, ticket, rows):
+    def commit(self, ticket, rows, now):
         """
-        Publish the first of ``rows`` (K, 7) and queue the rest, unless the ticket is outdated.
+        Take a predicted chunk (K, D) at ``now``, unless the ticket is outdated.
 
-        Returns True when the action was emitted; False when the instruction changed, a reset or
-        hold happened, or the core was disabled since the ticket was issued.
+        Emits the chunk, and its row for ``now`` when nothing was published since the ticket's
+        tick. Returns False when the instruction changed, a reset or hold happened, or the core
+        was disabled since the ticket was issued.
         """
         with self._lock:
             if ticket.generation != self._generation or not self._enabled:
                 return False
-            self._queue = collections.deque((row, ticket.frame) for row in rows[1:])
-            self._emit(Emission('action', rows[0], ticket.frame))
+            self._schedule.add(rows, ticket.observation, ticket.start_s)
+            self._emit(Emission('chunk', np.asarray(rows), ticket.observation))
+            if self._emitted_at < ticket.time_s:
+                self._publish(now, catch_up=True)
             return True
 
 
@@ -244,25 +354,34 @@ class Prediction:
 
 def infer(policy, ticket, decode, unnorm_key):
     """
-    Decode the ticket's frame with ``decode(msg)``, predict, and check the actions.
+    Decode the ticket's frames with ``decode(msg)``, predict, and check the actions.
 
     A frame ``decode`` refuses (``ConversionError``) is ``bad_image``; a policy result that is
     not ``valid`` (a non-action token) or not finite is ``invalid``. Errors of the policy itself
-    propagate. Latency is measured on a steady clock (the node clock may stand still under
-    ``use_sim_time``).
+    propagate. OpenVLA gets the one image; a policy with ``num_images`` (OpenVLA-OFT) gets the
+    list and the state. Latency is measured on a steady clock (the node clock may stand still
+    under ``use_sim_time``).
     """
-    try:
-        rgb = decode(ticket.frame.msg)
-    except ConversionError as exc:
-        return Prediction('bad_image', detail=str(exc))
+    observation = ticket.observation
+    images = []
+    for frame, name in zip(observation.frames, observation.names):
+        try:
+            images.append(decode(frame.msg))
+        except ConversionError as exc:
+            return Prediction('bad_image', detail=f'{name}: {exc}')
     start = time.perf_counter()
-    result = policy.predict(rgb, ticket.instruction, unnorm_key=unnorm_key)
+    if hasattr(policy, 'num_images'):
+        state = observation.state.values if observation.needs_state else None
+        result = policy.predict(images, ticket.instruction, proprio=state,
+                                unnorm_key=unnorm_key)
+    else:
+        result = policy.predict(images[0], ticket.instruction, unnorm_key=unnorm_key)
     latency = time.perf_counter() - start
     if not result.valid:
-        tokens = list(getattr(result, 'token_ids', ()))
+        tokens = list(getattr(result, 'token_ids', ()))[:16]
         return Prediction('invalid', result=result, latency_s=latency,
                           detail=f'the model produced a non-action token (tokens {tokens})')
-    rows = np.atleast_2d(np.asarray(result.values, dtype=np.float64))  # (K, 7)
+    rows = np.atleast_2d(np.asarray(result.values, dtype=np.float64))  # (K, D)
     if not np.all(np.isfinite(rows)):
         return Prediction('invalid', result=result, latency_s=latency,
                           detail='the model produced a non-finite action')

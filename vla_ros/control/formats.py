@@ -218,3 +218,16 @@ def multiarray_to_action(msg):
             'this is not a vla/action message')
     offset = int(msg.layout.data_offset)
     return check_action(np.asarray(msg.data, dtype=np.float64)[offset:], 'Float64MultiArray')
+
+
+def multiarray_to_chunk(msg):
+    """Read a chunk (K, D) back from a ``vla/action_chunk`` Float64MultiArray."""
+    dims = list(msg.layout.dim)
+    if len(dims) != 2 or dims[0].label != 'step':
+        raise ConversionError('Float64MultiArray is not a vla/action_chunk message (its layout '
+                              'needs dims [step, action])')
+    steps, dim = int(dims[0].size), int(dims[1].size)
+    data = np.asarray(msg.data, dtype=np.float64)[int(msg.layout.data_offset):]
+    if data.size != steps * dim:
+        raise ConversionError(f'vla/action_chunk holds {data.size} values for {steps} x {dim}')
+    return data.reshape(steps, dim)

@@ -91,6 +91,24 @@ def quaternion_to_rpy(x, y, z, w):
     return roll, pitch, yaw
 
 
+def quaternion_to_axis_angle(x, y, z, w):
+    """
+    Return axis * angle of a quaternion as robosuite's ``quat2axisangle`` (LIBERO's state).
+
+    The quaternion is normalised first; the angle is ``2 acos(w)`` in [0, 2 pi] (no sign flip
+    of ``w``, as robosuite does it), zero for the identity.
+    """
+    norm = math.sqrt(x * x + y * y + z * z + w * w)
+    if not math.isfinite(norm) or norm < _EPS:
+        raise ValueError(f'quaternion ({x}, {y}, {z}, {w}) has norm {norm}; it must be finite '
+                         'and non-zero (identity is 0, 0, 0, 1)')
+    x, y, z, w = x / norm, y / norm, z / norm, min(1.0, max(-1.0, w / norm))
+    sin_half = math.sqrt(1.0 - w * w)
+    if math.isclose(sin_half, 0.0, abs_tol=1e-12):
+        return np.zeros(3)
+    return np.array([x, y, z]) * 2.0 * math.acos(w) / sin_half
+
+
 # ------------------------------------------------------------------------------ matrices
 def rpy_to_matrix(roll, pitch, yaw):
     """Return R = Rz(yaw) Ry(pitch) Rx(roll) as a (3, 3) array."""

@@ -145,6 +145,25 @@ def action_to_messages(action, stamp, frame_id, gripper_open_is_one=True):
     return pose, gripper, raw
 
 
+def chunk_to_multiarray(rows):
+    """
+    Return a chunk (K, D) as the Float64MultiArray of ``vla/action_chunk``.
+
+    Layout: dim 0 ``step`` (K), dim 1 the action labels (D, ``ACTION_LABEL`` for 7-D actions),
+    row-major, no offset.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2 or not rows.size or not np.all(np.isfinite(rows)):
+        raise ConversionError(f'a chunk must be finite (K, D) values, got shape {rows.shape}')
+    steps, dim = rows.shape
+    msg = Float64MultiArray()
+    label = ACTION_LABEL if dim == ACTION_DIM else 'action'
+    msg.layout.dim = [MultiArrayDimension(label='step', size=steps, stride=steps * dim),
+                      MultiArrayDimension(label=label, size=dim, stride=dim)]
+    msg.data = array.array('d', rows.tobytes())
+    return msg
+
+
 def messages_to_action(pose, gripper, gripper_open_is_one=True):
     """
     Rebuild the 7-D action from a PoseStamped (or Pose) delta and a Float64 (or float) gripper.

@@ -9,7 +9,8 @@ sentence naming the parameter, the value and what is allowed. The type comes fro
 * ``float``: a number (an integer is accepted, ``-p control_rate_hz:=5``);
 * ``int``: an integer (a float with no fraction is accepted);
 * ``bool``, ``str``: that type exactly (``'0.3'`` is not a number, ``true`` is not 1.0);
-* a list: numbers or strings, by the default's first element (or ``item``).
+* a list: numbers or strings, by the default's first element (or ``item``); a list whose
+  default is empty also accepts "not set", which is what rcl makes of ``[]`` in a YAML file.
 
 Each ``NodeParam`` may add ``check`` (a predicate on the typed value) and ``allowed`` (the words
 for it); ``runtime`` says whether it may change while the node runs.
@@ -72,6 +73,8 @@ def _typed(param, value):
     elif kind is str:
         if isinstance(value, str):
             return value
+    elif value is None and not param.default:
+        return ()  # rcl reads an empty YAML list ([]) as "not set"
     elif hasattr(value, '__len__') and not isinstance(value, (str, bytes)):
         items = list(value)
         if param.item_kind is float and all(

@@ -1,5 +1,5 @@
 """
-vla_node: an OpenVLA policy at a fixed control rate, from camera and instruction topics.
+vla_node: an OpenVLA-family policy at a fixed rate, from camera, state and instruction topics.
 
 A lifecycle node. ``configure`` checks the parameters, loads the policy, warms it up and creates
 the publishers; ``activate`` starts the subscriptions and the control timer; ``deactivate`` holds
@@ -7,12 +7,13 @@ and stops them; ``cleanup`` frees the model. With ``autostart`` (the default) th
 and activates itself, so plain ``ros2 run`` works.
 
 An adapter around ``vla_ros.control.core.ControlCore``, which makes every decision: callbacks
-store the newest image and pass instructions to the core, the timer asks the core what the tick
-does, the ``InferenceWorker`` thread predicts (``core.infer``) and commits, and the core's
-``emit`` publishes, under the core's lock. ``vla_eval`` drives the same core offline.
+store the newest image of every camera and the state (``observations``) and pass instructions to
+the core, the timer asks the core what the tick does (infer, publish the next row of a chunk,
+or why not), the ``InferenceWorker`` thread predicts (``core.infer``) and commits the chunk, and
+the core's ``emit`` publishes, under the core's lock. ``vla_eval`` drives the same core offline.
+Plain OpenVLA is a policy with one camera, no state and one-row chunks.
 """
 
-import math
 import sys
 import threading
 
@@ -20,54 +21,24 @@ from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
 from vla_ros.control import formats
-from vla_ros.control.concurrency import InferenceWorker, Latest
-from vla_ros.control.core import ControlCore, Frame, infer
+from vla_ros.control.concurrency import InferenceWorker
+from vla_ros.control.core import ControlCore, infer
 from vla_ros.control.stats import Counters, RateMeter, Window
 from vla_ros.nodes import diagnostics, messages, params, qos
 from vla_ros.nodes.logs import LogThrottle
+from vla_ros.nodes.observations import ObservationInputs
 from vla_ros.nodes.startup import report_problems, run
+from vla_ros.nodes.vla_node_config import layout_problems, PARAM, PARAMS, policy_problems
 
-PARAMS = (
-    params.NodeParam('model_path', '', 'Local directory of an HF-format OpenVLA checkpoint.',
-                     check=bool, allowed='a local checkpoint directory; it is required: '
-                     '-p model_path:=/models/openvla-7b'),
-    params.NodeParam('unnorm_key', '', 'Dataset statistics to unnormalise with; empty only when '
-                     'the checkpoint has exactly one.'),
-    params.NodeParam('device', 'auto', "'auto' (first CUDA device, else CPU), 'cpu', 'cuda', "
-                     "'cuda:N'."),
-    params.NodeParam('dtype', 'auto', "'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', "
-                     "'bfloat16', 'float16'."),
-    params.NodeParam('quantization', '', 'Weight quantization (bitsandbytes, CUDA only).',
-                     check=lambda v: v in ('', '8bit', '4bit'), allowed="'', '8bit' or '4bit'"),
-    params.NodeParam('control_rate_hz', 5.0, 'Fixed rate of the control loop, Hz.',
-                     check=lambda v: v > 0, allowed='a finite number > 0, e.g. 5.0'),
-    params.NodeParam('max_image_age', 0.5, 'Seconds; an older newest image means no action '
-                     'this tick.', check=lambda v: v > 0, allowed='a number of seconds > 0',
-                     runtime=True),
-    params.NodeParam('image_transport', 'raw', 'sensor_msgs/Image or CompressedImage input.',
-                     check=lambda v: v in ('raw', 'compressed'), allowed="'raw' or 'compressed'"),
-    params.NodeParam('center_crop', False, 'Center crop (0.9 area) used by fine-tunes trained '
-                     'with image augmentation.'),
-    params.NodeParam('action_frame', 'base_link', 'frame_id of the published deltas.',
-                     check=lambda v: bool(v.strip('/')), allowed='a frame name, e.g. base_link'),
-    params.NodeParam('gripper_open_is_one', True, 'Publish vla/gripper with 1 = open (OpenVLA); '
-                     'false publishes 1 - g.'),
-    params.NodeParam('instruction', '', 'Current instruction; empty = idle.', runtime=True),
-    params.NodeParam('autostart', True, 'Configure and activate at start, so plain ros2 run '
-                     'works.', runtime=True),
-    params.NodeParam('policy', 'openvla', "'openvla', or 'module:callable' returning a policy "
-                     'object (custom policies and tests).'),
-)
 RESTART_HINT = 'deactivate, cleanup, set it, then configure and activate (or restart the node)'
-# Tick verdicts -> the diagnostics counter they bump (queued and ready count as actions).
+# Tick verdicts -> the diagnostics counter they bump (actions are counted as they go out).
 VERDICT_COUNTERS = {'disabled': 'ticks_disabled', 'idle': 'ticks_idle', 'busy': 'ticks_skipped',
-                    'stale': 'ticks_stale'}
-PARAM = {p.name: p for p in PARAMS}
+                    'stale': 'ticks_stale', 'skewed': 'ticks_skewed',
+                    'bad_state': 'ticks_bad_state'}
 
 
 class VlaNode(LifecycleNode):
@@ -82,15 +53,17 @@ class VlaNode(LifecycleNode):
         self._configured = False
         self._publish_lock = threading.Lock()
         self.core = ControlCore(self._emit)
-        self._image = Latest()
+        self.inputs = None  # ObservationInputs, from activate
         self._worker = None
         self._latency, self._image_age = Window(), Window()
         self._period_error = Window(size=1000)  # |tick interval - period|, s
         self._last_tick = None
         self._tick_rate, self._action_rate = RateMeter(), RateMeter()
-        self._counters = Counters('ticks', 'actions', 'holds', 'ticks_missed',
+        self._chunk_rate = RateMeter()
+        self._counters = Counters('ticks', 'actions', 'chunks', 'holds', 'ticks_missed',
                                   *VERDICT_COUNTERS.values(), 'future_stamps', 'invalid_actions',
                                   'bad_images', 'bad_instructions', 'model_errors')
+        self._no_action = ''  # why the last tick without an action had none
         self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._io_group = ReentrantCallbackGroup()
@@ -120,22 +93,34 @@ class VlaNode(LifecycleNode):
         from vla_ros.policy import PolicyError
         from vla_ros.policy.loading import load_policy
 
-        self.cfg, problems = params.read(self, PARAMS)
+        cfg, problems = params.read(self, PARAMS)
+        if not problems:
+            problems = layout_problems(cfg)
         if not problems:
             try:
                 self.policy, self.unnorm_key = load_policy(
-                    self.cfg.model_path, self.cfg.policy, self.cfg.unnorm_key, self.cfg.device,
-                    self.cfg.dtype, self.cfg.center_crop, self.cfg.quantization or None)
+                    cfg.model_path, cfg.policy, cfg.unnorm_key, cfg.device, cfg.dtype,
+                    cfg.center_crop, cfg.quantization or None, cfg.platform, cfg.action_head)
             except (PolicyError, OSError, RuntimeError) as exc:
                 problems.append(f'cannot load the policy: {exc}')
+            else:
+                problems += policy_problems(cfg, self.policy)
         if problems:
             report_problems(self.get_logger(), problems, 'configure failed')
+            if self.policy is not None and hasattr(self.policy, 'close'):
+                self.policy.close()
+            self.policy = None
             return TransitionCallbackReturn.FAILURE
-        self.core.max_image_age = self.cfg.max_image_age
+        self.cfg = cfg
+        self.core = ControlCore(self._emit, cfg.max_image_age, 1.0 / cfg.control_rate_hz,
+                                cfg.chunk_mode, cfg.execute_steps, cfg.ensemble_decay,
+                                cfg.max_camera_skew, cfg.max_proprio_age)
+        self._instruct(cfg.instruction)
         self._out = {
             'ee_delta': self.create_publisher(PoseStamped, 'vla/ee_delta', qos.COMMAND),
             'gripper': self.create_publisher(Float64, 'vla/gripper', qos.COMMAND),
             'action': self.create_publisher(Float64MultiArray, 'vla/action', qos.COMMAND),
+            'chunk': self.create_publisher(Float64MultiArray, 'vla/action_chunk', qos.COMMAND),
             'diagnostics': self.create_publisher(diagnostics.DiagnosticArray, '/diagnostics',
                                                  qos.COMMAND),
         }
@@ -152,15 +137,17 @@ class VlaNode(LifecycleNode):
             f'device={getattr(self.policy, "device", self.cfg.device)} '
             f'dtype={getattr(self.policy, "dtype", self.cfg.dtype)} '
             f'rate={self.cfg.control_rate_hz} Hz unnorm_key={self.unnorm_key} '
-            f'image_topic={self._image_topic()} transport={self.cfg.image_transport} '
-            f'max_image_age={self.cfg.max_image_age} s')
+            f'cameras={list(self.cfg.camera_topics)} transport={self.cfg.image_transport} '
+            f'proprio={list(self.cfg.proprio)} chunk_mode={self.cfg.chunk_mode} '
+            f'execute_steps={self.cfg.execute_steps} max_image_age={self.cfg.max_image_age} s')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state):
-        image_type = CompressedImage if self.cfg.image_transport == 'compressed' else Image
+        self.inputs = ObservationInputs(self, self.cfg.camera_topics,
+                                        self.cfg.image_transport == 'compressed',
+                                        self.cfg.proprio, self._io_group)
         self._loop_subs = [
-            self.create_subscription(image_type, self._image_topic(), self._on_image, qos.SENSOR,
-                                     callback_group=self._io_group),
+            *self.inputs.subscriptions,
             # Raw bytes, decoded here strictly: invalid UTF-8 is a counted bad input instead of
             # an instruction with replacement characters.
             self.create_subscription(String, 'vla/instruction', self._on_instruction,
@@ -171,8 +158,8 @@ class VlaNode(LifecycleNode):
                               callback_group=self._timer_group),
             self.create_timer(1.0, self._publish_diagnostics, callback_group=self._io_group),
         ]
-        self.get_logger().info(f'active: waiting for images on {self._image_topic()} and an '
-                               'instruction')
+        self.get_logger().info(f'active: waiting for images on {", ".join(self.inputs.topics)} '
+                               'and an instruction')
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state):
@@ -197,7 +184,8 @@ class VlaNode(LifecycleNode):
         self._loop_timers, self._loop_subs = [], []
         if self._worker is not None:
             self._worker.wait_idle(timeout=30.0)
-        self._image.clear()
+        if self.inputs is not None:
+            self.inputs.clear()
 
     def close(self):
         """Stop the loop and the worker and free the policy; safe to call in any state."""
@@ -224,14 +212,6 @@ class VlaNode(LifecycleNode):
     # ---------------------------------------------------------------- inputs
     def _now(self):
         return self.get_clock().now().nanoseconds * 1e-9
-
-    def _image_topic(self):
-        base = self.resolve_topic_name('camera/image_raw')
-        return base + '/compressed' if self.cfg.image_transport == 'compressed' else base
-
-    def _on_image(self, msg):
-        stamp = msg.header.stamp
-        self._image.put(Frame(msg, stamp.sec + stamp.nanosec * 1e-9))
 
     def _on_instruction(self, raw):
         try:
@@ -292,23 +272,19 @@ class VlaNode(LifecycleNode):
             if interval > 1.5 * period:
                 self._counters.bump('ticks_missed')
         self._last_tick = now
-        tick = self.core.tick(now, self._image.get(), busy=self._worker.busy)
+        tick = self.core.tick(now, self.inputs.observation(), busy=self._worker.busy)
         if tick.verdict in VERDICT_COUNTERS:
             self._counters.bump(VERDICT_COUNTERS[tick.verdict])
+        if tick.detail:
+            self._no_action = tick.detail  # which camera, or what about the state
         if tick.verdict == 'ready':
             self._image_age.add(tick.age_s)
             self._worker.submit(lambda: self._infer(tick.ticket))
-        elif tick.verdict == 'stale' and math.isnan(tick.age_s):
-            self._log.warning('no_image', f'no image received on {self._image_topic()} yet: '
-                              'publishing nothing; check the camera topic (remap '
-                              'camera/image_raw) and image_transport')
-        elif tick.verdict == 'stale':
-            self._log.warning('stale', f'newest image is {tick.age_s:.2f} s old (max_image_age '
-                              f'{self.core.max_image_age} s); holding until a fresh one arrives')
         elif tick.verdict == 'future':
-            self._counters.bump('future_stamps', f'image stamped {-tick.age_s:.3f} s ahead')
-            self._log.warning('future', f'image stamped {-tick.age_s:.3f} s in the future of the '
-                              'node clock; check the camera clock or use_sim_time')
+            self._counters.bump('future_stamps', tick.detail)
+            self._log.warning('future', f'{tick.detail}: check the camera clock or use_sim_time')
+        elif tick.verdict in ('stale', 'skewed', 'bad_state'):
+            self._log.warning(tick.verdict, f'no action: {tick.detail}')
 
     def _decode(self, msg):
         if self.cfg.image_transport == 'compressed':
@@ -328,7 +304,7 @@ class VlaNode(LifecycleNode):
             self._log.warning('invalid', f'invalid action: {prediction.detail}; nothing '
                               'published')
             return
-        self.core.commit(ticket, prediction.rows)
+        self.core.commit(ticket, prediction.rows, self._now())
 
     def _emit(self, emission):
         """Publish what the core emits (called under the core's lock: quick, never raises)."""
@@ -343,10 +319,19 @@ class VlaNode(LifecycleNode):
                 self._out['ee_delta'].publish(pose)
                 self._counters.bump('holds')
                 return
+            if emission.kind == 'chunk':
+                try:
+                    self._out['chunk'].publish(messages.chunk_to_multiarray(emission.values))
+                except formats.ConversionError as exc:  # infer passes only finite chunks
+                    self._counters.bump('invalid_actions', str(exc))
+                    return
+                self._counters.bump('chunks')
+                self._chunk_rate.mark(self._now())
+                return
             try:
                 pose, gripper, raw = messages.action_to_messages(
-                    emission.values, emission.frame.msg.header.stamp, self.cfg.action_frame,
-                    gripper_open_is_one=self.cfg.gripper_open_is_one)
+                    emission.values, emission.source.frames[0].msg.header.stamp,
+                    self.cfg.action_frame, gripper_open_is_one=self.cfg.gripper_open_is_one)
             except formats.ConversionError as exc:
                 self._counters.bump('invalid_actions', str(exc))
                 return
@@ -377,11 +362,16 @@ class VlaNode(LifecycleNode):
             'tick_period_error_p99_ms': period_error['p99'] * 1e3,
             'image_age_at_use_ms': age['last'] * 1e3,
             'image_age_at_use_p95_ms': age['p95'] * 1e3,
+            'chunks_per_s': self._chunk_rate.rate(now_s),
+            'chunk_step': self.core.chunk_step,
+            **{f'age_ms {topic}': value * 1e3
+               for topic, value in (self.inputs.ages(now_s) if self.inputs else {}).items()},
             **counts,
             'enabled': self.core.enabled,
             'instruction': self.core.instruction[:200],
             'unnorm_key': self.unnorm_key,
             'last_error': last_error,
+            'last_no_action_reason': self._no_action[:200],
         }
         level, message = diagnostics.OK, 'running'
         if last_error:

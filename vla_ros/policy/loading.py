@@ -3,11 +3,11 @@ Load a policy ready for its first control step: one function for the node, evalu
 
     policy, unnorm_key = load_policy('/models/openvla-7b', unnorm_key='bridge_orig')
 
-``load_policy`` builds the policy named by ``policy`` (``'openvla'``, or ``'module:callable'``
-for a custom policy object with the same ``predict``), resolves the unnorm key (a wrong one
-raises with the list of valid keys) and warms it up with one prediction, so the first real
-prediction pays for no lazy initialisation (allocators, kernels, CUDA graphs). Errors are
-``PolicyError``s with one line naming the problem and the fix.
+``load_policy`` builds the policy named by ``policy`` (``'openvla'``, ``'openvla_oft'``, or
+``'module:callable'`` for a custom policy object with the same ``predict``), resolves the unnorm
+key (a wrong one raises with the list of valid keys) and warms it up with one prediction, so the
+first real prediction pays for no lazy initialisation (allocators, kernels, CUDA graphs). Errors
+are ``PolicyError``s with one line naming the problem and the fix.
 """
 
 import importlib
@@ -16,7 +16,7 @@ import numpy as np
 
 from vla_ros.policy.errors import ConfigError, PolicyError
 
-POLICIES = ('openvla',)
+POLICIES = ('openvla', 'openvla_oft')
 WARMUP_INSTRUCTION = 'warm up'
 
 
@@ -25,6 +25,9 @@ def policy_factory(name):
     if name == 'openvla':
         from vla_ros.policy.policy import OpenVLAPolicy
         return OpenVLAPolicy.from_pretrained
+    if name == 'openvla_oft':
+        from vla_ros.policy.oft import OpenVLAOFTPolicy
+        return OpenVLAOFTPolicy.from_pretrained
     module_name, _, attr = name.partition(':')
     if not module_name or not attr:
         raise ConfigError(f'policy {name!r} is not known; use one of {", ".join(POLICIES)} or '
@@ -37,22 +40,30 @@ def policy_factory(name):
 
 
 def warm_up(policy, unnorm_key):
-    """Run one prediction on a grey 224x224 image (results discarded)."""
-    policy.predict(np.full((224, 224, 3), 128, np.uint8), WARMUP_INSTRUCTION,
-                   unnorm_key=unnorm_key)
+    """Run one prediction on grey 224x224 images (and a zero state) (results discarded)."""
+    grey = np.full((224, 224, 3), 128, np.uint8)
+    if hasattr(policy, 'num_images'):  # OpenVLA-OFT: every camera, and the state
+        state = np.zeros(policy.proprio_dim) if policy.proprio_dim else None
+        policy.predict([grey] * policy.num_images, WARMUP_INSTRUCTION, proprio=state,
+                       unnorm_key=unnorm_key)
+    else:
+        policy.predict(grey, WARMUP_INSTRUCTION, unnorm_key=unnorm_key)
 
 
 def load_policy(model_path, policy='openvla', unnorm_key='', device='auto', dtype='auto',
-                center_crop=False, quantization=None):
+                center_crop=False, quantization=None, platform='libero', action_head='auto'):
     """
     Load, resolve the unnorm key and warm up; return ``(policy, resolved unnorm key)``.
 
-    Raises ``PolicyError`` for every problem with the checkpoint or the arguments.
+    ``platform`` and ``action_head`` are OpenVLA-OFT's. Raises ``PolicyError`` for every
+    problem with the checkpoint or the arguments.
     """
     factory = policy_factory(policy)
     kwargs = {'device': device, 'dtype': dtype, 'center_crop': center_crop}
     if quantization:
         kwargs['quantization'] = quantization
+    if policy == 'openvla_oft':
+        kwargs.update(platform=platform, action_head=action_head)
     loaded = factory(str(model_path), **kwargs)
     try:
         key = loaded.resolve_unnorm_key(unnorm_key or None)

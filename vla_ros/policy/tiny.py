@@ -1,5 +1,5 @@
 """
-Write a miniature random-weight OpenVLA checkpoint: ``vla_tiny_model OUT_DIR [--seed N]``.
+Write a miniature random-weight checkpoint: ``vla_tiny_model OUT_DIR [--seed N] [--oft PLATFORM]``.
 
 It has the structure and files of the conformance checkpoint (config.json with its three synthetic
 norm_stats keys and ``timm_override_kwargs``, generation and preprocessor configs, the synthetic
@@ -10,6 +10,13 @@ With plain random weights the model mostly emits non-action tokens, which the po
 reports as invalid. So the 256 action rows of ``lm_head`` are scaled up, step by step, until
 every greedy token on a set of synthetic scenes is an action token (no EOS), while different
 images still give different actions.
+
+With ``--oft libero`` (or ``bridge``) the folder is an OpenVLA-OFT checkpoint as OFT's fine-tuning
+writes it: the same backbone, plus ``action_head--0_checkpoint.pt`` (the L1 regression head),
+``proprio_projector--0_checkpoint.pt`` and a ``dataset_statistics.json`` whose one key
+(``synth_oft_<platform>``) holds action and proprio statistics in this package's end-effector
+units (metres, radians, gripper 1 = open). The head's output layer is scaled so its normalised
+actions stay inside [-1, 1], as a trained head's do.
 """
 
 import argparse
@@ -175,6 +182,46 @@ def write_tiny_checkpoint(out_dir, seed=0, force=False):
     return write_checkpoint(out_dir, seed=seed, force=force)
 
 
+# The synthetic dataset of the OFT miniature: small end-effector deltas (m, rad), gripper 0..1
+# (1 = open), and a state of ee_position, ee_axis_angle and two finger joints (m).
+OFT_ACTION_STATS = {'q01': [-0.02, -0.02, -0.02, -0.05, -0.05, -0.05, 0.0],
+                    'q99': [0.02, 0.02, 0.02, 0.05, 0.05, 0.05, 1.0],
+                    'mask': [True] * 7}
+OFT_PROPRIO_STATS = {'q01': [0.2, -0.3, 0.0, -3.2, -3.2, -3.2, 0.0, 0.0],
+                     'q99': [0.7, 0.3, 0.6, 3.2, 3.2, 3.2, 0.04, 0.04]}
+
+
+def write_tiny_oft_checkpoint(out_dir, platform='libero', seed=0, force=False):
+    """Write the miniature OpenVLA-OFT checkpoint (see the module docstring); return its path."""
+    from vla_ros.policy.oft_configuration import OFTConstants
+    from vla_ros.policy.oft_modeling import ACTION_HEAD, L1RegressionHead, ProprioProjector
+
+    constants = OFTConstants.for_platform(platform)
+    if constants.action_dim != len(OFT_ACTION_STATS['q01']):
+        raise ConfigError(f'--oft {platform}: the miniature writes end-effector checkpoints '
+                          '(libero, bridge), not joint-space ones (aloha)')
+    out_dir = write_checkpoint(out_dir, seed=seed, calibrate=False, force=force)
+    width = OpenVLAConfig.from_pretrained(out_dir).llama_config().hidden_size
+    generator = torch.Generator().manual_seed(int(seed) + 1)
+    head = L1RegressionHead(width, constants.action_dim, constants.chunk_len)
+    projector = ProprioProjector(width, constants.proprio_dim)
+    with torch.no_grad():
+        for module in (head, projector):
+            for name, param in module.named_parameters():
+                center, half_width = _init_range(name, tuple(param.shape), width)
+                noise = torch.rand(param.shape, generator=generator, dtype=torch.float32)
+                param.copy_(noise.mul_(2).sub_(1).mul_(half_width).add_(center))
+        head.model.fc2.weight.mul_(0.3)  # normalised actions mostly inside [-1, 1]
+    proprio = {key: values[:constants.proprio_dim] for key, values in OFT_PROPRIO_STATS.items()}
+    stats = {f'synth_oft_{platform}': {'action': OFT_ACTION_STATS, 'proprio': proprio,
+                                       'num_transitions': 1000, 'num_trajectories': 10}}
+    (out_dir / DATASET_STATISTICS_FILE).write_text(json.dumps(stats, indent=2) + '\n')
+    for name, module in ((ACTION_HEAD, head), ('proprio_projector', projector)):
+        state = {f'module.{k}': v for k, v in module.state_dict().items()}  # as DDP saves it
+        torch.save(state, out_dir / f'{name}--0_checkpoint.pt')
+    return out_dir
+
+
 def main(argv=None):
     """Console entry point of ``vla_tiny_model``; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -183,14 +230,24 @@ def main(argv=None):
                     'files as openvla-7b, tiny sizes) for demos and tests.')
     parser.add_argument('out_dir', metavar='OUT_DIR', help='directory to write (new or empty)')
     parser.add_argument('--seed', type=int, default=0, help='random seed of the weights')
+    parser.add_argument('--oft', metavar='PLATFORM', choices=('libero', 'bridge'),
+                        help='write an OpenVLA-OFT checkpoint of this platform (libero: two '
+                        'cameras, 8-D state, chunks of 8; bridge: one camera, chunks of 5)')
     parser.add_argument('--force', action='store_true',
                         help='write into a non-empty OUT_DIR, overwriting checkpoint files')
     args = parser.parse_args(argv)
     try:
-        path = write_tiny_checkpoint(args.out_dir, seed=args.seed, force=args.force)
+        if args.oft:
+            path = write_tiny_oft_checkpoint(args.out_dir, args.oft, args.seed, args.force)
+        else:
+            path = write_tiny_checkpoint(args.out_dir, seed=args.seed, force=args.force)
     except (PolicyError, OSError, RuntimeError) as err:
         print(f'vla_tiny_model: error: {err}', file=sys.stderr)
         return 1
+    if args.oft:
+        print(f'vla_tiny_model: wrote a miniature OpenVLA-OFT {args.oft} checkpoint (seed '
+              f'{args.seed}) to {path}; unnorm key: synth_oft_{args.oft}')
+        return 0
     print(f'vla_tiny_model: wrote a miniature OpenVLA checkpoint (seed {args.seed}) to {path}; '
           'unnorm keys: synth_bridge, synth_kitchen, synth_nomask')
     return 0

@@ -1,0 +1,102 @@
+"""
+The robot's state vector a policy reads, assembled from the end-effector pose and joint states.
+
+The layout is the ``proprio`` parameter of vla_node: a list of entries, each from ``ee_pose``
+(geometry_msgs/PoseStamped, base frame) or ``joint_states`` (sensor_msgs/JointState):
+
+=====================  ====  ==========================================================
+entry                  size  value
+=====================  ====  ==========================================================
+``ee_position``        3     x, y, z (m)
+``ee_axis_angle``      3     the orientation as axis * angle, robosuite's convention
+                             (LIBERO's state)
+``ee_rpy``             3     roll, pitch, yaw (R = Rz Ry Rx)
+``ee_quaternion``      4     x, y, z, w
+``joint:NAME``         1     the position of joint NAME
+=====================  ====  ==========================================================
+
+A LIBERO-trained OpenVLA-OFT expects ``[ee_position, ee_axis_angle, joint:<left finger>,
+joint:<right finger>]`` (8 values). ROS-free: the node passes plain values and stamps. The
+state's stamp is that of its oldest part, so its age is the age of the stalest input.
+"""
+
+import math
+
+import numpy as np
+
+from vla_ros.control.core import State
+from vla_ros.control.geometry import quaternion_to_axis_angle, quaternion_to_rpy
+
+POSE_ENTRIES = {'ee_position': 3, 'ee_axis_angle': 3, 'ee_rpy': 3, 'ee_quaternion': 4}
+JOINT_PREFIX = 'joint:'
+
+
+class StateLayout:
+    """A parsed ``proprio`` layout; ``assemble`` builds the vector (see the module docstring)."""
+
+    def __init__(self, entries):
+        entries = list(entries)
+        unknown = [e for e in entries if e not in POSE_ENTRIES
+                   and not (e.startswith(JOINT_PREFIX) and len(e) > len(JOINT_PREFIX))]
+        if unknown:
+            raise ValueError(f'unknown proprio entries {unknown}; allowed: '
+                             f'{", ".join(POSE_ENTRIES)} and joint:NAME')
+        self.entries = entries
+        self.joints = [e[len(JOINT_PREFIX):] for e in entries if e.startswith(JOINT_PREFIX)]
+        self.needs_pose = any(e in POSE_ENTRIES for e in entries)
+        self.dim = sum(POSE_ENTRIES.get(e, 1) for e in entries)
+
+    def __bool__(self):
+        return bool(self.entries)
+
+    def assemble(self, pose=None, joints=None, pose_source='ee_pose',
+                 joint_source='joint_states'):
+        """
+        Return the ``State`` of the newest pose and joint states; ``problem`` names what is wrong.
+
+        ``pose`` = (position (3,), quaternion (4,), stamp_s); ``joints`` = ({name: position},
+        stamp_s); None: nothing received yet.
+        """
+        stamps = []
+        if self.needs_pose:
+            if pose is None:
+                return State(problem=f'no pose received on {pose_source} yet')
+            stamps.append(pose[2])
+        if self.joints:
+            if joints is None:
+                return State(problem=f'no joint states received on {joint_source} yet')
+            missing = [name for name in self.joints if name not in joints[0]]
+            if missing:
+                names = ', '.join(sorted(joints[0])) or 'none'
+                return State(problem=f'{joint_source} has no joint {", ".join(missing)} '
+                             f'(it has: {names}); fix the proprio parameter')
+            stamps.append(joints[1])
+        values = []
+        for entry in self.entries:
+            if entry in POSE_ENTRIES:
+                position, quaternion = pose[0], pose[1]
+                try:
+                    values.extend(self._pose_entry(entry, position, quaternion))
+                except ValueError as exc:
+                    return State(problem=f'{pose_source}: {exc}')
+            else:
+                values.append(joints[0][entry[len(JOINT_PREFIX):]])
+        values = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            bad = [e for e, v in zip(self._columns(), values) if not math.isfinite(v)]
+            return State(problem=f'non-finite state values in {", ".join(bad)}')
+        return State(values, min(stamps))
+
+    @staticmethod
+    def _pose_entry(entry, position, quaternion):
+        if entry == 'ee_position':
+            return list(position)
+        if entry == 'ee_quaternion':
+            return list(quaternion)
+        if entry == 'ee_rpy':
+            return list(quaternion_to_rpy(*quaternion))
+        return list(quaternion_to_axis_angle(*quaternion))
+
+    def _columns(self):
+        """Return the entry each value comes from (for messages)."""
+        return [e for e in self.entries for _ in range(POSE_ENTRIES.get(e, 1))]

@@ -1,0 +1,83 @@
+"""
+vla_node's inputs: the newest frame of every camera and the robot's state, as an ``Observation``.
+
+Callbacks only store the newest message of each topic (sensor-data QoS: latest only; a
+best-effort subscription also matches reliable publishers). At a tick, ``observation()`` makes
+the ``Observation`` the control core judges: one ``Frame`` per camera, primary first, and the
+state assembled by ``StateLayout`` from ``ee_pose`` and ``joint_states`` when the policy needs it.
+"""
+
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import CompressedImage, Image, JointState
+
+from vla_ros.control.concurrency import Latest
+from vla_ros.control.core import Frame, Observation
+from vla_ros.control.state import StateLayout
+from vla_ros.nodes import qos
+
+
+def seconds(stamp):
+    """Return a builtin_interfaces/Time as float seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+class ObservationInputs:
+    """The subscriptions of one node's observations (see the module docstring)."""
+
+    def __init__(self, node, camera_topics, compressed, proprio, callback_group):
+        self.node = node
+        suffix = '/compressed' if compressed else ''
+        self.topics = tuple(node.resolve_topic_name(topic) + suffix for topic in camera_topics)
+        self.layout = StateLayout(proprio)
+        self.pose_topic = node.resolve_topic_name('ee_pose')
+        self.joint_topic = node.resolve_topic_name('joint_states')
+        self._frames = [Latest() for _ in self.topics]
+        self._pose, self._joints = Latest(), Latest()
+        image_type = CompressedImage if compressed else Image
+        # (type, topic, callback) of every input, cameras first, then the state's topics.
+        self.callbacks = [(image_type, topic, self._store_frame(slot, topic))
+                          for slot, topic in zip(self._frames, self.topics)]
+        if self.layout.needs_pose:
+            self.callbacks.append((PoseStamped, self.pose_topic, self._pose.put))
+        if self.layout.joints:
+            self.callbacks.append((JointState, self.joint_topic, self._joints.put))
+        self.subscriptions = [node.create_subscription(kind, topic, callback, qos.SENSOR,
+                                                       callback_group=callback_group)
+                              for kind, topic, callback in self.callbacks]
+
+    @staticmethod
+    def _store_frame(slot, topic):
+        def store(msg):
+            slot.put(Frame(msg, seconds(msg.header.stamp), topic))
+        return store
+
+    def observation(self):
+        """Return the ``Observation`` of the newest messages (frames may be None)."""
+        state = self._state() if self.layout else None
+        return Observation(tuple(slot.get() for slot in self._frames), self.topics, state,
+                           needs_state=bool(self.layout))
+
+    def _state(self):
+        pose_msg, joint_msg = self._pose.get(), self._joints.get()
+        pose = joints = None
+        if pose_msg is not None:
+            p, q = pose_msg.pose.position, pose_msg.pose.orientation
+            pose = ((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), seconds(pose_msg.header.stamp))
+        if joint_msg is not None:
+            positions = dict(zip(joint_msg.name, joint_msg.position))
+            joints = (positions, seconds(joint_msg.header.stamp))
+        return self.layout.assemble(pose, joints, self.pose_topic, self.joint_topic)
+
+    def ages(self, now):
+        """Return {topic: seconds since its newest stamp} of the cameras and the state."""
+        ages = {topic: now - frame.stamp_s for topic, frame
+                in zip(self.topics, (slot.get() for slot in self._frames)) if frame is not None}
+        if self.layout:
+            state = self._state()
+            if not state.problem:
+                ages['state'] = now - state.stamp_s
+        return ages
+
+    def clear(self):
+        for slot in (*self._frames, self._pose, self._joints):
+            slot.clear()

@@ -1,0 +1,104 @@
+"""
+vla_node's parameters (config/vla.yaml holds the defaults) and the checks that need the policy.
+
+``PARAMS`` declares every parameter once, with its type, default, description and allowed
+values; ``layout_problems`` checks the ``proprio`` entries before the model loads;
+``policy_problems`` checks what only the loaded policy can tell: the number of cameras against
+its images, the state layout against its proprio dimension, its action dimension against the
+end-effector delta convention.
+"""
+
+from vla_ros.control.chunks import MODES
+from vla_ros.control.formats import ACTION_DIM
+from vla_ros.control.state import StateLayout
+from vla_ros.nodes.params import NodeParam
+
+POLICIES = ('openvla', 'openvla_oft')
+PARAMS = (
+    NodeParam('model_path', '', 'Local directory of an HF-format OpenVLA checkpoint.',
+              check=bool, allowed='a local checkpoint directory; it is required: '
+              '-p model_path:=/models/openvla-7b'),
+    NodeParam('unnorm_key', '', 'Dataset statistics to unnormalise with; empty only when the '
+              'checkpoint has exactly one.'),
+    NodeParam('device', 'auto', "'auto' (first CUDA device, else CPU), 'cpu', 'cuda', 'cuda:N'."),
+    NodeParam('dtype', 'auto', "'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', "
+              "'bfloat16', 'float16'."),
+    NodeParam('quantization', '', 'Weight quantization (bitsandbytes, CUDA only).',
+              check=lambda v: v in ('', '8bit', '4bit'), allowed="'', '8bit' or '4bit'"),
+    NodeParam('control_rate_hz', 5.0, 'Fixed rate of the control loop, Hz.',
+              check=lambda v: v > 0, allowed='a finite number > 0, e.g. 5.0'),
+    NodeParam('max_image_age', 0.5, 'Seconds; an older newest image means no action this tick.',
+              check=lambda v: v > 0, allowed='a number of seconds > 0', runtime=True),
+    NodeParam('image_transport', 'raw', 'sensor_msgs/Image or CompressedImage input.',
+              check=lambda v: v in ('raw', 'compressed'), allowed="'raw' or 'compressed'"),
+    NodeParam('center_crop', False, 'Center crop (0.9 area) used by fine-tunes trained with '
+              'image augmentation (OpenVLA-OFT LIBERO and ALOHA checkpoints: true).'),
+    NodeParam('action_frame', 'base_link', 'frame_id of the published deltas.',
+              check=lambda v: bool(v.strip('/')), allowed='a frame name, e.g. base_link'),
+    NodeParam('gripper_open_is_one', True, 'Publish vla/gripper with 1 = open (OpenVLA); false '
+              'publishes 1 - g.'),
+    NodeParam('instruction', '', 'Current instruction; empty = idle.', runtime=True),
+    NodeParam('autostart', True, 'Configure and activate at start, so plain ros2 run works.',
+              runtime=True),
+    NodeParam('policy', 'openvla', "'openvla', 'openvla_oft', or 'module:callable' returning a "
+              'policy object (custom policies and tests).',
+              check=lambda v: v in POLICIES or (':' in v and all(v.split(':', 1))),
+              allowed="'openvla', 'openvla_oft' or 'package.module:callable'"),
+    NodeParam('platform', 'libero', 'OpenVLA-OFT: the constants preset.',
+              check=lambda v: v in ('libero', 'aloha', 'bridge'),
+              allowed="'libero', 'aloha' or 'bridge'"),
+    NodeParam('action_head', 'auto', 'OpenVLA-OFT: the action head.',
+              check=lambda v: v in ('auto', 'l1', 'discrete'), allowed="'auto', 'l1' or "
+              "'discrete'"),
+    NodeParam('camera_topics', ['camera/image_raw'], 'One image topic per policy image, primary '
+              "first; with image_transport 'compressed', /compressed is appended to each.",
+              check=lambda v: len(v) > 0 and all(t.strip('/') for t in v),
+              allowed='a non-empty list of topic names'),
+    NodeParam('max_camera_skew', 0.05, 'Seconds the cameras of one observation may be stamped '
+              'apart.', check=lambda v: v >= 0, allowed='a number of seconds >= 0'),
+    NodeParam('proprio', [], "The state vector's layout: ee_position, ee_axis_angle, ee_rpy, "
+              'ee_quaternion (from ee_pose), joint:NAME (from joint_states).', item=str),
+    NodeParam('max_proprio_age', 0.2, 'Seconds; an older state means no action this tick.',
+              check=lambda v: v > 0, allowed='a number of seconds > 0'),
+    NodeParam('chunk_mode', 'open_loop', 'How chunks are executed: open_loop, receding, '
+              'ensemble.', check=lambda v: v in MODES, allowed=', '.join(MODES)),
+    NodeParam('execute_steps', 0, 'Actions of each chunk to execute; 0 = the whole chunk.',
+              check=lambda v: v >= 0, allowed='an integer >= 0'),
+    NodeParam('ensemble_decay', 0.01, 'ensemble: weight exp(-decay * j) of the j-th oldest '
+              "chunk's prediction (ACT's k).", check=lambda v: v >= 0,
+              allowed='a number >= 0'),
+)
+PARAM = {p.name: p for p in PARAMS}
+
+
+def layout_problems(cfg):
+    """Return the problems of the ``proprio`` layout (before the policy is loaded)."""
+    try:
+        StateLayout(cfg.proprio)
+    except ValueError as exc:
+        return [f"parameter 'proprio': {exc}"]
+    return []
+
+
+def policy_problems(cfg, policy):
+    """Return the problems of the configuration that only the loaded ``policy`` reveals."""
+    problems = []
+    images = getattr(policy, 'num_images', 1)
+    if len(cfg.camera_topics) != images:
+        problems.append(f"parameter 'camera_topics' has {len(cfg.camera_topics)} topic(s) "
+                        f'{list(cfg.camera_topics)}, but the policy takes {images} image(s): '
+                        'list one topic per image, the primary camera first')
+    layout = StateLayout(cfg.proprio)
+    needed = getattr(policy, 'proprio_dim', 0)
+    if layout.dim != needed:
+        what = (f'needs {needed} state values' if needed
+                else 'takes no state (no proprio projector)')
+        problems.append(f"parameter 'proprio' {list(cfg.proprio)} gives {layout.dim} values, "
+                        f'but the policy {what}; for a LIBERO-style arm: [ee_position, '
+                        'ee_axis_angle, joint:<left finger>, joint:<right finger>]')
+    dim = getattr(policy, 'action_dim', ACTION_DIM)
+    if dim != ACTION_DIM:
+        problems.append(f'the policy predicts {dim}-D actions; vla_node publishes end-effector '
+                        f'deltas [{ACTION_DIM} values: dx dy dz droll dpitch dyaw gripper] '
+                        '(LIBERO and Bridge platforms), not joint positions (ALOHA)')
+    return problems
