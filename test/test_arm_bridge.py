@@ -34,9 +34,10 @@ def start_bridge(launch, *params):
     return launch('arm_bridge', *args)
 
 
-def pose_msg(ros, position, rpy=(0.0, 0.0, 0.0), frame='base_link', age=0.0):
+def pose_msg(ros, position, rpy=(0.0, 0.0, 0.0), frame='base_link', age=0.0, stamp=None):
     msg = PoseStamped()
-    stamp = ros.node.get_clock().now().nanoseconds * 1e-9 - age
+    if stamp is None:
+        stamp = ros_now(ros) - age
     msg.header.stamp.sec = int(math.floor(stamp))
     msg.header.stamp.nanosec = int((stamp - math.floor(stamp)) * 1e9)
     msg.header.frame_id = frame
@@ -44,6 +45,10 @@ def pose_msg(ros, position, rpy=(0.0, 0.0, 0.0), frame='base_link', age=0.0):
     q = msg.pose.orientation
     q.x, q.y, q.z, q.w = rpy_to_quaternion(*rpy)
     return msg
+
+
+def ros_now(ros):
+    return ros.node.get_clock().now().nanoseconds * 1e-9
 
 
 class Arm:
@@ -128,7 +133,8 @@ def handshake(send, diag, key):
 def test_servo_twist_streams_clamps_drops_and_watchdog(ros, launch):
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
     diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
-    bridge = start_bridge(launch, 'output_mode:=servo_twist')
+    # A fixed step period (the learned one is tested below): each delta lasts 0.2 s.
+    bridge = start_bridge(launch, 'output_mode:=servo_twist', 'step_duration:=0.2')
     policy = Policy(ros)
     bridge.wait_for_output('waiting for ee_pose on /ee_pose')
     # No ee_pose yet: zero twist streams and deltas are dropped (the box needs the arm position).
@@ -182,6 +188,140 @@ def test_servo_twist_streams_clamps_drops_and_watchdog(ros, launch):
         assert len(twists.messages) >= 10 and not moving(twists)
     assert bridge.output().count('waiting for ee_pose') == 1
     assert bridge.alive
+
+
+class Stream:
+    """
+    The test playing a policy on a thread: delta ``n`` goes out at ``start + n / rate_hz``.
+
+    ``rows[n]`` is ``(xyz, rpy, age)``; a chunk of ``chunk`` rows shares one stamp, taken when
+    its first row goes out, ``age`` seconds back (vla_node stamps every row of a chunk with its
+    image's stamp). ``sent`` holds the node-clock time each row went out.
+    """
+
+    def __init__(self, policy, rate_hz, rows, chunk=1):
+        self.policy, self.rate_hz, self.rows, self.chunk = policy, rate_hz, rows, chunk
+        self.sent = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        start = time.monotonic()
+        for n, (xyz, rpy, age) in enumerate(self.rows):
+            if self._stop.wait(max(0.0, start + n / self.rate_hz - time.monotonic())):
+                return
+            now = ros_now(self.policy.ros)
+            if n % self.chunk == 0:
+                stamp = now - age
+            self.policy.deltas.publish(pose_msg(self.policy.ros, xyz, rpy, stamp=stamp))
+            self.sent.append(now)
+
+    def wait_sent(self, count):
+        wait_until(lambda: len(self.sent) >= count, 2.0 + count / self.rate_hz,
+                   message=f'{count} deltas sent')
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+# The learned step period: the policy's rate is configured once, in the policy. Speeds are checked
+# within 20 %: a learned period is the median of 11 arrival intervals, which scheduling jitter
+# of a few ms does not move that far, while each way to get it wrong is far outside: the old fixed
+# 0.2 s streams a 20 Hz policy 4x too slowly, the first guess (command_timeout) 2.5x (5 Hz) or
+# 10x (20 Hz), the one-stream-period floor a 5 Hz policy 10x too fast.
+SPEED_TOL = 0.2
+
+
+def test_servo_twist_learns_the_step_period_of_a_5hz_policy(ros, launch):
+    twists = ros.subscribe(TwistStamped, TWIST, QOS)
+    diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
+    bridge = start_bridge(launch)  # no step_duration: learned
+    policy = Policy(ros)
+    with Arm(ros):
+        bridge.wait_for_output('ee_pose received')
+        twists.clear()
+        with Stream(policy, 5.0, [((0.01, 0.0, 0.0), (0.0, 0.0, 0.0), 0.0)] * 18) as stream:
+            stream.wait_sent(12)
+            first = moving(twists)[0]
+            twists.clear()
+            stream.wait_sent(17)
+            learned = [twist_values(m) for m in moving(twists)]
+        # The first delta, before any interval is known: command_timeout (0.5 s), 2.5x slower
+        # than asked, never faster.
+        np.testing.assert_allclose(twist_values(first), [0.01 / 0.5, 0, 0, 0, 0, 0], atol=1e-9)
+        # Learned: 0.01 m per 0.2 s, 0.05 m/s (the last tick of a step may be scaled down).
+        assert len(learned) >= 20
+        speed = np.median([v[0] for v in learned])
+        assert speed == pytest.approx(0.05, rel=SPEED_TOL), [v[0] for v in learned]
+        assert max(v[0] for v in learned) <= 0.05 * (1 + SPEED_TOL)
+        values = safety_status(diag)
+        assert values['step_period_source'] == 'learned'
+        assert float(values['step_period_s']) == pytest.approx(0.2, rel=SPEED_TOL)
+    output = bridge.output()
+    assert 'step_duration=learned from the deltas' in output
+    assert 'step period learned: ' in output
+    assert 'not below command_timeout' not in output
+
+
+def test_servo_twist_learns_a_20hz_chunked_policy_and_bounds_every_row(ros, launch):
+    twists = ros.subscribe(TwistStamped, TWIST, QOS)
+    diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
+    bridge = start_bridge(launch, 'workspace_max:=[0.43,0.4,0.6]')  # 3 cm ahead of the arm in x
+    policy = Policy(ros)
+    # Five chunks of 8 rows at 20 Hz, one stamp per chunk, rows differing in y: 0.004 m in x per
+    # row, y = x * row / 8. Then one chunk whose image is 0.25 s old: row 0 too far in y (clip),
+    # row 1 out of the box in x, row 2 too far in yaw (clip), and rows 4-7 older than
+    # command_timeout (0.5 s) by the time they go out.
+    rows = [((0.004, 0.0005 * (n % 8), 0.0), (0.0, 0.0, 0.0), 0.0) for n in range(40)]
+    rows += [((0.0, 3.0, 0.0), (0.0, 0.0, 0.0), 0.25), ((0.05, 0.0, 0.0), (0.0, 0.0, 0.0), 0.25),
+             ((0.0, 0.0, 0.0), (0.0, 0.0, 0.9), 0.25)]
+    rows += [((0.0, 0.001 * k, 0.0), (0.0, 0.0, 0.0), 0.25) for k in range(1, 6)]
+    with Arm(ros):
+        bridge.wait_for_output('ee_pose received')
+        with Stream(policy, 20.0, rows, chunk=8) as stream:
+            stream.wait_sent(24)  # three chunks: 23 intervals, the window is full
+            twists.clear()
+            stream.wait_sent(40)
+            learned = [twist_values(m) for m in moving(twists)]
+            twists.clear()
+            stream.wait_sent(48)
+            time.sleep(0.2)
+            last_chunk = [twist_values(m) for m in moving(twists)]
+            stamp = stream.sent[40] - 0.25
+            ages = [t - stamp for t in stream.sent[40:]]
+        # 0.004 m per 50 ms: 0.08 m/s; each twist is the one of its row (y / x = row / 8).
+        assert len(learned) >= 20
+        speed = np.median([v[0] for v in learned])
+        assert speed == pytest.approx(0.08, rel=SPEED_TOL), [v[0] for v in learned]
+        for v in learned:
+            if v[0] > 0:  # (the first row of the last chunk, x = 0, may just be in)
+                assert v[1] / v[0] * 8 == pytest.approx(round(v[1] / v[0] * 8), abs=1e-6), v
+        # The last chunk, row by row: clipped to 0.05 m in y (1 m/s, not 60), cut by the box
+        # to <= 0.03 m in x (0.6 m/s, not 1), clipped to 0.25 rad in yaw (5 rad/s, not 18).
+        assert max(v[1] for v in last_chunk) == pytest.approx(1.0, rel=SPEED_TOL)
+        assert 0.0 < max(v[0] for v in last_chunk) <= 0.6 * (1 + SPEED_TOL)
+        assert max(v[5] for v in last_chunk) == pytest.approx(5.0, rel=SPEED_TOL)
+        # Staleness per row: rows that went out older than command_timeout were dropped, rows
+        # that went out younger than 0.45 s (50 ms to reach the bridge's tick) were accepted.
+        values = wait_until(lambda: in_state(safety_status(diag), 'watchdog'), 5.0,
+                            message='the watchdog after the last chunk')
+        stale = int(values['dropped_stale'])
+        assert sum(a > 0.5 for a in ages) <= stale <= sum(a >= 0.45 for a in ages), (stale, ages)
+        assert int(values['accepted']) == 48 - stale, values
+        for key, count in (('clamped_translation', 1), ('clamped_box', 1),
+                           ('clamped_rotation', 1), ('dropped_duplicate', 0)):
+            assert int(values[key]) == count, (key, values)
+        assert values['step_period_source'] == 'learned'
+        assert float(values['step_period_s']) == pytest.approx(0.05, rel=SPEED_TOL)
+        twists.clear()
+        time.sleep(0.1)
+        assert twists.messages and not moving(twists)
+    assert 'step period learned: ' in bridge.output()
 
 
 def test_enable_false_stops_at_once(ros, launch):
@@ -329,7 +469,7 @@ def get_param(ros, node, name):
 
 def test_run_time_changes_tighten_limits_or_are_refused(ros, launch):
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
-    bridge = start_bridge(launch, 'output_mode:=servo_twist')
+    bridge = start_bridge(launch, 'output_mode:=servo_twist', 'step_duration:=0.2')
     policy = Policy(ros)
     with Arm(ros):
         bridge.wait_for_output('ee_pose received')
@@ -406,8 +546,11 @@ def _defaults(**overrides):
     ({'gripper_consecutive': 3.0}, None),
     ({'stream_rate_hz': 'fast'}, "'stream_rate_hz' is 'fast' (a string); it must be a number: "
                                  '(0, 1000] Hz'),
-    ({'step_duration': 0.01}, "'step_duration' is 0.01; allowed range [0.02 (one stream "
-                              'period), 10] s'),
+    ({'step_duration': 0.0}, None),                                # 0: learned
+    ({'step_duration': 0.01}, "'step_duration' is 0.01; allowed: 0 (learn the step period from "
+                              'the deltas) or [0.02 (one stream period), 10] s'),
+    ({'step_duration': -0.2}, "'step_duration' is -0.2; allowed: 0"),
+    ({'step_duration': 10.5}, "'step_duration' is 10.5; allowed: 0"),
     ({'workspace_max': [1.0, 1.0]}, "'workspace_max' is (1.0, 1.0); allowed: 3 finite numbers"),
     ({'base_frame': ''}, "'base_frame' is ''; allowed: a non-empty frame name"),
     ({'command_timeout': math.inf}, "'command_timeout' is inf; allowed range (0.0, 60.0] s"),

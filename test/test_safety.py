@@ -55,7 +55,8 @@ PROPERTY_SETTINGS = settings(max_examples=120, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow])
 _config = st.fixed_dictionaries({
     'period': st.sampled_from([0.01, 0.02, 0.05]),
-    'step': st.sampled_from([0.05, 0.07, 0.2, 0.7]),
+    # The step period: fixed, or 0 = learned from the arrivals (here: the ticks of the offers).
+    'step': st.sampled_from([0.0, 0.0, 0.05, 0.07, 0.2, 0.7]),
     'timeout': st.sampled_from([0.1, 0.5, 1.0]),
     'pose_every': st.sampled_from([1, 1, 3, 20, 60]),
     # Anywhere in the box, often on or near a face, where the box check matters.
@@ -135,7 +136,8 @@ def test_servo_twist_outputs_are_bounded_fresh_and_inside_the_box(config, scenar
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(config=_config.map(lambda c: {**c, 'step': 0.7, 'timeout': 0.1}),
+@given(config=_config.flatmap(lambda c: st.sampled_from([0.0, 0.7]).map(
+    lambda step: {**c, 'step': step, 'timeout': 0.1})),
        scenario=st.lists(_push_tick, min_size=1, max_size=6))
 def test_servo_twist_stream_ends_at_the_command_timeout(config, scenario):
     check_servo_run(config, scenario)
@@ -152,7 +154,8 @@ def test_servo_twist_box_holds_with_a_lagging_pose(config, scenario):
 def check_servo_run(config, scenario):
     """Drive a TwistStreamer through ``scenario`` and check every output (the properties)."""
     limits = limits_for(config)
-    step = max(config['step'], config['period'])
+    learned = config['step'] == 0.0
+    step = 0.0 if learned else max(config['step'], config['period'])
     core = TwistStreamer(limits, step, config['period'])
     last_accepted = None
     watch_from = None  # the newest accepted stamp, or the last enable after it
@@ -172,6 +175,9 @@ def check_servo_run(config, scenario):
         # Where the arm is now: inside the box (it started inside and only ever moves inside).
         assert np.all(ctx['position'] >= LOW - TOL) and np.all(ctx['position'] <= HIGH + TOL)
         moving = np.any(command.linear != 0) or np.any(command.angular != 0)
+        if learned:  # the period of the newest step: one stream period up to command_timeout
+            step = core.step_duration
+            assert config['period'] <= step <= max(config['period'], limits.command_timeout)
         # Every twist, held for one step, stays within the per-step limits.
         assert np.all(np.abs(command.linear) * step <= limits.max_step_translation + TOL)
         assert np.all(np.abs(rpy_of_vector(command.angular * step))

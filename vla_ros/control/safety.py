@@ -22,11 +22,14 @@ Order of the checks for one delta (``check_delta``, then the mode's ``offer``):
    position (``servo_twist``). From outside the box (an arm started outside) a step may move
    towards the box or stay, never further out on any axis: the box never pushes the arm.
 
-``TwistStreamer`` (``servo_twist``) turns an accepted delta into a twist ``delta / step_duration``
-streamed until ``min(accept time + step_duration, stamp + command_timeout)`` and zero after, so a
-twist is never published from a delta older than ``command_timeout``. ``TargetTracker``
-(``pose_target``) composes the delta onto the previous target, Bridge-style. Both sit behind
-``enabled``: disabled means zero twist, or the measured pose at disable time held.
+``TwistStreamer`` (``servo_twist``) turns an accepted delta into a twist ``delta / period``
+streamed until ``min(accept time + period, stamp + command_timeout)`` and zero after, so a twist
+is never published from a delta older than ``command_timeout``. The period is the policy's step
+period: fixed (``step_duration``), or learned from the arrivals of the accepted deltas
+(``vla_ros.control.step_period``), so a 5 Hz policy and a 20 Hz chunked one both move at the
+speed they ask for. ``TargetTracker`` (``pose_target``) composes the delta onto the previous
+target, Bridge-style. Both sit behind ``enabled``: disabled means zero twist, or the measured
+pose at disable time held.
 """
 
 import collections
@@ -37,6 +40,7 @@ import numpy as np
 
 from vla_ros.control.geometry import (compose_pose, is_finite_number, rotation_vector,
                                       rpy_to_matrix)
+from vla_ros.control.step_period import StepPeriod
 
 EVENTS = ('accepted', 'clamped_translation', 'clamped_rotation', 'clamped_box', 'dropped_stale',
           'dropped_future', 'dropped_reordered', 'dropped_duplicate', 'dropped_disabled',
@@ -248,11 +252,14 @@ class TwistStreamer(_Mode):
     The workspace box is checked against the *predicted* position: the measured pose plus the
     motion this streamer has commanded since that pose arrived, so a lagging or briefly missing
     ``ee_pose`` cannot let a step leave the box.
+
+    ``step_duration``: the step period in seconds, or 0 to learn it from ``offer``'s ``arrival``
+    times (``StepPeriod``).
     """
 
     def __init__(self, limits, step_duration, stream_period):
         super().__init__(limits)
-        self.step_duration = step_duration
+        self.step = StepPeriod(step_duration, shortest=stream_period)
         self.stream_period = stream_period
         # Commanded motions, oldest first: [start, end, linear, angular, source stamp]. The last
         # one is the current stream while ``now < end``; a new delta or a stop cuts its end.
@@ -268,20 +275,32 @@ class TwistStreamer(_Mode):
                 shift += linear * overlap
         return self.pose.position + shift
 
-    def offer(self, delta, stamp, now):
-        """Check one delta at time ``now`` and, if accepted, start streaming it."""
+    @property
+    def step_duration(self):
+        """Return the step period in force, in seconds (fixed, first guess or learned)."""
+        return self.step.seconds(self.limits.command_timeout)
+
+    def offer(self, delta, stamp, now, arrival=None):
+        """
+        Check one delta at time ``now`` and, if accepted, start streaming it.
+
+        ``arrival`` is when the delta arrived (default ``now``); an accepted delta's arrival
+        teaches the learned step period, which then sets the speed of its step.
+        """
         verdict = self._gate(delta, stamp, now)
         if verdict.delta is None:
             return verdict
         step, cut = bound_translation(self.predicted_position(now), verdict.delta[:3],
                                       self.limits)
         verdict = self._accept(verdict, stamp, step, cut, delta)
+        self.step.arrive(now if arrival is None else arrival, self.limits.command_timeout)
+        period = self.step_duration
         self._stop(now)
         rotation = rpy_to_matrix(*verdict.delta[3:])
-        end = min(now + self.step_duration, stamp + self.limits.command_timeout)
-        self._segments.append([now, end, step / self.step_duration,
-                               rotation_vector(rotation) / self.step_duration, stamp])
-        horizon = now - 2.0 * (self.limits.pose_timeout + self.step_duration)
+        end = min(now + period, stamp + self.limits.command_timeout)
+        self._segments.append([now, end, step / period, rotation_vector(rotation) / period,
+                               stamp])
+        horizon = now - 2.0 * (self.limits.pose_timeout + period)
         while self._segments and self._segments[0][1] < horizon:
             self._segments.popleft()
         return verdict
@@ -327,8 +346,8 @@ class TargetTracker(_Mode):
         self._moved_at = None      # stamp of the delta that last moved the target
         self._before = None        # (target, moved_at) before this period's delta, for a burst
 
-    def offer(self, delta, stamp, now):
-        """Check one delta at ``now`` and, if accepted, move the target by it."""
+    def offer(self, delta, stamp, now, arrival=None):
+        """Check one delta at ``now`` and, if accepted, move the target by it (no period)."""
         verdict = self._gate(delta, stamp, now)
         if verdict.delta is None:
             return verdict

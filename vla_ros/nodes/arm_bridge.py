@@ -7,7 +7,9 @@ measured end-effector pose in ``base_frame``). Outputs, by ``output_mode``:
 * ``servo_twist``: ``servo_node/delta_twist_cmds`` (TwistStamped, m/s and rad/s in
   ``base_frame``, streamed at ``stream_rate_hz`` with fresh stamps). Configure MoveIt Servo with
   ``command_in_type: speed_units``; the angular part turns about the end effector with
-  base-aligned axes, as Servo applies a twist given in the planning frame.
+  base-aligned axes, as Servo applies a twist given in the planning frame. Each delta lasts one
+  step period: learned from the arrivals of the deltas (``step_duration`` 0, the default), so
+  the policy's rate is configured once, in the policy; or fixed by ``step_duration``.
 * ``pose_target``: ``target_pose`` (PoseStamped), the previous target composed with each delta,
   streamed at ``stream_rate_hz`` (fzi cartesian controllers, Servo pose mode).
 
@@ -53,8 +55,9 @@ PARAMS = (
                      allowed='a non-empty frame name, e.g. base_link'),
     params.NodeParam('stream_rate_hz', 50.0, 'Rate of the output stream, Hz.',
                      check=lambda v: 0.0 < v <= 1000.0, allowed='(0, 1000] Hz'),
-    params.NodeParam('step_duration', 0.2, 'Seconds one delta lasts (1 / policy rate); twist = '
-                     'delta / step_duration. In [1 / stream_rate_hz, 10].'),
+    params.NodeParam('step_duration', 0.0, 'Seconds one delta lasts (servo_twist: twist = delta '
+                     '/ step period). 0: learn it, the median interval between arriving deltas '
+                     '(first step: command_timeout). Else fixed, in [1 / stream_rate_hz, 10].'),
     params.NodeParam('command_timeout', _L.command_timeout, 'Seconds; older deltas are dropped '
                      'and no motion comes from a delta older than this. In (0, 60].',
                      runtime=True),
@@ -107,9 +110,10 @@ def configuration(values):
                          v['gripper_consecutive'], v['gripper_open_position'],
                          v['gripper_closed_position'])
     low = 1.0 / v['stream_rate_hz']
-    if not low - 1e-9 <= v['step_duration'] <= 10.0:
-        problems.append(f"parameter 'step_duration' is {v['step_duration']!r}; allowed range "
-                        f'[{low:.6g} (one stream period), 10] s')
+    if v['step_duration'] != 0.0 and not low - 1e-9 <= v['step_duration'] <= 10.0:
+        problems.append(f"parameter 'step_duration' is {v['step_duration']!r}; allowed: 0 (learn "
+                        f'the step period from the deltas) or [{low:.6g} (one stream period), 10] '
+                        's')
     return v, limits, grip, problems + limits.validate() + grip.validate()
 
 
@@ -196,17 +200,21 @@ class ArmBridge(Node):
         self.create_service(Trigger, '~/reset', self._on_reset)
         self.create_timer(period, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
+        fixed = self.cfg['step_duration'] > 0.0
+        step = (f"{self.cfg['step_duration']} s (fixed)" if fixed else 'learned from the deltas '
+                f'(first step: {self.limits.command_timeout} s = command_timeout)')
+        step = step if self.servo else 'unused (pose_target)'
         self.get_logger().info(
             f"started: output_mode={self.cfg['output_mode']} base_frame={self.base_frame} "
-            f"stream_rate_hz={self.cfg['stream_rate_hz']} step_duration="
-            f"{self.cfg['step_duration']} s {self._limits_text()} gripper={grip.convention} "
-            f'threshold={grip.threshold} x{grip.consecutive}')
-        if self.servo and self.cfg['step_duration'] >= self.limits.command_timeout:
+            f"stream_rate_hz={self.cfg['stream_rate_hz']} step_duration={step} "
+            f'{self._limits_text()} gripper={grip.convention} threshold={grip.threshold} '
+            f'x{grip.consecutive}')
+        if self.servo and fixed and self.cfg['step_duration'] >= self.limits.command_timeout:
             self.get_logger().warning(
                 f"step_duration {self.cfg['step_duration']} s is not below command_timeout "
                 f'{self.limits.command_timeout} s: each twist stream ends command_timeout after '
                 "the delta's stamp, so the arm moves less than the policy asks. Set step_duration "
-                "to 1 / vla_node's control_rate_hz, or raise command_timeout")
+                "to 0 (learn it) or 1 / vla_node's control_rate_hz, or raise command_timeout")
         what = ('deltas are dropped (the workspace box needs the arm position) and zero twist is '
                 'streamed' if self.servo else 'nothing is published')
         self.get_logger().warning(f'waiting for ee_pose on {self._pose_topic}: {what} until it '
@@ -289,11 +297,15 @@ class ArmBridge(Node):
         while self._inbox:
             kind, item, arrival = self._inbox.popleft()
             if kind == 'delta':
-                accepted = self._offer(item, now)
+                accepted = self._offer(item, now, arrival)
                 self._gripper_commands(self.pairing.delta(arrival, accepted))
             else:
                 self._gripper_commands(self.pairing.gripper(arrival, item))
         self._gripper_commands(self.pairing.expire(now))
+        if self.servo:
+            news = self.core.step.news(self.limits.command_timeout)
+            if news:
+                self.get_logger().info(news)
         command = self.core.tick(now)
         self._publish(command, now)
         self._track_state(command.state)
@@ -327,7 +339,7 @@ class ArmBridge(Node):
                     f'{self.limits.pose_timeout} s): deltas are dropped')
             self._pose_state = state
 
-    def _offer(self, msg, now):
+    def _offer(self, msg, now, arrival):
         """Check one delta message and offer it to the safety core; return True if accepted."""
         frame = msg.header.frame_id
         if frame.lstrip('/') != self.base_frame:
@@ -348,7 +360,8 @@ class ArmBridge(Node):
             rpy = geometry.matrix_to_rpy(geometry.quaternion_to_matrix(quat))
         else:
             rpy = (math.nan,) * 3
-        verdict = self.core.offer((p.x, p.y, p.z, *rpy), _seconds(msg.header.stamp), now)
+        verdict = self.core.offer((p.x, p.y, p.z, *rpy), _seconds(msg.header.stamp), now,
+                                  arrival)
         for event in verdict.events:
             self.counters.bump(event, verdict.reason)
         # A missing or stale ee_pose is said once, when it happens (see _update_pose).
@@ -427,6 +440,9 @@ class ArmBridge(Node):
             'ee_pose_age_s': now_s - pose.time if pose is not None else math.nan,
             'stream_rate_target_hz': self.cfg['stream_rate_hz'],
             'stream_rate_hz': self._stream_rate.rate(now_s),
+            # servo_twist: the step period sets the speed (fixed, initial guess or learned).
+            **({'step_period_s': self.core.step_duration,
+                'step_period_source': self.core.step.source} if self.servo else {}),
             'gripper_state': self.gripper.state or 'unknown',
             **counts,
             'last_error': last_error,
