@@ -16,7 +16,8 @@ from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import SetBool, Trigger
 
 from vla_ros.nodes import diagnostics
-from vla_ros.sim.arm import HOME_POSITION, SimArm, WORKSPACE_HIGH
+from vla_ros.sim.arm import CAMERAS, FINGER_JOINTS, HOME_POSITION, SimArm, WORKSPACE_HIGH
+from vla_ros.sim.camera import SimCamera
 from vla_ros.sim.loop import Pacer, Schedule
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -38,6 +39,32 @@ def start_sim(launch, *params):
 def position(msg):
     p = msg.pose.position
     return np.array([p.x, p.y, p.z])
+
+
+def stamp_ns(msg):
+    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+
+def pixels(msg):
+    """Return an rgb8 Image's pixels as (height, width, 3) int16 (room for differences)."""
+    return np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3).astype(np.int16)
+
+
+def difference(a, b):
+    """Return the mean absolute difference of two images, in intensity levels."""
+    return float(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean())
+
+
+def fresh(inbox, timeout=5.0):
+    """Return the first message that arrives after now."""
+    after = time.monotonic()
+    return wait_until(lambda: next((m for t, m in inbox.stamped if t > after), None), timeout,
+                      message='a fresh message')
+
+
+def fingers(state):
+    """Return the finger joint positions of a JointState, looked up by name."""
+    return [state.position[state.name.index(name)] for name in FINGER_JOINTS]
 
 
 def latest_position(inbox, after=None):
@@ -140,6 +167,22 @@ def test_core_grasps_and_lifts_the_cube():
     assert np.allclose(arm.ee_pose()[0], HOME_POSITION, atol=1e-6)
 
 
+def test_core_renders_both_views_of_one_snapshot_and_the_wrist_view_rides_on_the_gripper():
+    arm = SimArm()
+    camera = SimCamera(arm.model, 96, 72, CAMERAS)
+    try:
+        scene, wrist = camera.render(arm.snapshot())
+        assert scene.shape == wrist.shape == (72, 96, 3) and scene.dtype == np.uint8
+        assert difference(scene, wrist) > 10, 'two cameras, two different views'
+        arm.command_pose(HOME_POSITION + [0.1, 0.1, -0.1], (0.0, 0.0, 0.0, 1.0))
+        arm.step(1.5)
+        moved_scene, moved_wrist = camera.render(arm.snapshot())
+        # The fixed camera sees a small gripper move; the wrist camera sees its whole view move.
+        assert difference(wrist, moved_wrist) > max(5.0, 3 * difference(scene, moved_scene))
+    finally:
+        camera.close()
+
+
 def test_pacer_runs_whole_steps_to_the_clock_and_skips_a_stall():
     pacer = Pacer(step_ns=2_000_000, epoch_ns=10**9, max_steps=50)
     assert pacer.advance(10**9 + 9_000_000) == 4  # 9 ms: four 2 ms steps, 1 ms carried
@@ -154,8 +197,9 @@ def test_pacer_runs_whole_steps_to_the_clock_and_skips_a_stall():
 
 
 # ---------------------------------------------------------------- the node over DDS
-def test_publishes_camera_ee_pose_and_joint_states(ros, launch):
+def test_publishes_both_cameras_ee_pose_and_joint_states(ros, launch):
     images = ros.subscribe(Image, 'camera/image_raw', qos_profile_sensor_data)
+    wrist = ros.subscribe(Image, 'wrist_camera/image_raw', qos_profile_sensor_data)
     poses = ros.subscribe(PoseStamped, 'ee_pose', STATE)
     joints = ros.subscribe(JointState, 'joint_states', STATE)
     task = ros.subscribe(String, 'sim/task', RELIABLE)
@@ -172,15 +216,33 @@ def test_publishes_camera_ee_pose_and_joint_states(ros, launch):
     intervals = np.diff(stamps[2:])
     assert np.median(intervals) == pytest.approx(1 / 15.0, rel=0.2), intervals
     assert intervals.min() > 0.8 / 15.0, intervals
-    pixels = np.frombuffer(frames[-1].data, np.uint8)
-    assert pixels.std() > 10, 'the image should show a scene, not one colour'
+    assert pixels(frames[-1]).std() > 10, 'the image should show a scene, not one colour'
+    # The wrist camera: same size, encoding and rate, its own frame, one stamp per frame pair.
+    wrist_frames = wrist.wait_for(12, timeout=5.0)
+    for msg in wrist_frames:
+        assert (msg.encoding, msg.width, msg.height, msg.step) == ('rgb8', 200, 150, 600)
+        assert msg.header.frame_id == 'sim_wrist_camera'
+    intervals = np.diff([stamp_ns(m) * 1e-9 for m in wrist_frames[2:]])
+    assert np.median(intervals) == pytest.approx(1 / 15.0, rel=0.2), intervals
+    scene_stamps = [stamp_ns(m) for m in images.messages]
+    wrist_stamps = [stamp_ns(m) for m in wrist.messages]
+    low = max(scene_stamps[0], wrist_stamps[0])
+    high = min(scene_stamps[-1], wrist_stamps[-1])  # a newest twin may still be on its way
+    paired = [t for t in scene_stamps if low <= t <= high]
+    assert len(paired) >= 10 and paired == [t for t in wrist_stamps if low <= t <= high], \
+        (scene_stamps, wrist_stamps)
+    scene_view, wrist_view = ({stamp_ns(m): pixels(m) for m in inbox.messages}[paired[-1]]
+                              for inbox in (images, wrist))
+    assert wrist_view.std() > 10
+    assert difference(scene_view, wrist_view) > 10, 'two cameras, two views'
     pose = poses.wait_for(5)[-1]
     assert pose.header.frame_id == 'base_link'
     assert np.allclose(position(pose), HOME_POSITION, atol=0.005)
     assert pose.pose.orientation.w == pytest.approx(1.0, abs=1e-3)
     state = joints.wait_for(5)[-1]
     assert len(state.name) == len(state.position) == len(state.velocity) == 8
-    assert state.position[6:] == pytest.approx([0.04, 0.04], abs=0.002)
+    assert state.name[6:] == ['left_finger_joint', 'right_finger_joint']
+    assert fingers(state) == pytest.approx([0.04, 0.04], abs=0.002)  # metres: open
     status = json.loads(task.wait_for(1)[-1].data)
     assert status['object_lifted'] is False and abs(status['object_height']) < 0.005
 
@@ -259,18 +321,49 @@ def test_target_pose_is_reached_within_the_speed_limit(ros, launch):
     assert max(speeds) >= 0.1 * 0.8, 'the move should run at about the speed limit'
 
 
-def test_gripper_closes_and_opens(ros, launch):
+def test_gripper_closes_and_opens_on_joint_states_and_in_the_wrist_view(ros, launch):
     joints = ros.subscribe(JointState, 'joint_states', STATE)
+    wrist = ros.subscribe(Image, 'wrist_camera/image_raw', qos_profile_sensor_data)
     start_sim(launch)
     pub = ros.publisher(Float64, 'gripper/command', RELIABLE)
     ros.wait_for_subscribers(pub)
 
-    def fingers(command):
-        pub.publish(Float64(data=command))  # absolute, so sending it again is harmless
-        return joints.wait_for(1)[-1].position[6:]
-    assert min(joints.wait_for(1)[-1].position[6:]) > 0.035
-    wait_until(lambda: max(fingers(0.0)) < 0.003, 5.0, interval=0.1, message='closed fingers')
-    wait_until(lambda: min(fingers(1.0)) > 0.037, 5.0, interval=0.1, message='open fingers')
+    def command(opening):
+        pub.publish(Float64(data=opening))  # absolute, so sending it again is harmless
+        return fingers(joints.wait_for(1)[-1])
+    assert min(fingers(joints.wait_for(1)[-1])) > 0.035
+    open_view = pixels(fresh(wrist))
+    wait_until(lambda: max(command(0.0)) < 0.003, 5.0, interval=0.1, message='closed fingers')
+    # The fingers are in the wrist camera's view: closing them changes it.
+    assert difference(open_view, pixels(fresh(wrist))) > 5
+    wait_until(lambda: min(command(1.0)) > 0.037, 5.0, interval=0.1, message='open fingers')
+
+
+def test_wrist_camera_moves_with_the_gripper(ros, launch):
+    poses = ros.subscribe(PoseStamped, 'ee_pose', STATE)
+    scene = ros.subscribe(Image, 'camera/image_raw', qos_profile_sensor_data)
+    wrist = ros.subscribe(Image, 'wrist_camera/image_raw', qos_profile_sensor_data)
+    start_sim(launch)
+    pub = ros.publisher(PoseStamped, 'target_pose', RELIABLE)
+    wrist.wait_for(3)
+    scene_before, before = pixels(fresh(scene)), pixels(fresh(wrist))
+    assert difference(before, pixels(fresh(wrist))) < 1, 'at rest the view holds still'
+    go_to(ros, pub, poses, HOME_POSITION + [0.1, 0.1, -0.1])
+    scene_after, after = pixels(fresh(scene)), pixels(fresh(wrist))
+    # The fixed camera sees a small gripper move; the wrist camera sees its whole view move.
+    assert difference(before, after) > max(5.0, 3 * difference(scene_before, scene_after))
+
+
+def test_wrist_camera_false_publishes_the_scene_camera_only(ros, launch):
+    images = ros.subscribe(Image, 'camera/image_raw', qos_profile_sensor_data)
+    wrist = ros.subscribe(Image, 'wrist_camera/image_raw', qos_profile_sensor_data)
+    diags = ros.subscribe(DiagnosticArray, '/diagnostics', RELIABLE)
+    sim = start_sim(launch, 'wrist_camera:=false')
+    assert 'wrist camera off' in sim.output()
+    images.wait_for(5)
+    values = wait_until(lambda: node_diagnostics(diags), 5.0, message='sim_arm diagnostics')
+    assert values['wrist_camera'] == 'false' and values['wrist_render_time_p50_ms'] == 'nan'
+    assert ros.node.count_publishers('/wrist_camera/image_raw') == 0 and not wrist.messages
 
 
 def test_scripted_grasp_lifts_the_cube(ros, launch):

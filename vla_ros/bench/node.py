@@ -135,7 +135,7 @@ def tick_overhead_oft(policy, iterations=200):
                     parts[name].append(value)
         if i >= 20:
             parts['tick'].append(t1 - t0)
-        now = start + (i + 1) * period  # the next tick: it publishes row 0 of the chunk just committed
+        now = start + (i + 1) * period  # the next tick publishes row 0 of this chunk
     node.destroy_node()
     return [('2x 640x480 rgb8 + 8-D state', parts)]
 
@@ -146,7 +146,7 @@ OFT_PROPRIO = ('ee_position', 'ee_axis_angle', 'joint:left_finger_joint',
 
 
 def period_error(model, seconds, rate, out, policy='openvla'):
-    """Run vla_node + cameras (+ state) for ``seconds``; return its diagnostics before and after."""
+    """Run vla_node, cameras (and state) for ``seconds``; return diagnostics before, after."""
     params = ['-p', 'unnorm_key:=synth_bridge']
     cameras = [start([executable('camera_stream'), '--rate', '20'], out / 'camera.log')]
     if policy == 'openvla_oft':

@@ -1,5 +1,5 @@
 """
-sim_arm: a simulated arm, table scene and camera (MuJoCo) with the interfaces of a real arm.
+sim_arm: a simulated arm, table scene and cameras (MuJoCo) with the interfaces of a real arm.
 
 The physics core is ``vla_ros.sim.SimArm`` (ROS-free); this node turns messages into its commands
 and its state into messages. Topics (relative names, so a namespace or remapping moves them):
@@ -14,10 +14,27 @@ topic                             type                         notes
                                                                be ``base_frame``
 ``gripper/command``               std_msgs/Float64             in; opening in [0, 1], 1 = open
 ``camera/image_raw``              sensor_msgs/Image            out; rgb8, best effort depth 1,
-                                                               frame_id ``sim_camera``
+                                                               frame_id ``sim_camera``; the
+                                                               fixed third-person view
+``wrist_camera/image_raw``        sensor_msgs/Image            out, when ``wrist_camera``; the
+                                                               camera on the gripper: rgb8, QoS,
+                                                               size and rate as above, frame_id
+                                                               ``sim_wrist_camera``; each frame
+                                                               has the stamp of its
+                                                               ``camera/image_raw`` twin
 ``ee_pose``                       geometry_msgs/PoseStamped    out; end-effector pose in
                                                                ``base_frame``
-``joint_states``                  sensor_msgs/JointState       out; 6 virtual joints + 2 fingers
+``joint_states``                  sensor_msgs/JointState       out; ``gripper_x``, ``gripper_y``,
+                                                               ``gripper_z`` (m),
+                                                               ``gripper_roll``,
+                                                               ``gripper_pitch``,
+                                                               ``gripper_yaw`` (rad, R = Rz Ry
+                                                               Rx): the measured end-effector
+                                                               pose as 6 virtual joints; then
+                                                               ``left_finger_joint``,
+                                                               ``right_finger_joint``: each
+                                                               finger's position in metres from
+                                                               closed (0 .. 0.04, open = 0.04)
 ``sim/object_lifted``             std_msgs/Bool                out; the cube's bottom is > 5 cm
                                                                above the table (10 Hz)
 ``sim/task``                      std_msgs/String              out; JSON: object_lifted,
@@ -43,9 +60,16 @@ never runs faster than real time, and falls behind when a stall is skipped), ``/
 published after each tick, and outputs are stamped with that sim time, which is what the node
 clock of any node with ``use_sim_time`` reads.
 
-The camera renders on its own thread with its own MjData, from a snapshot of the state taken by
-the control tick when a frame is due, so rendering never stalls physics; the image carries the
-stamp of its snapshot. A frame still rendering when the next is due makes that one be dropped.
+The cameras render on their own thread with its own MjData, from a snapshot of the state taken by
+the control tick when a frame is due, so rendering never stalls physics; the images carry the
+stamp of their snapshot. With ``wrist_camera`` (the default) both views are drawn from the same
+snapshot and published together with one stamp, so a policy taking the pair (an OpenVLA-OFT
+LIBERO checkpoint: ``camera_topics: [camera/image_raw, wrist_camera/image_raw]``) sees one
+instant; it doubles the camera thread's work (on 2 CPU cores with EGL's software renderer each
+view takes about 5-12 ms at 320x240, 15-40 ms at 640x480). A frame (pair) still rendering when
+the next is due makes that one be dropped.
+/diagnostics reports ``render_time_p50_ms`` / ``p95`` for all views of a frame together and
+``wrist_render_time_p50_ms`` for the wrist view alone.
 """
 
 import json
@@ -74,6 +98,7 @@ from vla_ros.nodes.logs import LogThrottle
 from vla_ros.nodes.startup import report_problems, run
 
 CAMERA_FRAME = 'sim_camera'
+WRIST_CAMERA_FRAME = 'sim_wrist_camera'
 TASK_RATE_HZ = 10.0
 # Seconds of physics one real-time tick may run to catch up with the clock. A real arm keeps
 # moving while a starved process is late, so the sim catches up rather than dropping time; only a
@@ -97,6 +122,9 @@ PARAMS = (
                      check=_within(16, 2048), allowed='an integer in 16 .. 2048'),
     params.NodeParam('camera_rate_hz', 10.0, 'Camera frame rate, Hz.',
                      check=_within(0, 60, True), allowed='0 < rate <= 60 Hz'),
+    params.NodeParam('wrist_camera', True, 'Also publish the gripper-mounted camera on '
+                     'wrist_camera/image_raw (same size, rate and stamps as camera/image_raw); '
+                     'false halves the rendering work.'),
     params.NodeParam('physics_rate_hz', 100.0, 'Control loop rate, Hz; physics substeps at 2 ms '
                      'inside each tick.', check=_within(10, 500), allowed='10 .. 500 Hz'),
     params.NodeParam('ee_pose_rate_hz', 50.0, 'Rate of ee_pose and joint_states, Hz.',
@@ -133,7 +161,8 @@ class SimArmNode(Node):
                                   'rejected_nonfinite', 'rejected_frame', 'rejected_quaternion',
                                   'frames', 'frames_dropped', 'loop_errors', 'physics_resets',
                                   'catch_up_capped')
-        self._render_time = Window()
+        self._render_time = Window()  # all views of a frame (one snapshot) together
+        self._wrist_render_time = Window()
         self._tick_cost = Window()
         self._frame_rate = RateMeter()
         self._pacer = None  # the physics steps' time line: node clock, or sim time from 0
@@ -166,7 +195,9 @@ class SimArmNode(Node):
             self._pose, self._gripper = Latest(), Latest()
             self.arm = arm.SimArm(cfg.camera_width, cfg.camera_height, cfg.max_linear_speed,
                                   cfg.max_angular_speed, cfg.twist_timeout, cfg.seed)
-            problems += self._start_camera(camera)
+            views = (self.arm.camera, arm.WRIST_CAMERA) if cfg.wrist_camera else \
+                (self.arm.camera,)
+            problems += self._start_camera(camera, views)
         if problems:
             report_problems(self.get_logger(), problems)
             return False
@@ -183,6 +214,8 @@ class SimArmNode(Node):
         loop_group = MutuallyExclusiveCallbackGroup()  # the tick and reset never overlap
         self._pubs = {
             'image': self.create_publisher(Image, 'camera/image_raw', qos.SENSOR),
+            'wrist_image': (self.create_publisher(Image, 'wrist_camera/image_raw', qos.SENSOR)
+                            if cfg.wrist_camera else None),
             'ee_pose': self.create_publisher(PoseStamped, 'ee_pose', qos.COMMAND),
             'joints': self.create_publisher(JointState, 'joint_states', qos.COMMAND),
             'lifted': self.create_publisher(Bool, 'sim/object_lifted', qos.COMMAND),
@@ -207,20 +240,22 @@ class SimArmNode(Node):
                           clock=loop_clock)
         self.get_logger().info(
             f'started: camera {cfg.camera_width}x{cfg.camera_height} at {cfg.camera_rate_hz} Hz '
-            f'(MUJOCO_GL egl unless set), physics tick {cfg.physics_rate_hz} Hz '
+            f'(MUJOCO_GL egl unless set), wrist camera '
+            f'{"on (wrist_camera/image_raw)" if cfg.wrist_camera else "off"}, physics tick '
+            f'{cfg.physics_rate_hz} Hz '
             f'({self.arm.timestep * 1e3:.1f} ms steps), ee_pose {cfg.ee_pose_rate_hz} Hz, '
             f'limits {cfg.max_linear_speed} m/s {cfg.max_angular_speed} rad/s, twist_timeout '
             f'{cfg.twist_timeout} s, base_frame {cfg.base_frame}, seed {cfg.seed}, time '
             f'{"sim (publishing /clock)" if cfg.publish_clock else "node clock (real time)"}')
         return True
 
-    def _start_camera(self, camera_module):
-        """Create the renderer on the camera thread (an OpenGL context is per-thread)."""
+    def _start_camera(self, camera_module, views):
+        """Create the renderer of ``views`` on the camera thread (a GL context is per-thread)."""
         self._worker = InferenceWorker(self._on_camera_error, name='sim_camera')
 
         def create():
             camera = camera_module.SimCamera(self.arm.model, self.cfg.camera_width,
-                                             self.cfg.camera_height, self.arm.camera)
+                                             self.cfg.camera_height, views)
             camera.render(self.arm.snapshot())  # warm-up: the first frame compiles shaders
             self._camera = camera
         self._worker.submit(create)
@@ -415,11 +450,20 @@ class SimArmNode(Node):
             {**status, 'time_since_reset': round(self.arm.time, 4)}, sort_keys=True)))
 
     def _render(self, snapshot, stamp):
-        """Run on the camera thread: draw the snapshot and publish it with its stamp."""
-        rgb = self._camera.render(snapshot)
-        self._render_time.add(self._camera.last_render_s)
-        self._pubs['image'].publish(messages.rgb_to_image(rgb, 'rgb8', stamp=stamp,
-                                                          frame_id=CAMERA_FRAME))
+        """Run on the camera thread: draw the snapshot's views, publish them with one stamp."""
+        camera = self._camera
+        images = camera.render(snapshot)  # (scene,) or (scene, wrist), one instant
+        self._render_time.add(camera.last_render_s)
+        if len(images) > 1:
+            self._wrist_render_time.add(camera.last_view_s[1])
+        # Both built before either is sent, so the pair leaves back to back.
+        outgoing = [(self._pubs['image'], messages.rgb_to_image(
+            images[0], 'rgb8', stamp=stamp, frame_id=CAMERA_FRAME))]
+        if len(images) > 1:
+            outgoing.append((self._pubs['wrist_image'], messages.rgb_to_image(
+                images[1], 'rgb8', stamp=stamp, frame_id=WRIST_CAMERA_FRAME)))
+        for publisher, msg in outgoing:
+            publisher.publish(msg)
         self._counters.bump('frames')
         self._frame_rate.mark(time.monotonic())
 
@@ -446,8 +490,10 @@ class SimArmNode(Node):
             'tick_cost_max_ms': cost['max'] * 1e3,
             'max_real_time_factor': tick_s / cost['p50'] if cost['p50'] > 0 else float('nan'),
             'camera_rate_hz': self._frame_rate.rate(steady),
-            'render_time_p50_ms': render['p50'] * 1e3,
+            'wrist_camera': self.cfg.wrist_camera,
+            'render_time_p50_ms': render['p50'] * 1e3,  # every view of a frame together
             'render_time_p95_ms': render['p95'] * 1e3,
+            'wrist_render_time_p50_ms': self._wrist_render_time.summary()['p50'] * 1e3,
             **counts,
             'object_lifted': self._lifted,
             'last_error': last_error,

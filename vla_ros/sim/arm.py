@@ -22,7 +22,15 @@ pushes and grasps. Safety inside the sim: the mocap target is clipped to ``WORKS
 At the identity orientation the fingers point down (-z) and close along y. ``joint_state()``
 reports six virtual joints (``gripper_x`` ... ``gripper_yaw``: the measured end-effector position
 and roll/pitch/yaw, R = Rz Ry Rx; their velocities are the linear velocity and the angular velocity
-about the base axes) and the two finger slides (metres from closed, 0 .. 0.04 each).
+about the base axes) and the two finger slides ``left_finger_joint`` (+y side) and
+``right_finger_joint`` (-y side): the measured position of each finger in metres from closed,
+0 .. 0.04 each (0.04 = open, both positive, so the opening between the pads is their sum plus
+2 mm; holding the 4 cm cube each reads about 0.02), and their velocities in m/s.
+
+Cameras (``CAMERAS``): ``scene_camera`` is fixed in front of the table, looking back at the
+workspace; ``wrist_camera`` is mounted on the gripper, under the back of the palm, looking down
+along the fingers and 30 degrees forward, so both fingertips and what lies between them are in
+view and the image moves with the gripper.
 """
 
 import dataclasses
@@ -48,6 +56,9 @@ _HALF_HEIGHT = {'cube': 0.02, 'cylinder': 0.03, 'block': 0.015}
 VIRTUAL_JOINTS = ('gripper_x', 'gripper_y', 'gripper_z', 'gripper_roll', 'gripper_pitch',
                   'gripper_yaw')
 FINGER_JOINTS = ('left_finger_joint', 'right_finger_joint')
+SCENE_CAMERA = 'scene_camera'
+WRIST_CAMERA = 'wrist_camera'
+CAMERAS = (SCENE_CAMERA, WRIST_CAMERA)
 
 
 def object_layout(seed):
@@ -81,7 +92,7 @@ class SimArm:
     """A floating gripper, a table and three objects; see the module docstring."""
 
     def __init__(self, width=320, height=240, max_linear_speed=0.25, max_angular_speed=1.0,
-                 twist_timeout=0.1, seed=0, camera='scene_camera'):
+                 twist_timeout=0.1, seed=0, camera=SCENE_CAMERA):
         self.model = mujoco.MjModel.from_xml_path(str(SCENE_XML))
         vis = self.model.vis.global_
         vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
@@ -264,7 +275,7 @@ class SimArm:
 
     # ---------------------------------------------------------------- camera
     def render(self):
-        """Render the scene camera now, on this thread: (height, width, 3) uint8 RGB."""
+        """Render ``camera`` now, on this thread: (height, width, 3) uint8 RGB (see SimCamera)."""
         if self._camera is None:
             self._camera = SimCamera(self.model, self.width, self.height, self.camera)
         return self._camera.render(self.snapshot())

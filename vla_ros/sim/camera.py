@@ -1,5 +1,11 @@
 """
-Offscreen rendering of the sim's scene camera, with its own MjData, so it can run on any thread.
+Offscreen rendering of the sim's cameras, with its own MjData, so it can run on any thread.
+
+One ``SimCamera`` draws one or several named cameras of the scene (``scene_camera``, the fixed
+third-person view; ``wrist_camera``, on the gripper) at one size, from one state snapshot: the
+kinematics run once and every view shows the same instant, which is what lets ``sim_arm`` stamp
+a frame pair with one stamp. Sites (debug markers such as the end-effector point) are not drawn,
+as a real camera would not see them.
 
 MuJoCo picks its OpenGL backend from ``MUJOCO_GL`` when it is first imported; ``vla_ros.sim``
 sets it to ``egl`` unless the environment already says otherwise. An OpenGL context belongs to
@@ -18,17 +24,32 @@ class RenderError(RuntimeError):
 
 
 class SimCamera:
-    """Draw the named camera of ``model`` for state snapshots (see ``SimArm.snapshot``)."""
+    """
+    Draw the named camera(s) of ``model`` for state snapshots (see ``SimArm.snapshot``).
+
+    ``camera`` is one name (``render`` returns one image) or a tuple of names (``render`` returns
+    a tuple of images in the same order). ``last_render_s`` is the wall time of the last
+    ``render`` call, all views together; ``last_view_s`` the time of each view (the first also
+    holds the kinematics update).
+    """
 
     def __init__(self, model, width, height, camera='scene_camera'):
         self.model = model
         self.data = mujoco.MjData(model)
         self.camera = camera
+        self.cameras = (camera,) if isinstance(camera, str) else tuple(camera)
         self.last_render_s = float('nan')
-        try:
-            model.camera(camera)
-        except KeyError as exc:
-            raise RenderError(f'the scene has no camera named {camera!r}') from exc
+        self.last_view_s = (float('nan'),) * len(self.cameras)
+        self._renderer = None
+        if not self.cameras:
+            raise RenderError('no camera named: give at least one camera of the scene')
+        names = [model.camera(i).name for i in range(model.ncam)]
+        missing = [name for name in self.cameras if name not in names]
+        if missing:
+            raise RenderError(f'the scene has no camera named {", ".join(map(repr, missing))}; '
+                              f'its cameras: {", ".join(names)}')
+        self._option = mujoco.MjvOption()
+        self._option.sitegroup[:] = 0  # markers, not things a camera sees
         try:
             self._renderer = mujoco.Renderer(model, height=height, width=width)
         except Exception as exc:  # noqa: B902 - GL back ends raise many types; all mean the same
@@ -41,7 +62,7 @@ class SimCamera:
             ) from exc
 
     def render(self, snapshot):
-        """Return the frame for ``snapshot`` as (height, width, 3) uint8 RGB."""
+        """Return the frame(s) for ``snapshot``: (height, width, 3) uint8 RGB per camera."""
         start = time.perf_counter()
         self.data.qpos[:] = snapshot.qpos
         self.data.mocap_pos[:] = snapshot.mocap_pos
@@ -49,10 +70,16 @@ class SimCamera:
         self.data.time = snapshot.time
         mujoco.mj_kinematics(self.model, self.data)
         mujoco.mj_camlight(self.model, self.data)
-        self._renderer.update_scene(self.data, camera=self.camera)
-        image = self._renderer.render()  # (H, W, 3) uint8
-        self.last_render_s = time.perf_counter() - start
-        return np.ascontiguousarray(image)
+        images, times, mark = [], [], start
+        for name in self.cameras:
+            self._renderer.update_scene(self.data, camera=name, scene_option=self._option)
+            images.append(np.ascontiguousarray(self._renderer.render()))  # (H, W, 3) uint8
+            now = time.perf_counter()
+            times.append(now - mark)
+            mark = now
+        self.last_view_s = tuple(times)
+        self.last_render_s = mark - start
+        return images[0] if isinstance(self.camera, str) else tuple(images)
 
     def close(self):
         """Free the OpenGL context; the camera cannot render afterwards."""
