@@ -1,5 +1,7 @@
 """The closed loop of the README demo: sim_arm -> vla_node -> arm_bridge -> sim_arm, over DDS."""
 
+import re
+import sys
 import time
 
 from conftest import REPO
@@ -63,3 +65,27 @@ def test_closed_loop_runs_20_s_without_error(ros, launch, tiny_checkpoint):
     assert int(statuses['vla_node']['model_errors']) == 0
     assert int(statuses['vla_node']['invalid_actions']) == 0
     assert int(statuses['arm_bridge']['rejected_nan']) == 0
+
+
+def test_demo_runs_the_oft_miniature_with_two_cameras_state_and_chunks(launch, tmp_path):
+    """`make demo DEMO_ARGS='--policy openvla_oft'`: 20 s, and the summary a user reads."""
+    out = tmp_path / 'demo'
+    demo = launch(sys.executable, '-m', 'vla_ros.nodes.demo', '--policy', 'openvla_oft',
+                  '--seconds', '20', '--out', str(out))
+    code = demo.wait_exit(timeout=240.0)
+    text = demo.output()
+    assert code == 0, text
+    summary = text[text.index('== 20 s closed loop'):]
+    figures = re.search(r'vla_node   openvla_oft: actions: (\d+), achieved ([\d.]+) Hz \(target '
+                        r'10.0\); chunks (\d+) ', summary)
+    assert figures, summary
+    actions, rate, chunks = int(figures[1]), float(figures[2]), int(figures[3])
+    assert 20 * 10 * 0.8 <= actions <= 20 * 10 * 1.1 and 8.0 <= rate <= 11.0, summary
+    assert actions / 8 * 0.9 <= chunks <= actions, summary  # open_loop: 8 actions per chunk
+    assert 'skewed 0, bad state 0, invalid 0' in summary, summary
+    assert re.search(r'latency    image stamp -> vla/ee_delta: p50 [\d.]+ ms', summary)
+    assert re.search(r'arm_bridge .* clamped: translation \d+, rotation \d+, box \d+', summary)
+    moved = float(re.search(r'end effector moved ([\d.]+) cm', summary)[1])
+    assert moved > 1.0, summary
+    for name in ('ee_path.png', 'frame_end.png', 'wrist_end.png'):
+        assert (out / name).is_file(), name

@@ -1,14 +1,21 @@
 """
 The README's main job: a closed loop of sim_arm, vla_node and arm_bridge, on a miniature model.
 
-    python -m vla_ros.nodes.demo [--seconds 20] [--rate 5] [--model PATH --unnorm-key KEY]
+    python -m vla_ros.nodes.demo [--policy openvla|openvla_oft] [--seconds 20] [--rate HZ]
+                                 [--chunk-mode MODE] [--model PATH --unnorm-key KEY]
 
 It writes a miniature random-weight checkpoint (unless ``--model`` names a real one), starts
-``sim_arm`` (MuJoCo arm, table, objects and camera), ``vla_node`` and ``arm_bridge`` as their own
-processes with ``config/vla.yaml``, as ``launch/demo.launch.py`` composes them, sends an
-instruction over ``vla/instruction`` as ``ros2 topic pub`` would, and runs for ``--seconds``.
-It then prints the achieved rates, the latency from image stamp to command, the commands the
-bridge clamped, and saves camera frames and a plot of the end-effector path as PNG.
+``sim_arm`` (MuJoCo arm, table, objects, scene and wrist cameras), ``vla_node`` and
+``arm_bridge`` as their own processes with ``config/vla.yaml``, as ``launch/demo.launch.py``
+composes them, sends an instruction over ``vla/instruction`` as ``ros2 topic pub`` would, and
+runs for ``--seconds``. It then prints the achieved rates, the latency from image stamp to
+command, the commands the bridge clamped, and saves camera frames and a plot of the
+end-effector path as PNG.
+
+``--policy openvla`` (the default) is plain OpenVLA at 5 Hz from the scene camera.
+``--policy openvla_oft`` is the miniature OpenVLA-OFT LIBERO checkpoint at 10 Hz: both cameras,
+the state ``[ee_position, ee_axis_angle, left and right finger joints]`` from ``ee_pose`` and
+``joint_states``, chunks of 8 executed as ``--chunk-mode`` says.
 
 The miniature model's actions are random numbers with the right shape and range: the demo shows
 the plumbing and the safety limits, not a skill. Point ``--model`` at openvla-7b for a real one.
@@ -43,7 +50,7 @@ BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 def config_file():
     """Return config/vla.yaml: installed under share/vla_ros, or beside the source tree."""
-    for base in (Path(sys.prefix) / 'share' / 'vla_ros', Path(__file__).resolve().parents[1]):
+    for base in (Path(sys.prefix) / 'share' / 'vla_ros', Path(__file__).resolve().parents[2]):
         if (base / 'config' / 'vla.yaml').is_file():
             return base / 'config' / 'vla.yaml'
     raise FileNotFoundError('config/vla.yaml not found; install the package (pip install -e .)')
@@ -79,14 +86,17 @@ class Observer:
 
     def __init__(self):
         self.node = rclpy.create_node('vla_demo')
-        self.deltas, self.latencies, self.twists, self.path, self.frames = [], [], [], [], []
+        self.deltas, self.latencies, self.twists, self.path = [], [], [], []
+        self.frames, self.wrist_frames = [], []
         self.status, self.task = {}, {}
         node = self.node
         node.create_subscription(PoseStamped, 'vla/ee_delta', self._on_delta, RELIABLE)
         node.create_subscription(TwistStamped, 'servo_node/delta_twist_cmds', self.twists.append,
                                  RELIABLE)
         node.create_subscription(PoseStamped, 'ee_pose', self._on_pose, BEST_EFFORT)
-        node.create_subscription(Image, 'camera/image_raw', self._on_image,
+        node.create_subscription(Image, 'camera/image_raw', self._newest(self.frames),
+                                 qos_profile_sensor_data)
+        node.create_subscription(Image, 'wrist_camera/image_raw', self._newest(self.wrist_frames),
                                  qos_profile_sensor_data)
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, RELIABLE)
         node.create_subscription(String, 'sim/task', self._on_task, RELIABLE)
@@ -107,9 +117,12 @@ class Observer:
         p = msg.pose.position
         self.path.append((self.now(), p.x, p.y, p.z))
 
-    def _on_image(self, msg):
-        self.frames.append(msg)
-        del self.frames[:-1]  # keep only the newest
+    @staticmethod
+    def _newest(frames):
+        def store(msg):
+            frames.append(msg)
+            del frames[:-1]  # keep only the newest
+        return store
 
     def _on_diagnostics(self, msg):
         for status in msg.status:
@@ -150,15 +163,38 @@ def plot_path(path, out):
     plt.close(fig)
 
 
+# Per policy: the miniature's unnorm key and rate, and vla_node's parameters for sim_arm.
+POLICIES = {
+    'openvla': {'unnorm_key': 'synth_bridge', 'rate': 5.0, 'params': []},
+    'openvla_oft': {'unnorm_key': 'synth_oft_libero', 'rate': 10.0, 'params': [
+        'policy:=openvla_oft', 'platform:=libero', 'center_crop:=true',
+        'camera_topics:=[camera/image_raw, wrist_camera/image_raw]',
+        "proprio:=[ee_position, ee_axis_angle, 'joint:left_finger_joint', "
+        "'joint:right_finger_joint']"]},
+}
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--seconds', type=float, default=20.0, help='how long the loop runs')
-    parser.add_argument('--rate', type=float, default=5.0, help='control_rate_hz of vla_node')
+    parser.add_argument('--policy', choices=sorted(POLICIES), default='openvla',
+                        help='the miniature policy to run (or the kind of --model)')
+    parser.add_argument('--rate', type=float, help='control_rate_hz of vla_node (default: 5 '
+                        'for openvla, 10 for openvla_oft)')
+    parser.add_argument('--chunk-mode', default='open_loop',
+                        choices=('open_loop', 'receding', 'ensemble'),
+                        help='how vla_node executes chunks (openvla_oft)')
     parser.add_argument('--model', help='checkpoint directory (default: a miniature one)')
-    parser.add_argument('--unnorm-key', default='synth_bridge')
+    parser.add_argument('--unnorm-key', help="default: the miniature checkpoint's key")
     parser.add_argument('--instruction', default='pick up the red cube')
     parser.add_argument('--out', default='out/demo', help='logs, frames, plot, checkpoint')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    preset = POLICIES[args.policy]
+    args.rate = preset['rate'] if args.rate is None else args.rate
+    args.unnorm_key = args.unnorm_key or preset['unnorm_key']
+    args.node_params = preset['params'] + ([f'chunk_mode:={args.chunk_mode}']
+                                           if args.policy == 'openvla_oft' else [])
+    return args
 
 
 def summarize(obs, args, out):
@@ -170,11 +206,14 @@ def summarize(obs, args, out):
     moving = sum(1 for t in obs.twists
                  if abs(t.twist.linear.x) + abs(t.twist.linear.y) + abs(t.twist.linear.z) > 0)
     print(f'\n== {args.seconds:.0f} s closed loop: sim_arm -> vla_node -> arm_bridge -> sim_arm')
-    print(f'vla_node   actions: {len(obs.deltas)}, achieved {vla.get("achieved_rate_hz", "?")} Hz '
-          f'(target {args.rate}); inference p50 {vla.get("inference_latency_p50_ms", "?")} ms, '
-          f'p95 {vla.get("inference_latency_p95_ms", "?")} ms; skipped '
-          f'{vla.get("ticks_skipped", "?")}, stale {vla.get("ticks_stale", "?")}, invalid '
-          f'{vla.get("invalid_actions", "?")}')
+    print(f'vla_node   {args.policy}: actions: {len(obs.deltas)}, achieved '
+          f'{vla.get("achieved_rate_hz", "?")} Hz (target {args.rate}); chunks '
+          f'{vla.get("chunks", "?")} ({vla.get("chunks_per_s", "?")} /s); inference p50 '
+          f'{vla.get("inference_latency_p50_ms", "?")} ms, p95 '
+          f'{vla.get("inference_latency_p95_ms", "?")} ms; skipped '
+          f'{vla.get("ticks_skipped", "?")}, stale {vla.get("ticks_stale", "?")}, skewed '
+          f'{vla.get("ticks_skewed", "?")}, bad state {vla.get("ticks_bad_state", "?")}, '
+          f'invalid {vla.get("invalid_actions", "?")}')
     if obs.latencies:
         p50, p95 = np.percentile(np.array(obs.latencies) * 1e3, [50, 95])
         print(f'latency    image stamp -> vla/ee_delta: p50 {p50:.1f} ms, p95 {p95:.1f} ms')
@@ -199,11 +238,15 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     model = args.model
     if model is None:
-        from vla_ros.policy.tiny import write_tiny_checkpoint
-        model = out / 'tiny-checkpoint'
+        from vla_ros.policy.tiny import write_tiny_checkpoint, write_tiny_oft_checkpoint
+        oft = args.policy == 'openvla_oft'
+        model = out / ('tiny-oft-checkpoint' if oft else 'tiny-checkpoint')
         if not (model / 'model.safetensors').exists():
-            print(f'writing a miniature random-weight checkpoint to {model}')
-            write_tiny_checkpoint(model, seed=0, force=True)
+            print(f'writing a miniature random-weight {args.policy} checkpoint to {model}')
+            if oft:
+                write_tiny_oft_checkpoint(model, 'libero', seed=0, force=True)
+            else:
+                write_tiny_checkpoint(model, seed=0, force=True)
     params = ['--ros-args', '--params-file', str(config_file())]
     print(f'starting sim_arm, vla_node (model {model}, {args.rate} Hz) and arm_bridge; logs in '
           f'{out}/')
@@ -211,9 +254,10 @@ def main(argv=None):
         'sim_arm': start([executable('sim_arm'), *params], out / 'sim_arm.log'),
         'vla_node': start([executable('vla_node'), *params, '-p', f'model_path:={model}',
                            '-p', f'unnorm_key:={args.unnorm_key}',
-                           '-p', f'control_rate_hz:={args.rate}'], out / 'vla_node.log'),
-        'arm_bridge': start([executable('arm_bridge'), *params,
-                             '-p', f'step_duration:={1.0 / args.rate}'], out / 'arm_bridge.log'),
+                           '-p', f'control_rate_hz:={args.rate}',
+                           *[a for p in args.node_params for a in ('-p', p)]],
+                          out / 'vla_node.log'),
+        'arm_bridge': start([executable('arm_bridge'), *params], out / 'arm_bridge.log'),
     }
     rclpy.init()
     obs = Observer()
@@ -241,8 +285,12 @@ def main(argv=None):
             print(f'  t={args.seconds - (end - time.monotonic()):5.1f} s  actions '
                   f'{len(obs.deltas):4d}  ee {pose}', flush=True)
         save_frame(obs.frames[-1], out / 'frame_end.png')
+        wrist = ''
+        if obs.wrist_frames:
+            save_frame(obs.wrist_frames[-1], out / 'wrist_end.png')
+            wrist = ', wrist_end.png'
         ok = summarize(obs, args, out)
-        print(f'camera frames: {out}/frame_start.png, frame_middle.png, frame_end.png')
+        print(f'camera frames: {out}/frame_start.png, frame_middle.png, frame_end.png{wrist}')
     finally:
         obs.close()
         rclpy.try_shutdown()
