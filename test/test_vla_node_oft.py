@@ -80,7 +80,7 @@ class Robot:
         self.joints = ros.publisher(JointState, 'joint_states', qos_profile_sensor_data)
         self.sent = {}  # stamp key -> frame index
         self.index = 0
-        self.faults = set()  # 'wrist', 'state', 'skew', 'nan', 'no_finger', 'wrist_size'
+        self.faults = set()  # wrist, state, skew, nan, no_finger, short, wrist_size
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -123,6 +123,8 @@ class Robot:
             joints.position = [0.5, float(state[6]), float(state[7])]
             if 'no_finger' in faults:
                 joints.name, joints.position = ['shoulder', 'finger_left'], [0.5, 0.02]
+            if 'short' in faults:  # a malformed message: fewer positions than names
+                joints.position = [0.5, float(state[6])]
             self.pose.publish(pose)
             self.joints.publish(joints)
         front, wrist = images_of(index)
@@ -274,6 +276,7 @@ def test_camera_or_state_gaps_stop_output_and_it_resumes(ros, launch, robot, oft
 @pytest.mark.parametrize('fault, words', [
     ('nan', 'non-finite state values in ee_position'),
     ('no_finger', 'has no joint finger_right'),
+    ('short', '/joint_states has 3 names but 2 positions'),
 ])
 def test_bad_state_is_refused_counted_and_named(ros, launch, robot, oft_checkpoint, fault, words):
     deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)

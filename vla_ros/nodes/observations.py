@@ -11,7 +11,7 @@ from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from vla_ros.control.concurrency import Latest
-from vla_ros.control.core import Frame, Observation
+from vla_ros.control.core import Frame, Observation, State
 from vla_ros.control.state import StateLayout
 from vla_ros.nodes import qos
 
@@ -64,6 +64,10 @@ class ObservationInputs:
             p, q = pose_msg.pose.position, pose_msg.pose.orientation
             pose = ((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), seconds(pose_msg.header.stamp))
         if joint_msg is not None:
+            if len(joint_msg.position) != len(joint_msg.name):
+                return State(problem=f'{self.joint_topic} has {len(joint_msg.name)} names but '
+                             f'{len(joint_msg.position)} positions; publish one position per '
+                             'joint name')
             positions = dict(zip(joint_msg.name, joint_msg.position))
             joints = (positions, seconds(joint_msg.header.stamp))
         return self.layout.assemble(pose, joints, self.pose_topic, self.joint_topic)
