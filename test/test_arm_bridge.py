@@ -51,19 +51,12 @@ def ros_now(ros):
     return ros.node.get_clock().now().nanoseconds * 1e-9
 
 
-class Arm:
-    """The test playing the arm: publishes ee_pose at 50 Hz from a thread until stopped."""
+class Background:
+    """Run ``_run`` on a thread while in a ``with`` block; ``_stop`` ends it."""
 
-    def __init__(self, ros, position=HOME, rpy=(0.0, 0.0, 0.0)):
-        self.ros = ros
-        self.position, self.rpy = position, rpy
-        self.publisher = ros.publisher(PoseStamped, 'ee_pose', QOS)
+    def __init__(self):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(0.02):
-            self.publisher.publish(pose_msg(self.ros, self.position, self.rpy))
 
     def __enter__(self):
         self._thread.start()
@@ -72,6 +65,20 @@ class Arm:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+class Arm(Background):
+    """The test playing the arm: publishes ee_pose at 50 Hz from a thread until stopped."""
+
+    def __init__(self, ros, position=HOME, rpy=(0.0, 0.0, 0.0)):
+        super().__init__()
+        self.ros = ros
+        self.position, self.rpy = position, rpy
+        self.publisher = ros.publisher(PoseStamped, 'ee_pose', QOS)
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.publisher.publish(pose_msg(self.ros, self.position, self.rpy))
 
 
 class Policy:
@@ -190,7 +197,7 @@ def test_servo_twist_streams_clamps_drops_and_watchdog(ros, launch):
     assert bridge.alive
 
 
-class Stream:
+class Stream(Background):
     """
     The test playing a policy on a thread: delta ``n`` goes out at ``start + n / rate_hz``.
 
@@ -200,10 +207,9 @@ class Stream:
     """
 
     def __init__(self, policy, rate_hz, rows, chunk=1):
+        super().__init__()
         self.policy, self.rate_hz, self.rows, self.chunk = policy, rate_hz, rows, chunk
         self.sent = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         start = time.monotonic()
@@ -219,14 +225,6 @@ class Stream:
     def wait_sent(self, count):
         wait_until(lambda: len(self.sent) >= count, 2.0 + count / self.rate_hz,
                    message=f'{count} deltas sent')
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 # The learned step period: the policy's rate is configured once, in the policy. Speeds are checked
