@@ -172,8 +172,8 @@ def test_nothing_compared_or_predicted_is_not_a_result(tiny_checkpoint, tmp_path
                        '--reference', 'none', '--out', str(out)])
     err = capsys.readouterr().err
     assert status == 2
-    assert 'bag refused: the image of 3 of 3 steps was refused: unknown image encoding ' \
-        "'bayer_rggb8'" in err
+    assert 'bag refused: the image of 3 of 3 steps was refused: /camera/image_raw: unknown ' \
+        "image encoding 'bayer_rggb8'" in err
     assert 'vla_eval: error: nothing was predicted in 3 steps' in err and \
         '3 with a refused image' in err
     summary = (out / 'summary.md').read_text()

@@ -81,10 +81,13 @@ def test_overall_pools_steps_rather_than_averaging_bags():
         return types.SimpleNamespace(
             name=f'bag{n}', path='x', storage='mcap', metric_inputs=lambda: (
                 pred, np.zeros((n, 7)), np.ones(n, bool), np.full(n, 0.01)),
+            chunk_inputs=lambda: (pred[:, None], np.zeros((n, 1, 7))),  # one-row chunks
             counts=lambda: {'steps': n})
     data = build_metrics([result([0.1]), result([0.0, 0.0, 0.0])], RANGE, {})
     assert data['bags']['bag1']['metrics']['mae']['dx'] == pytest.approx(0.1)
     assert data['overall']['metrics']['mae']['dx'] == pytest.approx(0.1 / 4)  # not 0.05
+    assert data['overall']['metrics']['chunk_step_mae'][0]['dx'] == pytest.approx(0.1 / 4)
+    assert data['overall']['metrics']['chunk_step_compared'] == [4]
     assert data['overall']['counts'] == {'steps': 4}
 
 

@@ -158,7 +158,8 @@ class ControlCore:
     ``emit(Emission)`` publishes; it is called with the core's lock held, so it must be quick and
     must not call back into the core. ``max_image_age`` None turns the age checks off (offline,
     for recordings whose camera stamps come from another clock); ``max_camera_skew`` and
-    ``max_proprio_age`` None turn theirs off. ``period`` is the control period (s).
+    ``max_proprio_age`` None turn theirs off (the state's future check too). ``period`` is the
+    control period (s).
     """
 
     def __init__(self, emit, max_image_age=0.5, period=0.2, chunk_mode='open_loop',
@@ -312,11 +313,12 @@ class ControlCore:
             if state is None or state.problem:
                 return 'bad_state', age, state.problem if state else 'no state received yet'
             state_age = now - state.stamp_s
-            if self.max_proprio_age is not None and state_age > self.max_proprio_age:
-                return 'stale', age, (f'state {state_age:.2f} s old (max_proprio_age '
-                                      f'{self.max_proprio_age} s)')
-            if state_age < -FUTURE_TOLERANCE_S:
-                return 'future', age, f'state stamped {-state_age:.3f} s in the future'
+            if self.max_proprio_age is not None:  # None: stamps from another clock (offline)
+                if state_age > self.max_proprio_age:
+                    return 'stale', age, (f'state {state_age:.2f} s old (max_proprio_age '
+                                          f'{self.max_proprio_age} s)')
+                if state_age < -FUTURE_TOLERANCE_S:
+                    return 'future', age, f'state stamped {-state_age:.3f} s in the future'
         return 'ok', age, ''
 
     def commit(self, ticket, rows, now):

@@ -1,15 +1,17 @@
 """
-Offline evaluation of an OpenVLA checkpoint on rosbag2 recordings (``vla_eval``).
+Offline evaluation of an OpenVLA or OpenVLA-OFT checkpoint on rosbag2 recordings (``vla_eval``).
 
-The same ``ControlCore``, frame decoding, preprocessing and ``OpenVLAPolicy.predict`` as
-``vla_node``, at
-the node's control rate on bag time, so offline results predict live behaviour. ROS-free:
-``rosbags`` reads and writes the bags, no rclpy node or graph is involved.
+The same ``ControlCore``, frame decoding, state assembly, preprocessing and ``predict`` as
+``vla_node``, at the node's control rate on bag time, so offline results predict live behaviour
+(several cameras, proprioception and action chunks included). ROS-free: ``rosbags`` reads and
+writes the bags, no rclpy node or graph is involved.
 
-Files: ``bags`` (reading and writing rosbag2, input checks), ``steps`` (the control steps of a
-bag: time base, image and instruction pairing), ``reference`` (recorded actions, ee_pose
-relabelling), ``evaluate`` (one bag through the policy), ``metrics`` (pure numpy), ``report``
-(metrics.json, plots, summary.md, predictions bags), ``cli`` (the command line, accelerate).
+Files: ``bags`` (reading and writing rosbag2), ``options`` (what to read, input checks),
+``steps`` (the control steps of a bag: time base, the cameras' frames, state and instruction of
+each), ``reference`` (recorded actions, ee_pose relabelling), ``evaluate`` (one bag through the
+control core and the policy), ``results`` (a bag's per-step and per-chunk record), ``metrics``
+(pure numpy), ``report`` (metrics.json, plots, summary.md, predictions bags), ``cli`` (the command
+line, accelerate).
 """
 
 from vla_ros.evaluation.bags import EvalError

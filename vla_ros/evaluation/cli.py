@@ -1,9 +1,16 @@
 """
-vla_eval: offline evaluation of an OpenVLA checkpoint on rosbag2 recordings.
+vla_eval: offline evaluation of an OpenVLA or OpenVLA-OFT checkpoint on rosbag2 recordings.
 
     vla_eval BAG [BAG ...] --model PATH [--unnorm-key K] [--image-topic T] [--compressed]
              [--instruction-topic T | --instruction TEXT] [--reference action|ee_pose|none]
              [--rate HZ] --out DIR [--write-bag] ...
+    vla_eval BAG ... --model PATH --policy openvla_oft --platform libero
+             --camera-topics FRONT WRIST --proprio ee_position ee_axis_angle joint:L joint:R
+             [--chunk-mode open_loop|receding|ensemble] [--execute-steps N] --out DIR
+
+The cameras, state, chunk and age options have vla_node's parameter names and defaults, and the
+steps are decided by the node's own control core (``evaluate``), so a bag evaluated here with the
+node's configuration gives what the node publishes on the same inputs.
 
 Every bag is checked before the model loads, so bad input fails in a second with one line,
 ``vla_eval: error: ...`` naming the problem and the fix, and exit status 2.
@@ -26,37 +33,50 @@ import os
 from pathlib import Path
 import sys
 
+from vla_ros.control.chunks import MODES
 from vla_ros.evaluation.bags import Bag, EvalError, topic_name
-from vla_ros.evaluation.evaluate import check_bag, EvalOptions, evaluate_bag, REFERENCES
+from vla_ros.evaluation.evaluate import (check_bag, check_policy, EvalOptions, evaluate_bag,
+                                         REFERENCES)
 
 PROG = 'vla_eval'
 MAX_RATE_HZ = 1000.0
-USAGE = ('%(prog)s BAG [BAG ...] --model PATH [--unnorm-key K] [--image-topic T] [--compressed]\n'
+POLICIES = ('openvla', 'openvla_oft')
+USAGE = ('%(prog)s BAG [BAG ...] --model PATH [--unnorm-key K]\n'
+         '       [--image-topic T | --camera-topics T [T ...]] [--compressed]\n'
          '       [--instruction-topic T | --instruction TEXT] [--reference action|ee_pose|none]\n'
          '       [--rate HZ] --out DIR [--write-bag] [--device D] [--dtype D] [--center-crop]\n'
-         '       [--quantization 8bit|4bit] [--action-topic T] [--ee-pose-topic T]\n'
-         '       [--gripper-topic T] [--max-image-age S]')
+         '       [--quantization 8bit|4bit] [--policy openvla|openvla_oft] [--platform P]\n'
+         '       [--action-head H] [--chunk-mode M] [--execute-steps N] [--ensemble-decay K]\n'
+         '       [--proprio ENTRY [ENTRY ...]] [--ee-pose-topic T] [--joint-states-topic T]\n'
+         '       [--action-topic T] [--gripper-topic T] [--max-image-age S]\n'
+         '       [--max-camera-skew S] [--max-proprio-age S]')
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog=PROG, usage=USAGE,
-        description='Evaluate an OpenVLA checkpoint offline on rosbag2 recordings '
-        '(sqlite3 or MCAP) with the same conversions, preprocessing and policy as vla_node. '
-        'Writes DIR/metrics.json, DIR/<bag>.png and DIR/summary.md.',
-        epilog='Steps run at --rate on bag log time from the first to the last image; each uses '
-        'the newest image and instruction logged at or before it, as vla_node does under '
-        '`ros2 bag play --clock`. Exit status: 0 ok, 2 bad input.')
+        description='Evaluate an OpenVLA or OpenVLA-OFT checkpoint offline on rosbag2 '
+        'recordings (sqlite3 or MCAP) with the same conversions, preprocessing, policy and '
+        'control core as vla_node. Writes DIR/metrics.json, DIR/<bag>.png and DIR/summary.md.',
+        epilog='Steps run at --rate on bag log time from the first to the last image of the '
+        'primary camera; each uses the newest image of every camera, state and instruction '
+        'logged at or before it, as vla_node does under `ros2 bag play --clock`. Offline the '
+        'model takes no time: each prediction is committed at its step (latency 0). '
+        'Exit status: 0 ok, 2 bad input.')
     parser.add_argument('bags', nargs='+', metavar='BAG',
                         help='rosbag2 directory (or a .db3/.mcap file)')
     parser.add_argument('--model', required=True, metavar='PATH',
-                        help='local HF-format OpenVLA checkpoint directory')
+                        help='local OpenVLA (HF format) or OpenVLA-OFT checkpoint directory')
     parser.add_argument('--unnorm-key', default='', metavar='K',
                         help='dataset statistics to unnormalise with (needed when the '
                         'checkpoint has several)')
-    parser.add_argument('--image-topic', default=None, metavar='T',
-                        help='image topic (default camera/image_raw, with --compressed '
-                        'camera/image_raw/compressed)')
+    cameras = parser.add_mutually_exclusive_group()
+    cameras.add_argument('--image-topic', default=None, metavar='T',
+                         help='image topic of a one-camera policy (default camera/image_raw, '
+                         'with --compressed camera/image_raw/compressed)')
+    cameras.add_argument('--camera-topics', nargs='+', default=None, metavar='T',
+                         help="one image topic per policy image, primary first (vla_node's "
+                         'camera_topics; with --compressed, /compressed is appended to each)')
     parser.add_argument('--compressed', action='store_true',
                         help='the image topic is sensor_msgs/CompressedImage (jpeg, png)')
     group = parser.add_mutually_exclusive_group()
@@ -72,7 +92,8 @@ def build_parser():
     parser.add_argument('--out', required=True, metavar='DIR', help='output directory')
     parser.add_argument('--write-bag', action='store_true',
                         help="also write DIR/predictions_<bag>/: the predictions on vla_node's "
-                        'topics (vla/ee_delta, vla/gripper, vla/action) for `ros2 bag play`')
+                        'topics (vla/ee_delta, vla/gripper, vla/action, vla/action_chunk) for '
+                        '`ros2 bag play`')
     parser.add_argument('--device', default='auto', metavar='D',
                         help="'auto' (each process's CUDA device, else CPU), 'cpu', 'cuda:N'")
     parser.add_argument('--dtype', default='auto', metavar='D',
@@ -90,10 +111,37 @@ def build_parser():
                         '(default ee_pose)')
     parser.add_argument('--gripper-topic', default='', metavar='T',
                         help='std_msgs/Float64 gripper state, 1 = open (for --reference ee_pose)')
+    parser.add_argument('--joint-states-topic', default='joint_states', metavar='T',
+                        help='sensor_msgs/JointState topic of the joint:NAME --proprio entries '
+                        '(default joint_states)')
+    parser.add_argument('--proprio', nargs='+', default=[], metavar='ENTRY',
+                        help="the state vector's layout, as vla_node's proprio: ee_position, "
+                        'ee_axis_angle, ee_rpy, ee_quaternion (from --ee-pose-topic), '
+                        'joint:NAME (from --joint-states-topic); default none')
+    parser.add_argument('--policy', choices=POLICIES, default='openvla',
+                        help='the policy family (default openvla)')
+    parser.add_argument('--platform', choices=('libero', 'aloha', 'bridge'), default='libero',
+                        help='OpenVLA-OFT: the constants preset (default libero)')
+    parser.add_argument('--action-head', choices=('auto', 'l1', 'discrete'), default='auto',
+                        help='OpenVLA-OFT: the action head (default auto)')
+    parser.add_argument('--chunk-mode', choices=MODES, default='open_loop',
+                        help="how chunks are executed, as vla_node's chunk_mode (default "
+                        'open_loop)')
+    parser.add_argument('--execute-steps', type=int, default=0, metavar='N',
+                        help='actions of each chunk to execute; 0 = the whole chunk (default)')
+    parser.add_argument('--ensemble-decay', type=float, default=0.01, metavar='K',
+                        help='ensemble: weight exp(-K * j) of the j-th oldest chunk (default '
+                        '0.01)')
     parser.add_argument('--max-image-age', type=float, default=0.5, metavar='S',
                         help='as vla_node: a step whose image header stamp is older than this '
                         '(bag time) is stale, not predicted; 0 turns the age checks off '
                         '(default 0.5)')
+    parser.add_argument('--max-camera-skew', type=float, default=0.05, metavar='S',
+                        help='as vla_node: a step whose cameras are stamped further apart is '
+                        'skewed, not predicted (default 0.05; inf turns the check off)')
+    parser.add_argument('--max-proprio-age', type=float, default=0.2, metavar='S',
+                        help='as vla_node: a step whose state is older is stale (default 0.2; '
+                        '0 turns the check off)')
     return parser
 
 
@@ -111,15 +159,26 @@ def options_from_args(args):
     if args.reference == 'ee_pose' and not args.gripper_topic:
         raise EvalError('--reference ee_pose needs the gripper state: pass --gripper-topic T '
                         '(std_msgs/Float64, 1 = open)')
+    if not (math.isfinite(args.max_proprio_age) and args.max_proprio_age >= 0):
+        raise EvalError(f'--max-proprio-age {args.max_proprio_age} must be >= 0 s (0: no '
+                        'check)')
+    if args.camera_topics is not None and not all(t.strip('/ ') for t in args.camera_topics):
+        raise EvalError(f'--camera-topics {args.camera_topics}: a topic name is empty; pass one '
+                        'image topic per camera, the primary camera first')
     return EvalOptions(
         image_topic=topic_name(args.image_topic) if args.image_topic else '',
+        camera_topics=tuple(topic_name(t) for t in args.camera_topics or ()),
         compressed=args.compressed,
         instruction_topic=topic_name(args.instruction_topic),
         instruction=(args.instruction or '').strip(), reference=args.reference,
         action_topic=topic_name(args.action_topic),
         ee_pose_topic=topic_name(args.ee_pose_topic),
         gripper_topic=topic_name(args.gripper_topic) if args.gripper_topic else '',
-        rate=args.rate, max_image_age=args.max_image_age)
+        joint_states_topic=topic_name(args.joint_states_topic), proprio=tuple(args.proprio),
+        rate=args.rate, max_image_age=args.max_image_age,
+        max_camera_skew=args.max_camera_skew, max_proprio_age=args.max_proprio_age,
+        chunk_mode=args.chunk_mode, execute_steps=args.execute_steps,
+        ensemble_decay=args.ensemble_decay)
 
 
 def bag_names(paths):
@@ -157,8 +216,8 @@ def _load_policy(args, device):
 
     # The function and arguments vla_node loads with, so the policy is the one the node runs.
     try:
-        return load_policy(args.model, 'openvla', args.unnorm_key, device, args.dtype,
-                           args.center_crop, args.quantization)
+        return load_policy(args.model, args.policy, args.unnorm_key, device, args.dtype,
+                           args.center_crop, args.quantization, args.platform, args.action_head)
     except PolicyError as exc:
         raise EvalError(f'cannot load --model {args.model!r}: {exc}') from None
 
@@ -177,6 +236,7 @@ def run(args):
     device = str(state.device) if args.device == 'auto' and state.num_processes > 1 \
         else args.device
     policy, key = _load_policy(args, device)  # warmed up, as vla_node's
+    check_policy(policy, options)
     rank = f'[{state.process_index}/{state.num_processes}] ' if state.num_processes > 1 else ''
     payloads = []
     with state.split_between_processes(list(range(len(paths)))) as mine:
@@ -226,8 +286,19 @@ def _write(args, options, policy, key, records, out_dir, write_outputs):
     config = {
         'model': str(args.model), 'unnorm_key': key, 'dtype': str(policy.dtype).split('.')[-1],
         'quantization': args.quantization,
-        'center_crop': bool(args.center_crop), 'image_topic': options.topics()['image'],
+        'center_crop': bool(args.center_crop), 'image_topic': options.cameras()[0],
+        'camera_topics': list(options.cameras()),
         'transport': 'compressed' if options.compressed else 'raw',
+        'policy': args.policy, 'platform': args.platform if args.policy == 'openvla_oft' else None,
+        'action_head': getattr(policy, 'head_kind', None),
+        'chunk_len': getattr(policy, 'chunk_len', 1), 'chunk_mode': options.chunk_mode,
+        'execute_steps': options.execute_steps, 'ensemble_decay': options.ensemble_decay,
+        'proprio': list(options.proprio), 'state_topics': {
+            role: topic for role, topic in options.topics().items()
+            if role in ('pose', 'joints')},
+        'max_camera_skew_s': options.max_camera_skew,
+        'max_proprio_age_s': options.max_proprio_age,
+        'latency': 'none: each prediction is committed at its step time',
         'instruction': options.instruction or None,
         'instruction_topic': None if options.instruction else options.instruction_topic,
         'reference': options.reference, 'reference_topics': {
@@ -244,13 +315,21 @@ def _write(args, options, policy, key, records, out_dir, write_outputs):
           f"{overall['counts']['predicted']} predicted, {overall['metrics']['steps_compared']} "
           f'compared; wrote {out_dir / "metrics.json"}, {out_dir / "summary.md"} and '
           f'{len(results)} plot(s)')
+    chunks = {r.name: r.counts()['chunks'] for r in results}
     for name, count in written.items():
-        print(f'{PROG}: wrote {out_dir / ("predictions_" + name)} ({count} actions)')
+        print(f'{PROG}: wrote {out_dir / ("predictions_" + name)} ({count} actions, '
+              f'{chunks[name]} chunks)')
     for result in results:
-        refused = result.counts()['bad_image']
+        counts = result.counts()
+        refused = counts['bad_image']
         if refused:
             print(f'{PROG}: bag {result.name}: the image of {refused} of {len(result.status)} '
                   f'steps was refused: {result.bad_image_reason}', file=sys.stderr)
+        for status in ('skewed', 'bad_state'):
+            if counts[status]:
+                print(f'{PROG}: bag {result.name}: {counts[status]} of {len(result.status)} '
+                      f'steps {status.replace("_", " ")}, the first: '
+                      f'{result.reasons.get(status, "")}', file=sys.stderr)
     return not_a_result(data, options, results)
 
 
@@ -258,11 +337,21 @@ def not_a_result(data, options, results):
     """Return why the metrics measure nothing (nothing predicted or compared), or []."""
     counts, metrics = data['overall']['counts'], data['overall']['metrics']
     if counts['predicted'] == 0:
+        reasons = {}
+        for result in results:
+            for status, detail in result.reasons.items():
+                reasons.setdefault(status, detail)
+        first = '; '.join(f'first {status}: {detail}' for status, detail in reasons.items()
+                          if status in ('stale', 'future', 'skewed', 'bad_state'))
         return [f"nothing was predicted in {counts['steps']} steps: {counts['idle']} idle (no "
                 f"instruction), {counts['stale'] + counts['future']} with a stale or future "
-                f"image (--max-image-age {options.max_image_age:g} s), {counts['bad_image']} with "
-                f"a refused image, {counts['bad_instructions']} refused instructions; metrics of "
-                'nothing are not a result: fix the recording or the options above']
+                f'image or state (--max-image-age {options.max_image_age:g} s, '
+                f"--max-proprio-age {options.max_proprio_age:g} s), {counts['skewed']} with "
+                f'cameras skewed (--max-camera-skew {options.max_camera_skew:g} s), '
+                f"{counts['bad_state']} without a usable state, {counts['bad_image']} with "
+                f"a refused image, {counts['bad_instructions']} refused instructions"
+                f"{' (' + first + ')' if first else ''}; metrics of nothing are not a result: "
+                'fix the recording or the options above']
     if options.reference == 'none' or metrics['steps_compared'] > 0:
         return []
     messages = sum(r.reference_messages for r in results)

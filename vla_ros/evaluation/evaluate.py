@@ -2,21 +2,27 @@
 Evaluate one bag: every control step decided by the node's ``ControlCore``, predicted by ``infer``.
 
 ``evaluate_bag(path, policy, unnorm_key, options)`` feeds the bag's instructions and steps (see
-``steps``) to a ``ControlCore`` on bag log time, exactly as ``vla_node`` feeds its own: the core
-says what each step does (idle, stale, future, predict, or emit the next queued action of a
-chunk), ``vla_ros.control.core.infer`` predicts, and ``commit`` emits. Offline results therefore
-equal live ones by construction, including what the live node would skip; the one difference
-is that offline the model is never ``busy`` (every step it would act on is predicted).
+``steps``) to a ``ControlCore`` on bag log time, configured as ``vla_node`` configures its own
+(control period, chunk mode, executed steps, ensemble decay, image age, camera skew, state age):
+the core says what each step does (idle, stale, skewed, bad state, predict, or publish the next
+row of a chunk), ``vla_ros.control.core.infer`` predicts from the step's observation (every
+camera's newest frame and the state), and ``commit`` emits the chunk and the action. Offline
+results therefore equal live ones by construction, including what the live node would skip.
 
-It returns a ``BagResult``: per step its time, image, instruction, status, predicted action,
-validity, latency and reference action. Reading, deserialising and decoding frames runs on a
-background thread one step ahead of ``predict`` (``prefetch``), so the model never waits on the
-bag. ``check_bag`` validates a bag's topics and size without reading its messages; the command
-line calls it for every bag before loading a model.
+The one difference, by design: offline the model takes no time. It is never ``busy``, and each
+prediction is committed at the time of the step that asked for it (latency 0), so a chunk's row
+0 is for that step, or for the next one when that step already published a row of an older
+chunk (``chunks.py``). A live node whose model needs longer than a control period skips ticks
+and trims the rows whose step passed while it worked; replaying a bag live reproduces vla_eval
+only when every prediction is committed before the next tick (``test_eval_chunks``).
+
+It returns a ``BagResult`` (``results``). Reading, deserialising and decoding frames and
+assembling the state runs on a background thread one step ahead of ``predict``
+(``prefetch``), so the model never waits on the bag. ``check_bag`` validates a bag's topics and
+size without reading its messages (``options``); the command line calls it for every bag before
+loading a model, and ``check_policy`` once the model is loaded.
 """
 
-import dataclasses
-import json
 from pathlib import Path
 import queue
 import threading
@@ -24,143 +30,28 @@ import threading
 import numpy as np
 from tqdm import tqdm
 
-from vla_ros.control.core import ControlCore, Frame, infer
+from vla_ros.control.core import ControlCore, infer
 from vla_ros.control.formats import ACTION_DIM
 from vla_ros.evaluation import reference as references
-from vla_ros.evaluation.bags import (Bag, COMPRESSED_IMAGE, EvalError, FLOAT64,
-                                     FLOAT64_MULTI_ARRAY, IMAGE, POSE_STAMPED, STRING, topic_name)
-from vla_ros.evaluation.steps import as_arrays, Instruction, MAX_STEPS, step_time, StepReader
+from vla_ros.evaluation.bags import Bag, EvalError
+from vla_ros.evaluation.options import (check_bag, check_policy, EvalOptions, REFERENCES,
+                                        step_count)
+from vla_ros.evaluation.results import BagResult, STATUSES
+from vla_ros.evaluation.steps import (as_arrays, decode_frame, Instruction, step_time,
+                                      StepReader)
 
-REFERENCES = ('action', 'ee_pose', 'none')
-# What a step did: predicted ('ready', valid or not), emitted a queued chunk action ('queued'),
-# or why not. 'bad_image': the frame was refused by the node's decoder.
-STATUSES = ('ready', 'queued', 'idle', 'stale', 'future', 'bad_image')
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalOptions:
-    """What to read from each bag and how to step through it (topic names absolute)."""
-
-    image_topic: str = ''  # '' = camera/image_raw, or camera/image_raw/compressed
-    compressed: bool = False
-    instruction_topic: str = '/vla/instruction'
-    instruction: str = ''  # non-empty: used at every step instead of the topic
-    reference: str = 'action'  # 'action', 'ee_pose' or 'none'
-    action_topic: str = '/vla/action'
-    ee_pose_topic: str = '/ee_pose'
-    gripper_topic: str = ''
-    rate: float = 5.0
-    max_image_age: float = 0.5
-
-    def topics(self):
-        """Return {role: topic} of every topic read from a bag."""
-        default = 'camera/image_raw/compressed' if self.compressed else 'camera/image_raw'
-        roles = {'image': topic_name(self.image_topic or default)}
-        if not self.instruction:
-            roles['instruction'] = topic_name(self.instruction_topic)
-        if self.reference == 'action':
-            roles['action'] = topic_name(self.action_topic)
-        elif self.reference == 'ee_pose':
-            roles['ee_pose'] = topic_name(self.ee_pose_topic)
-            roles['gripper'] = topic_name(self.gripper_topic)
-        return roles
+__all__ = ['BagResult', 'check_bag', 'check_policy', 'EvalError', 'EvalOptions', 'evaluate_bag',
+           'prefetch', 'REFERENCES', 'STATUSES', 'step_count']
 
 
-def step_count(bag, rate):
-    """Return the most steps a bag can have at ``rate``: its log-time span x rate, plus one."""
-    return int((bag.end_ns - bag.start_ns) * rate / 1e9) + 1
-
-
-def check_bag(bag, options):
-    """Raise ``EvalError`` unless an opened ``bag`` has every topic ``options`` need."""
-    steps = step_count(bag, options.rate)
-    if steps > MAX_STEPS:
-        raise EvalError(f'bag {str(bag.path)!r} spans {(bag.end_ns - bag.start_ns) * 1e-9:.3f} s '
-                        f'of log time: at --rate {options.rate:g} Hz that is {steps:.3g} steps, '
-                        f'more than the {MAX_STEPS} vla_eval evaluates per bag; pass the control '
-                        'rate of the node (e.g. --rate 5), or split the bag')
-    topics = options.topics()
-    image_type = COMPRESSED_IMAGE if options.compressed else IMAGE
-    bag.require(topics['image'], (image_type,), 'image', '--image-topic T (and --compressed for '
-                'sensor_msgs/msg/CompressedImage)')
-    if 'instruction' in topics:
-        topic = topics['instruction']
-        if bag.topics.get(topic, (None, 0))[1] == 0:
-            raise EvalError(f'bag {str(bag.path)!r} has no instruction: topic {topic} is '
-                            f'{"empty" if topic in bag.topics else "not in it"} (topics: '
-                            f'{bag.describe_topics()}); pass --instruction TEXT or '
-                            '--instruction-topic T')
-        bag.require(topic, (STRING,), 'instruction', '--instruction-topic T or --instruction TEXT')
-    if 'action' in topics:
-        bag.require(topics['action'], (FLOAT64_MULTI_ARRAY,), 'reference action',
-                    '--action-topic T, or --reference ee_pose / none')
-    if 'ee_pose' in topics:
-        bag.require(topics['ee_pose'], (POSE_STAMPED,), 'ee_pose', '--ee-pose-topic T')
-        bag.require(topics['gripper'], (FLOAT64,), 'gripper state', '--gripper-topic T')
-
-
-@dataclasses.dataclass
-class BagResult:
-    """Everything vla_eval learned from one bag, one row per control step."""
-
-    name: str
-    path: str
-    storage: str
-    time_ns: np.ndarray  # int64 (K,), bag log time of each step
-    image_log_ns: np.ndarray  # int64 (K,)
-    image_stamp_ns: np.ndarray  # int64 (K,), header stamp of the step's image
-    status: list  # (K,) one of STATUSES
-    instruction: list  # (K,) str
-    predicted: np.ndarray  # float64 (K, 7); NaN rows where nothing was predicted
-    valid: np.ndarray  # bool (K,)
-    token_ids: np.ndarray  # int64 (K, 7); -1 where nothing was predicted
-    latency_s: np.ndarray  # float64 (K,); NaN where nothing was predicted
-    reference: np.ndarray  # float64 (K, 7); NaN rows where there is no reference
-    bad_instructions: int = 0
-    bad_image_reason: str = ''  # why the first refused frame was refused
-    reference_messages: int = 0  # messages on the reference topic(s)
-
-    @property
-    def predicted_mask(self):
-        """Return the steps with an action: predicted, or the next action of a queued chunk."""
-        return np.array([s in ('ready', 'queued') for s in self.status], dtype=bool)
-
-    def counts(self):
-        """Return the step counts by status, plus invalid actions and missing references."""
-        mask = self.predicted_mask
-        ok = mask & self.valid
-        counts = {'steps': len(self.status), 'predicted': int(mask.sum()),
-                  'invalid': int(mask.sum() - ok.sum()),
-                  'no_reference': int((ok & ~np.all(np.isfinite(self.reference), axis=1)).sum()),
-                  'bad_instructions': int(self.bad_instructions)}
-        for status in STATUSES[1:]:
-            counts[status] = self.status.count(status)
-        return counts
-
-    def metric_inputs(self):
-        """Return (predicted, reference, valid, latency_s) of the predicted steps."""
-        mask = self.predicted_mask
-        return self.predicted[mask], self.reference[mask], self.valid[mask], self.latency_s[mask]
-
-    def to_json(self):
-        """Serialise to JSON text (floats round-trip exactly; NaN kept) for gathering."""
-        data = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            data[field.name] = value.tolist() if isinstance(value, np.ndarray) else value
-        return json.dumps(data)
-
-    @classmethod
-    def from_json(cls, text):
-        data = json.loads(text)
-        dtypes = {'time_ns': np.int64, 'image_log_ns': np.int64, 'image_stamp_ns': np.int64,
-                  'predicted': np.float64, 'valid': bool, 'token_ids': np.int64,
-                  'latency_s': np.float64, 'reference': np.float64}
-        for name, dtype in dtypes.items():
-            data[name] = np.asarray(data[name], dtype=dtype)
-        for name in ('predicted', 'token_ids', 'reference'):
-            data[name] = data[name].reshape(-1, ACTION_DIM)
-        return cls(**data)
+def make_core(options, emit):
+    """Return the ``ControlCore`` vla_node would run with these options, emitting to ``emit``."""
+    return ControlCore(emit, max_image_age=options.max_image_age or None,
+                       period=1.0 / options.rate, chunk_mode=options.chunk_mode,
+                       execute_steps=options.execute_steps,
+                       ensemble_decay=options.ensemble_decay,
+                       max_camera_skew=options.max_camera_skew,
+                       max_proprio_age=options.max_proprio_age or None)
 
 
 def evaluate_bag(path, policy, unnorm_key, options, name=None, progress=True, desc=None,
@@ -168,26 +59,28 @@ def evaluate_bag(path, policy, unnorm_key, options, name=None, progress=True, de
     """
     Run ``policy`` on the control steps of the bag at ``path``; return a ``BagResult``.
 
-    ``policy`` is an ``OpenVLAPolicy`` (or anything with the same ``predict``); ``unnorm_key``
-    must be resolved already. ``background``: read the bag on a thread ahead of ``predict``.
-    Raises ``EvalError`` for bad input.
+    ``policy`` is an ``OpenVLAPolicy`` or ``OpenVLAOFTPolicy`` (or anything with the same
+    ``predict``); ``unnorm_key`` must be resolved already. ``background``: read the bag on a
+    thread ahead of ``predict``. Raises ``EvalError`` for bad input.
     """
     path = Path(path)
+    check_policy(policy, options)
     with Bag(path) as bag:
         check_bag(bag, options)
         storage = bag.storage
         estimate = step_count(bag, options.rate)
-    topics = options.topics()
+    cameras, topics, layout = options.cameras(), options.topics(), options.layout()
     state = {}
 
     def produce():
         with Bag(path) as bag:
-            reader = StepReader(bag, topics, options.rate, compressed=options.compressed)
+            reader = StepReader(bag, cameras, topics, options.rate,
+                                compressed=options.compressed, layout=layout)
             yield from reader
             state['streams'] = reader.streams
 
     emitted = []
-    core = ControlCore(emitted.append, max_image_age=options.max_image_age or None)
+    core = make_core(options, emitted.append)
     bad_instructions = 0
     if options.instruction:
         core.set_instruction(options.instruction)
@@ -202,62 +95,82 @@ def evaluate_bag(path, policy, unnorm_key, options, name=None, progress=True, de
                               else core.set_instruction(event.text))
                     bad_instructions += bool(update.refused)
                 continue
-            rows.append(_step(core, emitted, event, policy, unnorm_key))
-            event.rgb = None  # keep one frame in memory, not one per step
+            rows.append(_step(core, emitted, event, policy, unnorm_key, bool(layout),
+                              options.rate))
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    chunk_len = getattr(policy, 'chunk_len', 1)
     return _result(name or path.name, path, storage, rows, state['streams'], options,
-                   bad_instructions)
+                   bad_instructions, chunk_len)
 
 
-def _step(core, emitted, step, policy, unnorm_key):
-    """One tick of the core at the step's time; return the step's record."""
+def _step(core, emitted, step, policy, unnorm_key, needs_state, rate):
+    """One tick of the core at the step's time (and the commit, latency 0); return its record."""
     emitted.clear()
-    frame = Frame(step, step.image_stamp_ns * 1e-9)
-    tick = core.tick(step.time_ns * 1e-9, frame)
-    row = {'step': step, 'status': tick.verdict, 'instruction': core.instruction}
-    if tick.verdict == 'queued':
-        row['values'] = tick.emitted.values
-    elif tick.verdict == 'ready':
-        prediction = infer(policy, tick.ticket, step.decode, unnorm_key)
+    now = step.time_ns * 1e-9
+    tick = core.tick(now, step.observation(needs_state))
+    row = {'step': (step.index, step.time_ns, step.image_log_ns, step.image_stamp_ns),
+           'status': tick.verdict, 'instruction': core.instruction, 'detail': tick.detail}
+    if tick.verdict == 'ready':
+        prediction = infer(policy, tick.ticket, decode_frame, unnorm_key)
         if prediction.status == 'bad_image':
             row['status'], row['detail'] = 'bad_image', prediction.detail
-            return row
-        row['result'], row['latency'] = prediction.result, prediction.latency_s
-        row['values'] = np.asarray(prediction.result.values, dtype=np.float64)
-        row['valid'] = prediction.status == 'ok'
-        if row['valid'] and core.commit(tick.ticket, prediction.rows):
-            row['values'] = emitted[-1].values
+        else:
+            row['result'], row['latency'] = prediction.result, prediction.latency_s
+            row['invalid'] = prediction.status != 'ok'
+            values = np.asarray(prediction.result.values, dtype=np.float64)
+            row['prediction'] = values.reshape(-1)[:ACTION_DIM]
+            if not row['invalid'] and core.commit(tick.ticket, prediction.rows, now):
+                offset = int(round((tick.ticket.start_s - tick.ticket.time_s) * rate))
+                chunk = next(e for e in emitted if e.kind == 'chunk')
+                row['chunk'] = (np.asarray(chunk.values, dtype=np.float64), offset)
+    actions = [e for e in emitted if e.kind == 'action']
+    if actions:
+        row['action'] = np.asarray(actions[-1].values, dtype=np.float64)
+        row['action_stamp_ns'] = actions[-1].source.frames[0].msg.stamp_ns
     return row
 
 
-def _result(name, path, storage, rows, streams, options, bad_instructions):
+def _result(name, path, storage, rows, streams, options, bad_instructions, chunk_len):
     k = len(rows)
     predicted = np.full((k, ACTION_DIM), np.nan)
     token_ids = np.full((k, ACTION_DIM), -1, dtype=np.int64)
     valid = np.zeros(k, dtype=bool)
+    action_stamp_ns = np.full(k, -1, dtype=np.int64)
     latency = np.full(k, np.nan)
+    chunks, chunk_step, chunk_start = [], [], []
+    reasons = {}
     for i, row in enumerate(rows):
-        if 'values' not in row:
-            continue
-        predicted[i] = np.asarray(row['values'], dtype=np.float64).reshape(-1)[:ACTION_DIM]
-        valid[i] = row.get('valid', True)
+        if row['detail'] and row['status'] not in reasons:
+            reasons[row['status']] = row['detail']
         if 'result' in row:
             ids = np.asarray(row['result'].token_ids, dtype=np.int64).reshape(-1)[:ACTION_DIM]
             token_ids[i, :ids.size] = ids
             latency[i] = row['latency']
+            predicted[i] = row['prediction']
+        if 'action' in row:
+            predicted[i] = row['action'][:ACTION_DIM]
+            valid[i] = True
+            action_stamp_ns[i] = row['action_stamp_ns']
+        if 'chunk' in row:
+            values, offset = row['chunk']
+            chunks.append(values)
+            chunk_step.append(i)
+            chunk_start.append(i + offset)
+    if chunks:
+        chunk_len = chunks[0].shape[0]
     steps = [row['step'] for row in rows]
-    time_ns = np.array([s.time_ns for s in steps], dtype=np.int64)
-    image_log_ns = np.array([s.image_log_ns for s in steps], dtype=np.int64)
+    time_ns = np.array([s[1] for s in steps], dtype=np.int64)
+    image_log_ns = np.array([s[2] for s in steps], dtype=np.int64)
     arrays = as_arrays(streams)
     messages = {'action': len(streams.action_times), 'none': 0,
                 'ee_pose': len(streams.pose_times) + len(streams.gripper_times)}
     if options.reference == 'action' and k:
         t0 = int(time_ns[0])
-        next_ns = np.array([step_time(t0, s.index + 1, options.rate) for s in steps], np.int64)
+        next_ns = np.array([step_time(t0, s[0] + 1, options.rate) for s in steps], np.int64)
         reference = references.recorded_actions(image_log_ns, next_ns, *arrays['action'])
     elif options.reference == 'ee_pose' and k:
         reference = references.relabel_ee_pose(time_ns, *arrays['ee_pose'], *arrays['gripper'])
@@ -265,12 +178,17 @@ def _result(name, path, storage, rows, streams, options, bad_instructions):
         reference = np.full((k, ACTION_DIM), np.nan)
     return BagResult(
         name=name, path=str(path), storage=storage, time_ns=time_ns, image_log_ns=image_log_ns,
-        image_stamp_ns=np.array([s.image_stamp_ns for s in steps], dtype=np.int64),
+        image_stamp_ns=np.array([s[3] for s in steps], dtype=np.int64),
+        action_stamp_ns=action_stamp_ns,
         status=[row['status'] for row in rows], instruction=[row['instruction'] for row in rows],
         predicted=predicted, valid=valid, token_ids=token_ids, latency_s=latency,
-        reference=reference, bad_instructions=bad_instructions,
-        reference_messages=messages[options.reference],
-        bad_image_reason=next((row['detail'] for row in rows if 'detail' in row), ''))
+        reference=reference,
+        chunks=np.asarray(chunks, dtype=np.float64).reshape(len(chunks), chunk_len, ACTION_DIM),
+        chunk_step=np.asarray(chunk_step, dtype=np.int64),
+        chunk_start=np.asarray(chunk_start, dtype=np.int64), chunk_len=int(chunk_len),
+        invalid_predictions=sum(bool(row.get('invalid')) for row in rows),
+        bad_instructions=bad_instructions, reference_messages=messages[options.reference],
+        bad_image_reason=reasons.get('bad_image', ''), reasons=reasons)
 
 
 class _Failure:

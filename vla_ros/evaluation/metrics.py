@@ -18,6 +18,14 @@ Inputs are the *predicted* steps (the ones the live node would have run the mode
 - ``latency_ms``: p50, p95, p99 (linear interpolation) and max of ``predict()`` over all
   predicted steps, invalid ones included.
 
+Per chunk step (``chunk_steps``), over every committed chunk (OpenVLA's have one row): row ``j``
+against the reference of the step it is for (the ``j``-th control step after the step of its row
+0, see ``results.BagResult.chunk_inputs``), where that step has a reference:
+``chunk_step_compared[j]`` rows, ``chunk_step_mae[j]`` per dimension, ``chunk_step_mae_normalized
+[j]`` divided by ``q99 - q01`` and ``chunk_step_mae_normalized_mean[j]`` their mean. How the error
+grows with ``j`` is how far ahead the policy's chunks stay right; with ``execute_steps`` below the
+chunk length, rows past it are compared even though they are never executed.
+
 Overall metrics pool the steps of every bag (``pool``), so a long bag weighs more than a short
 one: they are the metrics of one long recording, not a mean of per-bag means. Undefined values
 (no steps) are ``None``, so the JSON stays strict.
@@ -86,6 +94,43 @@ def compute(predicted, reference, valid, latency_s, action_range):
         'gripper_agreement': _number(agree.mean()) if m else None,
         'latency_ms': latency_summary(latency_ms),
     }
+
+
+def chunk_steps(rows, references, action_range):
+    """
+    Return the per-chunk-step metrics of committed chunks (see the module docstring).
+
+    ``rows``, ``references``: float64 (C, L, 7), a NaN reference row where there is none.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    references = np.asarray(references, dtype=np.float64)
+    scale = np.asarray(action_range, dtype=np.float64).reshape(-1)
+    scale = np.where(scale > ZERO_RANGE, scale, np.nan)
+    compared = np.all(np.isfinite(references), axis=2) & np.all(np.isfinite(rows), axis=2)
+    counts, mae, mae_n, mae_n_mean = [], [], [], []
+    for j in range(rows.shape[1]):
+        m = compared[:, j]  # (C,)
+        err = (np.abs(rows[m, j] - references[m, j]).mean(axis=0) if m.any()
+               else np.full(len(ACTION_NAMES), np.nan))  # (7,)
+        normalized = err / scale
+        finite = normalized[np.isfinite(normalized)]
+        counts.append(int(m.sum()))
+        mae.append(_per_dim(err))
+        mae_n.append(_per_dim(normalized))
+        mae_n_mean.append(_number(finite.mean()) if finite.size else None)
+    return {'chunks': int(rows.shape[0]), 'chunk_len': int(rows.shape[1]),
+            'chunk_step_compared': counts, 'chunk_step_mae': mae,
+            'chunk_step_mae_normalized': mae_n, 'chunk_step_mae_normalized_mean': mae_n_mean}
+
+
+def pool_chunks(parts):
+    """Concatenate (rows, references) (C, L, 7) tuples of several bags (one chunk length)."""
+    parts = list(parts)
+    parts = [p for p in parts if p[0].shape[0]] or parts[:1]  # bags without chunks add none
+    if not parts:
+        empty = np.zeros((0, 1, len(ACTION_NAMES)))
+        return empty, empty
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(2))
 
 
 def latency_summary(latency_ms):

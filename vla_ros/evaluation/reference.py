@@ -6,11 +6,11 @@ A step without a reference gets a row of NaN and is left out of the error metric
 
 **Recorded actions** (``--reference action``, regression between checkpoints). A
 ``Float64MultiArray`` has no header, so pairing is by log time: step ``k`` takes the first
-``vla/action`` logged in the window ``[log time of its image, t_{k+1})``, from the moment its
-image was logged up to (not including) the next step time. That is the action a live node
-published from (about) that frame before its next tick, and also the action a dataset converted
-to a bag (or a teleoperation log) logged at the same time as its image. A step with none in that
-window has no reference.
+``vla/action`` logged in the window ``[log time of its (primary) image, t_{k+1})``, from the
+moment its image was logged up to (not including) the next step time. That is the action a live
+node published from (about) that frame before its next tick, and also the action a dataset
+converted to a bag (or a teleoperation log) logged at the same time as its image. A step with
+none in that window has no reference.
 
 **ee_pose relabelling** (``--reference ee_pose``), as BridgeData V2 / OpenVLA do it. OpenVLA's
 ``relabel_bridge_actions`` (prismatic/vla/datasets/rlds/oxe/transforms.py, the same function as

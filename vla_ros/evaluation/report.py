@@ -5,11 +5,15 @@ vla_eval's outputs: ``metrics.json``, one PNG per bag, ``summary.md``, and the p
 and nothing that changes between identical runs except the ``latency_ms`` entries; each bag and
 ``overall`` hold ``counts`` (steps by status) and ``metrics`` (see ``metrics.py``).
 
-A predictions bag (``--write-bag``) holds, for every step with a valid action, what the live node
-publishes on its topics, logged at the step time: ``/vla/ee_delta`` (PoseStamped stamped with the
-image's header stamp, frame ``base_link``), ``/vla/gripper`` and ``/vla/action``, built by the
-node's own ``vla_ros.nodes.messages.action_to_messages``. ``ros2 bag play --clock`` plays them to
-arm_bridge.
+``metrics`` also holds the per-chunk-step errors (``metrics.chunk_steps``).
+
+A predictions bag (``--write-bag``) holds what the live node publishes on its topics, logged at
+the step time: for every committed chunk ``/vla/action_chunk`` (Float64MultiArray, dims ``step``
+x the action labels, ``messages.chunk_to_multiarray``), and for every step with a valid action
+``/vla/ee_delta`` (PoseStamped stamped with the header stamp of the primary image the
+action came from, frame ``base_link``), ``/vla/gripper`` and ``/vla/action``, built by the
+node's own ``vla_ros.nodes.messages.action_to_messages``; at one step the chunk comes first, as
+the node publishes it. ``ros2 bag play --clock`` plays them to arm_bridge.
 """
 
 import json
@@ -24,6 +28,7 @@ from vla_ros.evaluation.bags import BagWriter, EvalError
 
 ACTION_FRAME = 'base_link'  # vla_node's default action_frame
 OUTPUT_TOPICS = ('/vla/ee_delta', '/vla/gripper', '/vla/action')
+CHUNK_TOPIC = '/vla/action_chunk'
 UNITS = ('m', 'm', 'm', 'rad', 'rad', 'rad', '')
 
 
@@ -44,18 +49,22 @@ def prepare_out_dir(path):
 def build_metrics(results, action_range, config):
     """Return the metrics.json dict for the ``BagResult``s (pooled overall, see metrics.py)."""
     bags = {}
-    parts = []
+    parts, chunk_parts = [], []
     totals = {}
     for result in results:
-        inputs = result.metric_inputs()
+        inputs, chunk_inputs = result.metric_inputs(), result.chunk_inputs()
         parts.append(inputs)
+        chunk_parts.append(chunk_inputs)
         counts = result.counts()
         for key, value in counts.items():
             totals[key] = totals.get(key, 0) + value
         bags[result.name] = {'path': result.path, 'storage': result.storage, 'counts': counts,
-                             'metrics': metric_lib.compute(*inputs, action_range)}
+                             'metrics': {**metric_lib.compute(*inputs, action_range),
+                                         **metric_lib.chunk_steps(*chunk_inputs, action_range)}}
     overall = {'bags': len(results), 'counts': totals,
-               'metrics': metric_lib.compute(*metric_lib.pool(parts), action_range)}
+               'metrics': {**metric_lib.compute(*metric_lib.pool(parts), action_range),
+                           **metric_lib.chunk_steps(*metric_lib.pool_chunks(chunk_parts),
+                                                    action_range)}}
     return {'bags': bags, 'overall': overall, 'config': config}
 
 
@@ -76,7 +85,13 @@ def plot_bag(result, path):
     fig = Figure(figsize=(10, 13), layout='constrained')
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(metric_lib.ACTION_NAMES), 1, sharex=True)
+    period = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
     for i, (ax, name) in enumerate(zip(axes, metric_lib.ACTION_NAMES)):
+        if result.chunk_len > 1:  # every chunk's rows at the steps they are for, faint
+            for c, (start, rows) in enumerate(zip(result.chunk_start, result.chunks)):
+                ax.plot(t[0] + (start + np.arange(len(rows))) * period if len(t) else [],
+                        rows[:, i], color='tab:orange', alpha=0.35, linewidth=0.8,
+                        label='chunks' if c == 0 else None)
         ax.plot(t, result.reference[:, i], color='tab:gray', marker='.', label='reference')
         ax.plot(t[ok], result.predicted[ok, i], color='tab:blue', marker='o', markersize=3,
                 linestyle='-', label='predicted')
@@ -98,12 +113,15 @@ def _fmt(value, digits=4):
 def summary_markdown(data, plots):
     """Return the short Markdown summary of a metrics.json dict; ``plots`` maps bag -> PNG name."""
     cfg = data['config']
+    cameras = ', '.join(f'`{t}`' for t in cfg.get('camera_topics', [cfg.get('image_topic')]))
     lines = ['# vla_eval summary', '',
-             f"model `{cfg['model']}`, unnorm_key `{cfg['unnorm_key']}`, reference "
-             f"`{cfg['reference']}`, {cfg['rate_hz']} Hz, image topic `{cfg['image_topic']}`", '',
-             '| bag | steps | predicted | idle | stale | refused images | invalid rate | '
-             'compared | mean norm. MAE | transl. cosine | gripper agree | latency p50 / p95 ms |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+             f"model `{cfg['model']}` ({cfg.get('policy', 'openvla')}), unnorm_key "
+             f"`{cfg['unnorm_key']}`, reference `{cfg['reference']}`, {cfg['rate_hz']} Hz, "
+             f'image topic(s) {cameras}', '',
+             '| bag | steps | predicted | idle | stale | refused images | skewed / bad state | '
+             'chunks | invalid rate | compared | mean norm. MAE | transl. cosine | '
+             'gripper agree | latency p50 / p95 ms |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     rows = [(name, bag) for name, bag in data['bags'].items()]
     rows.append(('**overall**', data['overall']))
     for name, entry in rows:
@@ -111,6 +129,7 @@ def summary_markdown(data, plots):
         lat = m['latency_ms']
         lines.append(f"| {name} | {c['steps']} | {c['predicted']} | {c['idle']} | "
                      f"{c['stale'] + c['future']} | {c['bad_image']} | "
+                     f"{c.get('skewed', 0)} / {c.get('bad_state', 0)} | {c.get('chunks', 0)} | "
                      f"{_fmt(m['invalid_rate'], 3)} | "
                      f"{m['steps_compared']} | {_fmt(m['mae_normalized_mean'])} | "
                      f"{_fmt(m['translation_cosine'], 3)} | {_fmt(m['gripper_agreement'], 3)} | "
@@ -121,6 +140,17 @@ def summary_markdown(data, plots):
     for name in metric_lib.ACTION_NAMES:
         lines.append(f"| {name} | {_fmt(m['mae'][name])} | {_fmt(m['rmse'][name])} | "
                      f"{_fmt(m['mae_normalized'][name])} | {_fmt(m['rmse_normalized'][name])} |")
+    if m.get('chunk_len', 1) > 1:
+        lines += ['', '## Error per chunk step (all bags pooled)', '',
+                  f"Row j of each of the {m['chunks']} committed chunks against the reference "
+                  'of the j-th step after the step of its row 0.', '',
+                  '| j | compared | ' + ' | '.join(f'MAE {n}' for n in metric_lib.ACTION_NAMES)
+                  + ' | mean norm. MAE |',
+                  '|---' * (len(metric_lib.ACTION_NAMES) + 3) + '|']
+        for j, (count, mae) in enumerate(zip(m['chunk_step_compared'], m['chunk_step_mae'])):
+            lines.append(f'| {j} | {count} | '
+                         + ' | '.join(_fmt(mae[n]) for n in metric_lib.ACTION_NAMES)
+                         + f" | {_fmt(m['chunk_step_mae_normalized_mean'][j])} |")
     if plots:
         lines += ['', '## Plots', '']
         lines += [f'![{name}]({png})' for name, png in plots.items()]
@@ -129,7 +159,7 @@ def summary_markdown(data, plots):
 
 def write_predictions_bag(result, path, storage=None):
     """
-    Write the steps' valid actions as a bag on the live node's output topics (replaces ``path``).
+    Write the steps' chunks and actions as a bag on the live node's topics (replaces ``path``).
 
     Returns the number of actions written.
     """
@@ -141,12 +171,18 @@ def write_predictions_bag(result, path, storage=None):
                 raise EvalError(f'{str(old)!r} exists and is not a bag; move it away or choose '
                                 'another --out')
             shutil.rmtree(old)
-    from vla_ros.nodes.messages import action_to_messages  # ROS message classes: only here
+    # ROS message classes: only here
+    from vla_ros.nodes.messages import action_to_messages, chunk_to_multiarray
 
     written = 0
+    chunks = dict(zip(result.chunk_step.tolist(), result.chunks))
     with BagWriter(tmp, storage or result.storage) as writer:
-        for k in np.flatnonzero(result.predicted_mask & result.valid):
-            stamp_ns = int(result.image_stamp_ns[k])
+        for k in sorted(set(np.flatnonzero(result.valid).tolist()) | set(chunks)):
+            if k in chunks:
+                writer.write(CHUNK_TOPIC, int(result.time_ns[k]), chunk_to_multiarray(chunks[k]))
+            if not result.valid[k]:
+                continue
+            stamp_ns = int(result.action_stamp_ns[k])
             stamp = _time_msg(stamp_ns)
             pose, gripper, raw = action_to_messages(result.predicted[k], stamp, ACTION_FRAME)
             log_ns = int(result.time_ns[k])

@@ -2,21 +2,24 @@
 The inputs of a bag's control steps, in the order the live node would have received them.
 
 Time base: bag **log time** (the recorder's receive time). Step ``k`` is at
-``t_k = t_0 + round(k * 1e9 / rate)`` ns from the first image's log time to the last image's. Why
-log time and not image header stamps: under ``ros2 bag play --clock`` the ``/clock`` the node
-runs on *is* the log time, so the node ticks at these instants; the live node uses the newest
-image it has *received*, which the log time records; and the instruction, ``vla/action`` and
-gripper topics have no header at all, so only log time orders them against the images.
+``t_k = t_0 + round(k * 1e9 / rate)`` ns from the primary camera's first image's log time to its
+last one's. Why log time and not image header stamps: under ``ros2 bag play --clock`` the
+``/clock`` the node runs on *is* the log time, so the node ticks at these instants; the live node
+uses the newest message of each topic it has *received*, which the log time records; and the
+instruction, ``vla/action`` and gripper topics have no header at all, so only log time orders
+them against the images.
 
 ``StepReader`` walks the bag once, in log-time order, and yields two kinds of events in time
 order: ``Instruction`` (a ``std_msgs/String`` as the node would decode it; an undecodable one
-carries the reason it is refused) and ``StepInput`` (a tick at ``t_k`` with the newest image
-logged at or before it, its header stamp, and that frame decoded by the node's own
-``vla_ros.control.formats``). What each step *does* (idle, stale, future, predict, a queued chunk
-action) is not decided here: ``evaluate`` hands these events to the same ``ControlCore`` as the
-node. A step is yielded once a message logged after ``t_k`` arrives, and only if an image is
-logged at or after ``t_k`` (steps past the last frame are dropped). Only the images a step uses
-are deserialised and decoded, once each.
+carries the reason it is refused) and ``StepInput`` (a tick at ``t_k`` with, for every camera,
+the newest frame logged at or before it, decoded by the node's own ``vla_ros.control.formats``,
+and, when a ``proprio`` layout is given, the state ``StateLayout.assemble`` makes of the newest
+``ee_pose`` and ``joint_states`` logged at or before it, as the node's ``observations`` does).
+What each step *does* (idle, stale, skewed, predict, a queued chunk action) is not decided here:
+``evaluate`` hands these events to the same ``ControlCore`` as the node. A step is yielded once a
+message logged after ``t_k`` arrives, and only if a primary image is logged at or after ``t_k``
+(steps past the primary camera's last frame are dropped). Only the frames a step uses are
+deserialised and decoded, once each; the state messages likewise.
 """
 
 import dataclasses
@@ -24,11 +27,13 @@ import dataclasses
 import numpy as np
 
 from vla_ros.control import formats
+from vla_ros.control.core import Frame, Observation
 from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.evaluation.bags import EvalError, READ_ERRORS
 
 # Steps one bag may have (duration x rate): about 11 h at 5 Hz, 1.9 h at 30 Hz.
 MAX_STEPS = 200_000
+NS = 1_000_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,23 +45,53 @@ class Instruction:
     refused: str = ''
 
 
-@dataclasses.dataclass
-class StepInput:
-    """One control tick's inputs: when, and the newest frame (decoded, or why it was refused)."""
+@dataclasses.dataclass(frozen=True)
+class FrameInput:
+    """One camera frame as a step sees it: its place in the bag, its stamp, the decoded image."""
 
-    index: int
-    time_ns: int  # t_k, bag log time
-    image_index: int  # position of the image among the image topic's messages
-    image_log_ns: int
-    image_stamp_ns: int  # header stamp (the live node stamps its outputs with it)
+    topic: str
+    index: int  # position among the topic's messages
+    log_ns: int
+    stamp_ns: int  # header stamp
     rgb: object = None  # (H, W, 3) uint8, or None when refused
     error: object = None  # the ConversionError that refused the frame
 
-    def decode(self, _msg=None):
-        """Return the frame, or raise the ``ConversionError`` that refused it (``core.infer``)."""
-        if self.error is not None:
-            raise self.error
-        return self.rgb
+
+def decode_frame(frame):
+    """Return a ``FrameInput``'s image, or raise the error that refused it (``core.infer``)."""
+    if frame.error is not None:
+        raise frame.error
+    return frame.rgb
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInput:
+    """One control tick's inputs: when, each camera's newest frame (None: none yet), the state."""
+
+    index: int
+    time_ns: int  # t_k, bag log time
+    frames: tuple  # FrameInput or None per camera, primary first (the primary is never None)
+    names: tuple  # the camera topics
+    state: object = None  # vla_ros.control.core.State when a proprio layout is given
+
+    @property
+    def image_index(self):
+        return self.frames[0].index
+
+    @property
+    def image_log_ns(self):
+        return self.frames[0].log_ns
+
+    @property
+    def image_stamp_ns(self):
+        """Return the primary frame's header stamp (the live node stamps its outputs with it)."""
+        return self.frames[0].stamp_ns
+
+    def observation(self, needs_state=False):
+        """Return the ``Observation`` the live node's ``observations`` makes of these inputs."""
+        frames = tuple(None if f is None else Frame(f, stamp_seconds(f.stamp_ns), f.topic)
+                       for f in self.frames)
+        return Observation(frames, self.names, self.state, needs_state)
 
 
 @dataclasses.dataclass
@@ -76,60 +111,80 @@ def step_time(t0_ns, k, rate):
     return t0_ns + int(round(k * 1e9 / rate))
 
 
-def image_stamp_ns(msg):
-    """Return the header stamp of an image message in ns."""
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+def header_stamp_ns(msg):
+    """Return the header stamp of a message in ns."""
+    return int(msg.header.stamp.sec) * NS + int(msg.header.stamp.nanosec)
+
+
+def stamp_seconds(ns):
+    """Return a stamp in ns as float seconds, computed as the node does (sec + nanosec * 1e-9)."""
+    return ns // NS + (ns % NS) * 1e-9
 
 
 class StepReader:
     """
     Walk one opened ``Bag`` and yield its ``Instruction`` and ``StepInput`` events in order.
 
-    ``topics`` maps roles ('image', 'instruction', 'action', 'ee_pose', 'gripper') to topic
-    names; roles that are absent are not read. After the walk, ``streams`` holds the action,
-    pose and gripper topics.
+    ``cameras``: the image topics, primary first. ``topics`` maps the other roles
+    ('instruction', 'action', 'ee_pose', 'gripper' for the references, 'pose' and 'joints' for
+    the state) to topic names; roles that are absent are not read. ``layout``: a
+    ``StateLayout`` (or None: no state). After the walk, ``streams`` holds the action, pose and
+    gripper topics.
     """
 
-    def __init__(self, bag, topics, rate, compressed=False):
+    def __init__(self, bag, cameras, topics, rate, compressed=False, layout=None):
         self.bag = bag
-        self.topics = topics
+        self.cameras = tuple(cameras)
+        self.topics = dict(topics)
         self.rate = float(rate)
         self.compressed = compressed
+        self.layout = layout if layout else None
         self.streams = Streams()
         self.last_image_log_ns = None
-        self._roles = {topic: role for role, topic in topics.items()}
-        self._decoded = (None, None)  # (image index, (rgb, error))
+        self._uses = {}
+        for i, topic in enumerate(self.cameras):
+            self._uses.setdefault(topic, []).append(i)
+        for role, topic in self.topics.items():
+            self._uses.setdefault(topic, []).append(role)
+        self._decoded = [None] * len(self.cameras)  # per camera: the newest FrameInput
+        self._state = (None, None)  # ((pose index, joints index), State)
 
     def __iter__(self):
-        image = None  # (index, log_ns, raw bytes)
-        pending = []  # events after the newest image, waiting for an image logged after them
+        newest = [None] * len(self.cameras)  # per camera: (index, log_ns, raw bytes)
+        state_inputs = {'pose': None, 'joints': None}  # (index, log_ns, raw bytes)
+        counts = {}
+        pending = []  # events after the newest primary image, waiting for one logged after them
         t0 = None
         k = 0
-        count = -1
-        for topic, log_ns, data in self.bag.messages(sorted(self._roles), raw=True):
+        for topic, log_ns, data in self.bag.messages(sorted(self._uses), raw=True):
             while t0 is not None and step_time(t0, k, self.rate) < log_ns:
-                pending.append((k, step_time(t0, k, self.rate), image))
+                pending.append((k, step_time(t0, k, self.rate), tuple(newest),
+                                state_inputs['pose'], state_inputs['joints']))
                 k += 1
-            role = self._roles[topic]
-            if role == 'image':
-                count += 1
-                image = (count, log_ns, data)
-                self.last_image_log_ns = log_ns
-                if t0 is None:
-                    t0 = log_ns
-                yield from (self._event(item) for item in pending)
-                pending = []
-            elif role == 'instruction':
-                event = self._instruction(log_ns, data)
-                if t0 is None:
-                    yield event  # before the first step: it sets the starting instruction
+            index = counts[topic] = counts.get(topic, -1) + 1
+            for role in self._uses[topic]:
+                if isinstance(role, int):
+                    newest[role] = (index, log_ns, data)
+                    if role == 0:
+                        self.last_image_log_ns = log_ns
+                        if t0 is None:
+                            t0 = log_ns
+                        yield from (self._event(item) for item in pending)
+                        pending = []
+                elif role == 'instruction':
+                    event = self._instruction(log_ns, data)
+                    if t0 is None:
+                        yield event  # before the first step: it sets the starting instruction
+                    else:
+                        pending.append(event)
+                elif role in state_inputs:
+                    state_inputs[role] = (index, log_ns, data)
                 else:
-                    pending.append(event)
-            else:
-                self._store(role, log_ns, data)
+                    self._store(role, log_ns, data)
         if t0 is not None:
             while step_time(t0, k, self.rate) <= self.last_image_log_ns:
-                pending.append((k, step_time(t0, k, self.rate), image))
+                pending.append((k, step_time(t0, k, self.rate), tuple(newest),
+                                state_inputs['pose'], state_inputs['joints']))
                 k += 1
             for item in pending:
                 if isinstance(item, Instruction) or item[1] <= self.last_image_log_ns:
@@ -172,19 +227,47 @@ class StepReader:
             s.gripper_times.append(log_ns)
             s.grippers.append(float(msg.data))
 
-    def _step(self, k, t_ns, image):
-        """Turn a step's inputs into a ``StepInput`` with its frame decoded (once per image)."""
+    def _step(self, k, t_ns, images, pose, joints):
+        """Turn a step's inputs into a ``StepInput``: frames decoded and state assembled once."""
+        frames = tuple(None if image is None else self._frame(i, image)
+                       for i, image in enumerate(images))
+        state = self._assemble(pose, joints) if self.layout else None
+        return StepInput(k, t_ns, frames, self.cameras, state)
+
+    def _frame(self, camera, image):
         index, log_ns, data = image
-        if self._decoded[0] != index:
-            msg = self.bag.deserialize(data, self.topics['image'])
+        cached = self._decoded[camera]
+        if cached is None or cached.index != index:
+            topic = self.cameras[camera]
+            msg = self.bag.deserialize(data, topic)
             decode = formats.compressed_to_rgb if self.compressed else formats.image_to_rgb
+            rgb = error = None
             try:
-                frame = (decode(msg), None)
+                rgb = decode(msg)
             except formats.ConversionError as exc:
-                frame = (None, exc)
-            self._decoded = (index, (image_stamp_ns(msg), *frame))
-        stamp, rgb, error = self._decoded[1]
-        return StepInput(k, t_ns, index, log_ns, stamp, rgb, error)
+                error = exc
+            cached = FrameInput(topic, index, log_ns, header_stamp_ns(msg), rgb, error)
+            self._decoded[camera] = cached
+        return cached
+
+    def _assemble(self, pose, joints):
+        """Return the ``State`` of the newest pose and joint states (None: none yet)."""
+        key = (pose[0] if pose else None, joints[0] if joints else None)
+        if self._state[0] != key:
+            pose_value = joint_value = None
+            if pose is not None:
+                msg = self.bag.deserialize(pose[2], self.topics['pose'])
+                p, q = msg.pose.position, msg.pose.orientation
+                pose_value = ((p.x, p.y, p.z), (q.x, q.y, q.z, q.w),
+                              stamp_seconds(header_stamp_ns(msg)))
+            if joints is not None:
+                msg = self.bag.deserialize(joints[2], self.topics['joints'])
+                joint_value = (dict(zip(msg.name, msg.position)),
+                               stamp_seconds(header_stamp_ns(msg)))
+            state = self.layout.assemble(pose_value, joint_value, self.topics.get('pose', ''),
+                                         self.topics.get('joints', ''))
+            self._state = (key, state)
+        return self._state[1]
 
 
 def as_arrays(streams):
