@@ -95,6 +95,7 @@ from vla_ros.control.geometry import is_finite_number
 from vla_ros.control.stats import Counters, RateMeter, Window
 from vla_ros.nodes import diagnostics, messages, params, qos
 from vla_ros.nodes.logs import LogThrottle
+from vla_ros.nodes.sim_arm_config import PARAMS, RESTART_HINT
 from vla_ros.nodes.startup import report_problems, run
 
 CAMERA_FRAME = 'sim_camera'
@@ -108,41 +109,6 @@ MAX_CATCH_UP = 1.0
 # being raced through.
 SIM_TIME_CATCH_UP = 0.05
 RENDERER_START_TIMEOUT = 60.0
-
-
-def _within(low, high, low_open=False):
-    """Return a check that a number lies in [low, high] (or (low, high])."""
-    return lambda v: (v > low if low_open else v >= low) and v <= high
-
-
-PARAMS = (
-    params.NodeParam('camera_width', 320, 'Camera image width in pixels.',
-                     check=_within(16, 2048), allowed='an integer in 16 .. 2048'),
-    params.NodeParam('camera_height', 240, 'Camera image height in pixels.',
-                     check=_within(16, 2048), allowed='an integer in 16 .. 2048'),
-    params.NodeParam('camera_rate_hz', 10.0, 'Camera frame rate, Hz.',
-                     check=_within(0, 60, True), allowed='0 < rate <= 60 Hz'),
-    params.NodeParam('wrist_camera', True, 'Also publish the gripper-mounted camera on '
-                     'wrist_camera/image_raw (same size, rate and stamps as camera/image_raw); '
-                     'false halves the rendering work.'),
-    params.NodeParam('physics_rate_hz', 100.0, 'Control loop rate, Hz; physics substeps at 2 ms '
-                     'inside each tick.', check=_within(10, 500), allowed='10 .. 500 Hz'),
-    params.NodeParam('ee_pose_rate_hz', 50.0, 'Rate of ee_pose and joint_states, Hz.',
-                     check=_within(0, 500, True), allowed='0 < rate <= physics_rate_hz'),
-    params.NodeParam('max_linear_speed', 0.25, 'End-effector speed limit, m/s.',
-                     check=_within(0, 1.0, True), allowed='0 < v <= 1.0 m/s'),
-    params.NodeParam('max_angular_speed', 1.0, 'End-effector angular speed limit, rad/s.',
-                     check=_within(0, 4.0, True), allowed='0 < w <= 4.0 rad/s'),
-    params.NodeParam('twist_timeout', 0.1, 'Seconds a twist holds after its stamp; older twists '
-                     'are dropped.', check=_within(0.01, 5.0), allowed='0.01 .. 5.0 s'),
-    params.NodeParam('base_frame', 'base_link', 'Frame of ee_pose and the accepted command '
-                     'frame.', check=lambda v: bool(v.strip()), allowed='a non-empty frame name'),
-    params.NodeParam('publish_clock', False, 'Publish /clock from physics time and stamp with it '
-                     '(other nodes then use use_sim_time).'),
-    params.NodeParam('seed', 0, 'Seed of the object placement.', check=lambda v: v >= 0,
-                     allowed='an integer >= 0'),
-)
-RESTART_HINT = 'restart sim_arm with -p NAME:=VALUE'
 
 
 class SimArmNode(Node):
