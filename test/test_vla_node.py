@@ -299,6 +299,18 @@ def test_deactivate_publishes_the_hold_and_nothing_after(ros, launch, tiny_check
     assert ros.call(ChangeState, '/vla_node/change_state', request).success
     deltas.wait_for(len(received) + 2, timeout=10.0)
     assert node.alive
+    # A disable survives cleanup and configure: the reloaded node does not start moving again.
+    assert ros.call(SetBool, '/vla_node/enable', SetBool.Request(data=False)).success
+    for transition in ('DEACTIVATE', 'CLEANUP', 'CONFIGURE', 'ACTIVATE'):
+        request.transition.id = getattr(Transition, f'TRANSITION_{transition}')
+        assert ros.call(ChangeState, '/vla_node/change_state', request,
+                        timeout=60.0).success, transition
+    time.sleep(0.5)
+    count = len(deltas.messages)
+    time.sleep(1.5)
+    assert len(deltas.messages) == count, 'moving again after cleanup and configure'
+    assert ros.call(SetBool, '/vla_node/enable', SetBool.Request(data=True)).success
+    deltas.wait_for(count + 2, timeout=10.0)
 
 
 def test_run_time_parameters_are_checked_and_the_node_survives(ros, launch, tiny_checkpoint):

@@ -112,9 +112,12 @@ class VlaNode(LifecycleNode):
             self.policy = None
             return TransitionCallbackReturn.FAILURE
         self.cfg = cfg
+        enabled = self.core.enabled  # a disable survives cleanup and configure
         self.core = ControlCore(self._emit, cfg.max_image_age, 1.0 / cfg.control_rate_hz,
                                 cfg.chunk_mode, cfg.execute_steps, cfg.ensemble_decay,
                                 cfg.max_camera_skew, cfg.max_proprio_age)
+        if not enabled:
+            self.core.set_enabled(False, self._now())
         self._instruct(cfg.instruction)
         self._out = {
             'ee_delta': self.create_publisher(PoseStamped, 'vla/ee_delta', qos.COMMAND),
