@@ -9,6 +9,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped
 import numpy as np
 import pytest
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
@@ -16,6 +18,7 @@ from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import SetBool, Trigger
 
 from vla_ros.nodes import diagnostics
+from vla_ros.sim import tasks
 from vla_ros.sim.arm import CAMERAS, FINGER_JOINTS, HOME_POSITION, SimArm, WORKSPACE_HIGH
 from vla_ros.sim.camera import SimCamera
 from vla_ros.sim.loop import Pacer, Schedule
@@ -152,7 +155,7 @@ def test_core_twist_is_clamped_held_until_timeout_and_clipped_to_the_workspace()
 
 def test_core_grasps_and_lifts_the_cube():
     arm = SimArm(seed=3)
-    cube = arm.task_status()['object_position']
+    cube = arm.scene_state().object_positions['cube']
     for xyz, opening, seconds in (((cube[0], cube[1], 0.1), 1.0, 1.5),
                                   ((cube[0], cube[1], 0.02), 1.0, 1.0),
                                   ((cube[0], cube[1], 0.02), 0.0, 0.5),
@@ -160,10 +163,9 @@ def test_core_grasps_and_lifts_the_cube():
         arm.command_gripper(opening)
         arm.command_pose(xyz, (0.0, 0.0, 0.0, 1.0))
         arm.step(seconds)
-    status = arm.task_status()
-    assert status['object_lifted'], status
+    assert tasks.success('lift', 'red cube', arm.scene_state())
     arm.reset()
-    assert not arm.task_status()['object_lifted']
+    assert not tasks.success('lift', 'red cube', arm.scene_state())
     assert np.allclose(arm.ee_pose()[0], HOME_POSITION, atol=1e-6)
 
 
@@ -245,6 +247,8 @@ def test_publishes_both_cameras_ee_pose_and_joint_states(ros, launch):
     assert fingers(state) == pytest.approx([0.04, 0.04], abs=0.002)  # metres: open
     status = json.loads(task.wait_for(1)[-1].data)
     assert status['object_lifted'] is False and abs(status['object_height']) < 0.005
+    assert (status['task'], status['seed'], status['instruction']) == \
+        ('reach', 0, tasks.episode(0).instruction)
 
 
 def test_twist_stream_moves_by_speed_times_duration_and_stops(ros, launch):
@@ -366,26 +370,56 @@ def test_wrist_camera_false_publishes_the_scene_camera_only(ros, launch):
     assert ros.node.count_publishers('/wrist_camera/image_raw') == 0 and not wrist.messages
 
 
-def test_scripted_grasp_lifts_the_cube(ros, launch):
+def set_parameters(ros, *params):
+    """Set sim_arm parameters as `ros2 param set` does; return the results."""
+    request = SetParameters.Request(parameters=[p.to_parameter_msg() for p in params])
+    return ros.call(SetParameters, 'sim_arm/set_parameters', request).results
+
+
+def test_lift_episode_succeeds_on_sim_task_and_a_seed_change_starts_at_reset(ros, launch):
     poses = ros.subscribe(PoseStamped, 'ee_pose', STATE)
     task = ros.subscribe(String, 'sim/task', RELIABLE)
     lifted = ros.subscribe(Bool, 'sim/object_lifted', RELIABLE)
-    start_sim(launch, 'seed:=7')
+    start_sim(launch, 'task:=lift', 'seed:=7')
     pub = ros.publisher(PoseStamped, 'target_pose', RELIABLE)
     grip = ros.publisher(Float64, 'gripper/command', RELIABLE)
     ros.wait_for_subscribers(pub)
     ros.wait_for_subscribers(grip)
-    cube = np.array(json.loads(task.wait_for(1)[-1].data)['object_position'])
-    go_to(ros, pub, poses, [cube[0], cube[1], 0.10])
-    go_to(ros, pub, poses, [cube[0], cube[1], 0.02])
+    episode = tasks.episode(7, 'lift')
+    status = json.loads(task.wait_for(1)[-1].data)
+    assert {k: status[k] for k in ('task', 'object', 'instruction', 'seed')} == \
+        {'task': 'lift', 'object': episode.object, 'instruction': episode.instruction, 'seed': 7}
+    assert status['success'] is False and status['time_to_success'] is None
+    assert status['time_since_reset'] > 0
+    target = np.array(status['object_position'])  # the named object's
+    go_to(ros, pub, poses, [target[0], target[1], 0.10])
+    go_to(ros, pub, poses, [target[0], target[1], 0.02])
     for _ in range(5):
         grip.publish(Float64(data=0.0))
         time.sleep(0.1)
     assert not lifted.wait_for(1)[-1].data
-    go_to(ros, pub, poses, [cube[0], cube[1], 0.15])
+    go_to(ros, pub, poses, [target[0], target[1], 0.15])
     wait_until(lambda: lifted.messages[-1].data, 2.0, message='object_lifted true')
-    assert json.loads(task.messages[-1].data)['object_height'] > 0.1
-    assert ros.call(Trigger, 'sim_arm/reset', Trigger.Request()).success
+    status = wait_until(lambda: (m := json.loads(task.messages[-1].data))['success'] and m, 2.0,
+                        message='success on sim/task')
+    assert status['object_height'] > 0.08 and status['object_position'][2] > 0.1
+    assert 0 < status['time_to_success'] <= status['time_since_reset']
+    # seed and task change at run time and take effect at the next reset.
+    refused = set_parameters(ros, Parameter('task', Parameter.Type.STRING, 'push'))
+    assert not refused[0].successful and 'reach, lift' in refused[0].reason
+    assert all(r.successful for r in set_parameters(
+        ros, Parameter('seed', Parameter.Type.INTEGER, 8),
+        Parameter('task', Parameter.Type.STRING, 'reach')))
+    time.sleep(0.3)
+    assert json.loads(task.messages[-1].data)['seed'] == 7, 'not before the reset'
+    reply = ros.call(Trigger, 'sim_arm/reset', Trigger.Request())
+    assert reply.success and tasks.episode(8).instruction in reply.message
+    status = wait_until(lambda: (m := json.loads(task.messages[-1].data))['seed'] == 8 and m,
+                        2.0, message='the seed 8 episode on sim/task')
+    assert (status['task'], status['object']) == ('reach', tasks.episode(8).object)
+    assert status['success'] is False and status['time_to_success'] is None
+    assert status['object_position'][:2] == pytest.approx(
+        tasks.object_layout(8)[tasks.scene_object(status['object']).body][:2], abs=1e-4)
     wait_until(lambda: not lifted.messages[-1].data, 2.0, message='object_lifted false')
     assert np.allclose(latest_position(poses, after=time.monotonic()), HOME_POSITION, atol=0.002)
 

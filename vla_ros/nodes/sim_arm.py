@@ -35,21 +35,25 @@ topic                             type                         notes
                                                                ``right_finger_joint``: each
                                                                finger's position in metres from
                                                                closed (0 .. 0.04, open = 0.04)
-``sim/object_lifted``             std_msgs/Bool                out; the cube's bottom is > 5 cm
-                                                               above the table (10 Hz)
-``sim/task``                      std_msgs/String              out; JSON: object_lifted,
-                                                               object_height (m), object_position,
-                                                               time_since_reset (s), 10 Hz
+``sim/object_lifted``             std_msgs/Bool                out; the named object's bottom is
+                                                               >= 5 cm above the table (10 Hz)
+``sim/task``                      std_msgs/String              out; JSON, 10 Hz: the episode
+                                                               (task, object, instruction,
+                                                               seed), success, time_to_success,
+                                                               the named object's pose... (the
+                                                               fields: ``vla_ros.sim.tasks``)
 ``/clock``                        rosgraph_msgs/Clock          out, when ``publish_clock``
 ``/diagnostics``                  diagnostic_msgs/             out; 1 Hz
                                   DiagnosticArray
 ================================  ===========================  ====================================
 
-Service ``~/reset`` (std_srvs/Trigger) puts the gripper home and the objects at their seeded
-places. Inputs use reliable QoS (depth 10), like MoveIt Servo and ``ros2 topic pub``. A twist
-stamped more than ``twist_timeout`` before now is dropped as stale (a zero stamp, or one ahead of
-now, counts as "now"); NaN or infinite values, a zero quaternion, and commands in another frame
-are rejected and counted. Gripper openings outside [0, 1] are clipped.
+Service ``~/reset`` (std_srvs/Trigger) starts a new episode from the parameters ``task`` and
+``seed`` (both may change at run time and take effect there): the gripper home, the objects at
+their seeded places, the seed's object named in the instruction. Inputs use reliable QoS (depth
+10), like MoveIt Servo and ``ros2 topic pub``. A twist stamped more than ``twist_timeout``
+before now is dropped as stale (a zero stamp, or one ahead of now, counts as "now"); NaN or
+infinite values, a zero quaternion, and commands in another frame are rejected and counted.
+Gripper openings outside [0, 1] are clipped.
 
 Time. By default physics follows the node clock: each control tick steps it up to the node
 clock's now (at most ``MAX_CATCH_UP`` per tick; a longer stall is skipped, not raced through), and
@@ -97,6 +101,7 @@ from vla_ros.nodes import diagnostics, messages, params, qos
 from vla_ros.nodes.logs import LogThrottle
 from vla_ros.nodes.sim_arm_config import PARAMS, RESTART_HINT
 from vla_ros.nodes.startup import report_problems, run
+from vla_ros.sim import tasks
 
 CAMERA_FRAME = 'sim_camera'
 WRIST_CAMERA_FRAME = 'sim_wrist_camera'
@@ -135,6 +140,7 @@ class SimArmNode(Node):
         self._rtf = (time.monotonic(), 0)  # (steady seconds, sim steps) at the last diagnostics
         self._rtf_value = float('nan')
         self._lifted = False
+        self._monitor = None  # the episode: success latched since the last reset
         self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -161,6 +167,7 @@ class SimArmNode(Node):
             self._pose, self._gripper = Latest(), Latest()
             self.arm = arm.SimArm(cfg.camera_width, cfg.camera_height, cfg.max_linear_speed,
                                   cfg.max_angular_speed, cfg.twist_timeout, cfg.seed)
+            self._monitor = tasks.EpisodeMonitor(tasks.episode(cfg.seed, cfg.task))
             views = (self.arm.camera, arm.WRIST_CAMERA) if cfg.wrist_camera else \
                 (self.arm.camera,)
             problems += self._start_camera(camera, views)
@@ -211,8 +218,9 @@ class SimArmNode(Node):
             f'{cfg.physics_rate_hz} Hz '
             f'({self.arm.timestep * 1e3:.1f} ms steps), ee_pose {cfg.ee_pose_rate_hz} Hz, '
             f'limits {cfg.max_linear_speed} m/s {cfg.max_angular_speed} rad/s, twist_timeout '
-            f'{cfg.twist_timeout} s, base_frame {cfg.base_frame}, seed {cfg.seed}, time '
-            f'{"sim (publishing /clock)" if cfg.publish_clock else "node clock (real time)"}')
+            f'{cfg.twist_timeout} s, base_frame {cfg.base_frame}, time '
+            f'{"sim (publishing /clock)" if cfg.publish_clock else "node clock (real time)"}; '
+            f'episode: {self._episode_text()}')
         return True
 
     def _start_camera(self, camera_module, views):
@@ -262,14 +270,21 @@ class SimArmNode(Node):
         self._gripper.put(msg)
 
     def _on_reset(self, request, response):
-        self.arm.reset()
+        new = {p.name: params.check(p, self.get_parameter(p.name).value)[0] for p in PARAMS
+               if p.name in ('task', 'seed')}  # checked when they were set
+        self.arm.reset(new['seed'])
+        self._monitor = tasks.EpisodeMonitor(tasks.episode(new['seed'], new['task']))
         self._twists.take_all()
         self._pose.take()
         self._gripper.take()
         response.success = True
-        response.message = 'gripper home and open, objects at their start places'
+        response.message = f'gripper home and open, new episode: {self._episode_text()}'
         self.get_logger().info(f'reset: {response.message}')
         return response
+
+    def _episode_text(self):
+        ep = self._monitor.episode
+        return f'{ep.task} seed {ep.seed}: {ep.instruction!r}'
 
     # ---------------------------------------------------------------- time
     def _now_ns(self):
@@ -319,6 +334,7 @@ class SimArmNode(Node):
             if not np.all(np.isfinite(self.arm.data.qpos)):
                 self._reject('physics_resets', 'physics diverged (non-finite state): reset')
                 self.arm.reset()
+            self._monitor.update(self.arm.time, self.arm.scene_state())
             now_ns = self._now_ns()
             stamp = Time(nanoseconds=now_ns).to_msg()
             if self.cfg.publish_clock:
@@ -409,11 +425,10 @@ class SimArmNode(Node):
         self._pubs['joints'].publish(joints)
 
     def _publish_task(self):
-        status = self.arm.task_status()
+        status = self._monitor.status(self.arm.time, self.arm.scene_state())
         self._lifted = bool(status['object_lifted'])  # for diagnostics, read on another thread
-        self._pubs['lifted'].publish(Bool(data=bool(status['object_lifted'])))
-        self._pubs['task'].publish(String(data=json.dumps(
-            {**status, 'time_since_reset': round(self.arm.time, 4)}, sort_keys=True)))
+        self._pubs['lifted'].publish(Bool(data=self._lifted))
+        self._pubs['task'].publish(String(data=json.dumps(status, sort_keys=True)))
 
     def _render(self, snapshot, stamp):
         """Run on the camera thread: draw the snapshot's views, publish them with one stamp."""

@@ -1,6 +1,7 @@
 """sim_arm's parameters (config/vla.yaml holds the defaults): declared once, with their ranges."""
 
 from vla_ros.nodes import params
+from vla_ros.sim.tasks import TASKS
 
 
 def _within(low, high, low_open=False):
@@ -32,7 +33,12 @@ PARAMS = (
                      'frame.', check=lambda v: bool(v.strip()), allowed='a non-empty frame name'),
     params.NodeParam('publish_clock', False, 'Publish /clock from physics time and stamp with it '
                      '(other nodes then use use_sim_time).'),
-    params.NodeParam('seed', 0, 'Seed of the object placement.', check=lambda v: v >= 0,
-                     allowed='an integer >= 0'),
+    params.NodeParam('task', 'reach', "The task of the episodes: 'reach' (the fingertips within "
+                     "3 cm above the named object) or 'lift' (the named object 5 cm off the "
+                     'table). May change at run time; takes effect at the next ~/reset.',
+                     check=lambda v: v in TASKS, allowed=', '.join(TASKS), runtime=True),
+    params.NodeParam('seed', 0, 'Seed of the episode: the object placement and the named '
+                     'object. May change at run time; takes effect at the next ~/reset.',
+                     check=lambda v: v >= 0, allowed='an integer >= 0', runtime=True),
 )
 RESTART_HINT = 'restart sim_arm with -p NAME:=VALUE'

@@ -1,7 +1,9 @@
 """
 The simulated arm: a floating parallel gripper over a table in MuJoCo, commanded like a real arm.
 
-ROS-free: the ``sim_arm`` node, the benchmark and the tests drive this class directly.
+ROS-free: the ``sim_arm`` node, the benchmark and the tests drive this class directly. The
+objects and their seeded placement are ``vla_ros.sim.tasks``'s (``reset(seed)`` places them);
+``scene_state()`` is what a task's success is judged on.
 
 Commands (all in the base frame, ``base_link`` = the MuJoCo world frame, table top at z = 0):
 
@@ -42,6 +44,7 @@ import numpy as np
 
 from vla_ros.control.geometry import (clamp_norm, conjugate_wxyz, finite_vector, from_wxyz,
                                       quaternion_to_rpy, to_wxyz)
+from vla_ros.sim import tasks
 from vla_ros.sim.camera import SimCamera
 
 SCENE_XML = Path(__file__).with_name('scene.xml')
@@ -50,32 +53,13 @@ WORKSPACE_HIGH = np.array([0.70, 0.35, 0.40])
 HOME_POSITION = np.array([0.30, 0.0, 0.20])
 FINGER_TRAVEL = 0.04  # metres per finger from closed to fully open
 MAX_LEAD = 0.015  # metres the mocap target may run ahead of the real gripper
-LIFT_THRESHOLD = 0.05  # metres of cube bottom above the table top that count as lifted
-OBJECTS = ('cube', 'cylinder', 'block')
-_HALF_HEIGHT = {'cube': 0.02, 'cylinder': 0.03, 'block': 0.015}
+OBJECTS = tuple(o.body for o in tasks.OBJECTS)  # bodies: 'cube', 'cylinder', 'block'
 VIRTUAL_JOINTS = ('gripper_x', 'gripper_y', 'gripper_z', 'gripper_roll', 'gripper_pitch',
                   'gripper_yaw')
 FINGER_JOINTS = ('left_finger_joint', 'right_finger_joint')
 SCENE_CAMERA = 'scene_camera'
 WRIST_CAMERA = 'wrist_camera'
 CAMERAS = (SCENE_CAMERA, WRIST_CAMERA)
-
-
-def object_layout(seed):
-    """
-    Return the seeded start placement ``{name: (x, y, yaw)}`` of the objects on the table.
-
-    The cube lies within reach in front of the home pose; the others keep 0.1 m away.
-    """
-    rng = np.random.default_rng(seed)
-    layout = {'cube': (rng.uniform(0.36, 0.46), rng.uniform(-0.08, 0.08), rng.uniform(-0.4, 0.4))}
-    for name in OBJECTS[1:]:
-        while True:
-            x, y = rng.uniform(0.28, 0.56), rng.uniform(-0.24, 0.24)
-            if all(math.hypot(x - ox, y - oy) > 0.1 for ox, oy, _ in layout.values()):
-                break
-        layout[name] = (x, y, rng.uniform(-math.pi, math.pi))
-    return layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +95,7 @@ class SimArm:
         self._finger_qpos = [model.jnt_qposadr[model.joint(n).id] for n in FINGER_JOINTS]
         self._finger_dof = [model.jnt_dofadr[model.joint(n).id] for n in FINGER_JOINTS]
         self._object_qpos = {n: model.jnt_qposadr[model.joint(f'{n}_free').id] for n in OBJECTS}
-        self._cube_body = model.body('cube').id
+        self._object_body = {n: model.body(n).id for n in OBJECTS}
         self._camera = None
         self.reset()
 
@@ -121,14 +105,16 @@ class SimArm:
         """Physics time in seconds since the last reset."""
         return float(self.data.time)
 
-    def reset(self):
+    def reset(self, seed=None):
         """Put the gripper home (open, fingers down) and the objects at their seeded places."""
+        if seed is not None:
+            self.seed = seed
         mujoco.mj_resetData(self.model, self.data)
         qpos = self.data.qpos
         qpos[self._gripper_qpos:self._gripper_qpos + 7] = [*HOME_POSITION, 1.0, 0.0, 0.0, 0.0]
-        for name, (x, y, yaw) in object_layout(self.seed).items():
+        for name, (x, y, yaw) in tasks.object_layout(self.seed).items():
             adr = self._object_qpos[name]
-            qpos[adr:adr + 7] = [x, y, _HALF_HEIGHT[name],
+            qpos[adr:adr + 7] = [x, y, tasks.scene_object(name).half_height,
                                  math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
         for adr in self._finger_qpos:
             qpos[adr] = FINGER_TRAVEL
@@ -167,17 +153,13 @@ class SimArm:
         """Return ``{name: xyz}`` of every object's centre in the base frame."""
         return {n: self.data.qpos[a:a + 3].copy() for n, a in self._object_qpos.items()}
 
-    def task_status(self):
-        """
-        Return the task signal: ``object_lifted``, ``object_height`` and the cube's position.
-
-        ``object_height`` is the cube's bottom above the table top (its centre height minus its
-        half size, so about 0 at rest); lifted means more than ``LIFT_THRESHOLD``.
-        """
-        cube = self.data.xpos[self._cube_body]
-        height = float(cube[2]) - _HALF_HEIGHT['cube']
-        return {'object_lifted': height > LIFT_THRESHOLD, 'object_height': height,
-                'object_position': [float(v) for v in cube]}
+    def scene_state(self):
+        """Return the poses success is judged on (``tasks.SceneState``), base frame."""
+        return tasks.SceneState(
+            self.data.site_xpos[self._ee_site].copy(),
+            self.data.site_xmat[self._ee_site].reshape(3, 3).copy(),
+            {n: self.data.xpos[b].copy() for n, b in self._object_body.items()},
+            {n: self.data.xmat[b].reshape(3, 3).copy() for n, b in self._object_body.items()})
 
     def snapshot(self):
         """Return a copy of what a camera needs, for rendering on another thread."""

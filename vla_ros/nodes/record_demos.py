@@ -1,0 +1,388 @@
+"""
+vla_record_demos: a scripted expert's demonstrations in sim_arm, one rosbag2 (MCAP) per episode.
+
+    vla_record_demos [--episodes 10] [--task reach|lift] [--seed 0] [--seconds 10] [--rate 10]
+                     [--out out/demos] [--keep-failures] [--after-success 1.0]
+                     [--sim-param NAME:=VALUE ...]
+
+It starts ``sim_arm`` and ``arm_bridge`` as their own processes with ``config/vla.yaml`` (as
+the demo does) and plays the expert (``vla_ros.sim.expert``) as a ROS participant in this
+process, on the interfaces a policy uses: at ``--rate`` it publishes ``vla/ee_delta`` (stamped
+with the camera image it acted on), ``vla/gripper`` and ``vla/action``, exactly as vla_node does
+(``messages.action_to_messages``), and ``arm_bridge`` moves the arm. Its privileged state is
+``sim/task`` (the named object's pose), ``ee_pose`` and ``joint_states``.
+
+Episode ``k`` uses seed ``--seed + k``: this sets sim_arm's ``seed`` and ``task`` parameters,
+calls ``/sim_arm/reset`` and ``/arm_bridge/reset``, publishes the instruction on
+``vla/instruction``, and records until the task succeeds (plus ``--after-success`` seconds, so
+the demonstration shows the arm holding still at the goal) or ``--seconds`` pass. Each episode
+is its own bag ``OUT/episode_0000`` ... with what a real robot records: ``/camera/image_raw``,
+``/wrist_camera/image_raw``, ``/ee_pose``, ``/joint_states``, ``/vla/instruction``,
+``/vla/action``, ``/vla/ee_delta``, ``/vla/gripper``, ``/sim/task``; log time is the
+receive time on the node clock, as ``ros2 bag record`` logs it. Messages stamped before the
+episode's reset are left out. Failed episodes are deleted unless ``--keep-failures``.
+``OUT/episodes.json`` lists every episode (seed, instruction, success, time to success, bag).
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+import shutil
+import sys
+import threading
+import time
+
+from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.srv import SetParameters
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message, serialize_message
+from rclpy.time import Time
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64, Float64MultiArray, String
+from std_srvs.srv import Trigger
+
+from vla_ros.control.geometry import quaternion_to_rpy
+from vla_ros.evaluation.bags import BagWriter
+from vla_ros.nodes import messages, qos
+from vla_ros.nodes.demo import config_file, executable, start, stop
+from vla_ros.sim import tasks
+from vla_ros.sim.expert import ScriptedExpert
+
+# Recorded topics (relative names) and their types, as the bag stores them.
+RECORDED = {
+    'camera/image_raw': (Image, 'sensor_msgs/msg/Image'),
+    'wrist_camera/image_raw': (Image, 'sensor_msgs/msg/Image'),
+    'ee_pose': (PoseStamped, 'geometry_msgs/msg/PoseStamped'),
+    'joint_states': (JointState, 'sensor_msgs/msg/JointState'),
+    'sim/task': (String, 'std_msgs/msg/String'),
+}
+PUBLISHED = {
+    'vla/instruction': (String, 'std_msgs/msg/String'),
+    'vla/ee_delta': (PoseStamped, 'geometry_msgs/msg/PoseStamped'),
+    'vla/gripper': (Float64, 'std_msgs/msg/Float64'),
+    'vla/action': (Float64MultiArray, 'std_msgs/msg/Float64MultiArray'),
+}
+STAMPED = ('camera/image_raw', 'wrist_camera/image_raw', 'ee_pose', 'joint_states')
+# Best effort (matches the cameras' publisher) but a few deep, so a busy moment drops no frame.
+CAMERA_QOS = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
+                        reliability=ReliabilityPolicy.BEST_EFFORT)
+STATE_QOS = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST,
+                       reliability=ReliabilityPolicy.RELIABLE)
+MAX_IMAGE_AGE = 0.5  # s: the expert acts only on a fresh image, as vla_node does
+START_TIMEOUT = 60.0  # s for sim_arm and arm_bridge to come up
+RESET_TIMEOUT = 10.0  # s for a reset to show on sim/task and the camera
+
+
+class RecordError(RuntimeError):
+    """A node did not start or answer; the text says which and where its log is."""
+
+
+def header_stamp_ns(raw):
+    """Return the header stamp (ns) of a serialized message that starts with a std_msgs/Header."""
+    order = 'little' if raw[1] & 1 else 'big'  # CDR encapsulation: 0x0001 little endian
+    sec = int.from_bytes(raw[4:8], order, signed=True)
+    return sec * 10**9 + int.from_bytes(raw[8:12], order)
+
+
+class ExpertRecorder:
+    """The expert as a ROS participant, and the recorder of the current episode's bag."""
+
+    def __init__(self, rate):
+        self.node = rclpy.create_node('vla_record_demos')
+        self.rate = rate
+        self._lock = threading.Lock()  # the bag, the episode and the newest state
+        self._bag = None
+        self._episode = None  # (Episode, ScriptedExpert, start ns)
+        self._since_ns = None  # messages stamped before this belong to the previous episode
+        self.state = {}  # topic -> newest message (or stamp, for images)
+        self.status = None  # newest sim/task of the current episode
+        self.actions = 0
+        self._pubs = {name: self.node.create_publisher(cls, name, qos.COMMAND)
+                      for name, (cls, _) in PUBLISHED.items()}
+        for name, (cls, _) in RECORDED.items():
+            self.node.create_subscription(
+                cls, name, self._recorder(name), CAMERA_QOS if 'image' in name else STATE_QOS,
+                raw=True)
+        self.node.create_timer(1.0 / rate, self._act)
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+
+    def now_ns(self):
+        return self.node.get_clock().now().nanoseconds
+
+    def topic(self, name):
+        return self.node.resolve_topic_name(name)
+
+    # ---------------------------------------------------------------- recording
+    def _recorder(self, name):
+        msgtype = RECORDED[name][1]
+        cls = RECORDED[name][0]
+
+        def record(raw):
+            with self._lock:
+                now = self.now_ns()  # under the lock: the bag's log times only go forward
+                if name in STAMPED:
+                    stamp = header_stamp_ns(raw)
+                    if self._since_ns is not None and stamp < self._since_ns:
+                        return  # from before the reset
+                    self.state[name] = stamp if 'image' in name else deserialize_message(raw,
+                                                                                         cls)
+                else:
+                    status = json.loads(deserialize_message(raw, cls).data)
+                    since = (now - self._since_ns) * 1e-9 if self._since_ns else math.inf
+                    if self._episode is None or status.get('seed') != self._episode[0].seed \
+                            or status.get('time_since_reset', math.inf) > since + 0.5:
+                        return  # another episode's, or from before the reset
+                    self.status = status
+                if self._bag is not None:
+                    self._bag.write_raw(self.topic(name), msgtype, now, raw)
+        return record
+
+    def _publish(self, name, msg, now):
+        """Publish one of our own messages and log it in the bag (under the lock)."""
+        self._pubs[name].publish(msg)
+        if self._bag is not None:
+            self._bag.write_raw(self.topic(name), PUBLISHED[name][1], now,
+                                serialize_message(msg))
+
+    # ---------------------------------------------------------------- episodes
+    def begin(self, episode, reset_ns):
+        """Follow ``episode``, reset at ``reset_ns``: older stamps and states are left out."""
+        with self._lock:
+            self._since_ns = reset_ns
+            self.state.clear()
+            self.status = None
+            self._episode = (episode, None, None)
+
+    def start(self, bag_path):
+        """Open the bag, publish the instruction and let the expert act."""
+        episode = self._episode[0]
+        bag = BagWriter(bag_path, 'mcap').__enter__()
+        with self._lock:
+            self._bag = bag
+            self.actions = 0
+            self.state.pop('camera/image_raw', None)  # act only on images that are in the bag
+            now = self.now_ns()
+            self._publish('vla/instruction', String(data=episode.instruction), now)
+            expert = ScriptedExpert(episode.task, episode.object, period=1.0 / self.rate)
+            self._episode = (episode, expert, now)
+
+    def finish(self):
+        """Stop acting and close the bag."""
+        with self._lock:
+            bag, self._bag = self._bag, None
+            self._episode = (self._episode[0], None, None) if self._episode else None
+        if bag is not None:
+            bag.__exit__(None, None, None)
+
+    def ready(self):
+        """Return True when the reset shows: a fresh image, pose, joints and sim/task."""
+        with self._lock:
+            return self.status is not None and all(n in self.state for n in STAMPED)
+
+    def result(self):
+        """Return (success, time_to_success) of the current episode from sim/task."""
+        with self._lock:
+            status = self.status or {}
+        return bool(status.get('success')), status.get('time_to_success')
+
+    # ---------------------------------------------------------------- the expert
+    def _act(self):
+        """Run at ``rate``: one expert action on the newest image, pose and task state."""
+        with self._lock:
+            now = self.now_ns()
+            expert = self._episode[1] if self._episode else None
+            image_ns = self.state.get('camera/image_raw')
+            pose, joints, status = self.state.get('ee_pose'), self.state.get('joint_states'), \
+                self.status
+            if expert is None or None in (image_ns, pose, joints, status):
+                return
+            if (now - image_ns) * 1e-9 > MAX_IMAGE_AGE:
+                return  # as vla_node: no action from a stale image
+            p, q = pose.pose.position, pose.pose.orientation
+            try:
+                fingers = sum(joints.position[joints.name.index(n)]
+                              for n in ('left_finger_joint', 'right_finger_joint'))
+                action = expert.act((p.x, p.y, p.z), status['object_position'],
+                                    quaternion_to_rpy(q.x, q.y, q.z, q.w), status['object_yaw'],
+                                    fingers, status['object_top'])
+            except (KeyError, ValueError) as exc:  # a sim_arm of another version: say so, skip
+                self.node.get_logger().warning(f'no expert action: {type(exc).__name__}: {exc}',
+                                               throttle_duration_sec=5.0)
+                return
+            stamp = Time(nanoseconds=image_ns).to_msg()
+            delta, gripper, raw = messages.action_to_messages(action, stamp, 'base_link')
+            self._publish('vla/ee_delta', delta, now)
+            self._publish('vla/gripper', gripper, now)
+            self._publish('vla/action', raw, now)
+            self.actions += 1
+
+    def bridge_listening(self):
+        return all(self._pubs[n].get_subscription_count() > 0
+                   for n in ('vla/ee_delta', 'vla/gripper'))
+
+    def close(self):
+        self.finish()
+        self._executor.shutdown()
+        self.node.destroy_node()
+
+
+def call(node, srv_type, name, request, timeout=10.0):
+    """Call a service from the main thread (the executor spins elsewhere); return the response."""
+    client = node.create_client(srv_type, name)
+    try:
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RecordError(f'service {name} did not appear within {timeout} s')
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise RecordError(f'no answer from {name} within {timeout} s')
+            time.sleep(0.01)
+        return future.result()
+    finally:
+        node.destroy_client(client)
+
+
+def wait_for(predicate, timeout, what, procs=None):
+    """Poll ``predicate`` until true; raise RecordError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        dead = [name for name, p in (procs or {}).items() if p.poll() is not None]
+        if dead:
+            raise RecordError(f'{", ".join(dead)} exited while waiting for {what}')
+        if time.monotonic() > deadline:
+            raise RecordError(f'timed out after {timeout:.0f} s waiting for {what}')
+        time.sleep(0.02)
+
+
+def run_episode(rec, args, k, procs):
+    """Reset into episode ``k``, record it; return its result dict."""
+    seed = args.seed + k
+    episode = tasks.episode(seed, args.task)
+    params = [Parameter('seed', Parameter.Type.INTEGER, seed).to_parameter_msg(),
+              Parameter('task', Parameter.Type.STRING, args.task).to_parameter_msg()]
+    reply = call(rec.node, SetParameters, '/sim_arm/set_parameters',
+                 SetParameters.Request(parameters=params))
+    refused = [r.reason for r in reply.results if not r.successful]
+    if refused:
+        raise RecordError(f'sim_arm refused seed {seed} / task {args.task}: {refused[0]}')
+    rec.finish()
+    wall_start = time.monotonic()
+    if not call(rec.node, Trigger, '/sim_arm/reset', Trigger.Request()).success:
+        raise RecordError('sim_arm refused ~/reset')
+    call(rec.node, Trigger, '/arm_bridge/reset', Trigger.Request())
+    bag = Path(args.out) / f'episode_{k:04d}'
+    rec.begin(episode, rec.now_ns())
+    wait_for(rec.ready, RESET_TIMEOUT, f'episode {k} (seed {seed}) on sim/task and the cameras',
+             procs)
+    rec.start(bag)
+    end = time.monotonic() + args.seconds
+    success_at = None
+    while time.monotonic() < end:
+        if success_at is None and rec.result()[0]:
+            success_at = time.monotonic()
+            end = min(end, success_at + args.after_success)
+        if any(p.poll() is not None for p in procs.values()):
+            raise RecordError('a node exited during the episode')
+        time.sleep(0.02)
+    success, time_to_success = rec.result()
+    actions = rec.actions
+    rec.finish()
+    kept = success or args.keep_failures
+    if not kept:
+        shutil.rmtree(bag, ignore_errors=True)
+    return {'episode': k, 'seed': seed, 'task': args.task, 'object': episode.object,
+            'instruction': episode.instruction, 'success': success,
+            'time_to_success': time_to_success, 'actions': actions,
+            'wall_s': round(time.monotonic() - wall_start, 3),
+            'bag': str(bag) if kept else None}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog='vla_record_demos',
+                                     description=__doc__.strip().splitlines()[0])
+    parser.add_argument('--episodes', type=int, default=10, help='number of episodes')
+    parser.add_argument('--task', choices=tasks.TASKS, default='reach')
+    parser.add_argument('--seed', type=int, default=0, help='episode k uses seed SEED + k')
+    parser.add_argument('--seconds', type=float, default=10.0,
+                        help='longest episode, seconds (wall time = sim time)')
+    parser.add_argument('--rate', type=float, default=10.0, help='expert actions per second')
+    parser.add_argument('--after-success', type=float, default=1.0, metavar='S',
+                        help='seconds recorded after the task succeeds (the arm at rest)')
+    parser.add_argument('--out', default='out/demos', help='one bag per episode in here')
+    parser.add_argument('--keep-failures', action='store_true',
+                        help='keep the bags of failed episodes (deleted by default)')
+    parser.add_argument('--sim-param', action='append', default=[], metavar='NAME:=VALUE',
+                        help="an extra sim_arm parameter, e.g. 'camera_width:=640'")
+    args = parser.parse_args(argv)
+    if args.episodes < 1 or args.seed < 0:
+        parser.error('--episodes must be >= 1 and --seed >= 0')
+    if not (0 < args.rate <= 50 and args.seconds > 0 and args.after_success >= 0):
+        parser.error('--rate must be in (0, 50] Hz, --seconds > 0, --after-success >= 0')
+    if any(':=' not in p for p in args.sim_param):
+        parser.error('--sim-param takes NAME:=VALUE')
+    out = Path(args.out)
+    if out.is_file() or any(out.glob('episode_*')):
+        parser.error(f'--out {out} already holds episodes (or is a file); pass a new folder')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    params = ['--ros-args', '--params-file', str(config_file())]
+    sim_params = [a for p in [f'task:={args.task}', f'seed:={args.seed}', *args.sim_param]
+                  for a in ('-p', p)]
+    print(f'starting sim_arm and arm_bridge (logs in {out}/); {args.episodes} {args.task} '
+          f'episodes from seed {args.seed}, expert at {args.rate} Hz')
+    procs = {'sim_arm': start([executable('sim_arm'), *params, *sim_params],
+                              out / 'sim_arm.log'),
+             'arm_bridge': start([executable('arm_bridge'), *params], out / 'arm_bridge.log')}
+    rclpy.init()
+    rec = ExpertRecorder(args.rate)
+    results = []
+    code = 0
+    try:
+        wait_for(rec.bridge_listening, START_TIMEOUT, 'arm_bridge to subscribe to vla/ee_delta',
+                 procs)
+        for name in ('/sim_arm/reset', '/arm_bridge/reset'):
+            client = rec.node.create_client(Trigger, name)
+            wait_for(lambda c=client: c.service_is_ready(), START_TIMEOUT, name, procs)
+            rec.node.destroy_client(client)
+        for k in range(args.episodes):
+            result = run_episode(rec, args, k, procs)
+            results.append(result)
+            tts = result['time_to_success']
+            print(f'episode {k}: seed {result["seed"]} {result["instruction"]!r}: '
+                  + (f'success in {tts:.2f} s' if result['success'] else 'FAILED')
+                  + f' ({result["actions"]} actions, {result["wall_s"]:.1f} s wall) -> '
+                  f'{result["bag"] or "deleted"}', flush=True)
+    except RecordError as exc:
+        print(f'vla_record_demos: error: {exc}; see the logs in {out}/', file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        rec.close()
+        rclpy.try_shutdown()
+        codes = {name: stop(proc) for name, proc in procs.items()}
+    (out / 'episodes.json').write_text(json.dumps(results, indent=1))
+    done = sum(r['success'] for r in results)
+    walls = [r['wall_s'] for r in results]
+    print(f'{done}/{len(results)} episodes succeeded'
+          + (f' ({sum(walls) / len(walls):.1f} s wall per episode)' if walls else '')
+          + f'; bags in {out}/, list in {out / "episodes.json"}; '
+          + ', '.join(f'{k} exit {v}' for k, v in codes.items()))
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())
