@@ -16,10 +16,10 @@ export PYTHONUNBUFFERED := 1
 
 setup: $(STAMP)
 
-$(STAMP): setup.py requirements.txt requirements-sim.txt requirements-eval.txt
+$(STAMP): setup.py requirements.txt requirements-sim.txt requirements-eval.txt requirements-train.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[ros,dev,sim,eval]'
+	$(PY) -m pip install --quiet -e '.[ros,dev,sim,eval,train]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -33,6 +33,8 @@ setup(
     extras_require={
         'sim': _requirements('requirements-sim.txt'),  # sim_arm, demo plots
         'eval': _requirements('requirements-eval.txt'),  # vla_eval
+        # vla_finetune: LoRA and data parallel, plus what reads the bags (the eval extra).
+        'train': _requirements('requirements-eval.txt') + _requirements('requirements-train.txt'),
         # 8-bit / 4-bit weights (quantization parameter), CUDA only: not part of `make setup`.
         'quant': ['bitsandbytes>=0.43'],
         # ROS 2 Jazzy from PyPI wheels, for machines without a ROS install. On a robot computer
@@ -76,6 +78,9 @@ setup(
             'camera_stream = vla_ros.nodes.camera_stream:main',
             'vla_eval = vla_ros.evaluation.cli:main',
             'vla_tiny_model = vla_ros.policy.tiny:main',
+            'vla_finetune = vla_ros.training.cli:main',
+            'vla_record_demos = vla_ros.nodes.record_demos:main',
+            'vla_sim_eval = vla_ros.nodes.sim_eval:main',
         ],
     },
 )

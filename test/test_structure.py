@@ -76,6 +76,14 @@ def test_evaluation_runs_without_rclpy():
     assert not {k: v for k, v in bad.items() if v}
 
 
+def test_training_imports_no_ros_and_no_node_code():
+    # Fine-tuning reads bags through vla_ros.evaluation (rosbags), never through ROS.
+    bad = {name: sorted(i for i in deps if is_ros(i) or within(i, 'vla_ros.nodes')
+                        or within(i, 'vla_ros.bench'))
+           for name, deps in GRAPH.items() if within(name, 'vla_ros.training')}
+    assert not {k: v for k, v in bad.items() if v}, 'vla_ros.training imports ROS or node code'
+
+
 def test_no_import_cycle():
     internal = {name: {d for d in deps if d in MODULES and d != name}
                 for name, deps in GRAPH.items()}
@@ -109,7 +117,7 @@ def test_product_code_imports_no_test_fixture():
 def test_the_package_root_holds_only_folders():
     assert sorted(p.name for p in PACKAGE.glob('*.py')) == ['__init__.py']
     folders = sorted(p.name for p in PACKAGE.iterdir() if (p / '__init__.py').exists())
-    assert folders == ['bench', 'control', 'evaluation', 'nodes', 'policy', 'sim']
+    assert folders == ['bench', 'control', 'evaluation', 'nodes', 'policy', 'sim', 'training']
 
 
 def test_no_file_over_500_lines():
@@ -123,8 +131,8 @@ def test_console_scripts_point_at_main_functions():
     scripts = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
                and isinstance(node.value, str) and ' = vla_ros.' in node.value]
     names = sorted(s.split(' = ')[0] for s in scripts)
-    assert names == ['arm_bridge', 'camera_stream', 'sim_arm', 'vla_eval', 'vla_node',
-                     'vla_tiny_model']
+    assert names == ['arm_bridge', 'camera_stream', 'sim_arm', 'vla_eval', 'vla_finetune',
+                     'vla_node', 'vla_record_demos', 'vla_sim_eval', 'vla_tiny_model']
     for script in scripts:
         module, function = script.split(' = ')[1].split(':')
         defined = {n.name for n in ast.parse(MODULES[module].read_text()).body

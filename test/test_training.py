@@ -1,0 +1,308 @@
+"""
+vla_finetune: statistics, samples equal to the policy's inputs, training, resume, bad input.
+
+Pure Python, no ROS graph: bags are written with ``bag_helpers`` (two 64 x 48 cameras, ee_pose,
+finger joints, an instruction, one ``vla/action`` per 100 ms step), the base is the miniature
+OpenVLA-OFT LIBERO checkpoint (two cameras, 8-D state, chunks of 8).
+"""
+
+import json
+import shutil
+
+from bag_helpers import (FRONT, LIBERO_PROPRIO, libero_state, MS_NS, robot_inputs, T0_NS,
+                         WRIST, WRIST_SCENES, write_bag)
+import numpy as np
+import pytest
+import torch
+
+from vla_ros.evaluation.bags import typestore
+from vla_ros.evaluation.options import EvalOptions
+from vla_ros.sim.scenes import scene
+from vla_ros.training import cli
+from vla_ros.training.checkpoint import read_log
+from vla_ros.training.dataset import (ChunkDataset, collate, Preprocessor, read_episode,
+                                      sample_arrays)
+from vla_ros.training.finetune import statistics_of
+from vla_ros.training.stats import normalize_actions
+
+PERIOD_NS = 100 * MS_NS
+RATE = '10'
+KEY = 'my_reach'
+INSTRUCTIONS = ('reach the red cube', 'pick up the green cylinder now')
+
+
+def demo_actions(steps, seed):
+    """Return (log_ns, 7 values) per step: small deltas that follow the step, gripper 1/0."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(steps):
+        phase = 2 * np.pi * k / steps
+        delta = [0.01 * np.cos(phase), 0.01 * np.sin(phase), -0.004 + 0.002 * seed,
+                 0.02 * np.sin(phase), 0.0, rng.normal(0, 0.01)]
+        rows.append((T0_NS + k * PERIOD_NS + 3 * MS_NS, np.array(delta + [float(k < steps // 2)])))
+    return rows
+
+
+def make_bag(path, steps=8, seed=0, instruction=INSTRUCTIONS[0], actions=None, **extra):
+    """Write a two-camera demonstration bag of ``steps`` steps; return (path, inputs)."""
+    inputs = robot_inputs(steps, period_ns=PERIOD_NS, camera_period_ns=PERIOD_NS)
+    inputs.update(extra)
+    write_bag(path, 'mcap', instructions=[(T0_NS - 50 * MS_NS, instruction)],
+              actions=demo_actions(steps, seed) if actions is None else actions, **inputs)
+    return path, inputs
+
+
+def data_args(*bags):
+    return [str(b) for b in bags] + ['--camera-topics', FRONT, WRIST, '--proprio',
+                                     *LIBERO_PROPRIO, '--rate', RATE]
+
+
+def options():
+    return EvalOptions(camera_topics=(FRONT, WRIST), proprio=LIBERO_PROPRIO, rate=10.0)
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+    from vla_ros.policy.tiny import write_tiny_oft_checkpoint
+    return write_tiny_oft_checkpoint(tmp_path_factory.mktemp('base') / 'oft')
+
+
+@pytest.fixture(scope='module')
+def bags(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('bags')
+    return [make_bag(folder / f'episode_{i}', seed=i, instruction=INSTRUCTIONS[i % 2])
+            for i in range(3)]
+
+
+def run(*args):
+    return cli.main([str(a) for a in args])
+
+
+# ---- statistics -------------------------------------------------------------------------------
+def test_statistics_equal_numpy_on_the_bags_arrays(base, bags, tmp_path, capsys):
+    paths = [path for path, _ in bags[:2]]
+    actions, proprio = [], []
+    for path, inputs in bags[:2]:
+        seed = int(path.name[-1])
+        actions += [values for _, values in demo_actions(8, seed)]
+        proprio += [libero_state(inputs, T0_NS + k * PERIOD_NS) for k in range(8)]
+    actions, proprio = np.array(actions), np.array(proprio)
+    episodes = [read_episode(p, options()) for p in paths]
+    read_actions, read_proprio = sample_arrays(episodes)
+    np.testing.assert_array_equal(read_actions, actions)
+    np.testing.assert_allclose(read_proprio, proprio, rtol=0, atol=1e-15)
+    entry = statistics_of(episodes)
+    for name, values in (('action', actions), ('proprio', proprio)):
+        expected = {'mean': values.mean(0), 'std': values.std(0), 'min': values.min(0),
+                    'max': values.max(0), 'q01': np.quantile(values, 0.01, axis=0),
+                    'q99': np.quantile(values, 0.99, axis=0)}
+        for field, value in expected.items():
+            np.testing.assert_allclose(entry[name][field], value, rtol=1e-12, atol=1e-15,
+                                       err_msg=f'{name}.{field}')
+    assert entry['action']['mask'] == [True] * 6 + [False]
+    assert 'mask' not in entry['proprio']
+    assert (entry['num_transitions'], entry['num_trajectories']) == (16, 2)
+
+    out = tmp_path / 'stats'
+    assert run(*data_args(*paths), '--base', base, '--out', out, '--unnorm-key', KEY,
+               '--stats-only') == 0
+    assert sorted(p.name for p in out.iterdir()) == ['dataset_statistics.json']
+    written = json.loads((out / 'dataset_statistics.json').read_text())
+    assert list(written) == [KEY]
+    assert written[KEY] == json.loads(json.dumps(entry))
+    assert 'dataset_statistics.json' in capsys.readouterr().out
+
+
+def test_normalised_targets_follow_oft_and_keep_the_raw_gripper():
+    entry = {'action': {'q01': [-1.0, 0.0, 2.0], 'q99': [1.0, 4.0, 2.0], 'min': [-2.0, 0.0, 2.0],
+                        'max': [2.0, 4.0, 2.0], 'mask': [True, True, False]}}
+    values = normalize_actions(np.array([[0.5, 5.0, 1.0], [-3.0, 2.0, 0.0]]), entry)
+    np.testing.assert_allclose(values, [[0.5, 1.0, 1.0], [-1.0, 0.0, 0.0]], atol=1e-7)
+    entry['action']['mask'] = [True, True, True]  # a used-up (min == max) normalised dim -> 0
+    assert normalize_actions(np.array([0.0, 2.0, 2.0]), entry)[2] == 0.0
+
+
+def test_val_fraction_holds_out_a_seeded_share_of_the_bags():
+    bags = [f'/data/episode_{i}' for i in range(10)]
+    train, val = cli.split_bags(bags, [], 0.2, seed=5)
+    assert len(val) == 2 and sorted(train + val) == bags and not set(train) & set(val)
+    assert cli.split_bags(bags, [], 0.2, seed=5) == (train, val)
+    assert cli.split_bags(bags[:2], [], 0.01, seed=0)[1]  # at least one
+    assert cli.split_bags(bags, ['/v'], 0.0, seed=0) == (bags, ['/v'])
+
+
+# ---- training equals inference -----------------------------------------------------------------
+def test_samples_and_batched_forward_equal_the_policy(base, bags, tmp_path):
+    from vla_ros.policy.oft import OpenVLAOFTPolicy
+    from vla_ros.training.model import build_model
+    from vla_ros.training.options import TrainConfig
+
+    out = tmp_path / 'stats'
+    assert run(*data_args(*(p for p, _ in bags)), '--base', base, '--out', out, '--unnorm-key',
+               KEY, '--stats-only') == 0
+    shutil.copytree(base, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns('dataset_*'))
+    policy = OpenVLAOFTPolicy.from_pretrained(out, platform='libero', device='cpu',
+                                              dtype='float32')
+    entry = json.loads((out / 'dataset_statistics.json').read_text())[KEY]
+    preprocessor = Preprocessor(policy.image_processor, policy.tokenizer, policy.constants,
+                                center_crop=True)
+    policy.center_crop = True
+    episodes = [read_episode(p, options(), preprocessor) for p, _ in bags[:2]]
+    dataset = ChunkDataset(episodes, preprocessor, entry,
+                           lambda chunk, e: normalize_actions(chunk, e))
+    picks = [(0, 2), (1, 5)]  # two bags, two instructions of different lengths
+    samples = [dataset[e * 8 + k] for e, k in picks]
+    expected = []
+    for (e, k), sample in zip(picks, samples):
+        inputs = bags[e][1]
+        images = [scene(k, 64, 48), scene(WRIST_SCENES + k, 64, 48)]
+        state = libero_state(inputs, T0_NS + k * PERIOD_NS)
+        pixels, ids, keep, proprio = policy.inputs(images, INSTRUCTIONS[e], state, KEY)
+        assert torch.equal(sample['pixel_values'], pixels[0])
+        assert sample['prompt_ids'] + [1] * 56 + [2] == ids[0].tolist()
+        assert torch.equal(sample['proprio'], proprio[0])
+        expected.append(policy.predict(images, INSTRUCTIONS[e], proprio=state,
+                                       unnorm_key=KEY).normalized)
+    model, _ = build_model(TrainConfig(base=str(out), out='', unnorm_key=KEY, bags=(),
+                                       mode='full'),
+                           policy.constants, torch.device('cpu'), torch.float32,
+                           *sorted(out.glob('*--0_checkpoint.pt')), with_projector=True)
+    batch = collate(samples, policy.constants.num_action_slots)
+    assert batch['ids'].shape[1] > min(batch['seq_len'])  # one sample is padded
+    with torch.no_grad():
+        predicted = model.eval()(**batch).numpy()
+    np.testing.assert_allclose(predicted, np.stack(expected), atol=2e-5)
+    target = episodes[0].chunk(2, 8)
+    assert np.array_equal(target[0], episodes[0].actions[2])
+    assert np.array_equal(episodes[0].chunk(6, 8)[2:], np.repeat(episodes[0].actions[7:8], 6, 0))
+
+
+def test_merged_lora_weights_give_the_adapted_model(base, bags):
+    from vla_ros.policy.oft_configuration import OFTConstants
+    from vla_ros.policy.processing import ImageProcessor, PromptTokenizer
+    from vla_ros.training.checkpoint import weight_layout
+    from vla_ros.training.model import build_model, merged_state_dict
+    from vla_ros.training.options import TrainConfig
+
+    constants = OFTConstants.for_platform('libero')
+    preprocessor = Preprocessor(ImageProcessor.from_pretrained(base),
+                                PromptTokenizer.from_pretrained(base), constants, False)
+    episodes = [read_episode(bags[0][0], options(), preprocessor)]
+    entry = statistics_of(episodes)
+    dataset = ChunkDataset(episodes, preprocessor, entry, normalize_actions)
+    batch = collate([dataset[0], dataset[5]], constants.num_action_slots)
+    heads = sorted(base.glob('*--0_checkpoint.pt'))
+
+    def model(mode, target='all'):
+        config = TrainConfig(base=str(base), out='', unnorm_key=KEY, bags=(), mode=mode,
+                             lora_rank=4, lora_target=target)
+        return build_model(config, constants, torch.device('cpu'), torch.float32, *heads,
+                           with_projector=True)[0].eval()
+
+    adapted, merged = model('lora'), model('full')
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in adapted.named_parameters():
+            if 'lora_B' in name:
+                param.normal_(0, 0.05)
+        merged.vla.load_state_dict(merged_state_dict(adapted.vla, list(weight_layout(base))))
+        np.testing.assert_allclose(merged(**batch).numpy(), adapted(**batch).numpy(), atol=2e-5)
+        assert not np.allclose(model('full')(**batch).numpy(), adapted(**batch).numpy(),
+                               atol=1e-3)
+
+
+# ---- training, loading, resuming ---------------------------------------------------------------
+TRAIN = ('--batch-size', '8', '--lr', '2e-3', '--val-every', '3', '--seed', '1')  # full batch
+
+
+def test_finetuning_lowers_the_loss_and_writes_a_loadable_checkpoint(base, bags, tmp_path):
+    from vla_ros.policy.oft import OpenVLAOFTPolicy
+
+    out = tmp_path / 'run'
+    train, val = bags[:1], bags[2]
+    assert run(*data_args(*(p for p, _ in train)), '--val-bags', val[0], '--base', base,
+               '--out', out, '--unnorm-key', KEY, '--steps', '6', '--save-every', '0',
+               *TRAIN) == 0
+    log = read_log(out)
+    losses = [r['loss'] for r in log if 'loss' in r]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+    assert [r['step'] for r in log if 'val_l1' in r] == [3, 6]
+    assert sorted(p.name for p in out.glob('*.pt')) == ['action_head--6_checkpoint.pt',
+                                                        'proprio_projector--6_checkpoint.pt']
+    head = torch.load(out / 'action_head--6_checkpoint.pt', weights_only=True)
+    assert all(k.startswith('module.') for k in head)
+    assert list(json.loads((out / 'dataset_statistics.json').read_text())) == [KEY]
+    policy = OpenVLAOFTPolicy.from_pretrained(out, platform='libero', device='cpu',
+                                              dtype='float32')
+    assert policy.unnorm_keys == [KEY] and policy.head_kind == 'l1'
+    inputs = val[1]
+    chunk = policy.predict([scene(3, 64, 48), scene(WRIST_SCENES + 3, 64, 48)], INSTRUCTIONS[0],
+                           proprio=libero_state(inputs, T0_NS + 3 * PERIOD_NS), unnorm_key=KEY)
+    assert chunk.values.shape == (8, 7) and np.all(np.isfinite(chunk.values))
+    base_policy = OpenVLAOFTPolicy.from_pretrained(base, platform='libero', device='cpu',
+                                                   dtype='float32')
+    changed = [name for name, p in policy.model.state_dict().items()
+               if not torch.equal(p, base_policy.model.state_dict()[name])]
+    assert any('language_model.model.layers' in n for n in changed)  # LoRA merged in
+    assert 'language_model.lm_head.weight' not in changed
+
+
+def test_resume_continues_the_step_count_and_equals_one_run(base, bags, tmp_path):
+    from safetensors.torch import load_file
+
+    common = (*data_args(bags[0][0]), '--base', base, '--unnorm-key', KEY, '--batch-size', '3',
+              '--lora-rank', '4', '--lora-target', 'llm', '--seed', '3')
+    assert run(*common, '--out', tmp_path / 'a', '--steps', '4', '--save-every', '0') == 0
+    resumed = tmp_path / 'b'
+    assert run(*common, '--out', resumed, '--steps', '2', '--save-every', '2') == 0
+    assert run(*common, '--out', resumed, '--steps', '2', '--resume') == 2  # nothing left
+    assert run(*common, '--out', resumed, '--steps', '4', '--resume', '--lr', '1e-3') == 2
+    assert run(*common, '--out', resumed, '--steps', '4', '--resume') == 0
+    assert [r['step'] for r in read_log(resumed) if 'loss' in r] == [1, 2, 3, 4]
+    assert sorted(p.name for p in resumed.glob('*.pt')) == ['action_head--4_checkpoint.pt',
+                                                            'proprio_projector--4_checkpoint.pt']
+    one, two = load_file(tmp_path / 'a' / 'model.safetensors'), \
+        load_file(resumed / 'model.safetensors')
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=0, atol=1e-6)
+
+
+# ---- bad input: one line, exit status 2, before any training -----------------------------------
+def bad_action_bag(path):
+    ts = typestore()
+    layout = ts.types['std_msgs/msg/MultiArrayLayout'](dim=[], data_offset=0)
+    message = ts.types['std_msgs/msg/Float64MultiArray'](layout=layout, data=np.zeros(6))
+    return make_bag(path, actions=[], raw_messages=[('/vla/action', T0_NS + 3 * MS_NS,
+                                                     message)])[0]
+
+
+@pytest.mark.parametrize('case', ['topics', 'key', 'out', 'lora_only', 'action_dim'])
+def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path, capsys):
+    bag, out, args = bags[0][0], tmp_path / 'out', []
+    if case == 'topics':
+        args = ['--camera-topics', FRONT, '/cam_side/image_raw']
+        expect = ['/cam_side/image_raw is not in bag', '/cam_wrist/image_raw (sensor_msgs']
+    elif case == 'key':
+        args = ['--unnorm-key', 'synth_oft_libero']
+        expect = ["'synth_oft_libero' already exists in the base", 'pass a new key']
+    elif case == 'out':
+        out.mkdir()
+        (out / 'notes.txt').write_text('mine')
+        expect = ['is not empty (it holds notes.txt)', '--resume']
+    elif case == 'lora_only':
+        headless = tmp_path / 'headless'
+        shutil.copytree(base, headless, ignore=shutil.ignore_patterns('*checkpoint.pt'))
+        args = ['--base', headless, '--lora-only']
+        expect = ['has no action_head--<step>_checkpoint.pt', 'drop --lora-only']
+    else:
+        bag = bad_action_bag(tmp_path / 'six')
+        expect = ['records 6-D actions on /vla/action', 'predicts 7-D actions']
+    argv = [*data_args(bag), '--base', base, '--out', out, '--unnorm-key', KEY, '--steps', '2',
+            *args]
+    assert run(*argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('vla_finetune: error: '), err
+    for text in expect:
+        assert text in err[0]
+    if case != 'out':
+        assert not out.exists()

@@ -1,0 +1,187 @@
+"""
+vla_sim_eval's results: per-episode records, the success rate's Wilson interval, the files.
+
+ROS-free (the runner is ``vla_ros.nodes.sim_eval``). ``results.json`` is ``{'config': {...},
+'episodes': [{...}, ...], 'summary': {...}}`` with sorted keys; ``summary.md`` is the same as a
+table; ``episode_NNNN.png`` is one frame strip per episode (camera frames across the episode, side
+by side, each labelled with its time since the instruction).
+"""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+import statistics
+
+import cv2
+import numpy as np
+
+CLAMPS = ('clamped_translation', 'clamped_rotation', 'clamped_box')
+
+
+def wilson_interval(successes, trials, confidence=0.95):
+    """
+    Return the Wilson score interval (low, high) of a binomial proportion.
+
+    The set of p where the score test does not reject: |k/n - p| <= z sqrt(p (1 - p) / n), z the
+    normal quantile of (1 + confidence) / 2. Unlike the normal approximation it stays inside
+    [0, 1] and is not empty at 0 or n successes.
+    """
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f'need 0 <= successes <= trials and trials > 0, got {successes}/{trials}')
+    z = statistics.NormalDist().inv_cdf((1.0 + confidence) / 2.0)
+    p, n, z2 = successes / trials, trials, z * z
+    center = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def path_length(points):
+    """Return the length (m) of a polyline of (N, 3) positions; 0 for fewer than two."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if len(points) < 2:
+        return 0.0
+    return float(np.linalg.norm(np.diff(points, axis=0), axis=1).sum())
+
+
+@dataclasses.dataclass
+class Episode:
+    """What one episode of vla_sim_eval measured; times in seconds, lengths in metres."""
+
+    index: int
+    seed: int
+    task: str
+    object_name: str  # 'object' in results.json
+    instruction: str
+    success: bool
+    time_to_success: float = None  # sim's time since reset at success (None: no success)
+    instruction_time: float = None  # sim's time since reset when the instruction went out
+    duration: float = 0.0  # wall seconds from the instruction to the stop
+    path_length: float = 0.0  # end effector, from ee_pose over the episode
+    actions: int = 0  # vla/action messages received during the episode
+    clamps: dict = None  # {counter: arm_bridge diagnostics delta} (None: no diagnostics)
+    frame_strip: str = ''  # file name beside results.json
+    wall_time: float = 0.0  # wall seconds of the whole episode, resets included
+
+    def to_dict(self):
+        """Return a JSON-ready dict (rounded floats)."""
+        out = dataclasses.asdict(self)
+        out['object'] = out.pop('object_name')
+        for key in ('time_to_success', 'instruction_time', 'duration', 'path_length',
+                    'wall_time'):
+            if out[key] is not None:
+                out[key] = round(float(out[key]), 4)
+        return out
+
+
+def summarize(episodes, confidence=0.95):
+    """Return the summary of a list of ``Episode``: success rate and interval, means, totals."""
+    n = len(episodes)
+    wins = [e for e in episodes if e.success]
+    times = [e.time_to_success for e in wins if e.time_to_success is not None]
+    low, high = wilson_interval(len(wins), n, confidence) if n else (None, None)
+    clamps = {name: sum(e.clamps[name] for e in episodes if e.clamps) for name in CLAMPS}
+
+    def mean(values):
+        return round(float(np.mean(values)), 4) if values else None
+
+    return {
+        'episodes': n,
+        'successes': len(wins),
+        'success_rate': round(len(wins) / n, 4) if n else None,
+        'confidence': confidence,
+        'success_rate_interval': [round(low, 6), round(high, 6)] if n else None,
+        'interval_method': 'wilson score',
+        'mean_time_to_success': mean(times),
+        'median_time_to_success': round(float(np.median(times)), 4) if times else None,
+        'mean_path_length': mean([e.path_length for e in episodes]),
+        'mean_actions': mean([e.actions for e in episodes]),
+        'clamps': clamps,
+        'mean_wall_time_per_episode': mean([e.wall_time for e in episodes]),
+    }
+
+
+def _fmt(value, digits=2):
+    return '-' if value is None else f'{value:.{digits}f}'
+
+
+def summary_markdown(config, episodes, summary):
+    """Return summary.md's text: the run, the success rate with its interval, one row each."""
+    low, high = summary['success_rate_interval'] or (None, None)
+    rate = summary['success_rate']
+    lines = [
+        '# vla_sim_eval',
+        '',
+        f"model `{config.get('model')}` (policy {config.get('policy')}, unnorm key "
+        f"`{config.get('unnorm_key') or '(the only one)'}`), task {config.get('task')}, "
+        f"{summary['episodes']} episodes from seed {config.get('seed')}, at most "
+        f"{config.get('seconds')} s each, vla_node at {config.get('rate')} Hz.",
+        '',
+        f"**Success: {summary['successes']}/{summary['episodes']}"
+        + (f' = {rate * 100:.1f}% (95% Wilson interval {low * 100:.1f}% .. {high * 100:.1f}%)'
+           if rate is not None else '') + '**; mean time to success '
+        f"{_fmt(summary['mean_time_to_success'])} s, mean path length "
+        f"{_fmt(summary['mean_path_length'], 3)} m, clamped (translation / rotation / box) "
+        + ' / '.join(str(summary['clamps'][c]) for c in CLAMPS) + '.',
+        '',
+        '| episode | seed | instruction | success | time to success (s) | path (m) | actions '
+        '| clamped t / r / box | frames |',
+        '|---:|---:|---|:---:|---:|---:|---:|---:|---|',
+    ]
+    for e in episodes:
+        clamps = ' / '.join(str(e.clamps[c]) for c in CLAMPS) if e.clamps else '-'
+        lines.append(
+            f'| {e.index} | {e.seed} | {e.instruction} | {"yes" if e.success else "no"} '
+            f'| {_fmt(e.time_to_success)} | {e.path_length:.3f} | {e.actions} | {clamps} '
+            f'| [{e.frame_strip}]({e.frame_strip}) |')
+    lines += ['', 'Time to success: simulated seconds from the reset to the first success '
+              '(the instruction goes out a fraction of a second after the reset).', '']
+    return '\n'.join(lines)
+
+
+def write_results(out, config, episodes, confidence=0.95):
+    """Write ``results.json`` and ``summary.md`` into ``out``; return the summary dict."""
+    out = Path(out)
+    summary = summarize(episodes, confidence)
+    data = {'config': config, 'episodes': [e.to_dict() for e in episodes], 'summary': summary}
+    (out / 'results.json').write_text(json.dumps(data, indent=2, sort_keys=True) + '\n')
+    (out / 'summary.md').write_text(summary_markdown(config, episodes, summary))
+    return summary
+
+
+def frame_strip(frames, title, path, height=180):
+    """
+    Save RGB frames side by side under a title band as a PNG.
+
+    ``frames``: a list of (label, (H, W, 3) uint8 RGB); each is scaled to ``height`` and gets its
+    label in its top-left corner. Returns False (nothing written) when there is no frame.
+    """
+    if not frames:
+        return False
+    tiles = []
+    for label, rgb in frames:
+        rgb = np.asarray(rgb, dtype=np.uint8)
+        width = max(1, round(rgb.shape[1] * height / rgb.shape[0]))
+        tile = np.ascontiguousarray(cv2.resize(rgb, (width, height),
+                                               interpolation=cv2.INTER_AREA))
+        cv2.putText(tile, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3,
+                    cv2.LINE_AA)
+        cv2.putText(tile, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        tiles.append(tile)
+        tiles.append(np.full((height, 4, 3), 255, np.uint8))  # a white gap
+    strip = np.concatenate(tiles[:-1], axis=1)
+    band = np.full((28, strip.shape[1], 3), 255, np.uint8)
+    cv2.putText(band, title, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    image = np.concatenate([band, strip], axis=0)
+    return bool(cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)))
+
+
+def pick_evenly(items, count):
+    """Return ``count`` items spread evenly over ``items``, the first and the last included."""
+    if len(items) <= count:
+        return list(items)
+    if count == 1:
+        return [items[-1]]
+    idx = np.linspace(0, len(items) - 1, count).round().astype(int)
+    return [items[i] for i in idx]

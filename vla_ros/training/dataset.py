@@ -1,0 +1,289 @@
+"""
+Training samples from rosbag2 recordings, with vla_eval's step semantics and the policy's inputs.
+
+A bag is read once (``read_episode``) through ``vla_ros.evaluation``'s ``Bag`` and
+``StepReader``: steps at ``rate`` on bag log time from the primary camera's first frame, each
+with the newest frame of every camera and the newest ``ee_pose`` / ``joint_states`` logged at or
+before it (the state assembled by vla_node's ``StateLayout``), and the newest instruction. Each
+step's action is the recorded ``vla/action`` vla_eval pairs with it: the first one logged in [its
+primary image's log time, the next step's time) (``reference.recorded_actions``).
+
+A step is a training sample when it has an instruction, a frame of every camera (decoded), a
+state (when a layout is given) and an action. Its target chunk is the action of that step and of
+the next ``chunk_len - 1`` steps; past the bag's last step, or at a step without an action, the
+row before it is repeated (OFT pads the end of a trajectory by repeating its last action).
+
+Inputs are what ``OpenVLAOFTPolicy.inputs`` makes of the same frames, instruction and state,
+computed on the CPU by the same functions (``prepare_image``, the processor's ``crops`` and
+``normalize``, ``build_prompt``, ``Bounds.normalize``), so training sees what inference sees.
+``prepare_image`` (OFT's JPEG round trip and TensorFlow resize, ~8 ms a frame) runs once per frame:
+each frame's crops (uint8 (K, 224, 224, 3)) are kept, and a sample only looks them up.
+"""
+
+import collections
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_ros.control.core import MAX_INSTRUCTION_CHARS
+from vla_ros.control.formats import ACTION_LABEL
+from vla_ros.evaluation.bags import Bag, FLOAT64_MULTI_ARRAY
+from vla_ros.evaluation.options import check_bag
+from vla_ros.evaluation.reference import recorded_actions
+from vla_ros.evaluation.steps import Instruction, step_time, StepReader
+from vla_ros.policy.oft_configuration import Bounds, PLACEHOLDER_ID, STOP_ID
+from vla_ros.policy.oft_processing import prepare_image
+from vla_ros.policy.processing import build_prompt
+from vla_ros.training.options import FinetuneError
+
+PAD_ID = 0  # padded positions are masked out as attention keys: any id works
+
+
+def check_bags(paths, options, action_dim):
+    """
+    Raise ``EvalError`` / ``FinetuneError`` unless every bag has what training reads.
+
+    vla_eval's ``check_bag`` (cameras, instruction, state topics and joints) and the recorded
+    actions: the topic, its type, and the size of its first message against ``action_dim``.
+    Reads at most a message or two per bag; no model is needed. Returns notes (one line each)
+    on bags whose actions were recorded at a rate far from ``options.rate``.
+    """
+    topic = options.topics()['action']
+    notes = []
+    for path in paths:
+        with Bag(Path(path)) as bag:
+            bag.require(topic, (FLOAT64_MULTI_ARRAY,), 'action',
+                        '--action-topic T naming the recorded std_msgs/Float64MultiArray '
+                        'actions (vla/action)')
+            check_bag(bag, options)
+            messages = bag.messages([topic])
+            try:
+                _, _, msg = next(messages)
+            finally:
+                messages.close()
+            dims = list(msg.layout.dim)
+            label = dims[0].label if dims else ''
+            size = len(msg.data) - int(msg.layout.data_offset)
+            if label and label != ACTION_LABEL:
+                raise FinetuneError(f'bag {str(path)!r}: {topic} has layout label {label!r}, '
+                                    f'not the vla/action label {ACTION_LABEL!r}; pass the '
+                                    '--action-topic of the recorded vla/action')
+            if size != action_dim:
+                raise FinetuneError(
+                    f'bag {str(path)!r} records {size}-D actions on {topic} (label '
+                    f'{label!r}), but the platform predicts {action_dim}-D actions '
+                    f'[{ACTION_LABEL}]; pass the --platform the bags were recorded for '
+                    '(libero, bridge: 7-D end-effector deltas), or record vla/action as '
+                    'vla_node publishes it')
+            span = (bag.end_ns - bag.start_ns) * 1e-9
+            recorded = bag.topics[topic][1] / span if span > 0 else options.rate
+            if not 0.67 < recorded / options.rate < 1.5:
+                notes.append(f'bag {str(path)!r} has about {recorded:.3g} actions per second on '
+                             f'{topic}, but --rate is {options.rate:g} Hz: each step takes one '
+                             'recorded action, so pass the rate they were recorded at')
+    return notes
+
+
+class Preprocessor:
+    """The policy's input pipeline on the CPU, split where a frame's cost can be cached."""
+
+    def __init__(self, image_processor, tokenizer, constants, center_crop):
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.constants = constants
+        self.center_crop = bool(center_crop)
+        self._prompts = {}
+
+    def frame_crops(self, rgb, camera):
+        """Return camera image ``camera``'s crops: uint8 (K, 224, 224, 3), as ``inputs``."""
+        return self.image_processor.crops(prepare_image(rgb, self.center_crop, camera))
+
+    def pixel_values(self, crops):
+        """Return (6N, 224, 224) float32 from each camera's crops (primary first)."""
+        return torch.cat([self.image_processor.normalize(torch.from_numpy(c)) for c in crops],
+                         dim=1)[0]
+
+    def prompt_ids(self, instruction):
+        """Return the prompt's ids (with the 29871 rule), cached per instruction."""
+        ids = self._prompts.get(instruction)
+        if ids is None:
+            ids = self._prompts[instruction] = tuple(self.tokenizer.model_input_ids(
+                build_prompt(instruction)))
+        return list(ids)
+
+
+@dataclasses.dataclass
+class Episode:
+    """One bag read for training: per step its action, state, instruction and frames."""
+
+    path: str
+    actions: np.ndarray  # (S, 7) float64, NaN where the step has no recorded action
+    proprio: np.ndarray  # (S, P) float64, NaN where there is no state
+    instructions: list  # (S,) str, '' without one
+    frame_keys: list  # (S,) tuple of (camera, frame index) per camera, or None
+    usable: np.ndarray  # (S,) bool: the step is a sample
+    frames: dict  # (camera, frame index) -> uint8 crops (K, 224, 224, 3)
+    skipped: dict  # reason -> number of steps
+
+    @property
+    def samples(self):
+        """Return the indices of the steps that are samples."""
+        return np.flatnonzero(self.usable)
+
+    def chunk(self, step, length):
+        """Return the target chunk of ``step`` (length, 7): its action and the next ones."""
+        rows = [self.actions[step]]
+        for k in range(step + 1, step + length):
+            ok = k < len(self.actions) and np.all(np.isfinite(self.actions[k]))
+            rows.append(self.actions[k] if ok else rows[-1])
+        return np.stack(rows)
+
+
+def read_episode(path, options, preprocessor=None):
+    """
+    Read one bag into an ``Episode`` (see the module docstring).
+
+    Without a ``preprocessor`` no frame is preprocessed (the statistics need none).
+    """
+    cameras, topics, layout = options.cameras(), options.topics(), options.layout()
+    instruction = ''
+    steps, frames = [], {}
+    skipped = collections.Counter()
+    with Bag(Path(path)) as bag:
+        reader = StepReader(bag, cameras, topics, options.rate, compressed=options.compressed,
+                            layout=layout)
+        for event in reader:
+            if isinstance(event, Instruction):  # as the control core takes it
+                refused = event.refused or len(event.text) > MAX_INSTRUCTION_CHARS
+                instruction = '' if refused else event.text.strip()
+                continue
+            keys, problem = [], ''
+            for camera, frame in enumerate(event.frames):
+                if frame is None:
+                    problem = f'no frame on {cameras[camera]} yet'
+                elif frame.error is not None:
+                    problem = f'refused frame on {cameras[camera]}'
+                else:
+                    key = (camera, frame.index)
+                    if preprocessor is not None and key not in frames:
+                        frames[key] = preprocessor.frame_crops(frame.rgb, camera)
+                    keys.append(key)
+            state = np.full(layout.dim, np.nan)
+            if layout and not problem:
+                if event.state is None or event.state.problem:
+                    problem = 'no usable state'
+                else:
+                    state = np.asarray(event.state.values, dtype=np.float64)
+            if not instruction and not problem:
+                problem = 'no instruction'
+            steps.append((event.index, event.time_ns, event.image_log_ns, instruction,
+                          None if problem else tuple(keys), state, problem))
+        streams = reader.streams
+    actions = np.full((len(steps), 7), np.nan)
+    if steps:
+        t0 = steps[0][1]
+        next_ns = [step_time(t0, s[0] + 1, options.rate) for s in steps]
+        actions = recorded_actions([s[2] for s in steps], next_ns, streams.action_times,
+                                   streams.actions)
+    usable = np.zeros(len(steps), dtype=bool)
+    for k, step in enumerate(steps):
+        problem = step[6] or ('' if np.all(np.isfinite(actions[k])) else 'no recorded action')
+        usable[k] = not problem
+        if problem:
+            skipped[problem] += 1
+    keys = [s[4] for s in steps]
+    used = {key for k in np.flatnonzero(usable) for key in keys[k]}
+    frames = {key: crops for key, crops in frames.items() if key in used}  # samples' only
+    proprio = np.array([s[5] for s in steps], dtype=np.float64).reshape(len(steps), layout.dim)
+    return Episode(str(path), actions, proprio, [s[3] for s in steps], keys, usable, frames,
+                   dict(skipped))
+
+
+def sample_arrays(episodes):
+    """Return (actions (N, 7), proprio (N, P)) of every sample of ``episodes``, in order."""
+    actions = np.concatenate([e.actions[e.usable] for e in episodes])
+    proprio = np.concatenate([e.proprio[e.usable] for e in episodes])
+    return actions, proprio
+
+
+class ChunkDataset(torch.utils.data.Dataset):
+    """
+    The samples of ``episodes`` as the policy's inputs and normalised target chunks.
+
+    ``stats``: the new ``dataset_statistics.json`` entry; ``normalize`` turns raw actions into
+    the head's targets (``stats.normalize_actions``).
+    """
+
+    def __init__(self, episodes, preprocessor, stats, normalize):
+        self.episodes = episodes
+        self.preprocessor = preprocessor
+        constants = preprocessor.constants
+        self.chunk_len = constants.chunk_len
+        self.index = [(e, int(k)) for e, episode in enumerate(episodes) for k in episode.samples]
+        self.proprio_bounds = None
+        if constants.proprio_dim and 'proprio' in stats:
+            self.proprio_bounds = Bounds.from_stats(stats['proprio'], constants.normalization,
+                                                    'the new statistics')
+        self.stats = stats
+        self.normalize = normalize
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        e, k = self.index[i]
+        episode = self.episodes[e]
+        crops = [episode.frames[key] for key in episode.frame_keys[k]]
+        sample = {'pixel_values': self.preprocessor.pixel_values(crops),  # (6N, 224, 224)
+                  'prompt_ids': self.preprocessor.prompt_ids(episode.instructions[k]),
+                  'actions': torch.tensor(self.normalize(episode.chunk(k, self.chunk_len),
+                                                         self.stats), dtype=torch.float32)}
+        if self.proprio_bounds is not None:
+            sample['proprio'] = torch.tensor(self.proprio_bounds.normalize(episode.proprio[k]),
+                                             dtype=torch.float32)  # (P,)
+        return sample
+
+
+def collate(samples, num_slots):
+    """
+    Batch samples: ids right-padded, each sample's length kept for the attention mask.
+
+    Returns {'pixel_values' (B, 6N, 224, 224), 'ids' (B, T) long, 'keep' (B, T, 1) (0 at the
+    action slots), 'prompt_len' (B,), 'seq_len' (B,), 'actions' (B, chunk, A), 'proprio'
+    (B, P) when given}.
+    """
+    seqs = [list(s['prompt_ids']) + [PLACEHOLDER_ID] * num_slots + [STOP_ID] for s in samples]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
+    keep = torch.ones((len(seqs), width, 1))
+    for b, (seq, sample) in enumerate(zip(seqs, samples)):
+        ids[b, :len(seq)] = torch.tensor(seq)
+        start = len(sample['prompt_ids'])
+        keep[b, start:start + num_slots] = 0
+    batch = {'pixel_values': torch.stack([s['pixel_values'] for s in samples]),
+             'ids': ids, 'keep': keep,
+             'prompt_len': torch.tensor([len(s['prompt_ids']) for s in samples]),
+             'seq_len': torch.tensor([len(s) for s in seqs]),
+             'actions': torch.stack([s['actions'] for s in samples])}
+    if 'proprio' in samples[0]:
+        batch['proprio'] = torch.stack([s['proprio'] for s in samples])
+    return batch
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation of the samples per epoch, from ``seed`` and the epoch (``set_epoch``)."""
+
+    def __init__(self, size, seed):
+        self.size, self.seed, self.epoch = int(size), int(seed), 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self):
+        return self.size
