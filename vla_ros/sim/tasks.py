@@ -3,7 +3,9 @@ The simulator's tasks (ROS-free, numpy only): seeded episodes, instructions and 
 
 An episode is ``(task, object, instruction, seed)``: the seed places the three objects on the
 table (``object_layout``) and names the target, so one seed always gives the same scene and the
-same instruction. Objects are named as the scene draws them, colour then shape: ``red cube``,
+same instruction. Seeds come in blocks of three (0-2, 3-5, ...) that share one layout and name
+each object once: only the instruction tells the three apart, so a policy trained on such
+episodes has to read it rather than learn "this table: go there". Objects are named as the scene draws them, colour then shape: ``red cube``,
 ``green cylinder``, ``blue block``. Tasks (``TASKS``):
 
 * ``reach`` ("reach the red cube"): the fingertip midpoint is within ``REACH_RADIUS`` (3 cm)
@@ -103,9 +105,10 @@ def object_layout(seed):
     Return the seeded start placement ``{body: (x, y, yaw)}`` of every object on the table.
 
     Each object lies in the ``PLACE_LOW`` .. ``PLACE_HIGH`` rectangle, upright, at a random yaw,
-    at least ``MIN_SEPARATION`` from the others; any of them can be the target.
+    at least ``MIN_SEPARATION`` from the others; any of them can be the target. The three seeds
+    of a block (``seed // 3``) share the layout.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([int(seed) // 3, 3])
     layout = {}
     for obj in OBJECTS:
         while True:
