@@ -5,8 +5,9 @@ An episode is ``(task, object, instruction, seed)``: the seed places the three o
 table (``object_layout``) and names the target, so one seed always gives the same scene and the
 same instruction. Seeds come in blocks of three (0-2, 3-5, ...) that share one layout and name
 each object once: only the instruction tells the three apart, so a policy trained on such
-episodes has to read it rather than learn "this table: go there". Objects are named as the scene draws them, colour then shape: ``red cube``,
-``green cylinder``, ``blue block``. Tasks (``TASKS``):
+episodes has to read it rather than learn "this table: go there". Objects are named as the
+scene draws them, colour then shape: ``red cube``, ``green cylinder``, ``blue block``. Tasks
+(``TASKS``):
 
 * ``reach`` ("reach the red cube"): the fingertip midpoint is within ``REACH_RADIUS`` (3 cm)
   of the object's vertical axis, and between the object's top and ``REACH_HEIGHT`` (3 cm) above
