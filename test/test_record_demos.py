@@ -8,6 +8,7 @@ import pytest
 from vla_ros.evaluation.bags import Bag
 from vla_ros.nodes import record_demos
 from vla_ros.sim import tasks
+from vla_ros.sim.arm import HOME_POSITION
 
 TOPICS = ('/camera/image_raw', '/wrist_camera/image_raw', '/ee_pose', '/joint_states',
           '/vla/instruction', '/vla/action', '/vla/ee_delta', '/vla/gripper', '/sim/task')
@@ -20,7 +21,7 @@ def stamp_ns(msg):
 def test_records_two_successful_expert_episodes_that_vla_eval_replays(launch, tmp_path):
     out = tmp_path / 'demos'
     rec = launch('vla_record_demos', '--episodes', '2', '--seconds', '10', '--seed', '3',
-                 '--out', out)
+                 '--start-spread', '0.06', '--out', out)
     assert rec.wait_exit(timeout=120.0) == 0, rec.output()
     assert '2/2 episodes succeeded' in rec.output()
     listed = json.loads((out / 'episodes.json').read_text())
@@ -47,9 +48,12 @@ def test_records_two_successful_expert_episodes_that_vla_eval_replays(launch, tm
         assert np.abs(actions[:, :3]).max() <= 0.05 and np.abs(actions[:, 3:6]).max() <= 0.25
         assert np.all(actions[:, 6] == 1.0)
         assert [d.pose.position.x for d in deltas] == pytest.approx(actions[:, 0])
-        # Nothing from before the reset: the first pose is home, the last task state a success.
+        # Nothing from before the reset: the first pose is the seed's start (home moved by
+        # start_spread), the last task state a success.
         first = messages['/ee_pose'][0].pose.position
-        assert np.allclose([first.x, first.y, first.z], [0.3, 0.0, 0.2], atol=0.01)
+        start = HOME_POSITION + tasks.start_offset(entry['seed'], 0.06)
+        assert np.allclose([first.x, first.y, first.z], start, atol=0.005)
+        assert np.linalg.norm(start - HOME_POSITION) > 0.02
         statuses = [json.loads(m.data) for m in messages['/sim/task']]
         assert {s['seed'] for s in statuses} == {entry['seed']}
         assert statuses[-1]['success'] and statuses[-1]['object'] == episode.object
@@ -69,6 +73,7 @@ def test_bad_options_are_refused_before_anything_starts(tmp_path, capsys):
     (tmp_path / 'episode_0000').mkdir()
     for argv, words in ((['--out', str(tmp_path)], 'already holds episodes'),
                         (['--episodes', '0'], '--episodes must be >= 1'),
+                        (['--start-spread', '0.5'], '--start-spread must be in [0, 0.1]'),
                         (['--task', 'push'], "invalid choice: 'push'"),
                         (['--sim-param', 'camera_width=64'], 'NAME:=VALUE')):
         with pytest.raises(SystemExit) as exc:

@@ -7,7 +7,7 @@ import pytest
 
 from vla_ros.control.safety import SafetyLimits
 from vla_ros.sim import tasks
-from vla_ros.sim.arm import SimArm, WORKSPACE_HIGH, WORKSPACE_LOW
+from vla_ros.sim.arm import HOME_POSITION, SimArm, WORKSPACE_HIGH, WORKSPACE_LOW
 from vla_ros.sim.expert import grasp_yaw, rollout, ScriptedExpert
 
 IDENTITY = np.eye(3)
@@ -160,9 +160,25 @@ def test_monitor_latches_success_and_its_time():
             'object_lifted', 'fingertip_distance'} <= set(status)
 
 
+def test_the_start_spread_moves_each_seeds_start_within_it_and_zero_starts_at_home():
+    assert np.array_equal(tasks.start_offset(5, 0.0), np.zeros(3))
+    offsets = np.array([tasks.start_offset(seed, 0.08) for seed in range(60)])
+    assert np.abs(offsets).max() <= 0.08 and np.abs(offsets).max() > 0.06
+    assert len({tuple(o) for o in offsets}) == 60  # every seed its own start, block or not
+    assert np.array_equal(tasks.start_offset(7, 0.08), offsets[7])
+    with pytest.raises(ValueError, match=r'start spread must be in \[0, 0.1\]'):
+        tasks.start_offset(0, 0.2)
+    arm = SimArm(start_spread=0.08)
+    arm.reset(7)
+    assert np.allclose(arm.ee_pose()[0], HOME_POSITION + offsets[7], atol=1e-6)
+    low, high = HOME_POSITION - 0.1, HOME_POSITION + 0.1
+    assert np.all(low >= WORKSPACE_LOW) and np.all(high <= WORKSPACE_HIGH)
+
+
 # ---------------------------------------------------------------- the expert
-def test_expert_reaches_in_seeded_episodes_smoothly_from_above():
-    arm = SimArm(twist_timeout=0.15)
+@pytest.mark.parametrize('spread', [0.0, 0.08])
+def test_expert_reaches_in_seeded_episodes_smoothly_from_above(spread):
+    arm = SimArm(twist_timeout=0.15, start_spread=spread)
     for seed in range(12):
         result = rollout(seed, 'reach', seconds=8.0, arm=arm)
         assert result['success'], result['episode']

@@ -3,7 +3,7 @@ vla_record_demos: a scripted expert's demonstrations in sim_arm, one rosbag2 (MC
 
     vla_record_demos [--episodes 10] [--task reach|lift] [--seed 0] [--seconds 10] [--rate 10]
                      [--out out/demos] [--keep-failures] [--after-success 1.0]
-                     [--sim-param NAME:=VALUE ...]
+                     [--start-spread 0.08] [--sim-param NAME:=VALUE ...]
 
 It starts ``sim_arm`` and ``arm_bridge`` as their own processes with ``config/vla.yaml`` (as
 the demo does) and plays the expert (``vla_ros.sim.expert``) as a ROS participant in this
@@ -13,7 +13,8 @@ with the camera image it acted on), ``vla/gripper`` and ``vla/action``, exactly 
 ``sim/task`` (the named object's pose), ``ee_pose`` and ``joint_states``.
 
 Episode ``k`` uses seed ``--seed + k``: this sets sim_arm's ``seed`` and ``task`` parameters,
-calls ``/sim_arm/reset`` and ``/arm_bridge/reset``, publishes the instruction on
+calls ``/sim_arm/reset`` and ``/arm_bridge/reset`` (the gripper starts within ``--start-spread``
+of home, drawn from the seed: sim_arm's ``start_spread``), publishes the instruction on
 ``vla/instruction``, and records until the task succeeds (plus ``--after-success`` seconds, so
 the demonstration shows the arm holding still at the goal) or ``--seconds`` pass. Each episode
 is its own bag ``OUT/episode_0000`` ... with what a real robot records: ``/camera/image_raw``,
@@ -319,6 +320,11 @@ def parse_args(argv):
     parser.add_argument('--out', default='out/demos', help='one bag per episode in here')
     parser.add_argument('--keep-failures', action='store_true',
                         help='keep the bags of failed episodes (deleted by default)')
+    parser.add_argument('--start-spread', type=float, default=0.08, metavar='M',
+                        help="sim_arm's start_spread: each seed starts the gripper up to M "
+                        'metres (per axis) from home (default 0.08; from one start the '
+                        'direction to the goal is the distance travelled, and a policy learns '
+                        'that instead of looking)')
     parser.add_argument('--sim-param', action='append', default=[], metavar='NAME:=VALUE',
                         help="an extra sim_arm parameter, e.g. 'camera_width:=640'")
     args = parser.parse_args(argv)
@@ -326,6 +332,8 @@ def parse_args(argv):
         parser.error('--episodes must be >= 1 and --seed >= 0')
     if not (0 < args.rate <= 50 and args.seconds > 0 and args.after_success >= 0):
         parser.error('--rate must be in (0, 50] Hz, --seconds > 0, --after-success >= 0')
+    if not 0 <= args.start_spread <= tasks.START_SPREAD_MAX:
+        parser.error(f'--start-spread must be in [0, {tasks.START_SPREAD_MAX}] m')
     if any(':=' not in p for p in args.sim_param):
         parser.error('--sim-param takes NAME:=VALUE')
     out = Path(args.out)
@@ -339,7 +347,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     params = ['--ros-args', '--params-file', str(config_file())]
-    sim_params = [a for p in [f'task:={args.task}', f'seed:={args.seed}', *args.sim_param]
+    sim_params = [a for p in [f'task:={args.task}', f'seed:={args.seed}',
+                              f'start_spread:={args.start_spread:g}', *args.sim_param]
                   for a in ('-p', p)]
     print(f'starting sim_arm and arm_bridge (logs in {out}/); {args.episodes} {args.task} '
           f'episodes from seed {args.seed}, expert at {args.rate} Hz')

@@ -48,8 +48,9 @@ topic                             type                         notes
 ================================  ===========================  ====================================
 
 Service ``~/reset`` (std_srvs/Trigger) starts a new episode from the parameters ``task`` and
-``seed`` (both may change at run time and take effect there): the gripper home, the objects at
-their seeded places, the seed's object named in the instruction. Inputs use reliable QoS (depth
+``seed`` (both may change at run time and take effect there): the gripper at its start (home,
+or within ``start_spread`` of it, drawn from the seed), the objects at their seeded places, the
+seed's object named in the instruction. Inputs use reliable QoS (depth
 10), like MoveIt Servo and ``ros2 topic pub``. A twist stamped more than ``twist_timeout``
 before now is dropped as stale (a zero stamp, or one ahead of now, counts as "now"); NaN or
 infinite values, a zero quaternion, and commands in another frame are rejected and counted.
@@ -166,7 +167,8 @@ class SimArmNode(Node):
             self._twists = Queue()
             self._pose, self._gripper = Latest(), Latest()
             self.arm = arm.SimArm(cfg.camera_width, cfg.camera_height, cfg.max_linear_speed,
-                                  cfg.max_angular_speed, cfg.twist_timeout, cfg.seed)
+                                  cfg.max_angular_speed, cfg.twist_timeout, cfg.seed,
+                                  start_spread=cfg.start_spread)
             self._monitor = tasks.EpisodeMonitor(tasks.episode(cfg.seed, cfg.task))
             views = (self.arm.camera, arm.WRIST_CAMERA) if cfg.wrist_camera else \
                 (self.arm.camera,)
@@ -278,7 +280,7 @@ class SimArmNode(Node):
         self._pose.take()
         self._gripper.take()
         response.success = True
-        response.message = f'gripper home and open, new episode: {self._episode_text()}'
+        response.message = f'gripper at its start and open, new episode: {self._episode_text()}'
         self.get_logger().info(f'reset: {response.message}')
         return response
 

@@ -1,7 +1,7 @@
 """sim_arm's parameters (config/vla.yaml holds the defaults): declared once, with their ranges."""
 
 from vla_ros.nodes import params
-from vla_ros.sim.tasks import TASKS
+from vla_ros.sim.tasks import START_SPREAD_MAX, TASKS
 
 
 def _within(low, high, low_open=False):
@@ -37,6 +37,10 @@ PARAMS = (
                      "3 cm above the named object) or 'lift' (the named object 5 cm off the "
                      'table). May change at run time; takes effect at the next ~/reset.',
                      check=lambda v: v in TASKS, allowed=', '.join(TASKS), runtime=True),
+    params.NodeParam('start_spread', 0.0, "Metres (per axis) the gripper's start may lie from "
+                     'home, drawn from the seed: 0 starts every episode at home; demonstrations '
+                     'use a spread so a policy learns to go to the object from anywhere.',
+                     check=_within(0.0, START_SPREAD_MAX), allowed=f'0 .. {START_SPREAD_MAX} m'),
     params.NodeParam('seed', 0, 'Seed of the episode: the object placement and the named '
                      'object. May change at run time; takes effect at the next ~/reset.',
                      check=lambda v: v >= 0, allowed='an integer >= 0', runtime=True),

@@ -76,7 +76,7 @@ class SimArm:
     """A floating gripper, a table and three objects; see the module docstring."""
 
     def __init__(self, width=320, height=240, max_linear_speed=0.25, max_angular_speed=1.0,
-                 twist_timeout=0.1, seed=0, camera=SCENE_CAMERA):
+                 twist_timeout=0.1, seed=0, camera=SCENE_CAMERA, start_spread=0.0):
         self.model = mujoco.MjModel.from_xml_path(str(SCENE_XML))
         vis = self.model.vis.global_
         vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
@@ -86,6 +86,8 @@ class SimArm:
         self.max_angular_speed = float(max_angular_speed)
         self.twist_timeout = float(twist_timeout)
         self.seed = seed
+        self.start_spread = float(start_spread)
+        tasks.start_offset(seed, self.start_spread)  # checks the spread
         self.timestep = float(self.model.opt.timestep)
         model = self.model
         self._ee_site = model.site('ee').id
@@ -106,12 +108,17 @@ class SimArm:
         return float(self.data.time)
 
     def reset(self, seed=None):
-        """Put the gripper home (open, fingers down) and the objects at their seeded places."""
+        """
+        Put the gripper at its start (open, fingers down), the objects at their seeded places.
+
+        The start is ``HOME_POSITION``, offset by ``tasks.start_offset(seed, start_spread)``.
+        """
         if seed is not None:
             self.seed = seed
         mujoco.mj_resetData(self.model, self.data)
         qpos = self.data.qpos
-        qpos[self._gripper_qpos:self._gripper_qpos + 7] = [*HOME_POSITION, 1.0, 0.0, 0.0, 0.0]
+        start = HOME_POSITION + tasks.start_offset(self.seed, self.start_spread)
+        qpos[self._gripper_qpos:self._gripper_qpos + 7] = [*start, 1.0, 0.0, 0.0, 0.0]
         for name, (x, y, yaw) in tasks.object_layout(self.seed).items():
             adr = self._object_qpos[name]
             qpos[adr:adr + 7] = [x, y, tasks.scene_object(name).half_height,
@@ -119,13 +126,13 @@ class SimArm:
         for adr in self._finger_qpos:
             qpos[adr] = FINGER_TRAVEL
         self.data.ctrl[:] = FINGER_TRAVEL
-        self.data.mocap_pos[0] = HOME_POSITION
+        self.data.mocap_pos[0] = start
         self.data.mocap_quat[0] = [1.0, 0.0, 0.0, 0.0]
         self._mode = None  # None (hold), 'twist' or 'pose'
         self._linear = np.zeros(3)
         self._angular = np.zeros(3)
         self._twist_until = -math.inf
-        self._target_pos = HOME_POSITION.copy()
+        self._target_pos = start.copy()
         self._target_quat = np.array([1.0, 0.0, 0.0, 0.0])
         self._pending = 0.0
         mujoco.mj_forward(self.model, self.data)

@@ -3,9 +3,10 @@ The simulator's tasks (ROS-free, numpy only): seeded episodes, instructions and 
 
 An episode is ``(task, object, instruction, seed)``: the seed places the three objects on the
 table (``object_layout``) and names the target, so one seed always gives the same scene and the
-same instruction. Seeds come in blocks of three (0-2, 3-5, ...) that share one layout and name
-each object once: only the instruction tells the three apart, so a policy trained on such
-episodes has to read it rather than learn "this table: go there". Objects are named as the
+same instruction; with a start spread it also moves the gripper's start (``start_offset``).
+Seeds come in blocks of three (0-2, 3-5, ...) that share one layout and name each object once:
+only the instruction tells the three apart, so a policy trained on such episodes has to read it
+rather than learn "this table: go there". Objects are named as the
 scene draws them, colour then shape: ``red cube``, ``green cylinder``, ``blue block``. Tasks
 (``TASKS``):
 
@@ -50,6 +51,7 @@ FINGERTIP_OFFSET = 0.015  # m from the end-effector site down to the tips of the
 PLACE_LOW = (0.30, -0.20)
 PLACE_HIGH = (0.56, 0.20)
 MIN_SEPARATION = 0.12
+START_SPREAD_MAX = 0.1  # m: the largest start_spread (the start stays in the workspace)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +121,21 @@ def object_layout(seed):
                 break
         layout[obj.body] = (float(x), float(y), float(rng.uniform(-math.pi, math.pi)))
     return layout
+
+
+def start_offset(seed, spread):
+    """
+    Return the seeded offset (3,) of the gripper's start from its home position, m.
+
+    Each axis is uniform in [-``spread``, ``spread``] (``spread`` in [0, ``START_SPREAD_MAX``]);
+    ``spread`` 0 starts every episode at home. Every seed has its own start, so in
+    demonstrations the direction to the goal cannot be read off the distance travelled from home.
+    """
+    if not 0.0 <= spread <= START_SPREAD_MAX:
+        raise ValueError(f'start spread must be in [0, {START_SPREAD_MAX}] m, got {spread!r}')
+    if spread == 0.0:
+        return np.zeros(3)
+    return np.random.default_rng([int(seed), 7]).uniform(-spread, spread, 3)
 
 
 def target_object(seed):
