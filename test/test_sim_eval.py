@@ -80,7 +80,9 @@ def test_results_json_and_summary_md(tmp_path):
     config = {'model': '/m', 'policy': 'openvla', 'unnorm_key': 'k', 'task': 'reach',
               'seed': 10, 'episodes': 3, 'seconds': 5.0, 'rate': 5.0}
     summary = sim_report.write_results(tmp_path, config,
-                                       [episode(0, True), episode(1, False), episode(2, True)])
+                                       [episode(0, True, closest_approach=0.0),
+                                        episode(1, False, closest_approach=0.0512),
+                                        episode(2, True, closest_approach=0.0)])
     data = json.loads((tmp_path / 'results.json').read_text())
     assert data['config'] == config and data['summary'] == summary
     assert [e['seed'] for e in data['episodes']] == [10, 11, 12]
@@ -91,12 +93,14 @@ def test_results_json_and_summary_md(tmp_path):
         sim_report.wilson_interval(2, 3), abs=1e-4)
     assert summary['mean_time_to_success'] == pytest.approx(3.0)
     assert summary['mean_path_length'] == pytest.approx(0.2)
+    assert data['episodes'][1]['closest_approach'] == 0.0512
+    assert summary['median_closest_approach'] == 0.0
     assert summary['clamps'] == {'clamped_translation': 3, 'clamped_rotation': 0,
                                  'clamped_box': 3}
     text = (tmp_path / 'summary.md').read_text()
     assert '**Success: 2/3 = 66.7% (95% Wilson interval 20.8% .. 93.9%)**' in text
     rows = [line for line in text.splitlines() if line.startswith('| ') and 'reach the' in line]
-    assert len(rows) == 3 and '| 11 | reach the red cube | no | - |' in rows[1]
+    assert len(rows) == 3 and '| 11 | reach the red cube | no | - | 0.200 | 0.051 |' in rows[1]
     assert '[episode_0002.png](episode_0002.png)' in rows[2]
 
 
@@ -141,6 +145,7 @@ def test_two_episodes_end_to_end_over_dds(launch, tiny_checkpoint, tmp_path):
             (expected.task, expected.object, expected.instruction)
         assert e['object'] in e['instruction']
         assert isinstance(e['success'], bool)
+        assert (e['closest_approach'] == 0.0) == e['success'] and e['closest_approach'] >= 0.0
         assert e['actions'] > 0 and e['path_length'] > 0.0
         assert set(e['clamps']) == set(sim_report.CLAMPS)
         assert all(isinstance(v, int) and v >= 0 for v in e['clamps'].values())

@@ -136,6 +136,13 @@ def test_lift_is_the_object_bottom_5_cm_off_the_table(bottom, expected):
     assert tasks.success('lift', 'red cube', state) is expected
 
 
+@pytest.mark.parametrize('horizontal, height, miss', [
+    (0.01, 0.02, 0.0), (0.03, 0.0, 0.0), (0.07, 0.02, 0.04), (0.0, 0.08, 0.05),
+    (0.0, -0.01, 0.01), (0.06, 0.07, 0.05)])
+def test_reach_miss_is_the_distance_from_the_success_region(horizontal, height, miss):
+    assert tasks.reach_miss(horizontal, height) == pytest.approx(miss)
+
+
 def test_lift_judges_the_lowest_point_of_a_tilted_object():
     # A cube on an edge: its lowest point is 0.02 * sqrt(2) below the centre.
     state = scene((0.4, 0.0, 0.3), centre=(0.4, 0.0, 0.05 + 0.02 * math.sqrt(2) - 1e-4),

@@ -58,6 +58,9 @@ class Episode:
     instruction_time: float = None  # sim's time since reset when the instruction went out
     duration: float = 0.0  # wall seconds from the instruction to the stop
     path_length: float = 0.0  # end effector, from ee_pose over the episode
+    # The fingertips' smallest distance from reach's success region (tasks.reach_miss), m:
+    # 0 on success; None without sim/task.
+    closest_approach: float = None
     actions: int = 0  # vla/action messages received during the episode
     clamps: dict = None  # {counter: arm_bridge diagnostics delta} (None: no diagnostics)
     frame_strip: str = ''  # file name beside results.json
@@ -68,7 +71,7 @@ class Episode:
         out = dataclasses.asdict(self)
         out['object'] = out.pop('object_name')
         for key in ('time_to_success', 'instruction_time', 'duration', 'path_length',
-                    'wall_time'):
+                    'closest_approach', 'wall_time'):
             if out[key] is not None:
                 out[key] = round(float(out[key]), 4)
         return out
@@ -79,6 +82,7 @@ def summarize(episodes, confidence=0.95):
     n = len(episodes)
     wins = [e for e in episodes if e.success]
     times = [e.time_to_success for e in wins if e.time_to_success is not None]
+    closest = [e.closest_approach for e in episodes if e.closest_approach is not None]
     low, high = wilson_interval(len(wins), n, confidence) if n else (None, None)
     clamps = {name: sum(e.clamps[name] for e in episodes if e.clamps) for name in CLAMPS}
 
@@ -95,6 +99,7 @@ def summarize(episodes, confidence=0.95):
         'mean_time_to_success': mean(times),
         'median_time_to_success': round(float(np.median(times)), 4) if times else None,
         'mean_path_length': mean([e.path_length for e in episodes]),
+        'median_closest_approach': (round(float(np.median(closest)), 4) if closest else None),
         'mean_actions': mean([e.actions for e in episodes]),
         'clamps': clamps,
         'mean_wall_time_per_episode': mean([e.wall_time for e in episodes]),
@@ -121,21 +126,26 @@ def summary_markdown(config, episodes, summary):
         + (f' = {rate * 100:.1f}% (95% Wilson interval {low * 100:.1f}% .. {high * 100:.1f}%)'
            if rate is not None else '') + '**; mean time to success '
         f"{_fmt(summary['mean_time_to_success'])} s, mean path length "
-        f"{_fmt(summary['mean_path_length'], 3)} m, clamped (translation / rotation / box) "
+        f"{_fmt(summary['mean_path_length'], 3)} m, median closest approach to the reach "
+        f"region {_fmt(summary['median_closest_approach'], 3)} m, clamped (translation / "
+        'rotation / box) '
         + ' / '.join(str(summary['clamps'][c]) for c in CLAMPS) + '.',
         '',
-        '| episode | seed | instruction | success | time to success (s) | path (m) | actions '
-        '| clamped t / r / box | frames |',
-        '|---:|---:|---|:---:|---:|---:|---:|---:|---|',
+        '| episode | seed | instruction | success | time to success (s) | path (m) '
+        '| closest (m) | actions | clamped t / r / box | frames |',
+        '|---:|---:|---|:---:|---:|---:|---:|---:|---:|---|',
     ]
     for e in episodes:
         clamps = ' / '.join(str(e.clamps[c]) for c in CLAMPS) if e.clamps else '-'
         lines.append(
             f'| {e.index} | {e.seed} | {e.instruction} | {"yes" if e.success else "no"} '
-            f'| {_fmt(e.time_to_success)} | {e.path_length:.3f} | {e.actions} | {clamps} '
+            f'| {_fmt(e.time_to_success)} | {e.path_length:.3f} '
+            f'| {_fmt(e.closest_approach, 3)} | {e.actions} | {clamps} '
             f'| [{e.frame_strip}]({e.frame_strip}) |')
     lines += ['', 'Time to success: simulated seconds from the reset to the first success '
-              '(the instruction goes out a fraction of a second after the reset).', '']
+              '(the instruction goes out a fraction of a second after the reset). Closest: the '
+              "fingertips' smallest distance from the reach success region (within 3 cm of the "
+              "object's axis, 0 to 3 cm above its top), 0 on success.", '']
     return '\n'.join(lines)
 
 

@@ -48,7 +48,7 @@ from vla_ros.control.formats import image_to_rgb
 from vla_ros.evaluation import sim_report
 from vla_ros.nodes import diagnostics, qos
 from vla_ros.nodes.demo import config_file, executable, POLICIES, start, stop
-from vla_ros.sim.tasks import TASKS
+from vla_ros.sim.tasks import reach_miss, TASKS
 
 PROG = 'vla_sim_eval'
 SERVICE_TIMEOUT = 15.0
@@ -153,6 +153,7 @@ class Recorder:
             self.t0, self.since_ns, self.recording = t0, since_ns, True
             self.poses, self.actions, self.frames = [], 0, []
             self.interval, self.last_frame, self.success = 0.0, None, None
+            self.closest = math.inf
 
     def end(self):
         with self.lock:
@@ -161,7 +162,7 @@ class Recorder:
             if self.last_frame is not None and (not frames or frames[-1] is not
                                                 self.last_frame):
                 frames.append(self.last_frame)
-            return self.poses, self.actions, frames, self.success
+            return self.poses, self.actions, frames, self.success, self.closest
 
     def on_task(self, msg):
         try:
@@ -172,6 +173,12 @@ class Recorder:
             self.task, self.task_time = task, time.monotonic()
             if self.recording and self.success is None and task.get('success'):
                 self.success = task
+            if self.recording and self.success is None:
+                try:
+                    self.closest = min(self.closest,
+                                       reach_miss(*task['fingertip_distance']))
+                except (KeyError, TypeError, ValueError):
+                    pass
 
     def on_pose(self, msg):
         p = msg.pose.position
@@ -347,7 +354,7 @@ class Runner:
         self.reset('vla_reset')  # stop the policy
         self.reset('bridge_reset')  # and the arm (zero twist)
         stopped = time.monotonic()
-        poses, actions, frames, success = self.rec.end()
+        poses, actions, frames, success, closest = self.rec.end()
         counters = self.bridge_counters(stopped + DIAGNOSTICS_SETTLE)
         tts = None
         if success is not None:
@@ -365,6 +372,8 @@ class Runner:
             object_name=task.get('object', ''), instruction=instruction,
             success=success is not None, time_to_success=tts, instruction_time=instruction_time,
             duration=stopped - t0, path_length=sim_report.path_length(poses), actions=actions,
+            closest_approach=0.0 if success is not None else (
+                None if math.isinf(closest) else closest),
             clamps={c: counters[c] - baseline[c] for c in sim_report.CLAMPS},
             frame_strip=strip if written else '', wall_time=time.monotonic() - wall0)
         return result, counters
@@ -410,7 +419,9 @@ def run(args, out):
             episodes.append(episode)
             sim_report.write_results(out, config, episodes)
             outcome = (f'success at {episode.time_to_success:.1f} s' if episode.success
-                       else 'no success')
+                       else 'no success' + ('' if episode.closest_approach is None else
+                                            f' (closest {episode.closest_approach * 100:.1f} '
+                                            'cm from the reach region)'))
             print(f'  episode {k} seed {episode.seed} "{episode.instruction}": {outcome}, '
                   f'path {episode.path_length:.3f} m, {episode.actions} actions, clamped '
                   f'{sum(episode.clamps.values())}, {episode.wall_time:.1f} s wall', flush=True)

@@ -193,6 +193,18 @@ def reach_offset(name, state):
     return float(math.hypot(*(tip[:2] - centre[:2]))), float(tip[2] - state.object_bounds(name)[1])
 
 
+def reach_miss(horizontal, height):
+    """
+    Return how far (m) the fingertips are from reach's success region, 0 inside it.
+
+    ``horizontal`` and ``height`` are ``reach_offset``'s (``sim/task``'s ``fingertip_distance``):
+    the region is ``horizontal <= REACH_RADIUS`` and ``0 <= height <= REACH_HEIGHT``.
+    """
+    across = max(0.0, horizontal - REACH_RADIUS)
+    up = max(0.0, -height, height - REACH_HEIGHT)
+    return math.hypot(across, up)
+
+
 def success(task, name, state):
     """Return True when ``task`` on object ``name`` is achieved in ``state`` (a SceneState)."""
     if task == 'reach':
