@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo gpu-check clean
+.PHONY: setup test demo demo-policy sim-eval gpu-check clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,42 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m vla_ros.nodes.demo $(DEMO_ARGS)
+
+# The demo's trained policy from scratch (about 105 min on 2 CPU cores, see the README): 1080
+# expert reach episodes (360 layouts x the 3 objects, seeded starts) recorded as bags by two
+# recorders side by side (own ROS domains), the miniature OpenVLA-OFT fully fine-tuned on 1050
+# of them (the last 30 of the first recorder, 10 unseen layouts, validate), and the trained
+# parameters copied into vla_ros/training/assets/reach/ (what `make demo` rebuilds it from).
+DEMO_POLICY_OUT ?= out/demo-policy
+RECORD = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(VENV)/bin/vla_record_demos --episodes 540 \
+  --task reach --seconds 10
+demo-policy: $(STAMP)
+	rm -rf $(DEMO_POLICY_OUT)
+	ROS_DOMAIN_ID=41 $(RECORD) --seed 1239 --out $(DEMO_POLICY_OUT)/demos-a & a=$$!; \
+	ROS_DOMAIN_ID=42 $(RECORD) --seed 1779 --out $(DEMO_POLICY_OUT)/demos-b & b=$$!; \
+	wait $$a && wait $$b
+	$(VENV)/bin/vla_tiny_model --oft libero $(DEMO_POLICY_OUT)/base
+	cd $(DEMO_POLICY_OUT) && $(CURDIR)/$(VENV)/bin/vla_finetune demos-a/episode_0[0-4]* \
+	  demos-a/episode_050* demos-b/episode_* --val-bags demos-a/episode_05[1-3]* \
+	  --base base --out trained --unnorm-key sim_reach \
+	  --camera-topics camera/image_raw wrist_camera/image_raw \
+	  --proprio ee_position joint:gripper_x joint:gripper_y joint:gripper_z \
+	  joint:left_finger_joint joint:right_finger_joint \
+	  --rate 10 --center-crop --full --steps 10000 --batch-size 8 --warmup-steps 200 \
+	  --decay-after 8000 --val-every 1000 --save-every 1000
+	$(PY) -m vla_ros.training.demo_policy --ship $(DEMO_POLICY_OUT)/trained
+
+# The success rates of the README: the trained and the random miniature policy, 50 seeded reach
+# episodes each through the live nodes (about 2 x 10 min).
+sim-eval: $(STAMP)
+	$(PY) -m vla_ros.training.demo_policy out/sim-eval/trained --force
+	$(VENV)/bin/vla_tiny_model --oft libero out/sim-eval/random --force
+	$(VENV)/bin/vla_sim_eval --model out/sim-eval/trained --unnorm-key sim_reach \
+	  --policy reach --episodes 50 --seed 0 --task reach --seconds 10 \
+	  --out out/sim-eval/trained-results
+	$(VENV)/bin/vla_sim_eval --model out/sim-eval/random --unnorm-key synth_oft_libero \
+	  --policy openvla_oft --episodes 50 --seed 0 --task reach --seconds 10 \
+	  --out out/sim-eval/random-results
 
 # On a GPU machine: GPU tests, decode-step profile, OpenVLA-7B benchmark into docs/perf/, and the
 # GPU table of docs/PERFORMANCE.md regenerated (see vla_ros/bench/gpu_check.py).

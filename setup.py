@@ -19,7 +19,8 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
-    package_data={'vla_ros': ['sim/*.xml', 'policy/assets/tiny/*.json']},
+    package_data={'vla_ros': ['sim/*.xml', 'policy/assets/tiny/*.json',
+                              'training/assets/reach/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),

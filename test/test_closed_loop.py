@@ -8,10 +8,12 @@ from conftest import REPO
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped
 import numpy as np
+import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from vla_ros.nodes import diagnostics
+from vla_ros.sim import tasks
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -67,16 +69,22 @@ def test_closed_loop_runs_20_s_without_error(ros, launch, tiny_checkpoint):
     assert int(statuses['arm_bridge']['rejected_nan']) == 0
 
 
-def test_demo_runs_the_oft_miniature_with_two_cameras_state_and_chunks(launch, tmp_path):
-    """`make demo DEMO_ARGS='--policy openvla_oft'`: 20 s, and the summary a user reads."""
+@pytest.mark.parametrize('policy', ['reach', 'openvla_oft'])
+def test_demo_runs_an_oft_miniature_with_two_cameras_state_and_chunks(launch, tmp_path, policy):
+    """`make demo` (the trained reach policy) and the random OFT: the summary a user reads."""
     out = tmp_path / 'demo'
-    demo = launch(sys.executable, '-m', 'vla_ros.nodes.demo', '--policy', 'openvla_oft',
+    demo = launch(sys.executable, '-m', 'vla_ros.nodes.demo', '--policy', policy,
                   '--seconds', '20', '--out', str(out))
     code = demo.wait_exit(timeout=240.0)
     text = demo.output()
     assert code == 0, text
     summary = text[text.index('== 20 s closed loop'):]
-    figures = re.search(r'vla_node   openvla_oft: actions: (\d+), achieved ([\d.]+) Hz \(target '
+    instruction = tasks.episode(0).instruction  # the demo's default episode: seed 0, reach
+    assert f"sending instruction: '{instruction}'" in text
+    assert re.search(rf"task       reach, seed 0: '{instruction}' (succeeded after [\d.]+ s|not "
+                     r'reached \(fingertips [\d.]+ cm across, [+-][\d.]+ cm above)', summary), \
+        summary
+    figures = re.search(rf'vla_node   {policy}: actions: (\d+), achieved ([\d.]+) Hz \(target '
                         r'10.0\); chunks (\d+) ', summary)
     assert figures, summary
     actions, rate, chunks = int(figures[1]), float(figures[2]), int(figures[3])

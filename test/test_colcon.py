@@ -151,9 +151,10 @@ def test_every_package_module_and_data_file_installed(build):
     files = sorted(p.relative_to(source / PACKAGE) for p in (source / PACKAGE).rglob('*')
                    if p.is_file() and '__pycache__' not in p.parts and p.suffix != '.pyc')
     subpackages = {f.parent for f in files if f.name == '__init__.py'} - {Path('.')}
-    roles = ('bench', 'control', 'evaluation', 'nodes', 'policy', 'sim')
+    roles = ('bench', 'control', 'evaluation', 'nodes', 'policy', 'sim', 'training')
     assert {Path(role) for role in roles} <= subpackages, sorted(map(str, subpackages))
     assert Path('sim/scene.xml') in files
     assert Path('policy/assets/tiny/config.json') in files
+    assert Path('training/assets/reach/trainable.safetensors') in files  # the demo's policy
     missing = [str(f) for f in files if not (installed / f).is_file()]
     assert not missing, f'not installed in {installed}: {missing}'

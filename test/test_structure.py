@@ -17,8 +17,9 @@ ROS_FREE = ('vla_ros.policy', 'vla_ros.control', 'vla_ros.sim')
 ROS_PREFIXES = ('rclpy', 'rcl_interfaces', 'rosidl', 'rosgraph_msgs', 'builtin_interfaces',
                 'launch', 'ament_index_python', 'cv_bridge')
 ROS_SUFFIXES = ('_msgs', '_srvs')
-# Where the miniature-checkpoint writer (a tool, not part of any runtime path) may be used.
-TINY_USERS = ('vla_ros.nodes.demo', 'vla_ros.bench')
+# Where the miniature-checkpoint writer (a tool, not part of any runtime path) may be used:
+# the demo, the benchmarks, and the demo policy (rebuilt on the miniature base it was trained on).
+TINY_USERS = ('vla_ros.nodes.demo', 'vla_ros.bench', 'vla_ros.training.demo_policy')
 TEST_MODULES = ('conftest', 'policies', 'policy_helpers', 'bag_helpers')
 MAX_LINES = 500
 

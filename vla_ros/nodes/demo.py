@@ -1,24 +1,27 @@
 """
 The README's main job: a closed loop of sim_arm, vla_node and arm_bridge, on a miniature model.
 
-    python -m vla_ros.nodes.demo [--policy openvla|openvla_oft] [--seconds 20] [--rate HZ]
-                                 [--chunk-mode MODE] [--model PATH --unnorm-key KEY]
+    python -m vla_ros.nodes.demo [--policy reach|openvla|openvla_oft] [--seed N] [--seconds 20]
+                                 [--rate HZ] [--chunk-mode MODE] [--model PATH --unnorm-key KEY]
 
-It writes a miniature random-weight checkpoint (unless ``--model`` names a real one), starts
-``sim_arm`` (MuJoCo arm, table, objects, scene and wrist cameras), ``vla_node`` and
-``arm_bridge`` as their own processes with ``config/vla.yaml``, as ``launch/demo.launch.py``
-composes them, sends an instruction over ``vla/instruction`` as ``ros2 topic pub`` would, and
-runs for ``--seconds``. It then prints the achieved rates, the latency from image stamp to
-command, the commands the bridge clamped, and saves camera frames and a plot of the
-end-effector path as PNG.
+It writes the policy's checkpoint (unless ``--model`` names a real one), starts ``sim_arm``
+(MuJoCo arm, table, objects, scene and wrist cameras) on the reach episode of ``--seed``,
+``vla_node`` and ``arm_bridge`` as their own processes with ``config/vla.yaml``, as
+``launch/demo.launch.py`` composes them, sends the episode's instruction ("reach the green
+cylinder", from ``sim/task``) over ``vla/instruction`` as ``ros2 topic pub`` would, and runs for
+``--seconds``. It then prints the achieved rates, the latency from image stamp to command, the
+commands the bridge clamped, whether and when the task succeeded, and saves camera frames and a
+plot of the end-effector path as PNG.
 
-``--policy openvla`` (the default) is plain OpenVLA at 5 Hz from the scene camera.
-``--policy openvla_oft`` is the miniature OpenVLA-OFT LIBERO checkpoint at 10 Hz: both cameras,
-the state ``[ee_position, ee_axis_angle, left and right finger joints]`` from ``ee_pose`` and
-``joint_states``, chunks of 8 executed as ``--chunk-mode`` says.
-
-The miniature model's actions are random numbers with the right shape and range: the demo shows
-the plumbing and the safety limits, not a skill. Point ``--model`` at openvla-7b for a real one.
+``--policy reach`` (the default) is the miniature OpenVLA-OFT fine-tuned by ``vla_finetune`` on
+expert reach demonstrations (``vla_ros.training.demo_policy``): both cameras, the state
+``[ee_position, gripper_x/y/z joints, left and right finger joints]`` from ``ee_pose`` and
+``joint_states``, chunks of 8 executed as ``--chunk-mode`` says, at 10 Hz. ``--policy
+openvla_oft`` is the same miniature with random weights (state ``[ee_position, ee_axis_angle,
+fingers]``), ``--policy openvla`` plain OpenVLA's
+random miniature at 5 Hz from the scene camera: their actions are random numbers with the right
+shape and range, which shows the plumbing and the safety limits, not a skill. Point ``--model``
+at openvla-7b for a real one.
 """
 
 import argparse
@@ -172,28 +175,38 @@ POLICIES = {
         "proprio:=[ee_position, ee_axis_angle, 'joint:left_finger_joint', "
         "'joint:right_finger_joint']"]},
 }
+# The trained reach policy's state: where the gripper is (its position twice, from ee_pose and
+# from the virtual joints: OFT's LIBERO state has 8 values) and the fingers; the orientation,
+# constant in the demonstrations, would only feed noise stretched to [-1, 1].
+REACH_PROPRIO = ("proprio:=[ee_position, 'joint:gripper_x', 'joint:gripper_y', "
+                 "'joint:gripper_z', 'joint:left_finger_joint', 'joint:right_finger_joint']")
+POLICIES['reach'] = {'unnorm_key': 'sim_reach', 'rate': 10.0,
+                     'params': POLICIES['openvla_oft']['params'][:-1] + [REACH_PROPRIO]}
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--seconds', type=float, default=20.0, help='how long the loop runs')
-    parser.add_argument('--policy', choices=sorted(POLICIES), default='openvla',
-                        help='the miniature policy to run (or the kind of --model)')
+    parser.add_argument('--policy', choices=sorted(POLICIES), default='reach',
+                        help='the miniature policy to run (or the kind of --model): reach (the '
+                        'trained one, default), openvla_oft or openvla (random weights)')
+    parser.add_argument('--seed', type=int, default=0, help="sim_arm's episode: the objects' "
+                        'places and the one to reach')
     parser.add_argument('--rate', type=float, help='control_rate_hz of vla_node (default: 5 '
-                        'for openvla, 10 for openvla_oft)')
+                        'for openvla, 10 for the OFT policies)')
     parser.add_argument('--chunk-mode', default='open_loop',
                         choices=('open_loop', 'receding', 'ensemble'),
                         help='how vla_node executes chunks (openvla_oft)')
     parser.add_argument('--model', help='checkpoint directory (default: a miniature one)')
     parser.add_argument('--unnorm-key', help="default: the miniature checkpoint's key")
-    parser.add_argument('--instruction', default='pick up the red cube')
+    parser.add_argument('--instruction', help="default: the episode's, from sim/task")
     parser.add_argument('--out', default='out/demo', help='logs, frames, plot, checkpoint')
     args = parser.parse_args(argv)
     preset = POLICIES[args.policy]
     args.rate = preset['rate'] if args.rate is None else args.rate
     args.unnorm_key = args.unnorm_key or preset['unnorm_key']
     args.node_params = preset['params'] + ([f'chunk_mode:={args.chunk_mode}']
-                                           if args.policy == 'openvla_oft' else [])
+                                           if args.policy != 'openvla' else [])
     return args
 
 
@@ -223,7 +236,14 @@ def summarize(obs, args, out):
           f'{bridge.get("clamped_rotation", "?")}, box {bridge.get("clamped_box", "?")}; '
           f'dropped stale {bridge.get("dropped_stale", "?")}')
     print(f'sim_arm    camera {sim.get("camera_rate_hz", "?")} Hz, real-time factor '
-          f'{sim.get("real_time_factor", "?")}; task: {json.dumps(obs.task)}')
+          f'{sim.get("real_time_factor", "?")}')
+    task = obs.task
+    across, above = task.get('fingertip_distance', (float('nan'), float('nan')))
+    outcome = (f'succeeded after {task["time_to_success"]:.1f} s' if task.get('success')
+               else f'not reached (fingertips {across * 100:.1f} cm across, {above * 100:+.1f} '
+               "cm above the object's top; reach: <= 3, 0 .. 3)")
+    print(f'task       {task.get("task", "?")}, seed {task.get("seed", "?")}: '
+          f'{task.get("instruction", "?")!r} {outcome}')
     if len(obs.path) > 1:
         start, end = np.array(obs.path[0][1:]), np.array(obs.path[-1][1:])
         print(f'end effector moved {np.linalg.norm(end - start) * 100:.1f} cm over '
@@ -232,26 +252,36 @@ def summarize(obs, args, out):
     return bool(obs.deltas) and moving > 0
 
 
+def write_miniature(policy, out):
+    """Write the checkpoint of a miniature ``policy`` under ``out`` once; return its folder."""
+    model = out / {'reach': 'reach-policy', 'openvla_oft': 'tiny-oft-checkpoint',
+                   'openvla': 'tiny-checkpoint'}[policy]
+    if (model / 'model.safetensors').exists():
+        return model
+    if policy == 'reach':
+        from vla_ros.training.demo_policy import write_demo_policy
+        print(f'writing the trained reach policy to {model}')
+        return write_demo_policy(model, force=True)
+    from vla_ros.policy.tiny import write_tiny_checkpoint, write_tiny_oft_checkpoint
+    print(f'writing a miniature random-weight {policy} checkpoint to {model}')
+    if policy == 'openvla_oft':
+        return write_tiny_oft_checkpoint(model, 'libero', seed=0, force=True)
+    return write_tiny_checkpoint(model, seed=0, force=True)
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = args.model
     if model is None:
-        from vla_ros.policy.tiny import write_tiny_checkpoint, write_tiny_oft_checkpoint
-        oft = args.policy == 'openvla_oft'
-        model = out / ('tiny-oft-checkpoint' if oft else 'tiny-checkpoint')
-        if not (model / 'model.safetensors').exists():
-            print(f'writing a miniature random-weight {args.policy} checkpoint to {model}')
-            if oft:
-                write_tiny_oft_checkpoint(model, 'libero', seed=0, force=True)
-            else:
-                write_tiny_checkpoint(model, seed=0, force=True)
+        model = write_miniature(args.policy, out)
     params = ['--ros-args', '--params-file', str(config_file())]
     print(f'starting sim_arm, vla_node (model {model}, {args.rate} Hz) and arm_bridge; logs in '
           f'{out}/')
     procs = {
-        'sim_arm': start([executable('sim_arm'), *params], out / 'sim_arm.log'),
+        'sim_arm': start([executable('sim_arm'), *params, '-p', 'task:=reach',
+                          '-p', f'seed:={args.seed}'], out / 'sim_arm.log'),
         'vla_node': start([executable('vla_node'), *params, '-p', f'model_path:={model}',
                            '-p', f'unnorm_key:={args.unnorm_key}',
                            '-p', f'control_rate_hz:={args.rate}',
@@ -264,7 +294,8 @@ def main(argv=None):
     ok = False
     try:
         deadline = time.monotonic() + 120.0
-        while obs.instruction.get_subscription_count() == 0 or not obs.frames:
+        while (obs.instruction.get_subscription_count() == 0 or not obs.frames
+               or 'instruction' not in obs.task):
             dead = [name for name, p in procs.items() if p.poll() is not None]
             if dead or time.monotonic() > deadline:
                 print(f'{", ".join(dead) or "vla_node"} did not start; see the logs in {out}/',
@@ -272,8 +303,9 @@ def main(argv=None):
                 return 1
             time.sleep(0.1)
         save_frame(obs.frames[-1], out / 'frame_start.png')
-        print(f'sending instruction: {args.instruction!r}')
-        obs.instruction.publish(String(data=args.instruction))
+        instruction = args.instruction or obs.task['instruction']
+        print(f'sending instruction: {instruction!r}')
+        obs.instruction.publish(String(data=instruction))
         end = time.monotonic() + args.seconds
         saved_middle = False
         while time.monotonic() < end:
