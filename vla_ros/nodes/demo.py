@@ -7,8 +7,8 @@ The README's main job: a closed loop of sim_arm, vla_node and arm_bridge, on a m
 It writes the policy's checkpoint (unless ``--model`` names a real one), starts ``sim_arm``
 (MuJoCo arm, table, objects, scene and wrist cameras) on the reach episode of ``--seed``,
 ``vla_node`` and ``arm_bridge`` as their own processes with ``config/vla.yaml``, as
-``launch/demo.launch.py`` composes them, sends the episode's instruction ("reach the green
-cylinder", from ``sim/task``) over ``vla/instruction`` as ``ros2 topic pub`` would, and runs for
+``launch/demo.launch.py`` composes them, sends the episode's instruction ("reach the blue
+block", from ``sim/task``) over ``vla/instruction`` as ``ros2 topic pub`` would, and runs for
 ``--seconds``. It then prints the achieved rates, the latency from image stamp to command, the
 commands the bridge clamped, whether and when the task succeeded, and saves camera frames and a
 plot of the end-effector path as PNG.
@@ -18,10 +18,9 @@ expert reach demonstrations (``vla_ros.training.demo_policy``): both cameras, th
 ``[ee_position, gripper_x/y/z joints, left and right finger joints]`` from ``ee_pose`` and
 ``joint_states``, chunks of 8 executed as ``--chunk-mode`` says, at 10 Hz. ``--policy
 openvla_oft`` is the same miniature with random weights (state ``[ee_position, ee_axis_angle,
-fingers]``), ``--policy openvla`` plain OpenVLA's
-random miniature at 5 Hz from the scene camera: their actions are random numbers with the right
-shape and range, which shows the plumbing and the safety limits, not a skill. Point ``--model``
-at openvla-7b for a real one.
+fingers]``), ``--policy openvla`` plain OpenVLA's random miniature at 5 Hz from the scene
+camera: their actions are random numbers with the right shape and range, which shows the
+plumbing and the safety limits, not a skill. Point ``--model`` at openvla-7b for a real one.
 """
 
 import argparse
@@ -196,7 +195,7 @@ def parse_args(argv):
                         'for openvla, 10 for the OFT policies)')
     parser.add_argument('--chunk-mode', default='open_loop',
                         choices=('open_loop', 'receding', 'ensemble'),
-                        help='how vla_node executes chunks (openvla_oft)')
+                        help='how vla_node executes chunks (the OFT policies)')
     parser.add_argument('--model', help='checkpoint directory (default: a miniature one)')
     parser.add_argument('--unnorm-key', help="default: the miniature checkpoint's key")
     parser.add_argument('--instruction', help="default: the episode's, from sim/task")
