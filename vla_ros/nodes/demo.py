@@ -165,22 +165,23 @@ def plot_path(path, out):
     plt.close(fig)
 
 
-# Per policy: the miniature's unnorm key and rate, and vla_node's parameters for sim_arm.
-POLICIES = {
-    'openvla': {'unnorm_key': 'synth_bridge', 'rate': 5.0, 'params': []},
-    'openvla_oft': {'unnorm_key': 'synth_oft_libero', 'rate': 10.0, 'params': [
-        'policy:=openvla_oft', 'platform:=libero', 'center_crop:=true',
-        'camera_topics:=[camera/image_raw, wrist_camera/image_raw]',
-        "proprio:=[ee_position, ee_axis_angle, 'joint:left_finger_joint', "
-        "'joint:right_finger_joint']"]},
-}
+# vla_node's parameters of the OFT miniatures on sim_arm: LIBERO constants, both cameras; the
+# state layout (proprio) is each policy's own.
+OFT_PARAMS = ['policy:=openvla_oft', 'platform:=libero', 'center_crop:=true',
+              'camera_topics:=[camera/image_raw, wrist_camera/image_raw]']
 # The trained reach policy's state: where the gripper is (its position twice, from ee_pose and
 # from the virtual joints: OFT's LIBERO state has 8 values) and the fingers; the orientation,
 # constant in the demonstrations, would only feed noise stretched to [-1, 1].
 REACH_PROPRIO = ("proprio:=[ee_position, 'joint:gripper_x', 'joint:gripper_y', "
                  "'joint:gripper_z', 'joint:left_finger_joint', 'joint:right_finger_joint']")
-POLICIES['reach'] = {'unnorm_key': 'sim_reach', 'rate': 10.0,
-                     'params': POLICIES['openvla_oft']['params'][:-1] + [REACH_PROPRIO]}
+# Per policy: the miniature's unnorm key and rate, and vla_node's parameters for sim_arm.
+POLICIES = {
+    'openvla': {'unnorm_key': 'synth_bridge', 'rate': 5.0, 'params': []},
+    'openvla_oft': {'unnorm_key': 'synth_oft_libero', 'rate': 10.0, 'params': OFT_PARAMS + [
+        "proprio:=[ee_position, ee_axis_angle, 'joint:left_finger_joint', "
+        "'joint:right_finger_joint']"]},
+    'reach': {'unnorm_key': 'sim_reach', 'rate': 10.0, 'params': OFT_PARAMS + [REACH_PROPRIO]},
+}
 
 
 def parse_args(argv):

@@ -90,8 +90,8 @@ def parse_args(argv):
     parser.add_argument('--seconds', type=float, default=20.0, metavar='T',
                         help='the longest episode, from the instruction (default 20)')
     parser.add_argument('--rate', type=float, metavar='HZ',
-                        help="vla_node's control_rate_hz (default: 5 for openvla, 10 for "
-                        'openvla_oft)')
+                        help="vla_node's control_rate_hz (default: 5 for openvla, 10 for the "
+                        'OFT policies)')
     parser.add_argument('--frames', type=int, default=5, metavar='F',
                         help='frames per episode strip (default 5)')
     parser.add_argument('--startup-timeout', type=float, default=300.0, metavar='S',
