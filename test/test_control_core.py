@@ -6,8 +6,9 @@ import types
 import numpy as np
 import pytest
 
+from vla_ros.control.concurrency import Recent
 from vla_ros.control.core import (ControlCore, Frame, FUTURE_TOLERANCE_S, infer,
-                                  MAX_INSTRUCTION_CHARS, Observation, State)
+                                  matched_frames, MAX_INSTRUCTION_CHARS, Observation, State)
 from vla_ros.control.formats import ConversionError
 
 T = 1000.0  # a node clock time, s
@@ -108,6 +109,37 @@ def test_every_camera_and_the_state_are_checked():
     assert tick.verdict == 'bad_state' and 'finger' in tick.detail
     needs = Observation(two_cameras().frames, ('front', 'wrist'), None, needs_state=True)
     assert core.tick(T, needs).detail == 'no state received yet'
+
+
+def test_a_camera_ahead_of_the_others_uses_its_frame_stamped_with_theirs():
+    held = {'front': Recent(2), 'wrist': Recent(2), 'side': Recent(2)}
+    for name in held:  # one trigger at T - 0.2: every camera's frame
+        held[name].put(Frame(name + '0', T - 0.2, name))
+    held['front'].put(Frame('front1', T - 0.1, 'front'))  # the next trigger, front first
+    asked = []
+
+    def pick(names, max_skew=0.05):
+        return [f.msg for f in matched_frames([held[n].get() for n in names], max_skew,
+                                              lambda f: asked.append(f.msg) or f.stamp_s)]
+    assert pick(['front', 'wrist']) == ['front0', 'wrist0']
+    assert pick(['front', 'wrist'], max_skew=None) == ['front1', 'wrist0']
+    held['wrist'].put(Frame('wrist1', T - 0.1 + 0.02, 'wrist'))  # stamped 20 ms later
+    assert pick(['front', 'wrist', 'side']) == ['front0', 'wrist0', 'side0']
+    asked.clear()
+    assert pick(['front', 'wrist']) == ['front1', 'wrist1']
+    assert asked == ['front1', 'wrist1', 'front1', 'wrist1']  # a previous frame only as needed
+    # A lag the frames held cannot bridge: the newest frames, and the core calls it skewed.
+    held['front'].put(Frame('front2', T, 'front'))
+    held['front'].put(Frame('front3', T + 0.1, 'front'))
+    frames = matched_frames([held['front'].get(), held['side'].get()], 0.05, lambda f: f.stamp_s)
+    assert [f.msg for f in frames] == ['front3', 'side0']
+    core = make_core(max_camera_skew=0.05)
+    core.set_instruction('stack the cups')
+    tick = core.tick(T + 0.1, Observation(frames, ('front', 'side')))
+    assert tick.verdict == 'skewed' and 'side lags' in tick.detail
+    assert matched_frames([held['front'].get(), ()], 0.05, lambda f: f.stamp_s)[1] is None
+    held['front'].clear()
+    assert held['front'].get() == ()
 
 
 def test_one_row_chunks_publish_as_before(core):

@@ -278,6 +278,29 @@ def test_each_step_sees_every_cameras_newest_frame_and_state_as_the_core_judges(
     assert loose.status == ['stale', 'bad_state', 'ready', 'queued', 'queued', 'ready']
 
 
+def test_a_wrist_frame_logged_after_the_step_pairs_with_the_front_frame_of_its_stamp(tmp_path):
+    """Cameras sharing a trigger: the step uses the newest pair with one stamp, as the node."""
+    stamp = [step_ns(k) - 20 * MS for k in range(4)]
+    front = [(stamp[k], k, stamp[k]) for k in range(4)]
+    wrist = [(step_ns(k) + 5 * MS, 100 + k, stamp[k]) for k in range(4)]  # after step k
+    poses = [(step_ns(k) - 30 * MS, (0.1 * k, 0.0, 0.5), (0.0, 0.2, 0.0)) for k in range(4)]
+    joints = [(step_ns(k) - 30 * MS, step_ns(k) - 30 * MS,
+               {'finger_left': 0.01, 'finger_right': -0.01}) for k in range(4)]
+    bag = write_bag(tmp_path / 'bag', 'mcap', cameras={FRONT: front, WRIST: wrist}, poses=poses,
+                    joint_states=joints, instructions=[(T0_NS - 50 * MS, INSTRUCTION)])
+    options = {'camera_topics': (FRONT, WRIST), 'proprio': LIBERO_PROPRIO, 'reference': 'none',
+               'execute_steps': 1}
+    policy = StubChunkPolicy()
+    result = evaluate_bag(bag, policy, 'k', EvalOptions(**options), progress=False)
+    assert result.status == ['stale', 'ready', 'ready', 'ready']
+    assert [c[0] for c in policy.calls] == [(0, 100), (1, 101), (2, 102)]
+    # Unpaired (no skew limit), each step took the front frame next to the previous wrist frame.
+    policy = StubChunkPolicy()
+    evaluate_bag(bag, policy, 'k', EvalOptions(**options, max_camera_skew=float('inf')),
+                 progress=False)
+    assert [c[0] for c in policy.calls] == [(1, 100), (2, 101), (3, 102)]
+
+
 def policy_rows(call):
     return call * 10.0 + np.arange(28, dtype=np.float64).reshape(4, 7) * 1e-3
 

@@ -80,7 +80,8 @@ class Robot:
         self.joints = ros.publisher(JointState, 'joint_states', qos_profile_sensor_data)
         self.sent = {}  # stamp key -> frame index
         self.index = 0
-        self.faults = set()  # wrist, state, skew, nan, no_finger, short, wrist_size
+        self.faults = set()  # wrist, state, skew, late_wrist, nan, no_finger, short, wrist_size
+        self._wrist_held = None  # late_wrist: the frame the wrist publishes next
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -131,11 +132,17 @@ class Robot:
         if 'wrist_size' in faults:
             wrist = images_of(index, (96, 160))[1]
         self.sent[(stamp.sec, stamp.nanosec)] = index
+        wrist_stamp = stamp
+        if 'skew' in faults:
+            wrist_stamp = (now - _duration(0.2)).to_msg()
+        if 'late_wrist' in faults:
+            # The wrist's frame of each pair arrives just before the next pair's front frame.
+            (wrist_stamp, wrist), self._wrist_held = self._wrist_held or (None, None), \
+                (stamp, wrist)
+            if wrist is not None:
+                self.wrist.publish(rgb_to_image(wrist, stamp=wrist_stamp, frame_id='wrist'))
         self.front.publish(rgb_to_image(front, stamp=stamp, frame_id='camera'))
-        if 'wrist' not in faults:
-            wrist_stamp = stamp
-            if 'skew' in faults:
-                wrist_stamp = (now - _duration(0.2)).to_msg()
+        if not faults & {'wrist', 'late_wrist'}:
             self.wrist.publish(rgb_to_image(wrist, stamp=wrist_stamp, frame_id='wrist'))
 
 
@@ -307,6 +314,29 @@ def test_cameras_of_different_sizes_are_each_resized_as_oft_does(
     key, msgs = groups_by_stamp(deltas.messages)[1]
     published = np.stack([delta_values(m) for m in msgs])
     assert matching_state(reference, feed.sent[key], published, (96, 160)) is not None
+
+
+def test_a_wrist_frame_that_arrives_after_the_next_front_frame_is_paired_by_stamp(
+        ros, launch, robot, oft_checkpoint, reference):
+    """Every tick sees the front camera one frame ahead: the node predicts on the stamped pair."""
+    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
+    diag = ros.subscribe(DiagnosticArray, '/diagnostics', COMMANDS)
+    node = start_node(launch, oft_checkpoint, *OFT_PARAMS, 'control_rate_hz:=10.0',
+                      'execute_steps:=2', f'unnorm_key:={UNNORM_KEY}')
+    node.wait_for_output('active', timeout=120.0)
+    feed = robot(faults={'late_wrist'})
+    deltas.wait_for(10, timeout=30.0)
+    groups = groups_by_stamp(deltas.messages)[1:-1]  # the first and last may be partial
+    assert len(groups) >= 3
+    for key, msgs in groups:
+        index = feed.sent[key]
+        published = np.stack([delta_values(m) for m in msgs])
+        # The newest state at the tick was sent with the next front frame (or the one after).
+        assert any(np.allclose(reference(index, state)[:len(msgs), :6], published, rtol=1e-5,
+                               atol=1e-7) for state in range(index, index + 3)), \
+            f'frame pair {index}: the actions are not the prediction on that pair'
+    assert int(latest_diagnostics(diag)['ticks_skewed']) == 0
+    assert node.alive
 
 
 @pytest.mark.parametrize('params, words', [

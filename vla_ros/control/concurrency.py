@@ -1,10 +1,10 @@
 """
 Hand-offs between threads in a node: the newest-input slot, a whole-stream queue, the worker.
 
-Sensor callbacks only store: into a ``Latest`` (latest only, like a depth-1 queue) or, when every
-item of a stream matters, a ``Queue``. Long work (inference, rendering) runs on an
-``InferenceWorker`` thread, so the executor keeps serving subscriptions, services and parameters;
-a tick that finds the worker busy is skipped, never queued. ROS-free.
+Sensor callbacks only store: into a ``Latest`` (latest only, like a depth-1 queue), a ``Recent``
+(the newest few) or, when every item of a stream matters, a ``Queue``. Long work (inference,
+rendering) runs on an ``InferenceWorker`` thread, so the executor keeps serving subscriptions,
+services and parameters; a tick that finds the worker busy is skipped, never queued. ROS-free.
 """
 
 import collections
@@ -36,6 +36,27 @@ class Latest:
 
     def clear(self):
         self.put(None)
+
+
+class Recent:
+    """Thread-safe holder of the newest ``depth`` items, newest first (a depth-N latest slot)."""
+
+    def __init__(self, depth=2):
+        self._lock = threading.Lock()
+        self._items = collections.deque(maxlen=depth)
+
+    def put(self, item):
+        with self._lock:
+            self._items.appendleft(item)
+
+    def get(self):
+        """Return the items held, newest first (empty when none)."""
+        with self._lock:
+            return tuple(self._items)
+
+    def clear(self):
+        with self._lock:
+            self._items.clear()
 
 
 class Queue:

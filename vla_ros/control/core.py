@@ -57,6 +57,25 @@ def image_age_status(age, max_age):
     return 'ok'
 
 
+def matched_frames(candidates, max_skew, stamp):
+    """
+    Pick one frame per camera from ``candidates`` (per camera: its newest frames, newest first).
+
+    Cameras triggered together publish one after the other, so a tick can find one camera's new
+    frame next to another's previous one. Every camera therefore uses its newest frame stamped
+    within ``max_skew`` of the newest frame of the camera that lags (the oldest newest stamp);
+    a camera with none such, and every camera when ``max_skew`` is None, uses its newest (the
+    core then calls a lag the frames held cannot bridge ``skewed``). ``stamp(frame)``: its stamp
+    in seconds, asked only as needed. A camera with no frame yet gives None.
+    """
+    newest = [frames[0] if frames else None for frames in candidates]
+    if max_skew is None or len(candidates) < 2 or any(f is None for f in newest):
+        return tuple(newest)
+    lag = min(stamp(f) for f in newest)
+    return tuple(next((f for f in frames if abs(stamp(f) - lag) <= max_skew), frames[0])
+                 for frames in candidates)
+
+
 @dataclasses.dataclass(frozen=True)
 class Frame:
     """A camera message (opaque to the core), its header stamp in seconds, and its topic."""

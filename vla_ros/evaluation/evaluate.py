@@ -75,7 +75,8 @@ def evaluate_bag(path, policy, unnorm_key, options, name=None, progress=True, de
     def produce():
         with Bag(path) as bag:
             reader = StepReader(bag, cameras, topics, options.rate,
-                                compressed=options.compressed, layout=layout)
+                                compressed=options.compressed, layout=layout,
+                                max_skew=options.max_camera_skew)
             yield from reader
             state['streams'] = reader.streams
 

@@ -12,7 +12,9 @@ them against the images.
 ``StepReader`` walks the bag once, in log-time order, and yields two kinds of events in time
 order: ``Instruction`` (a ``std_msgs/String`` as the node would decode it; an undecodable one
 carries the reason it is refused) and ``StepInput`` (a tick at ``t_k`` with, for every camera,
-the newest frame logged at or before it, decoded by the node's own ``vla_ros.control.formats``,
+the newest frame logged at or before it, paired as the node pairs them (``core.matched_frames``
+on the newest two of each camera: with ``max_skew``, a camera whose new frame was logged before
+the others' uses its previous one), decoded by the node's own ``vla_ros.control.formats``,
 and, when a ``proprio`` layout is given, the state ``StateLayout.assemble`` makes of the newest
 ``ee_pose`` and ``joint_states`` logged at or before it, as the node's ``observations`` does).
 What each step *does* (idle, stale, skewed, predict, a queued chunk action) is not decided here:
@@ -27,7 +29,7 @@ import dataclasses
 import numpy as np
 
 from vla_ros.control import formats
-from vla_ros.control.core import Frame, Observation
+from vla_ros.control.core import Frame, matched_frames, Observation
 from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.evaluation.bags import EvalError, READ_ERRORS
 
@@ -128,17 +130,20 @@ class StepReader:
     ``cameras``: the image topics, primary first. ``topics`` maps the other roles
     ('instruction', 'action', 'ee_pose', 'gripper' for the references, 'pose' and 'joints' for
     the state) to topic names; roles that are absent are not read. ``layout``: a
-    ``StateLayout`` (or None: no state). After the walk, ``streams`` holds the action, pose and
-    gripper topics.
+    ``StateLayout`` (or None: no state). ``max_skew``: the node's ``max_camera_skew`` (None:
+    the newest frames, unpaired). After the walk, ``streams`` holds the action, pose and gripper
+    topics.
     """
 
-    def __init__(self, bag, cameras, topics, rate, compressed=False, layout=None):
+    def __init__(self, bag, cameras, topics, rate, compressed=False, layout=None,
+                 max_skew=None):
         self.bag = bag
         self.cameras = tuple(cameras)
         self.topics = dict(topics)
         self.rate = float(rate)
         self.compressed = compressed
         self.layout = layout if layout else None
+        self.max_skew = max_skew
         self.streams = Streams()
         self.last_image_log_ns = None
         self._uses = {}
@@ -146,11 +151,11 @@ class StepReader:
             self._uses.setdefault(topic, []).append(i)
         for role, topic in self.topics.items():
             self._uses.setdefault(topic, []).append(role)
-        self._decoded = [None] * len(self.cameras)  # per camera: the newest FrameInput
+        self._decoded = [{} for _ in self.cameras]  # per camera: {index: FrameInput}, 2 held
         self._state = (None, None)  # ((pose index, joints index), State)
 
     def __iter__(self):
-        newest = [None] * len(self.cameras)  # per camera: (index, log_ns, raw bytes)
+        newest = [()] * len(self.cameras)  # per camera, newest 2: (index, log_ns, raw bytes)
         state_inputs = {'pose': None, 'joints': None}  # (index, log_ns, raw bytes)
         counts = {}
         pending = []  # events after the newest primary image, waiting for one logged after them
@@ -164,7 +169,7 @@ class StepReader:
             index = counts[topic] = counts.get(topic, -1) + 1
             for role in self._uses[topic]:
                 if isinstance(role, int):
-                    newest[role] = (index, log_ns, data)
+                    newest[role] = ((index, log_ns, data), *newest[role][:1])
                     if role == 0:
                         self.last_image_log_ns = log_ns
                         if t0 is None:
@@ -229,15 +234,17 @@ class StepReader:
 
     def _step(self, k, t_ns, images, pose, joints):
         """Turn a step's inputs into a ``StepInput``: frames decoded and state assembled once."""
-        frames = tuple(None if image is None else self._frame(i, image)
-                       for i, image in enumerate(images))
+        held = [[(i, image) for image in images[i]] for i in range(len(images))]
+        picked = matched_frames(held, self.max_skew,  # a previous frame is read only if needed
+                                lambda item: stamp_seconds(self._frame(*item).stamp_ns))
+        frames = tuple(None if item is None else self._frame(*item) for item in picked)
         state = self._assemble(pose, joints) if self.layout else None
         return StepInput(k, t_ns, frames, self.cameras, state)
 
     def _frame(self, camera, image):
         index, log_ns, data = image
-        cached = self._decoded[camera]
-        if cached is None or cached.index != index:
+        cached = self._decoded[camera].get(index)
+        if cached is None:
             topic = self.cameras[camera]
             msg = self.bag.deserialize(data, topic)
             decode = formats.compressed_to_rgb if self.compressed else formats.image_to_rgb
@@ -247,7 +254,10 @@ class StepReader:
             except formats.ConversionError as exc:
                 error = exc
             cached = FrameInput(topic, index, log_ns, header_stamp_ns(msg), rgb, error)
-            self._decoded[camera] = cached
+            held = self._decoded[camera]
+            held[index] = cached
+            for old in sorted(held)[:-2]:
+                del held[old]
         return cached
 
     def _assemble(self, pose, joints):

@@ -1,17 +1,19 @@
 """
-vla_node's inputs: the newest frame of every camera and the robot's state, as an ``Observation``.
+vla_node's inputs: the newest frames of every camera and the robot's state, as an ``Observation``.
 
-Callbacks only store the newest message of each topic (sensor-data QoS: latest only; a
-best-effort subscription also matches reliable publishers). At a tick, ``observation()`` makes
-the ``Observation`` the control core judges: one ``Frame`` per camera, primary first, and the
-state assembled by ``StateLayout`` from ``ee_pose`` and ``joint_states`` when the policy needs it.
+Callbacks only store the newest message of each topic, the newest two of each camera
+(sensor-data QoS: latest only; a best-effort subscription also matches reliable publishers). At a
+tick, ``observation()`` makes the ``Observation`` the control core judges: one ``Frame`` per
+camera, primary first, paired by ``core.matched_frames`` (a camera whose new frame arrived before
+the others' uses its previous one, stamped with theirs), and the state assembled by
+``StateLayout`` from ``ee_pose`` and ``joint_states`` when the policy needs it.
 """
 
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
-from vla_ros.control.concurrency import Latest
-from vla_ros.control.core import Frame, Observation, State
+from vla_ros.control.concurrency import Latest, Recent
+from vla_ros.control.core import Frame, matched_frames, Observation, State
 from vla_ros.control.state import StateLayout
 from vla_ros.nodes import qos
 
@@ -24,14 +26,16 @@ def seconds(stamp):
 class ObservationInputs:
     """The subscriptions of one node's observations (see the module docstring)."""
 
-    def __init__(self, node, camera_topics, compressed, proprio, callback_group):
+    def __init__(self, node, camera_topics, compressed, proprio, callback_group,
+                 max_camera_skew=None):
         self.node = node
+        self.max_camera_skew = max_camera_skew
         suffix = '/compressed' if compressed else ''
         self.topics = tuple(node.resolve_topic_name(topic) + suffix for topic in camera_topics)
         self.layout = StateLayout(proprio)
         self.pose_topic = node.resolve_topic_name('ee_pose')
         self.joint_topic = node.resolve_topic_name('joint_states')
-        self._frames = [Latest() for _ in self.topics]
+        self._frames = [Recent(2) for _ in self.topics]
         self._pose, self._joints = Latest(), Latest()
         image_type = CompressedImage if compressed else Image
         # (type, topic, callback) of every input, cameras first, then the state's topics.
@@ -54,8 +58,9 @@ class ObservationInputs:
     def observation(self):
         """Return the ``Observation`` of the newest messages (frames may be None)."""
         state = self._state() if self.layout else None
-        return Observation(tuple(slot.get() for slot in self._frames), self.topics, state,
-                           needs_state=bool(self.layout))
+        frames = matched_frames([slot.get() for slot in self._frames], self.max_camera_skew,
+                                lambda frame: frame.stamp_s)
+        return Observation(frames, self.topics, state, needs_state=bool(self.layout))
 
     def _state(self):
         pose_msg, joint_msg = self._pose.get(), self._joints.get()
@@ -74,8 +79,8 @@ class ObservationInputs:
 
     def ages(self, now):
         """Return {topic: seconds since its newest stamp} of the cameras and the state."""
-        ages = {topic: now - frame.stamp_s for topic, frame
-                in zip(self.topics, (slot.get() for slot in self._frames)) if frame is not None}
+        ages = {topic: now - frames[0].stamp_s for topic, frames
+                in zip(self.topics, (slot.get() for slot in self._frames)) if frames}
         if self.layout:
             state = self._state()
             if not state.problem:

@@ -55,7 +55,8 @@ PARAMS = (
               check=lambda v: len(v) > 0 and all(t.strip('/') for t in v),
               allowed='a non-empty list of topic names'),
     NodeParam('max_camera_skew', 0.05, 'Seconds the cameras of one observation may be stamped '
-              'apart.', check=lambda v: v >= 0, allowed='a number of seconds >= 0'),
+              'apart; a camera ahead of the others uses its previous frame when that one fits.',
+              check=lambda v: v >= 0, allowed='a number of seconds >= 0'),
     NodeParam('proprio', [], "The state vector's layout: ee_position, ee_axis_angle, ee_rpy, "
               'ee_quaternion (from ee_pose), joint:NAME (from joint_states).', item=str),
     NodeParam('max_proprio_age', 0.2, 'Seconds; an older state means no action this tick.',
