@@ -42,6 +42,9 @@ def test_two_processes_give_the_same_metrics_as_one(tiny_checkpoint, tmp_path):
     multi = subprocess.run([*launch, *args, '--out', str(tmp_path / 'two')], cwd=REPO,
                            capture_output=True, text=True, timeout=400)
     ranks = [f'process {r}/2 on cpu: bags {name}' for r, name in enumerate(('bag_a', 'bag_b'))]
+    # vla_eval's own errors (exit 2, "vla_eval: error: ...") fail the test; only a launcher that
+    # could not start the processes skips it.
+    assert 'vla_eval: error' not in multi.stderr, multi.stderr
     if multi.returncode != 0 and not any(rank in multi.stderr for rank in ranks):
         pytest.skip('accelerate launch could not start 2 processes here: '
                     + multi.stderr.strip()[-600:])

@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 import shutil
+import tempfile
 
 import numpy as np
 
@@ -33,13 +34,16 @@ UNITS = ('m', 'm', 'm', 'rad', 'rad', 'rad', '')
 
 
 def prepare_out_dir(path):
-    """Create ``path`` (and parents) and check that files can be written there."""
+    """
+    Create ``path`` (and parents) and check that files can be written there.
+
+    Every process of an ``accelerate launch`` checks at once: each writes its own probe file.
+    """
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / '.vla_eval_write_test'
-        probe.write_bytes(b'')
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=path, prefix='.vla_eval_write_test'):
+            pass
     except OSError as exc:
         raise EvalError(f'cannot write to output directory {str(path)!r}: {exc.strerror or exc}; '
                         'pass --out with a directory you can write to') from None
