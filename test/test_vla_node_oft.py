@@ -181,14 +181,14 @@ def delta_values(msg):
     return np.array([p.x, p.y, p.z, *quaternion_to_rpy(q.x, q.y, q.z, q.w)])
 
 
-def matching_state(reference, index, rows, wrist_size=(SIZE, SIZE)):
+def matching_state(reference, index, rows, wrist_size=(SIZE, SIZE), states=(0, -1, 1)):
     """
     Return the state index whose prediction for frame ``index`` starts with ``rows`` (K, 6).
 
     The state is not stamped in the outputs: the node used the newest state when it took the
-    frame pair, sent just before or just after it (index - 1, index or index + 1).
+    frame pair, sent just before or just after it (``states``: offsets from ``index``).
     """
-    for state_index in (index, index - 1, index + 1):
+    for state_index in (index + offset for offset in states):
         expected = reference(index, state_index, wrist_size)[:len(rows), :6]
         if np.allclose(expected, rows, rtol=1e-5, atol=1e-7):
             return state_index
@@ -303,13 +303,18 @@ def test_bad_state_is_refused_counted_and_named(ros, launch, robot, oft_checkpoi
     assert node.alive
 
 
-def test_cameras_of_different_sizes_are_each_resized_as_oft_does(
-        ros, launch, robot, oft_checkpoint, reference):
+def two_row_chunks_fed_with(fault, ros, launch, robot, oft_checkpoint):
+    """Start vla_node (2 rows of each chunk at 10 Hz), then a feed with ``fault``."""
     deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
     node = start_node(launch, oft_checkpoint, *OFT_PARAMS, 'control_rate_hz:=10.0',
                       'execute_steps:=2', f'unnorm_key:={UNNORM_KEY}')
     node.wait_for_output('active', timeout=120.0)
-    feed = robot(faults={'wrist_size'})
+    return node, robot(faults={fault}), deltas
+
+
+def test_cameras_of_different_sizes_are_each_resized_as_oft_does(
+        ros, launch, robot, oft_checkpoint, reference):
+    _, feed, deltas = two_row_chunks_fed_with('wrist_size', ros, launch, robot, oft_checkpoint)
     deltas.wait_for(6, timeout=30.0)
     key, msgs = groups_by_stamp(deltas.messages)[1]
     published = np.stack([delta_values(m) for m in msgs])
@@ -319,12 +324,9 @@ def test_cameras_of_different_sizes_are_each_resized_as_oft_does(
 def test_a_wrist_frame_that_arrives_after_the_next_front_frame_is_paired_by_stamp(
         ros, launch, robot, oft_checkpoint, reference):
     """Every tick sees the front camera one frame ahead: the node predicts on the stamped pair."""
-    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
     diag = ros.subscribe(DiagnosticArray, '/diagnostics', COMMANDS)
-    node = start_node(launch, oft_checkpoint, *OFT_PARAMS, 'control_rate_hz:=10.0',
-                      'execute_steps:=2', f'unnorm_key:={UNNORM_KEY}')
-    node.wait_for_output('active', timeout=120.0)
-    feed = robot(faults={'late_wrist'})
+    node, feed, deltas = two_row_chunks_fed_with('late_wrist', ros, launch, robot,
+                                                 oft_checkpoint)
     deltas.wait_for(10, timeout=30.0)
     groups = groups_by_stamp(deltas.messages)[1:-1]  # the first and last may be partial
     assert len(groups) >= 3
@@ -332,8 +334,7 @@ def test_a_wrist_frame_that_arrives_after_the_next_front_frame_is_paired_by_stam
         index = feed.sent[key]
         published = np.stack([delta_values(m) for m in msgs])
         # The newest state at the tick was sent with the next front frame (or the one after).
-        assert any(np.allclose(reference(index, state)[:len(msgs), :6], published, rtol=1e-5,
-                               atol=1e-7) for state in range(index, index + 3)), \
+        assert matching_state(reference, index, published, states=(1, 2, 0)) is not None, \
             f'frame pair {index}: the actions are not the prediction on that pair'
     assert int(latest_diagnostics(diag)['ticks_skewed']) == 0
     assert node.alive
