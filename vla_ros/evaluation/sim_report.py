@@ -16,6 +16,8 @@ import statistics
 import cv2
 import numpy as np
 
+from vla_ros.sim.tasks import REACH_REGION
+
 CLAMPS = ('clamped_translation', 'clamped_rotation', 'clamped_box')
 
 
@@ -144,8 +146,8 @@ def summary_markdown(config, episodes, summary):
             f'| [{e.frame_strip}]({e.frame_strip}) |')
     lines += ['', 'Time to success: simulated seconds from the reset to the first success '
               '(the instruction goes out a fraction of a second after the reset). Closest: the '
-              "fingertips' smallest distance from the reach success region (within 3 cm of the "
-              "object's axis, 0 to 3 cm above its top), 0 on success.", '']
+              f"fingertips' smallest distance from the reach success region ({REACH_REGION}), "
+              '0 on success.', '']
     return '\n'.join(lines)
 
 

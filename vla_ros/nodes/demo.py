@@ -45,6 +45,7 @@ from std_msgs.msg import String
 
 from vla_ros.control.formats import image_to_rgb
 from vla_ros.nodes import diagnostics
+from vla_ros.sim.tasks import REACH_REGION
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -241,7 +242,7 @@ def summarize(obs, args, out):
     across, above = task.get('fingertip_distance', (float('nan'), float('nan')))
     outcome = (f'succeeded after {task["time_to_success"]:.1f} s' if task.get('success')
                else f'not reached (fingertips {across * 100:.1f} cm across, {above * 100:+.1f} '
-               "cm above the object's top; reach: <= 3, 0 .. 3)")
+               f"cm above the object's top; success: {REACH_REGION})")
     print(f'task       {task.get("task", "?")}, seed {task.get("seed", "?")}: '
           f'{task.get("instruction", "?")!r} {outcome}')
     if len(obs.path) > 1:

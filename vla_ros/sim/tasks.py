@@ -44,6 +44,9 @@ INSTRUCTIONS = {'reach': 'reach the {object}', 'lift': 'pick up the {object}'}
 REACH_RADIUS = 0.03  # m, horizontal distance of the fingertip midpoint from the object's axis
 REACH_HEIGHT = 0.03  # m, band above the object's top that the fingertip midpoint must be in
 LIFT_HEIGHT = 0.05  # m, the object's lowest point above the table top
+# Reach's success region in words, for reports.
+REACH_REGION = (f"within {REACH_RADIUS * 100:g} cm of the object's axis, 0 to "
+                f'{REACH_HEIGHT * 100:g} cm above its top')
 FINGERTIP_OFFSET = 0.015  # m from the end-effector site down to the tips of the finger pads
 # Where objects are placed (x, y in the base frame, m): in reach of the gripper, inside the
 # arm_bridge and sim workspaces, and in view of the scene camera; centres at least
@@ -208,8 +211,7 @@ def reach_miss(horizontal, height):
 def success(task, name, state):
     """Return True when ``task`` on object ``name`` is achieved in ``state`` (a SceneState)."""
     if task == 'reach':
-        horizontal, height = reach_offset(name, state)
-        return horizontal <= REACH_RADIUS and 0.0 <= height <= REACH_HEIGHT
+        return reach_miss(*reach_offset(name, state)) == 0.0
     if task == 'lift':
         return state.object_bounds(name)[0] >= LIFT_HEIGHT
     raise ValueError(f'unknown task {task!r}; the tasks are: {", ".join(TASKS)}')
