@@ -49,14 +49,22 @@ def sha256(path):
     return digest.hexdigest()
 
 
+def regenerate_base(folder):
+    """Write the miniature base the policy was trained on; return (its path, its weights' hash)."""
+    from vla_ros.policy.tiny import write_tiny_oft_checkpoint
+    from vla_ros.policy.weights import WEIGHTS_FILE
+
+    base = write_tiny_oft_checkpoint(Path(folder) / 'base', PLATFORM, seed=BASE_SEED)
+    return base, sha256(base / WEIGHTS_FILE)
+
+
 def write_demo_policy(out, force=False):
     """Write the trained reach policy's checkpoint to ``out``; return its path."""
     import torch
     from safetensors.torch import load_file
 
     from vla_ros.policy.oft_configuration import OFTConstants
-    from vla_ros.policy.tiny import prepare_out_dir, write_tiny_oft_checkpoint
-    from vla_ros.policy.weights import WEIGHTS_FILE
+    from vla_ros.policy.tiny import prepare_out_dir
     from vla_ros.training import checkpoint
     from vla_ros.training.model import (build_model, head_state, merged_state_dict,
                                         trainable_parameters)
@@ -68,9 +76,8 @@ def write_demo_policy(out, force=False):
     run = json.loads((ASSETS / 'run.json').read_text())
     out = prepare_out_dir(out, force)
     with tempfile.TemporaryDirectory() as tmp:
-        base = write_tiny_oft_checkpoint(Path(tmp) / 'base', PLATFORM, seed=BASE_SEED)
-        expected = (ASSETS / 'base.sha256').read_text().split()[0]
-        if sha256(base / WEIGHTS_FILE) != expected:
+        base, digest = regenerate_base(tmp)
+        if digest != (ASSETS / 'base.sha256').read_text().split()[0]:
             raise PolicyError(
                 'the miniature OFT base regenerated here differs from the one the demo policy '
                 'was trained on (another torch random generator?); train it anew with '
@@ -104,7 +111,6 @@ def ship(trained_dir):
     from safetensors.torch import load_file, save_file
     import torch
 
-    from vla_ros.policy.tiny import write_tiny_oft_checkpoint
     from vla_ros.policy.weights import WEIGHTS_FILE
     from vla_ros.training.checkpoint import TRAINABLE_FILE
     from vla_ros.training.options import RUN_FILE, STATE_DIR
@@ -121,8 +127,7 @@ def ship(trained_dir):
     (ASSETS / 'run.json').write_text(json.dumps(run, indent=1) + '\n')
     shutil.copyfile(trained_dir / 'dataset_statistics.json', ASSETS / 'dataset_statistics.json')
     with tempfile.TemporaryDirectory() as tmp:
-        base = write_tiny_oft_checkpoint(Path(tmp) / 'base', PLATFORM, seed=BASE_SEED)
-        (ASSETS / 'base.sha256').write_text(f'{sha256(base / WEIGHTS_FILE)}  {WEIGHTS_FILE}\n')
+        (ASSETS / 'base.sha256').write_text(f'{regenerate_base(tmp)[1]}  {WEIGHTS_FILE}\n')
     return ASSETS
 
 
