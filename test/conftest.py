@@ -22,8 +22,10 @@ SHARED = Path(os.environ.get('VLA_SHARED_DIR', REPO.parent / 'shared'))
 # Console scripts live beside the interpreter running the tests (the .venv, or a ROS install).
 BIN_DIR = Path(sys.executable).parent
 
-# Fast DDS accepts domain ids 0..232. Spread runs by pid so two suites on one machine do not meet.
-_DOMAIN_IDS = itertools.cycle(range(1 + (os.getpid() % 23) * 10, 1 + (os.getpid() % 23) * 10 + 10))
+# Fast DDS accepts domain ids 0..232. Spread runs by pid so two suites on one machine do not meet;
+# VLA_TEST_DOMAIN_BASE (0..223) pins a run's ten domains, for suites run side by side on purpose.
+_DOMAIN_BASE = int(os.environ.get('VLA_TEST_DOMAIN_BASE', 1 + (os.getpid() % 23) * 10))
+_DOMAIN_IDS = itertools.cycle(range(_DOMAIN_BASE, _DOMAIN_BASE + 10))
 
 
 def wait_until(predicate, timeout, interval=0.02, message='condition'):
