@@ -206,6 +206,15 @@ def test_a_duplicate_row_is_dropped_but_the_period_is_unchanged():
     assert core.step_duration == pytest.approx(period)
 
 
+
+def test_an_arrival_before_the_last_is_no_interval():
+    # The node clock jumped back (use_sim_time, a bag played in a loop): a negative gap is a
+    # pause, not a step of negative length that would drag the period to the floor.
+    step = StepPeriod(0.0, shortest=STREAM)
+    for t in (T0, T0 + 0.2, T0 - 1.0, T0 - 2.0):  # two jumps back in a row
+        step.arrive(t, TIMEOUT)
+    assert step.seconds(TIMEOUT) == pytest.approx(0.2)  # not one stream period (10x too fast)
+
 # ------------------------------------------------------------------------------ the gripper
 def test_gripper_pairs_with_its_row_when_rows_share_a_stamp():
     # 20 Hz rows of one chunk: pairing goes by arrival, so shared stamps do not matter; DDS may

@@ -12,6 +12,7 @@ must be the policy's: 0.2 s for OpenVLA at 5 Hz, 0.05 s for an OpenVLA-OFT chunk
   stalled executor) would otherwise drag the period towards zero and the speed up. A policy
   faster than the stream gains nothing from this either way: the bridge streams at most one
   step per stream period (the newest supersedes the others), and ``shortest`` is the floor.
+  ``same_burst`` is this rule.
 * An interval longer than ``longest`` (the bridge's ``command_timeout``) is a pause (a stopped
   policy, a disable, a restart), not a step, and is ignored.
 * The period is the median of the last ``window`` intervals, clamped to ``[shortest,
@@ -31,6 +32,14 @@ import statistics
 WINDOW = 11            # intervals the median is taken over
 REPORT_CHANGE = 0.2    # a learned period is reported again when it moves by more than this
 SOURCES = ('fixed', 'initial', 'learned')
+
+
+BURST_SHARE = 0.5       # arrivals closer than this share of a stream period arrived together
+
+
+def same_burst(earlier, later, stream_period):
+    """Return True when ``later`` arrived less than half a stream period after ``earlier``."""
+    return 0.0 <= later - earlier < BURST_SHARE * stream_period
 
 
 class StepPeriod:
@@ -53,10 +62,10 @@ class StepPeriod:
     def arrive(self, t, longest):
         """Count the arrival at ``t`` of an accepted delta; ``longest``: command_timeout."""
         if self._last is not None:
-            gap = t - self._last
-            if 0.0 <= gap < 0.5 * self.shortest:
+            if same_burst(self._last, t, self.shortest):
                 return  # the same burst: the last counted arrival stands for it
-            if gap <= longest:
+            gap = t - self._last
+            if 0.0 <= gap <= longest:
                 self._intervals.append(gap)
             # A longer (or negative: a clock jump) gap is a pause: no interval.
         self._last = t
