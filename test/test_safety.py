@@ -14,6 +14,7 @@ import pytest
 
 from vla_ros.control.geometry import (matrix_to_quaternion, matrix_to_rpy, quaternion_to_matrix,
                                       rotation_from_vector, rpy_to_matrix)
+from vla_ros.control.gripper import StepPairing
 from vla_ros.control.safety import (bound_translation, check_delta, make_pose, SafetyLimits,
                                     TargetTracker, TwistStreamer)
 
@@ -213,7 +214,7 @@ def _same(a, b):
 @given(config=_config, scenario=_scenario)
 def test_pose_target_outputs_are_bounded_fresh_and_inside_the_box(config, scenario):
     limits = limits_for(config)
-    core = TargetTracker(limits)
+    core = TargetTracker(limits, config['period'])
     previous = None
     enabled = True
     held = None
@@ -335,18 +336,89 @@ def test_twist_box_uses_the_commanded_motion_since_the_last_pose():
     assert verdict.delta[0] == pytest.approx(0.7 - 0.675)
 
 
-@pytest.mark.parametrize('mode', ['servo_twist', 'pose_target'])
-def test_the_same_delta_twice_is_a_duplicate_but_a_chunk_is_not(mode):
-    core = TwistStreamer(LIMITS, 0.2, 0.02) if mode == 'servo_twist' else TargetTracker(LIMITS)
-    core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0))
+# ------------------------------------------------------------------------------ equal rows
+STREAM = 0.02  # the node's default stream period (50 Hz)
+MODES = ['servo_twist', 'pose_target']
+HOME = np.array([0.4, 0.0, 0.3])
+
+
+def make_core(mode, limits=LIMITS):
+    core = TwistStreamer(limits, 0.0, STREAM) if mode == 'servo_twist' else \
+        TargetTracker(limits, STREAM)
+    core.update_pose(make_pose(HOME, [0, 0, 0, 1], T0))
+    return core
+
+
+def play(core, offers, until):
+    """
+    Tick ``core`` every stream period from T0 to ``until`` as the node does; return the outcome.
+
+    ``offers`` are ``(arrival, delta, stamp)``; each is offered at the first tick at or after its
+    arrival, in arrival order. The arm (``ee_pose``) stays at HOME. Returns (the verdicts in
+    order, the motion streamed: the sum of twist * STREAM (6,), [(tick, Command)]).
+    """
+    pending = sorted(offers, key=lambda offer: offer[0])
+    verdicts, streamed, commands = [], np.zeros(6), []
+    k = 0
+    while T0 + k * STREAM <= until + TOL:
+        now = T0 + k * STREAM
+        core.update_pose(make_pose(HOME, [0, 0, 0, 1], now))
+        while pending and pending[0][0] <= now:
+            arrival, delta, stamp = pending.pop(0)
+            verdicts.append(core.offer(delta, stamp, now, arrival))
+        command = core.tick(now)
+        if command.linear is not None:
+            streamed += np.r_[command.linear, command.angular] * STREAM
+        commands.append((now, command))
+        k += 1
+    return verdicts, streamed, commands
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('rate_hz, rows', [(10.0, 5), (20.0, 8)])
+def test_equal_rows_of_a_chunk_are_steps_and_the_same_message_twice_is_one(mode, rate_hz, rows):
+    # One chunk of equal rows (one image stamp), one row per control step, then the last row
+    # delivered a second time 2 ms later (a DDS repeat, a re-publish).
+    core = make_core(mode)
+    delta = [0.004, -0.002, 0.0, 0.0, 0.0, 0.02]
+    stamp = T0 - 0.03
+    arrivals = [T0 + 0.003 + n / rate_hz for n in range(rows)]
+    offers = [(t, list(delta), stamp) for t in arrivals] + [(arrivals[-1] + 0.002, delta, stamp)]
+    verdicts, streamed, commands = play(core, offers, arrivals[-1] + 0.3)
+    assert [v.events for v in verdicts] == [('accepted',)] * rows + [('dropped_duplicate',)]
+    if mode == 'servo_twist':
+        # Each row streams delta / period for its step; the first step, before a period is
+        # known, and a step the next row cuts at a tick (20 Hz rows on 50 Hz ticks) give less.
+        assert 0.75 * (rows - 1) * 0.004 <= streamed[0] <= rows * 0.004 + TOL
+        np.testing.assert_allclose(streamed[1] / streamed[0], -0.5)
+        np.testing.assert_allclose(streamed[5] / streamed[0], 0.02 / 0.004)
+    else:
+        target = commands[-1][1].pose
+        np.testing.assert_allclose(target.position, HOME + rows * np.array(delta[:3]), atol=TOL)
+        np.testing.assert_allclose(matrix_to_rpy(quaternion_to_matrix(target.quaternion)),
+                                   [0, 0, rows * 0.02], atol=1e-9)
+    # The gripper command of each row pairs with its own row's delta (the node does not feed a
+    # repeat to the pairing: it is no new step).
+    pairing, settled = StepPairing(), []
+    for arrival, verdict in zip(arrivals, verdicts):
+        settled += pairing.delta(arrival, verdict.delta is not None)
+        settled += pairing.gripper(arrival + 0.001, 0.0)
+    assert [outcome for _, outcome in settled] == ['applied'] * rows
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_a_repeat_is_the_same_stamp_and_values_within_half_a_stream_period(mode):
+    core = make_core(mode)
     delta = [0.02, 0, 0, 0, 0, 0.1]
-    assert core.offer(delta, T0, T0).events[0] == 'accepted'
-    core.tick(T0 + 0.02)
-    again = core.offer(list(delta), T0, T0 + 0.1)  # delivered twice, 100 ms apart
-    assert again.events == ('dropped_duplicate',) and again.delta is None
-    # The next action of a chunk shares the image stamp but not the values: a step.
-    assert core.offer([0.01, 0, 0, 0, 0, 0], T0, T0 + 0.12).events[0] == 'accepted'
-    # After enable, an equal delta with a new stamp is a new step again.
+    assert core.offer(delta, T0, T0, T0 - 0.015).events[0] == 'accepted'
+    # 9.9 ms after it: the same message twice. 11 ms after (half a stream period is 10 ms), or
+    # with other values: a new step.
+    assert core.offer(list(delta), T0, T0, T0 - 0.0051).events == ('dropped_duplicate',)
+    core.tick(T0)
+    assert core.offer(list(delta), T0, T0 + STREAM, T0 - 0.004).events[0] == 'accepted'
+    core.tick(T0 + STREAM)
+    assert core.offer([0.01, 0, 0, 0, 0, 0], T0, T0 + 2 * STREAM).events[0] == 'accepted'
+    # After enable, an equal delta with a new stamp is a new step again, however soon.
     core.set_enabled(False, T0 + 0.2)
     core.set_enabled(True, T0 + 0.2)
     assert core.offer(delta, T0 + 0.25, T0 + 0.25).events[0] == 'accepted'
@@ -360,7 +432,7 @@ def test_no_motion_without_a_fresh_pose():
 
 
 def test_target_reseeds_when_it_drifts_from_the_measured_pose():
-    core = TargetTracker(LIMITS)
+    core = TargetTracker(LIMITS, 0.02)
     assert core.tick(T0).state == 'waiting'
     core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0))
     assert core.tick(T0).state == 'idle'  # holds the measured pose
@@ -378,7 +450,7 @@ def test_target_reseeds_when_it_drifts_from_the_measured_pose():
 
 
 def test_a_burst_within_one_period_moves_one_step_the_newest_wins():
-    core = TargetTracker(LIMITS)
+    core = TargetTracker(LIMITS, 0.02)
     core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0))
     core.tick(T0)
     core.offer([0.03, 0, 0, 0, 0, 0], T0 + 0.01, T0 + 0.02)
@@ -393,7 +465,7 @@ def test_a_burst_within_one_period_moves_one_step_the_newest_wins():
 
 
 def test_disable_holds_the_measured_pose_and_enable_refuses_older_deltas():
-    core = TargetTracker(LIMITS)
+    core = TargetTracker(LIMITS, 0.02)
     core.update_pose(make_pose([0.4, 0.0, 0.3], [0, 0, 0, 1], T0))
     core.offer([0.03, 0, 0, 0, 0, 0], T0, T0)
     core.set_enabled(False, T0 + 0.02)

@@ -196,15 +196,17 @@ def test_clamps_box_and_staleness_hold_for_every_row_of_a_chunk():
     assert core.tick(stamp + 0.5 + 1e-6).state == 'watchdog'
 
 
-def test_a_duplicate_row_is_dropped_but_the_period_is_unchanged():
+def test_a_repeated_row_is_dropped_but_the_period_is_unchanged():
     core = streamer()
     stream_chunks(core, 20.0, 8, chunks=2)
     period = core.step_duration
     delta = [0.004, 0.01, 0, 0, 0, 0]
-    assert core.offer(delta, T0 + 0.85, T0 + 0.86).events[0] == 'accepted'
-    assert core.offer(delta, T0 + 0.85, T0 + 0.90).events == ('dropped_duplicate',)
+    assert core.offer(delta, T0 + 0.85, T0 + 0.86, T0 + 0.851).events[0] == 'accepted'
+    # The same message again 2 ms later: a repeat, which neither moves nor teaches a period.
+    assert core.offer(delta, T0 + 0.85, T0 + 0.86, T0 + 0.853).events == ('dropped_duplicate',)
     assert core.step_duration == pytest.approx(period)
-
+    # An equal row one control step later is a step of its own.
+    assert core.offer(delta, T0 + 0.85, T0 + 0.9, T0 + 0.901).events[0] == 'accepted'
 
 
 def test_an_arrival_before_the_last_is_no_interval():
@@ -214,6 +216,7 @@ def test_an_arrival_before_the_last_is_no_interval():
     for t in (T0, T0 + 0.2, T0 - 1.0, T0 - 2.0):  # two jumps back in a row
         step.arrive(t, TIMEOUT)
     assert step.seconds(TIMEOUT) == pytest.approx(0.2)  # not one stream period (10x too fast)
+
 
 # ------------------------------------------------------------------------------ the gripper
 def test_gripper_pairs_with_its_row_when_rows_share_a_stamp():

@@ -159,6 +159,8 @@ class StepPairing:
     at most ``window`` seconds before it and has no command yet; one that arrives first waits up
     to ``window`` for its delta (the next delta to arrive). Feed events in arrival order; each
     call returns ``[(value, outcome)]`` for the commands it settles, outcome one of ``PAIRINGS``.
+    Feed each step's delta once: a repeat (the same message delivered twice, which the safety
+    core drops as ``dropped_duplicate``) is no new step, and would take its step's command.
     """
 
     def __init__(self, window=PAIR_WINDOW_S):

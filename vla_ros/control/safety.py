@@ -10,8 +10,14 @@ Order of the checks for one delta (``check_delta``, then the mode's ``offer``):
 1. NaN or inf anywhere (delta or stamp): rejected.
 2. Stamp older than ``command_timeout`` or more than ``future_tolerance`` ahead of now: dropped.
 3. Stamp older than the last accepted stamp (reordered), or than the last enable: dropped. An
-   equal stamp is accepted (vla_node publishes the actions of one chunk with one image stamp),
-   unless the values are equal too: the same delta delivered twice is a duplicate, not a step.
+   equal stamp is accepted: vla_node publishes the rows of one chunk with one image stamp, and
+   equal rows (a discrete head, a saturated or all-zero chunk, a policy holding still) are
+   steps like any other. Only a *repeat* is not: the same stamp and values as the last accepted
+   delta, arriving (node clock at receipt) less than half a stream period after it, is the same
+   message delivered twice (a DDS repeat, a re-publish), dropped as ``dropped_duplicate``. The
+   window is the burst rule of ``vla_ros.control.step_period.same_burst``: rows come one per
+   control step, several stream periods apart, and two rows that do arrive within one stream
+   period would make one step anyway (next sentence).
    Of several deltas accepted within one stream period (a burst), the newest wins and replaces
    the others (counted as ``superseded``): one output never carries more than one step.
 4. Per-axis clip to +-``max_step_translation`` (x, y, z) and +-``max_step_rotation`` (roll,
@@ -40,7 +46,7 @@ import numpy as np
 
 from vla_ros.control.geometry import (compose_pose, is_finite_number, rotation_vector,
                                       rpy_to_matrix)
-from vla_ros.control.step_period import StepPeriod
+from vla_ros.control.step_period import same_burst, StepPeriod
 
 EVENTS = ('accepted', 'clamped_translation', 'clamped_rotation', 'clamped_box', 'dropped_stale',
           'dropped_future', 'dropped_reordered', 'dropped_duplicate', 'dropped_disabled',
@@ -191,15 +197,22 @@ class Command:
 
 
 class _Mode:
-    """What both output modes share: the enable switch, the stamp order and the measured pose."""
+    """
+    What both output modes share: the enable switch, the stamp order and the measured pose.
 
-    def __init__(self, limits):
+    ``stream_period``: seconds between two ticks (1 / ``stream_rate_hz``), which sets the window
+    within which the same delta is a repeat (check 3).
+    """
+
+    def __init__(self, limits, stream_period):
         self.limits = limits
+        self.stream_period = float(stream_period)
         self.enabled = True
         self.last_stamp = -math.inf   # newest accepted stamp, or the last enable time
         self.ever_accepted = False
         self.pose = None              # the newest measured Pose (time = arrival on the node clock)
-        self._last_raw = None         # the last accepted delta as received, for duplicates
+        self._last_raw = None         # the last accepted delta as received, for repeats
+        self._last_arrival = None     # and when it arrived
         self._offered = False         # a delta was accepted since the last tick
 
     def update_pose(self, pose):
@@ -211,27 +224,31 @@ class _Mode:
             return None
         return self.pose
 
-    def _gate(self, delta, stamp, now):
+    def _gate(self, delta, stamp, now, arrival):
         if not self.enabled:
             return Verdict(None, ('dropped_disabled',), 'delta while disabled')
         raw = np.asarray(delta, dtype=np.float64).reshape(6)
-        if stamp == self.last_stamp and np.array_equal(raw, self._last_raw):
+        if (stamp == self.last_stamp and np.array_equal(raw, self._last_raw)
+                and same_burst(self._last_arrival, arrival, self.stream_period)):
             return Verdict(None, ('dropped_duplicate',), 'the same delta (stamp and values) as '
-                           'the last accepted one: a duplicate, not a new step')
+                           f'the last accepted one, {arrival - self._last_arrival:.4f} s after '
+                           'it: the same message twice, not a new step')
         verdict = check_delta(raw, stamp, now, self.limits, self.last_stamp)
         if verdict.delta is not None and self.fresh_pose(now) is None:
             return Verdict(None, ('dropped_no_pose',), 'no fresh ee_pose: the workspace box '
                            'cannot be checked')
         return verdict
 
-    def _accept(self, verdict, stamp, step, box_cut, raw):
+    def _accept(self, verdict, stamp, arrival, raw, step, box_cut):
+        """Record an accepted delta; return its verdict with ``step`` (6 values) as the delta."""
         self.last_stamp = stamp
         self._last_raw = np.asarray(raw, dtype=np.float64).reshape(6)
+        self._last_arrival = arrival
         self.ever_accepted = True
         events = verdict.events + (('clamped_box',) if box_cut else ())
         events += ('superseded',) if self._offered else ()
         self._offered = True
-        return Verdict(np.concatenate([step, verdict.delta[3:]]), events)
+        return Verdict(np.asarray(step, dtype=np.float64), events)
 
     def _idle_state(self, now):
         timed_out = now - self.last_stamp > self.limits.command_timeout
@@ -258,9 +275,8 @@ class TwistStreamer(_Mode):
     """
 
     def __init__(self, limits, step_duration, stream_period):
-        super().__init__(limits)
+        super().__init__(limits, stream_period)
         self.step = StepPeriod(step_duration, shortest=stream_period)
-        self.stream_period = stream_period
         # Commanded motions, oldest first: [start, end, linear, angular, source stamp]. The last
         # one is the current stream while ``now < end``; a new delta or a stop cuts its end.
         self._segments = collections.deque()
@@ -287,19 +303,20 @@ class TwistStreamer(_Mode):
         ``arrival`` is when the delta arrived (default ``now``); an accepted delta's arrival
         teaches the learned step period, which then sets the speed of its step.
         """
-        verdict = self._gate(delta, stamp, now)
+        arrival = now if arrival is None else arrival
+        verdict = self._gate(delta, stamp, now, arrival)
         if verdict.delta is None:
             return verdict
         step, cut = bound_translation(self.predicted_position(now), verdict.delta[:3],
                                       self.limits)
-        verdict = self._accept(verdict, stamp, step, cut, delta)
-        self.step.arrive(now if arrival is None else arrival, self.limits.command_timeout)
+        verdict = self._accept(verdict, stamp, arrival, delta,
+                               np.concatenate([step, verdict.delta[3:]]), cut)
+        self.step.arrive(arrival, self.limits.command_timeout)
         period = self.step_duration
+        rotation = rotation_vector(rpy_to_matrix(*verdict.delta[3:]))
         self._stop(now)
-        rotation = rpy_to_matrix(*verdict.delta[3:])
         end = min(now + period, stamp + self.limits.command_timeout)
-        self._segments.append([now, end, step / period, rotation_vector(rotation) / period,
-                               stamp])
+        self._segments.append([now, end, step / period, rotation / period, stamp])
         horizon = now - 2.0 * (self.limits.pose_timeout + period)
         while self._segments and self._segments[0][1] < horizon:
             self._segments.popleft()
@@ -340,15 +357,16 @@ class TwistStreamer(_Mode):
 class TargetTracker(_Mode):
     """``pose_target``: an absolute target, the previous target composed with each delta."""
 
-    def __init__(self, limits):
-        super().__init__(limits)
+    def __init__(self, limits, stream_period):
+        super().__init__(limits, stream_period)
         self.target = None         # Pose
         self._moved_at = None      # stamp of the delta that last moved the target
         self._before = None        # (target, moved_at) before this period's delta, for a burst
 
     def offer(self, delta, stamp, now, arrival=None):
         """Check one delta at ``now`` and, if accepted, move the target by it (no period)."""
-        verdict = self._gate(delta, stamp, now)
+        arrival = now if arrival is None else arrival
+        verdict = self._gate(delta, stamp, now, arrival)
         if verdict.delta is None:
             return verdict
         if self._offered:  # a burst: the newest delta replaces this period's earlier one
@@ -359,11 +377,13 @@ class TargetTracker(_Mode):
                   > self.limits.reseed_distance)
         base = measured if reseed else self.target
         step, cut = bound_translation(base.position, verdict.delta[:3], self.limits)
-        verdict = self._accept(verdict, stamp, step, cut, delta)
+        verdict = self._accept(verdict, stamp, arrival, delta,
+                               np.concatenate([step, verdict.delta[3:]]), cut)
         position, quaternion = compose_pose(base.position, base.quaternion, verdict.delta)
         self.target = Pose(position, quaternion, now)
         self._moved_at = stamp
-        return Verdict(verdict.delta, verdict.events + (('reseeds',) if reseed else ()))
+        return dataclasses.replace(verdict, events=verdict.events
+                                   + (('reseeds',) if reseed else ()))
 
     def tick(self, now):
         """Return the target to publish at ``now``; ``waiting`` (publish nothing) with no pose."""

@@ -12,7 +12,8 @@ must be the policy's: 0.2 s for OpenVLA at 5 Hz, 0.05 s for an OpenVLA-OFT chunk
   stalled executor) would otherwise drag the period towards zero and the speed up. A policy
   faster than the stream gains nothing from this either way: the bridge streams at most one
   step per stream period (the newest supersedes the others), and ``shortest`` is the floor.
-  ``same_burst`` is this rule.
+  ``same_burst`` is this rule; the safety core uses it too, to tell the same message delivered
+  twice from two equal rows of a chunk (``vla_ros.control.safety``, check 3).
 * An interval longer than ``longest`` (the bridge's ``command_timeout``) is a pause (a stopped
   policy, a disable, a restart), not a step, and is ignored.
 * The period is the median of the last ``window`` intervals, clamped to ``[shortest,

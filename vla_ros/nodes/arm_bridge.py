@@ -176,7 +176,7 @@ class ArmBridge(Node):
         if self.servo:
             self.core = safety.TwistStreamer(self.limits, self.cfg['step_duration'], period)
         else:
-            self.core = safety.TargetTracker(self.limits)
+            self.core = safety.TargetTracker(self.limits, period)
         self.gripper = GripperHysteresis(grip)
         self.pairing = StepPairing()
         self._watchdog_key = 'watchdog_zeros' if self.servo else 'watchdog_holds'
@@ -298,7 +298,8 @@ class ArmBridge(Node):
             kind, item, arrival = self._inbox.popleft()
             if kind == 'delta':
                 accepted = self._offer(item, now, arrival)
-                self._gripper_commands(self.pairing.delta(arrival, accepted))
+                if accepted is not None:  # a repeat is no new step for a gripper to pair with
+                    self._gripper_commands(self.pairing.delta(arrival, accepted))
             else:
                 self._gripper_commands(self.pairing.gripper(arrival, item))
         self._gripper_commands(self.pairing.expire(now))
@@ -340,7 +341,7 @@ class ArmBridge(Node):
             self._pose_state = state
 
     def _offer(self, msg, now, arrival):
-        """Check one delta message and offer it to the safety core; return True if accepted."""
+        """Offer one delta message to the safety core: True if accepted, None if a repeat."""
         frame = msg.header.frame_id
         if frame.lstrip('/') != self.base_frame:
             self.counters.bump('rejected_frame', f'delta in frame {frame!r}')
@@ -367,6 +368,8 @@ class ArmBridge(Node):
         # A missing or stale ee_pose is said once, when it happens (see _update_pose).
         if verdict.reason and verdict.events[0] != 'dropped_no_pose':
             self._log.warning(verdict.events[0], f'delta dropped: {verdict.reason}')
+        if verdict.events[0] == 'dropped_duplicate':
+            return None
         return verdict.delta is not None
 
     def _gripper_commands(self, settled):
