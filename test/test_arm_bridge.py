@@ -24,6 +24,7 @@ from vla_ros.nodes.arm_bridge import configuration, PARAMS
 
 QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 TWIST = 'servo_node/delta_twist_cmds'
+PARAM_DEFAULTS = {p.name: p.default for p in PARAMS}
 HOME = (0.4, 0.0, 0.3)
 
 
@@ -273,7 +274,10 @@ def test_servo_twist_learns_the_step_period_of_a_5hz_policy(ros, launch):
 def test_servo_twist_learns_a_20hz_chunked_policy_and_bounds_every_row(ros, launch):
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
     diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
-    bridge = start_bridge(launch, 'workspace_max:=[0.43,0.4,0.6]')  # 3 cm ahead of the arm in x
+    # The workspace 3 cm ahead of the arm in x; speed limits far above these steps (the clips are
+    # under test here; the speed limits below).
+    bridge = start_bridge(launch, 'workspace_max:=[0.43,0.4,0.6]', 'max_linear_speed:=5.0',
+                          'max_angular_speed:=20.0')
     policy = Policy(ros)
     # Five chunks of 8 rows at 20 Hz, one stamp per chunk, rows differing in y: 0.004 m in x per
     # row, y = x * row / 8. Then one chunk whose image is 0.25 s old: row 0 too far in y (clip),
@@ -410,6 +414,67 @@ def test_equal_rows_of_a_chunk_each_move_one_step_at_20_and_10_hz(ros, launch, m
     assert bridge.alive
 
 
+# Deltas far too fast for their size: 0.05 m on each axis and 0.25 rad of roll, at 60 Hz (a
+# wrong control_rate_hz, two publishers, a replay), 4.3 m/s without a speed limit.
+FAST = [((0.05, 0.05, 0.05), (0.25, 0.0, 0.0), 0.0)] * 30
+MAX_LINEAR, MAX_ANGULAR = PARAM_DEFAULTS['max_linear_speed'], PARAM_DEFAULTS['max_angular_speed']
+
+
+def test_servo_deltas_at_60hz_never_stream_faster_than_the_speed_limit(ros, launch):
+    twists = ros.subscribe(TwistStamped, TWIST, QOS)
+    diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
+    bridge = start_bridge(launch, 'output_mode:=servo_twist')
+    policy = Policy(ros)
+    with Arm(ros):
+        bridge.wait_for_output('ee_pose received')
+        twists.clear()
+        with Stream(policy, 60.0, FAST) as stream:
+            stream.wait_sent(len(FAST))
+        values = wait_until(lambda: in_state(safety_status(diag), 'watchdog'), 5.0,
+                            message='the watchdog after the stream')
+    norms = np.array([[np.linalg.norm(v[:3]), np.linalg.norm(v[3:])]
+                      for v in map(twist_values, twists.messages)])
+    assert np.all(norms[:, 0] <= MAX_LINEAR + 1e-9), norms[:, 0].max()
+    assert np.all(norms[:, 1] <= MAX_ANGULAR + 1e-9), norms[:, 1].max()
+    assert norms[:, 0].max() == pytest.approx(MAX_LINEAR), 'the limit binds'
+    # Every slowed delta counted: all but the first (before a period is learned, a step lasts
+    # command_timeout: 0.17 m/s).
+    assert int(values['accepted']) == len(FAST), values
+    assert int(values['clamped_speed']) == len(FAST) - 1, values
+    assert bridge.output().count('step slowed to the speed limit') == 1  # throttled
+
+
+def test_pose_target_at_60hz_never_moves_faster_than_the_speed_limit(ros, launch):
+    targets = ros.subscribe(PoseStamped, 'target_pose', QOS)
+    diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
+    # The test's arm does not follow: the target composes on itself, inside the box throughout.
+    bridge = start_bridge(launch, 'output_mode:=pose_target', 'reseed_distance:=1.0')
+    policy = Policy(ros)
+    with Arm(ros):
+        bridge.wait_for_output('ee_pose received')
+        targets.wait_for(1)
+        targets.clear()
+        with Stream(policy, 60.0, FAST) as stream:
+            stream.wait_sent(len(FAST))
+        values = wait_until(lambda: in_state(safety_status(diag), 'watchdog'), 5.0,
+                            message='the watchdog after the stream')
+    track = [(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, _position(m))
+             for m in targets.messages]
+    moves = [(t, np.linalg.norm(p - q)) for (_, q), (t, p) in zip(track, track[1:])
+             if np.any(p != q)]
+    times = [t for t, _ in moves]
+    # The first move may use the pause before it; from then on, each move is at most the limit
+    # times the time since the previous one (each target is stamped with its tick's clock), and
+    # over the whole stream the target goes at the limit, not faster.
+    for (before, _), (t, step) in zip(moves, moves[1:]):
+        assert step <= MAX_LINEAR * (t - before) + 1e-6, (t - before, step)
+    speed = sum(step for _, step in moves[1:]) / (times[-1] - times[0])
+    assert 0.8 * MAX_LINEAR <= speed <= 1.05 * MAX_LINEAR, speed
+    assert int(values['accepted']) == len(FAST), values
+    assert int(values['clamped_speed']) == len(FAST) - 1, values
+    assert bridge.output().count('step slowed to the speed limit') == 1
+
+
 def test_enable_false_stops_at_once(ros, launch):
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
     start_bridge(launch, 'output_mode:=servo_twist', 'step_duration:=0.5',
@@ -476,6 +541,7 @@ def test_pose_target_waits_for_ee_pose_then_composes_inside_the_box(ros, launch)
         rot = rpy_to_matrix(*delta_rpy) @ rpy_to_matrix(*ee_rpy)  # base axes, left-multiplied
         np.testing.assert_allclose(quaternion_to_matrix((q.x, q.y, q.z, q.w)), rot, atol=1e-9)
         # The next step starts from the target (0.42 in x) and stops at the box (x <= 0.44).
+        time.sleep(0.2)  # a control period later: 0.02 m in 0.2 s is within max_linear_speed
         policy.delta((0.05, 0.0, 0.0))
         wait_until(lambda: _position(targets.messages[-1])[0] == pytest.approx(0.44), 2.0,
                    message='a target clipped to the box')
@@ -571,8 +637,19 @@ def test_run_time_changes_tighten_limits_or_are_refused(ros, launch):
         policy.delta((3.0, 0.0, 0.0))  # clamped to the new 0.01 m per 0.2 s step: 0.05 m/s
         wait_until(lambda: step_done(twists), 5.0, message='the clamped step')
         np.testing.assert_allclose(twist_values(moving(twists)[0])[:3], [0.05, 0, 0], atol=1e-9)
+        # The speed limits tighten too: the same 0.01 m step at 0.03 m/s, over 0.33 s.
+        assert set_param(ros, 'arm_bridge', 'max_linear_speed', 0.03).successful
+        assert set_param(ros, 'arm_bridge', 'max_angular_speed', 1.0).successful
+        twists.clear()
+        policy.delta((3.0, 0.0, 0.0))
+        wait_until(lambda: step_done(twists), 5.0, message='the slowed step')
+        np.testing.assert_allclose(twist_values(moving(twists)[0])[:3], [0.03, 0, 0], atol=1e-9)
         refused = [
             ('max_step_translation', 0.1, 'would loosen the limit in force (0.01)'),
+            ('max_linear_speed', 0.5, "'max_linear_speed' 0.5 would loosen the limit in force "
+                                      '(0.03)'),
+            ('max_angular_speed', 2.5, 'would loosen the limit in force (1.0)'),
+            ('max_linear_speed', 0.0, "'max_linear_speed' is 0.0; allowed range (0.0, 5.0] m/s"),
             ('workspace_max', [0.8, 0.4, 0.6], 'would loosen the limit in force'),
             ('output_mode', 'pose_target', "'output_mode' cannot change while the node runs"),
             ('command_timeout', 'abc', "'command_timeout' is 'abc' (a string); it must be a "
@@ -584,6 +661,7 @@ def test_run_time_changes_tighten_limits_or_are_refused(ros, launch):
             assert not result.successful and reason in result.reason, (name, result.reason)
         # What get_parameters shows is what is in force.
         assert get_param(ros, 'arm_bridge', 'max_step_translation') == 0.01
+        assert get_param(ros, 'arm_bridge', 'max_linear_speed') == 0.03
         assert get_param(ros, 'arm_bridge', 'output_mode') == 'servo_twist'
         assert list(get_param(ros, 'arm_bridge', 'workspace_max')) == [0.7, 0.4, 0.6]
         assert set_param(ros, 'arm_bridge', 'workspace_max', [0.45, 0.4, 0.6]).successful
@@ -646,6 +724,8 @@ def _defaults(**overrides):
     ({'base_frame': ''}, "'base_frame' is ''; allowed: a non-empty frame name"),
     ({'command_timeout': math.inf}, "'command_timeout' is inf; allowed range (0.0, 60.0] s"),
     ({'gripper_threshold': 0.0}, "'gripper_threshold' is 0.0; allowed range (0.0, 1.0)"),
+    ({'max_linear_speed': 6.0}, "'max_linear_speed' is 6.0; allowed range (0.0, 5.0] m/s"),
+    ({'max_angular_speed': -1.0}, "'max_angular_speed' is -1.0; allowed range (0.0, 20.0] rad/s"),
 ])
 def test_configuration_checks_every_parameter(overrides, expected):
     _, _, _, problems = configuration(_defaults(**overrides))

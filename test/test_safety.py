@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from vla_ros.control.geometry import (matrix_to_quaternion, matrix_to_rpy, quaternion_to_matrix,
-                                      rotation_from_vector, rpy_to_matrix)
+                                      rotation_from_vector, rotation_vector, rpy_to_matrix)
 from vla_ros.control.gripper import StepPairing
 from vla_ros.control.safety import (bound_translation, check_delta, make_pose, SafetyLimits,
-                                    TargetTracker, TwistStreamer)
+                                    speed_share, TargetTracker, TwistStreamer)
 
 LIMITS = SafetyLimits()
 LOW = np.array(LIMITS.workspace_min)
@@ -67,6 +67,8 @@ _config = st.fixed_dictionaries({
     'start_rpy': st.tuples(*[st.floats(-1.0, 1.0)] * 3),
     # pose_target: the share of the way to the target the arm goes per tick (0: blocked).
     'follow': st.one_of(st.just(0.0), st.floats(0.05, 1.0)),
+    # The speed limits: far below, at and far above what the steps ask.
+    'speeds': st.sampled_from([(0.05, 0.2), (0.5, 2.5), (5.0, 20.0), (0.5, 0.3), (0.05, 20.0)]),
 })
 
 
@@ -127,7 +129,9 @@ def drive(core, config, scenario, follow_twist):
 
 
 def limits_for(config):
-    return SafetyLimits(command_timeout=config['timeout'])
+    linear, angular = config['speeds']
+    return SafetyLimits(command_timeout=config['timeout'], max_linear_speed=linear,
+                        max_angular_speed=angular)
 
 
 @PROPERTY_SETTINGS
@@ -183,6 +187,9 @@ def check_servo_run(config, scenario):
         assert np.all(np.abs(command.linear) * step <= limits.max_step_translation + TOL)
         assert np.all(np.abs(rpy_of_vector(command.angular * step))
                       <= limits.max_step_rotation + 1e-7)
+        # And within the speed limits, however fast the deltas come.
+        assert np.linalg.norm(command.linear) <= limits.max_linear_speed + TOL
+        assert np.linalg.norm(command.angular) <= limits.max_angular_speed + TOL
         if moving:
             assert command.state == 'moving' and enabled
             # Never from a delta older than command_timeout at publication.
@@ -210,6 +217,15 @@ def _same(a, b):
             and np.allclose(a.quaternion, b.quaternion, atol=1e-12))
 
 
+def _within_speed(new, base, seconds, limits):
+    """Return True if going from ``base`` to ``new`` in ``seconds`` keeps to the speed limits."""
+    angle = np.linalg.norm(rotation_vector(quaternion_to_matrix(new.quaternion)
+                                           @ quaternion_to_matrix(base.quaternion).T))
+    return (np.linalg.norm(new.position - base.position)
+            <= limits.max_linear_speed * seconds + TOL
+            and angle <= limits.max_angular_speed * seconds + 1e-7)
+
+
 @PROPERTY_SETTINGS
 @given(config=_config, scenario=_scenario)
 def test_pose_target_outputs_are_bounded_fresh_and_inside_the_box(config, scenario):
@@ -219,6 +235,7 @@ def test_pose_target_outputs_are_bounded_fresh_and_inside_the_box(config, scenar
     enabled = True
     held = None
     last_accepted = -math.inf
+    moved = None  # the tick at which a delta last moved the target
     for now, command, ctx in drive(core, config, scenario, follow_twist=False):
         if ctx['op'] in ('disable', 'enable'):
             enabled = ctx['op'] == 'enable'
@@ -247,6 +264,12 @@ def test_pose_target_outputs_are_bounded_fresh_and_inside_the_box(config, scenar
                 # One step from the previous target, or from the measured pose when re-seeded.
                 assert (_within_step(target, previous, limits)
                         or _within_step(target, fresh, limits))
+                # No faster than the speed limits since the last move (a pause counts up to
+                # command_timeout), from the previous target or, re-seeded, the measured pose.
+                since = limits.command_timeout if moved is None else \
+                    min(now - moved, limits.command_timeout)
+                assert (_within_speed(target, previous, since, limits)
+                        or _within_speed(target, fresh, since, limits))
                 drift = np.linalg.norm(target.position - fresh.position)
                 assert drift <= limits.reseed_distance + math.sqrt(3) * \
                     limits.max_step_translation + TOL
@@ -255,6 +278,8 @@ def test_pose_target_outputs_are_bounded_fresh_and_inside_the_box(config, scenar
                 assert ctx['op'] in ('disable', 'reset') and _same(target, measured)
         if command.state == 'watchdog' and ctx['op'] != 'reset':
             assert previous is not None and _same(target, previous)
+        if ctx['accepted']:
+            moved = now
         previous = target
 
 
@@ -489,3 +514,85 @@ def test_limits_validate_names_parameter_and_range():
     assert "'workspace_min'" in text and "'workspace_max'" in text
     problems = SafetyLimits(workspace_max=(1.0, NAN, 1.0)).validate()
     assert "'workspace_max'" in problems[0] and '3 finite numbers' in problems[0]
+    text = '\n'.join(SafetyLimits(max_linear_speed=0.0, max_angular_speed=INF).validate())
+    assert "'max_linear_speed' is 0.0; allowed range (0.0, 5.0] m/s" in text
+    assert "'max_angular_speed' is inf; allowed range (0.0, 20.0] rad/s" in text
+
+
+# ------------------------------------------------------------------------------ speed limits
+def test_speed_share_scales_translation_and_rotation_together():
+    limits = SafetyLimits(max_linear_speed=0.5, max_angular_speed=2.0)
+    assert speed_share([0.01, 0, 0], [0, 0, 0.04], 0.02, limits) == 1.0  # right at both limits
+    assert speed_share([0.05, 0, 0], [0, 0, 0], 0.02, limits) == pytest.approx(0.2)
+    assert speed_share([0.03, 0.04, 0], [0, 0, 0], 0.05, limits) == pytest.approx(0.5)  # norm
+    assert speed_share([0.01, 0, 0], [0, 0.2, 0], 0.05, limits) == pytest.approx(0.5)  # angle
+    assert speed_share([0.01, 0, 0], [0, 0, 0], 0.0, limits) == 0.0
+    assert speed_share([0.0, 0, 0], [0, 0, 0], 0.0, limits) == 1.0
+
+
+def _norms(commands):
+    return np.array([[np.linalg.norm(c.linear), np.linalg.norm(c.angular)] for _, c in commands])
+
+
+def test_servo_deltas_at_60hz_stream_no_faster_than_the_speed_limits():
+    # 0.05 m on each axis and 0.25 rad of roll per delta, 60 deltas a second: the learned period
+    # follows the arrivals down to one stream period, 4.3 m/s and 12.5 rad/s without the limit.
+    core = make_core('servo_twist')
+    delta = [0.05, 0.05, 0.05, 0.25, 0.0, 0.0]
+    offers = [(T0 + n / 60, delta, T0 + n / 60 - 0.01) for n in range(30)]
+    verdicts, _, commands = play(core, offers, T0 + 0.8)
+    assert all(v.events[0] == 'accepted' for v in verdicts) and len(verdicts) == 30
+    norms = _norms(commands)
+    assert np.all(norms[:, 0] <= LIMITS.max_linear_speed + TOL)
+    assert np.all(norms[:, 1] <= LIMITS.max_angular_speed + TOL)
+    assert norms[:, 0].max() == pytest.approx(LIMITS.max_linear_speed)  # the linear limit binds
+    # One factor for both: the rotation slows with the translation, the twist keeps its screw.
+    moving = [c for _, c in commands if c.state == 'moving']
+    for command in moving[1:]:
+        np.testing.assert_allclose(command.angular[0] / command.linear[0], 0.25 / 0.05)
+    # Every slowed delta is counted: all but the first (its period, before one is learned, is
+    # command_timeout: 0.17 m/s).
+    slowed = [v for v in verdicts if 'clamped_speed' in v.events]
+    assert len(slowed) == 29 and 'clamped_speed' not in verdicts[0].events
+    assert 'asks 4.33 m/s' in slowed[-1].reason and 'max_linear_speed 0.5 m/s' in slowed[-1].reason
+
+
+def test_a_slowed_step_lasts_longer_and_moves_its_whole_delta():
+    core = TwistStreamer(LIMITS, STREAM, STREAM)  # a fixed period of one stream period
+    verdicts, streamed, commands = play(core, [(T0, [0.05, 0, 0, 0, 0, 0], T0)], T0 + 0.3)
+    assert verdicts[0].events == ('accepted', 'clamped_speed')
+    np.testing.assert_allclose(commands[0][1].linear, [0.5, 0, 0])  # not 2.5 m/s
+    np.testing.assert_allclose(streamed, [0.05, 0, 0, 0, 0, 0], atol=1e-9)  # over 0.1 s
+
+
+def test_pose_target_moves_no_faster_than_the_speed_limits_even_in_bursts():
+    # The arm does not follow here: reseed_distance 1 m keeps the target composing on itself.
+    limits = SafetyLimits(reseed_distance=1.0)
+    core = make_core('pose_target', limits)
+    delta = [0.05, 0.05, 0.05, 0.25, 0.0, 0.0]
+    offers = [(T0 + n / 60, delta, T0 + n / 60 - 0.01) for n in range(30)]
+    # Then, after a 0.1 s pause, a burst: five deltas delivered at once.
+    offers += [(T0 + 0.595, delta, T0 + 0.59 - 0.001 * n) for n in range(5, 0, -1)]
+    verdicts, _, commands = play(core, offers, T0 + 0.8)
+    assert [v.events[0] for v in verdicts] == ['accepted'] * 35
+    moved = None  # the tick of the last move
+    for (_, before), (now, after) in zip(commands, commands[1:]):
+        step = np.linalg.norm(after.pose.position - before.pose.position)
+        if step == 0.0:
+            continue
+        rotation = rotation_vector(quaternion_to_matrix(after.pose.quaternion)
+                                   @ quaternion_to_matrix(before.pose.quaternion).T)
+        since = limits.command_timeout if moved is None else now - moved
+        assert step <= limits.max_linear_speed * since + TOL, (now - T0, step, since)
+        assert np.linalg.norm(rotation) <= limits.max_angular_speed * since + 1e-9
+        if moved is not None and now < T0 + 0.6:  # at 60 Hz the target moves every tick
+            assert step == pytest.approx(limits.max_linear_speed * STREAM)
+        moved = now
+    # The burst: the newest of the five replaces the others and moves the target once, by what
+    # 0.5 m/s allows in the 0.1 s since the last move.
+    assert [v.events for v in verdicts[30:]] == [('accepted', 'clamped_speed')] + \
+        [('accepted', 'superseded', 'clamped_speed')] * 4
+    before, after = commands[29][1].pose, commands[30][1].pose  # the ticks at 0.58 and 0.6 s
+    assert np.linalg.norm(after.position - before.position) == pytest.approx(0.05)
+    # Every slowed delta counted: all but the first (nothing moved the target for a pause).
+    assert sum('clamped_speed' in v.events for v in verdicts) == 34

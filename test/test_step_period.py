@@ -170,7 +170,9 @@ def test_twist_speed_is_delta_over_the_learned_period(rate_hz, rows):
 
 
 def test_clamps_box_and_staleness_hold_for_every_row_of_a_chunk():
-    core = streamer(limits=SafetyLimits(workspace_max=(0.42, 0.4, 0.6)))
+    # Speed limits far above these steps: the clips are under test here (test_safety: speeds).
+    core = streamer(limits=SafetyLimits(workspace_max=(0.42, 0.4, 0.6), max_linear_speed=5.0,
+                                        max_angular_speed=20.0))
     stream_chunks(core, 20.0, 8, chunks=2)                     # learn 20 Hz
     now = T0 + 0.8
     stamp = now - 0.31                                         # the chunk's image: 0.31 s old

@@ -27,6 +27,19 @@ Order of the checks for one delta (``check_delta``, then the mode's ``offer``):
    workspace_max]``, from the previous target (``pose_target``) or from the predicted arm
    position (``servo_twist``). From outside the box (an arm started outside) a step may move
    towards the box or stay, never further out on any axis: the box never pushes the arm.
+7. Speed: no step moves the arm faster than ``max_linear_speed`` (m/s, the norm of the
+   translation) or ``max_angular_speed`` (rad/s, the angle of the rotation), counted as
+   ``clamped_speed``. The per-step clips bound a step, not how often steps come: the learned
+   step period follows the arrivals down to one stream period, so 0.05 m deltas arriving at
+   60 Hz (a wrong ``control_rate_hz``, two publishers, a replay) would stream 2.5 m/s per axis.
+   One factor scales the translation and the rotation together (``speed_share``), so the step
+   keeps its direction and its screw: a per-axis limit would bend a diagonal step and still let
+   it go sqrt(3) times the limit. ``servo_twist`` streams the step over a longer period (the
+   twist scaled down to the limit, the step itself unchanged, still cut at ``stamp +
+   command_timeout`` and by the next delta); ``pose_target`` shortens the step to what the
+   limits allow in the time since the target last moved, at most ``command_timeout`` (a longer
+   pause is a pause: no motion is owed for it). Deltas in a burst, one tick apart, so move the
+   target one tick's worth each; the period a policy is learned to have plays no part.
 
 ``TwistStreamer`` (``servo_twist``) turns an accepted delta into a twist ``delta / period``
 streamed until ``min(accept time + period, stamp + command_timeout)`` and zero after, so a twist
@@ -44,13 +57,13 @@ import math
 
 import numpy as np
 
-from vla_ros.control.geometry import (compose_pose, is_finite_number, rotation_vector,
-                                      rpy_to_matrix)
+from vla_ros.control.geometry import (compose_pose, is_finite_number, matrix_to_rpy,
+                                      rotation_from_vector, rotation_vector, rpy_to_matrix)
 from vla_ros.control.step_period import same_burst, StepPeriod
 
 EVENTS = ('accepted', 'clamped_translation', 'clamped_rotation', 'clamped_box', 'dropped_stale',
           'dropped_future', 'dropped_reordered', 'dropped_duplicate', 'dropped_disabled',
-          'dropped_no_pose', 'rejected_nan', 'reseeds', 'superseded')
+          'dropped_no_pose', 'rejected_nan', 'reseeds', 'superseded', 'clamped_speed')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +78,17 @@ class SafetyLimits:
     future_tolerance: float = 0.05
     pose_timeout: float = 0.5
     reseed_distance: float = 0.05
+    # 5 Hz steps at the per-step clips on every axis at once: 0.43 m/s, 2.2 rad/s (see README).
+    max_linear_speed: float = 0.5
+    max_angular_speed: float = 2.5
 
     def validate(self):
         """Return a list of problems, each naming the parameter and its allowed range."""
         problems = []
         ranges = (('max_step_translation', 0.0, 0.5, 'm'), ('max_step_rotation', 0.0, 1.0, 'rad'),
                   ('command_timeout', 0.0, 60.0, 's'), ('pose_timeout', 0.0, 60.0, 's'),
-                  ('reseed_distance', 0.0, 1.0, 'm'))
+                  ('reseed_distance', 0.0, 1.0, 'm'), ('max_linear_speed', 0.0, 5.0, 'm/s'),
+                  ('max_angular_speed', 0.0, 20.0, 'rad/s'))
         for name, low, high, unit in ranges:
             value = getattr(self, name)
             if not (is_finite_number(value) and low < value <= high):
@@ -166,6 +183,30 @@ def bound_translation(position, step, limits):
 def clip_to_box(position, limits):
     """Return ``position`` clipped into the workspace box."""
     return np.clip(position, limits.workspace_min, limits.workspace_max)
+
+
+def speed_share(translation, rotation, seconds, limits):
+    """
+    Return the share in [0, 1] of a step that the speed limits allow in ``seconds`` (check 7).
+
+    ``translation`` in metres and ``rotation`` (a rotation vector) in radians are scaled by the
+    one share, so the step keeps its direction.
+    """
+    needs = max(float(np.linalg.norm(translation)) / limits.max_linear_speed,
+                float(np.linalg.norm(rotation)) / limits.max_angular_speed)  # s at the limits
+    if needs <= seconds:
+        return 1.0
+    return max(0.0, seconds) / needs
+
+
+def _slowed(verdict, translation, rotation, seconds, limits):
+    """Return ``verdict`` with ``clamped_speed`` counted and the speeds asked as its reason."""
+    seconds = max(seconds, 1e-9)
+    reason = (f'a step of {np.linalg.norm(translation):.3g} m, {np.linalg.norm(rotation):.3g} rad '
+              f'in {seconds:.3g} s asks {np.linalg.norm(translation) / seconds:.3g} m/s, '
+              f'{np.linalg.norm(rotation) / seconds:.3g} rad/s; limits: max_linear_speed '
+              f'{limits.max_linear_speed} m/s, max_angular_speed {limits.max_angular_speed} rad/s')
+    return dataclasses.replace(verdict, events=verdict.events + ('clamped_speed',), reason=reason)
 
 
 def make_pose(position, quaternion, time):
@@ -301,7 +342,8 @@ class TwistStreamer(_Mode):
         Check one delta at time ``now`` and, if accepted, start streaming it.
 
         ``arrival`` is when the delta arrived (default ``now``); an accepted delta's arrival
-        teaches the learned step period, which then sets the speed of its step.
+        teaches the learned step period, which then sets the speed of its step, unless that is
+        above the speed limits: then the step lasts longer (check 7).
         """
         arrival = now if arrival is None else arrival
         verdict = self._gate(delta, stamp, now, arrival)
@@ -314,6 +356,10 @@ class TwistStreamer(_Mode):
         self.step.arrive(arrival, self.limits.command_timeout)
         period = self.step_duration
         rotation = rotation_vector(rpy_to_matrix(*verdict.delta[3:]))
+        share = speed_share(step, rotation, period, self.limits)
+        if share < 1.0:
+            verdict = _slowed(verdict, step, rotation, period, self.limits)
+            period /= share
         self._stop(now)
         end = min(now + period, stamp + self.limits.command_timeout)
         self._segments.append([now, end, step / period, rotation / period, stamp])
@@ -355,33 +401,46 @@ class TwistStreamer(_Mode):
 
 
 class TargetTracker(_Mode):
-    """``pose_target``: an absolute target, the previous target composed with each delta."""
+    """
+    ``pose_target``: an absolute target, the previous target composed with each delta.
+
+    No step period: a step moves the target at once, by at most what the speed limits allow in
+    the time since the target last moved (check 7).
+    """
 
     def __init__(self, limits, stream_period):
         super().__init__(limits, stream_period)
         self.target = None         # Pose
         self._moved_at = None      # stamp of the delta that last moved the target
-        self._before = None        # (target, moved_at) before this period's delta, for a burst
+        self._moved_time = None    # node time (a tick) at which a delta last moved the target
+        self._before = None        # (target, moved_at, moved_time) before this period's delta
 
     def offer(self, delta, stamp, now, arrival=None):
-        """Check one delta at ``now`` and, if accepted, move the target by it (no period)."""
+        """Check one delta at ``now`` and, if accepted, move the target by it."""
         arrival = now if arrival is None else arrival
         verdict = self._gate(delta, stamp, now, arrival)
         if verdict.delta is None:
             return verdict
         if self._offered:  # a burst: the newest delta replaces this period's earlier one
-            self.target, self._moved_at = self._before
-        self._before = (self.target, self._moved_at)
+            self.target, self._moved_at, self._moved_time = self._before
+        self._before = (self.target, self._moved_at, self._moved_time)
         measured = self.pose
         reseed = (self.target is None or np.linalg.norm(self.target.position - measured.position)
                   > self.limits.reseed_distance)
         base = measured if reseed else self.target
         step, cut = bound_translation(base.position, verdict.delta[:3], self.limits)
-        verdict = self._accept(verdict, stamp, arrival, delta,
-                               np.concatenate([step, verdict.delta[3:]]), cut)
+        timeout = self.limits.command_timeout
+        since = timeout if self._moved_time is None else min(now - self._moved_time, timeout)
+        rotation = rotation_vector(rpy_to_matrix(*verdict.delta[3:]))
+        share = speed_share(step, rotation, since, self.limits)
+        rpy = verdict.delta[3:] if share == 1.0 else \
+            matrix_to_rpy(rotation_from_vector(rotation * share))
+        verdict = self._accept(verdict, stamp, arrival, delta, np.r_[step * share, rpy], cut)
+        if share < 1.0:
+            verdict = _slowed(verdict, step, rotation, since, self.limits)
         position, quaternion = compose_pose(base.position, base.quaternion, verdict.delta)
         self.target = Pose(position, quaternion, now)
-        self._moved_at = stamp
+        self._moved_at, self._moved_time = stamp, now
         return dataclasses.replace(verdict, events=verdict.events
                                    + (('reseeds',) if reseed else ()))
 

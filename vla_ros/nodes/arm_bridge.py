@@ -31,6 +31,7 @@ import sys
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
+from rclpy.time import Time
 from std_msgs.msg import Float64
 from std_srvs.srv import SetBool, Trigger
 
@@ -76,6 +77,11 @@ PARAMS = (
     params.NodeParam('reseed_distance', _L.reseed_distance, 'pose_target: the target restarts '
                      'from ee_pose when it is further than this from it, m. In (0, 1].',
                      runtime=True),
+    params.NodeParam('max_linear_speed', _L.max_linear_speed, 'Speed limit of the end effector, '
+                     'm/s (norm); a faster step is slowed (servo_twist) or shortened '
+                     '(pose_target) along its direction. In (0, 5].', runtime=True),
+    params.NodeParam('max_angular_speed', _L.max_angular_speed, 'Angular speed limit of the end '
+                     'effector, rad/s (angle); as max_linear_speed. In (0, 20].', runtime=True),
     params.NodeParam('gripper_convention', _G.convention, "'open_is_one', 'closed_is_one' or "
                      "'signed' (-1 = open, +1 = closed)."),
     params.NodeParam('gripper_threshold', _G.threshold, 'Openness threshold of the hysteresis, '
@@ -227,7 +233,8 @@ class ArmBridge(Node):
     def _limits_text(self):
         lim = self.limits
         return (f'command_timeout={lim.command_timeout} s max_step={lim.max_step_translation} '
-                f'm/{lim.max_step_rotation} rad workspace={list(lim.workspace_min)}..'
+                f'm/{lim.max_step_rotation} rad max_speed={lim.max_linear_speed} m/s/'
+                f'{lim.max_angular_speed} rad/s workspace={list(lim.workspace_min)}..'
                 f'{list(lim.workspace_max)}')
 
     def _now(self):
@@ -365,8 +372,12 @@ class ArmBridge(Node):
                                   arrival)
         for event in verdict.events:
             self.counters.bump(event, verdict.reason)
+        if 'clamped_speed' in verdict.events:
+            self._log.warning('speed', f'step slowed to the speed limit: {verdict.reason}. Deltas '
+                              'arrive faster than their size allows: check the control_rate_hz '
+                              'of vla_node, a second publisher on vla/ee_delta, a replay')
         # A missing or stale ee_pose is said once, when it happens (see _update_pose).
-        if verdict.reason and verdict.events[0] != 'dropped_no_pose':
+        elif verdict.delta is None and verdict.events[0] != 'dropped_no_pose':
             self._log.warning(verdict.events[0], f'delta dropped: {verdict.reason}')
         if verdict.events[0] == 'dropped_duplicate':
             return None
@@ -403,7 +414,9 @@ class ArmBridge(Node):
             self.counters.bump(self._watchdog_key)
         elif command.state == 'disabled':
             self.counters.bump('disabled_ticks')
-        stamp = self.get_clock().now().to_msg()
+        # Stamped with the tick's clock reading: the time the command was computed (and its
+        # speed bounded) for, however long the tick's work then took.
+        stamp = Time(nanoseconds=round(now * 1e9)).to_msg()
         if self.servo:
             msg = TwistStamped()
             msg.header.stamp, msg.header.frame_id = stamp, self.base_frame
