@@ -475,6 +475,46 @@ def test_pose_target_at_60hz_never_moves_faster_than_the_speed_limit(ros, launch
     assert bridge.output().count('step slowed to the speed limit') == 1
 
 
+@pytest.mark.parametrize('mode', MODES)
+def test_a_chunk_of_nan_rows_and_rows_stamped_in_the_future_move_nothing(ros, launch, mode):
+    out = watch_output(ros, mode)
+    commands = ros.subscribe(Float64, 'gripper/command', QOS)
+    diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
+    bridge = start_bridge(launch, f'output_mode:={mode}', 'gripper_consecutive:=1')
+    policy = Policy(ros)
+    nan, inf = math.nan, math.inf
+    # A chunk of 8 rows with NaN / inf (position) or NaN (rotation: its quaternion), then 5 rows
+    # stamped 1 s ahead of the clock (future_tolerance 0.05 s), each with a gripper command: all
+    # dropped and counted.
+    bad = [((nan, 0.0, 0.0), (0.0, 0.0, 0.0)), ((0.0, inf, 0.0), (0.0, 0.0, 0.0)),
+           ((0.0, 0.0, -inf), (0.0, 0.0, 0.0)), ((0.01, 0.0, 0.0), (nan, 0.0, 0.0)),
+           ((0.01, 0.0, 0.0), (0.0, 0.0, nan)), ((nan,) * 3, (nan,) * 3),
+           ((0.0, 0.0, 0.0), (0.0, nan, 0.0)), ((inf, -inf, inf), (0.0, 0.0, 0.0))]
+    with Arm(ros):
+        bridge.wait_for_output('ee_pose received')
+        out.clear()
+        with Stream(policy, 20.0, [(xyz, rpy, 0.0) for xyz, rpy in bad], chunk=8,
+                    grippers=[0.0] * 8) as stream:
+            stream.wait_sent(8)
+        with Stream(policy, 20.0, [((0.01, 0.0, 0.0), (0.0, 0.0, 0.0), -1.0)] * 5,
+                    grippers=[0.0] * 5) as stream:
+            stream.wait_sent(5)
+        values = counted(diag, 'gripper_with_rejected_delta', 13)
+        for key, count in (('rejected_nan', 8), ('dropped_future', 5), ('accepted', 0),
+                           ('gripper_with_rejected_delta', 13), ('gripper_applied', 0)):
+            assert int(values[key]) == count, (key, values)
+        assert 'in the future' in bridge.output() and 'non-finite delta' in bridge.output()
+        assert out.messages and commands.messages == []
+        if mode == 'servo_twist':
+            assert not moving(out)
+        else:
+            assert all(np.allclose(_position(m), HOME) for m in out.messages)
+        # The bridge keeps running: a good delta moves.
+        policy.delta((0.01, 0.0, 0.0))
+        counted(diag, 'accepted', 1)
+    assert bridge.alive
+
+
 def test_enable_false_stops_at_once(ros, launch):
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
     start_bridge(launch, 'output_mode:=servo_twist', 'step_duration:=0.5',
