@@ -180,11 +180,6 @@ def bound_translation(position, step, limits):
     return bounded - position, bool(np.any(bounded != end))
 
 
-def clip_to_box(position, limits):
-    """Return ``position`` clipped into the workspace box."""
-    return np.clip(position, limits.workspace_min, limits.workspace_max)
-
-
 def speed_share(translation, rotation, seconds, limits):
     """
     Return the share in [0, 1] of a step that the speed limits allow in ``seconds`` (check 7).
