@@ -104,8 +104,7 @@ def heading_hits(policy, key):
     return hits
 
 
-def test_the_first_steps_head_for_the_named_object_and_an_untrained_base_s_do_not(rebuilt,
-                                                                                   tmp_path):
+def test_the_first_steps_head_for_the_named_object_unlike_the_untrained_base(rebuilt, tmp_path):
     from vla_ros.policy.loading import load_policy
     from vla_ros.policy.tiny import write_tiny_oft_checkpoint
     policy, key = load_policy(rebuilt, 'openvla_oft', demo_policy.UNNORM_KEY, 'cpu', 'float32',

@@ -11,9 +11,10 @@ Two paths over the same modules and weights, taking turns image set by image set
 
 Reported: per-chunk latency p50/p95 by phase, chunks/s and actions/s, the forward passes per
 action against plain OpenVLA (which runs one prefill and ``action_dim - 1`` decode steps for
-every action), counted by a hook on the Llama model, and on CUDA the GPU memory. ``--random tiny|full-vision|7b`` builds OpenVLA-OFT
-with random weights straight on the device: the backbone of ``python -m vla_ros.bench
---random`` plus the heads at the LLM width (OpenVLA-OFT-7B: D = 4096).
+every action), counted by a hook on the Llama model, and on CUDA the GPU memory.
+``--random tiny|full-vision|7b`` builds OpenVLA-OFT with random weights straight on the device:
+the backbone of ``python -m vla_ros.bench --random`` plus the heads at the LLM width
+(OpenVLA-OFT-7B: D = 4096).
 """
 
 import argparse
