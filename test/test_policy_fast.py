@@ -353,14 +353,15 @@ def test_same_tokens_on_100_random_images_at_full_size(full_size):
     """
     Give identical tokens, fast against plain bf16, except within bf16 noise.
 
-    Within noise: the plain path's top-1/top-2 margin at the first differing step is below 4x
-    the largest first-step logit difference measured between the two paths on the reference
-    images.
+    Within noise: the plain path's top-1/top-2 margin at the first differing step is below
+    bf16's own error, the largest first-step logit difference of the plain bf16 path from the
+    float32 reference on the reference images. The bound comes from bf16 itself, never from the
+    path under test: a fast path that drifted would otherwise widen its own allowance.
     """
-    policy, prompt, images, _ = full_size
-    noise = max(float(np.abs(first_logits(policy, policy.fast, image, prompt)
-                             - policy.intermediates(image, prompt)['first_step_logits']).max())
-                for image in images)
+    policy, prompt, images, ref_logits = full_size
+    noise = max(float(np.abs(policy.intermediates(image, prompt)['first_step_logits']
+                             - ref).max())
+                for image, ref in zip(images, ref_logits))
     differ, within_noise = 0, 0
     for i in range(100):
         image = scene(1000 + i, 480, 640)
@@ -370,7 +371,7 @@ def test_same_tokens_on_100_random_images_at_full_size(full_size):
             continue
         step = next(k for k, (a, b) in enumerate(zip(fast.generated_ids, plain.generated_ids))
                     if a != b)
-        if step_margins(policy, image, prompt, plain.generated_ids)[step] < 4 * noise:
+        if step_margins(policy, image, prompt, plain.generated_ids)[step] < noise:
             within_noise += 1
         else:
             differ += 1

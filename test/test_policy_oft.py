@@ -24,7 +24,10 @@ VARIANTS = {'oft_tiny_libero_l1': ('libero', 'l1'),
 CASES = [f'c0{i}' for i in range(5)]
 EMBED_ATOL = 1e-5  # projected patches, proprio projection, LLM inputs
 HIDDEN_ATOL = 1e-4  # the action hidden states: bidirectional attention and the slice
-NORMALIZED_ATOL = 1e-4  # L1 normalised actions
+# L1 normalised actions: the kit suggests 1e-4; measured here, worst over every case, both
+# paths and both L1 variants, 4.65e-5 (ALOHA, fast path; CPU float32), of the size of the
+# reference's own float64 deviation (3.6e-5). 5e-5 keeps the check that close to it.
+NORMALIZED_ATOL = 5e-5
 pytestmark = pytest.mark.usefixtures('torch_one_thread')
 
 

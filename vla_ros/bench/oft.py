@@ -11,9 +11,10 @@ Two paths over the same modules and weights, taking turns image set by image set
 
 Reported: per-chunk latency p50/p95 by phase, chunks/s and actions/s, the forward passes per
 action against plain OpenVLA (which runs one prefill and ``action_dim - 1`` decode steps for
-every action), and on CUDA the GPU memory. ``--random tiny|full-vision|7b`` builds OpenVLA-OFT
-with random weights straight on the device: the backbone of ``python -m vla_ros.bench
---random`` plus the heads at the LLM width (OpenVLA-OFT-7B: D = 4096).
+every action), counted by a hook on the Llama model, and on CUDA the GPU memory.
+``--random tiny|full-vision|7b`` builds OpenVLA-OFT with random weights straight on the device:
+the backbone of ``python -m vla_ros.bench --random`` plus the heads at the LLM width
+(OpenVLA-OFT-7B: D = 4096).
 """
 
 import argparse
@@ -72,6 +73,11 @@ def build_random(kind, device, dtype, constants, head='l1', seed=0):
     return OpenVLAOFTPolicy(backbone, constants, action_head, projector, center_crop=True)
 
 
+def proprio_for(policy):
+    """Return the state the benchmark feeds: zeros of the policy's size, or None without one."""
+    return np.zeros(policy.proprio_dim) if policy.proprio_dim else None
+
+
 def run_path(policy, path, images, proprio, key, fast):
     """One chunk on ``path``; return (normalised actions, seconds per phase)."""
     policy.fast = fast if path == 'fast' else None
@@ -85,7 +91,7 @@ def run_path(policy, path, images, proprio, key, fast):
 def measure(policy, sets, warmup, key):
     """Time both paths on every image set; return (results per path, max |fast - eager|)."""
     fast = policy.fast
-    proprio = np.zeros(policy.proprio_dim) if policy.proprio_dim else None
+    proprio = proprio_for(policy)
     for path in PATHS:
         for i in range(warmup):
             run_path(policy, path, sets[i % len(sets)], proprio, key, fast)
@@ -109,6 +115,34 @@ def measure(policy, sets, warmup, key):
     pairs = zip(outputs['fast'], outputs['eager'])
     difference = max(float(np.abs(a - b).max()) for a, b in pairs)
     return results, difference
+
+
+def forward_passes_per_action(policy, images, proprio, key):
+    """
+    Count the LLM forward passes per action: OpenVLA-OFT's chunk, then OpenVLA on the backbone.
+
+    A hook on the Llama model counts its calls during one plain prediction of each (the fast
+    paths give the same actions from the same passes, fused): OpenVLA-OFT runs one per chunk;
+    OpenVLA, over the same backbone, a prefill and a decode step per further token of its one
+    action. Returns {'openvla_oft': passes / chunk_len, 'openvla': passes / 1}.
+    """
+    from vla_ros.policy.policy import OpenVLAPolicy
+
+    calls = []
+    hook = policy.model.language_model.model.register_forward_pre_hook(
+        lambda *_: calls.append(1))
+    fast, policy.fast = policy.fast, None
+    try:
+        chunk = policy.predict(images, INSTRUCTION, proprio=proprio, unnorm_key=key)
+        oft = len(calls) / chunk.values.shape[0]
+        calls.clear()
+        openvla = OpenVLAPolicy(policy.model, policy.config, policy.image_processor,
+                                policy.tokenizer, policy.device, policy.dtype)
+        openvla.predict(images[0], INSTRUCTION, unnorm_key=key)  # one action
+        return {'openvla_oft': oft, 'openvla': float(len(calls))}
+    finally:
+        policy.fast = fast
+        hook.remove()
 
 
 def main(argv=None):
@@ -149,6 +183,7 @@ def main(argv=None):
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     paths, difference = measure(policy, sets, args.warmup, key)
+    passes = forward_passes_per_action(policy, sets[0], proprio_for(policy), key)
     report = {
         'kind': 'oft',
         'meta': {'model': f'random OpenVLA-OFT {kind}' if kind else str(args.model),
@@ -165,8 +200,7 @@ def main(argv=None):
         'ratio_fast_vs_eager': (paths['eager']['phases_ms']['total']['p50']
                                 / paths['fast']['phases_ms']['total']['p50']),
         'max_normalized_difference_fast_vs_eager': difference,
-        'forward_passes_per_action': {'openvla_oft': 1 / policy.chunk_len,
-                                      'openvla': float(policy.action_dim)},
+        'forward_passes_per_action': passes,
         'memory': ({'weight_bytes': policy.weight_bytes,
                     'steady_bytes': torch.cuda.memory_allocated(device),
                     'peak_bytes': torch.cuda.max_memory_allocated(device)} if cuda else None),

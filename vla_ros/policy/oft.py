@@ -26,12 +26,11 @@ import torch
 
 from vla_ros.policy.actions import Action, action_token_range, normalized_from_tokens
 from vla_ros.policy.errors import CheckpointError, ConfigError, InputError, PolicyError
-from vla_ros.policy.oft_configuration import (check_proprio, dataset_bounds, OFTConstants,
-                                              PLACEHOLDER_ID, STOP_ID)
+from vla_ros.policy.oft_configuration import check_proprio, dataset_bounds, OFTConstants
 from vla_ros.policy.oft_modeling import (ACTION_HEAD, find_component, L1RegressionHead,
                                          load_component, load_into, PROPRIO_PROJECTOR,
                                          ProprioProjector, refuse_unsupported)
-from vla_ros.policy.oft_processing import prepare_image
+from vla_ros.policy.oft_processing import prepare_image, sequence_ids
 from vla_ros.policy.policy import load_backbone, PhaseClock, StatsKeys
 from vla_ros.policy.processing import build_prompt
 
@@ -233,8 +232,7 @@ class OpenVLAOFTPolicy(StatsKeys):
             state = torch.tensor(normalized[None], dtype=torch.float32, device=self.device)
         prompt_ids = self.tokenizer.model_input_ids(build_prompt(instruction))
         slots = self.constants.num_action_slots
-        ids = torch.tensor([prompt_ids + [PLACEHOLDER_ID] * slots + [STOP_ID]],
-                           device=self.device)  # (1, L + K + 1)
+        ids = torch.tensor([sequence_ids(prompt_ids, slots)], device=self.device)  # (1, L + K + 1)
         keep = torch.ones((1, ids.shape[1], 1), device=self.device)
         keep[:, len(prompt_ids):len(prompt_ids) + slots] = 0  # the action slots become zeros
         table = getattr(self.fast, 'table', None)

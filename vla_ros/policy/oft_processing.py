@@ -158,5 +158,11 @@ def prepare_image(image, center_crop, index=0):
 
 
 def sequence_ids(prompt_ids, num_slots):
-    """Return the ids OFT's forward pass sees: the prompt, K placeholder ids, the stop id."""
+    """
+    Return the ids OFT's forward pass sees: the prompt, K placeholder ids, the stop id.
+
+    The one statement of the rule: inference (``OpenVLAOFTPolicy.inputs``) and fine-tuning
+    (``training.dataset.collate``) both build their sequences here; the K action slots start
+    at ``len(prompt_ids)``.
+    """
     return list(prompt_ids) + [PLACEHOLDER_ID] * num_slots + [STOP_ID]

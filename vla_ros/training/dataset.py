@@ -33,8 +33,8 @@ from vla_ros.evaluation.bags import Bag, FLOAT64_MULTI_ARRAY
 from vla_ros.evaluation.options import check_bag
 from vla_ros.evaluation.reference import recorded_actions
 from vla_ros.evaluation.steps import Instruction, step_time, StepReader
-from vla_ros.policy.oft_configuration import Bounds, PLACEHOLDER_ID, STOP_ID
-from vla_ros.policy.oft_processing import prepare_image
+from vla_ros.policy.oft_configuration import Bounds
+from vla_ros.policy.oft_processing import prepare_image, sequence_ids
 from vla_ros.policy.processing import build_prompt
 from vla_ros.training.options import FinetuneError
 
@@ -254,7 +254,7 @@ def collate(samples, num_slots):
     action slots), 'prompt_len' (B,), 'seq_len' (B,), 'actions' (B, chunk, A), 'proprio'
     (B, P) when given}.
     """
-    seqs = [list(s['prompt_ids']) + [PLACEHOLDER_ID] * num_slots + [STOP_ID] for s in samples]
+    seqs = [sequence_ids(s['prompt_ids'], num_slots) for s in samples]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
     keep = torch.ones((len(seqs), width, 1))
