@@ -129,6 +129,23 @@ def test_recorded_actions_pair_by_log_time():
     assert np.isnan(late).all()  # logged at the next step time: that step's, not this one's
 
 
+def test_each_recorded_action_is_the_reference_of_at_most_one_step():
+    actions = np.arange(8)[:, None] * np.ones(7)
+    # Camera 10 Hz, steps 20 Hz: steps 2j and 2j + 1 use image j; a live node logs each
+    # step's action 5 ms after its tick.
+    step_ns = np.arange(8) * 50 * MS
+    image_ns = step_ns // (100 * MS) * (100 * MS)
+    live = reference.recorded_actions(image_ns, step_ns + 50 * MS, step_ns + 5 * MS, actions)
+    np.testing.assert_array_equal(live, actions)  # not 0, 0, 2, 2, ...
+    # A 10 Hz dataset (each action logged with its image, 1 ms before the step) at --rate 20:
+    # a step that reuses an image has no action of its own.
+    image_ns = np.maximum(image_ns - MS, 0)
+    dataset = reference.recorded_actions(image_ns, step_ns + 50 * MS, image_ns[::2],
+                                         actions[:4])
+    np.testing.assert_array_equal(dataset[::2], actions[:4])
+    assert np.isnan(dataset[1::2]).all()
+
+
 def test_steps_follow_the_live_node(tmp_path):
     images = [(T0_NS, 0, T0_NS), (T0_NS + 500 * MS, 1, T0_NS + 500 * MS),
               (T0_NS + 1000 * MS, 2, T0_NS + 1100 * MS)]  # stamped 0.1 s in the future
@@ -148,6 +165,24 @@ def test_steps_follow_the_live_node(tmp_path):
     unchecked = evaluate_bag(bag, StubPolicy(np.zeros(7)), 'k',
                              EvalOptions(reference='none', max_image_age=0), progress=False)
     assert unchecked.status == ['idle'] + ['ready'] * 5
+
+
+def test_steps_above_the_camera_rate_each_get_their_own_recorded_action(tmp_path):
+    """--rate 20 on 10 Hz cameras: each step's reference is the action logged after its tick."""
+    images = [(T0_NS + i * 100 * MS, i, T0_NS + i * 100 * MS) for i in range(4)]
+    steps_ns = [T0_NS + k * 50 * MS for k in range(7)]  # up to the last image
+    recorded = np.arange(7)[:, None] * 0.01 * np.ones(7)  # step k's action: 0.01 k everywhere
+    bag = write_bag(tmp_path / 'live', 'mcap', images=images,
+                    instructions=[(T0_NS - MS, 'pick up the red cup')],
+                    actions=[(t + 5 * MS, a) for t, a in zip(steps_ns, recorded)])
+    result = evaluate_bag(bag, StubPolicy(np.zeros(7)), 'k', EvalOptions(rate=20.0),
+                          progress=False)
+    assert list(result.time_ns) == steps_ns and result.status == ['ready'] * 7
+    assert list(result.image_log_ns) == [images[k // 2][0] for k in range(7)]
+    np.testing.assert_array_equal(result.reference, recorded)
+    m = metrics.compute(*result.metric_inputs(), RANGE)
+    assert m['steps_compared'] == 7
+    assert m['mae']['dx'] == pytest.approx(recorded[:, 0].mean(), abs=1e-12)
 
 
 def test_ee_pose_reference_through_a_bag(tmp_path):

@@ -358,7 +358,8 @@ def not_a_result(data, options, results):
     valid = counts['predicted'] - counts['invalid']
     if options.reference == 'action':
         where = (f"{options.topics()['action']} has {messages} message(s); a step's reference is "
-                 "the first one logged in [its image's log time, the next step's time)")
+                 "the first one logged in [its image's log time, the next step's time) that "
+                 "is not an earlier step's or logged with a newer image")
         fix = 'check --action-topic and --rate, or pass --reference ee_pose or none'
     else:
         where = (f"{options.topics()['ee_pose']} and {options.topics()['gripper']} have "
