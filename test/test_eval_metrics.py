@@ -6,8 +6,13 @@ import types
 from bag_helpers import NS, T0_NS, write_bag
 import numpy as np
 import pytest
+from rclpy.serialization import serialize_message
+from std_msgs.msg import String
 
+from vla_ros.control.formats import ConversionError
+from vla_ros.control.readers import string_from_cdr
 from vla_ros.evaluation import metrics, reference, steps
+from vla_ros.evaluation.bags import Bag, BagWriter
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
 from vla_ros.evaluation.report import build_metrics
 from vla_ros.sim.scenes import scene
@@ -165,6 +170,32 @@ def test_steps_follow_the_live_node(tmp_path):
     unchecked = evaluate_bag(bag, StubPolicy(np.zeros(7)), 'k',
                              EvalOptions(reference='none', max_image_age=0), progress=False)
     assert unchecked.status == ['idle'] + ['ready'] * 5
+
+
+def test_an_instruction_is_decoded_from_its_bytes_as_the_node_decodes_it(tmp_path):
+    """Invalid UTF-8 is refused offline with the words the live node refuses it with."""
+    good, bad = serialize_message(String(data='pick up the cup')), \
+        b'\x00\x01\x00\x00' + (6).to_bytes(4, 'little') + b'\xff\xfe\xfd!!\x00'
+    path = write_bag(tmp_path / 'bag', 'mcap', images=[(T0_NS + k * 200 * MS, k,
+                                                        T0_NS + k * 200 * MS) for k in range(3)])
+    mixed = tmp_path / 'mixed'
+    with Bag(path) as source, BagWriter(mixed, 'mcap') as writer:
+        for topic, log_ns, data in source.messages(['/camera/image_raw'], raw=True):
+            writer.write_raw(topic, 'sensor_msgs/msg/Image', log_ns, data)
+        for log_ns, data in ((T0_NS - MS, good), (T0_NS + 300 * MS, bad)):
+            writer.write_raw('/vla/instruction', 'std_msgs/msg/String', log_ns, data)
+    with pytest.raises(ConversionError) as live:
+        string_from_cdr(bad)  # what vla_node's instruction callback does with the bytes
+    with Bag(mixed) as opened:
+        events = [e for e in steps.StepReader(opened, ['/camera/image_raw'],
+                                              {'instruction': '/vla/instruction'}, 5.0)
+                  if isinstance(e, steps.Instruction)]
+    assert events == [steps.Instruction(T0_NS - MS, 'pick up the cup'),
+                      steps.Instruction(T0_NS + 300 * MS, refused=str(live.value))]
+    assert str(live.value).startswith('instruction is not valid UTF-8')
+    result = evaluate_bag(mixed, StubPolicy(np.zeros(7)), 'k', EvalOptions(reference='none'),
+                          progress=False)
+    assert result.status == ['ready', 'ready', 'idle'] and result.bad_instructions == 1
 
 
 def test_steps_above_the_camera_rate_each_get_their_own_recorded_action(tmp_path):

@@ -155,7 +155,8 @@ def read_episode(path, options, preprocessor=None):
     skipped = collections.Counter()
     with Bag(Path(path)) as bag:
         reader = StepReader(bag, cameras, topics, options.rate, compressed=options.compressed,
-                            layout=layout, max_skew=options.max_camera_skew)
+                            layout=layout, max_skew=options.max_camera_skew,
+                            pose_frame=options.action_frame)
         for event in reader:
             if isinstance(event, Instruction):  # as the control core takes it
                 refused = event.refused or len(event.text) > MAX_INSTRUCTION_CHARS
