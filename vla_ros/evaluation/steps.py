@@ -79,10 +79,6 @@ class StepInput:
     state: object = None  # vla_ros.control.core.State when a proprio layout is given
 
     @property
-    def image_index(self):
-        return self.frames[0].index
-
-    @property
     def image_log_ns(self):
         return self.frames[0].log_ns
 
