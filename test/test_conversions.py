@@ -16,7 +16,7 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from vla_ros.control.formats import (ACTION_LABEL, compressed_to_rgb, ConversionError,
                                      image_to_rgb, MAX_IMAGE_PIXELS, multiarray_to_action)
 from vla_ros.nodes.messages import (action_to_messages, messages_to_action, rgb_to_compressed,
-                                    rgb_to_image, string_from_cdr)
+                                    rgb_to_image)
 
 WIDTHS = [1, 3, 17, 641]
 PADDINGS = [0, 1, 3, 64]
@@ -386,21 +386,3 @@ def test_bad_action_messages_raise():
     raw.data[2] = math.inf
     with pytest.raises(ConversionError, match='dz=inf'):
         multiarray_to_action(raw)
-
-
-@pytest.mark.parametrize('text', ['', 'pick up the red cup', 'grüne Tasse ✓', 'x' * 5000])
-def test_string_from_cdr_round_trip(text):
-    from rclpy.serialization import serialize_message
-    from std_msgs.msg import String
-    assert string_from_cdr(serialize_message(String(data=text))) == text
-
-
-@pytest.mark.parametrize('raw, problem', [
-    (b'\x00\x01\x00\x00' + (6).to_bytes(4, 'little') + b'\xff\xfe\xfd!!\x00', 'not valid UTF-8'),
-    (b'\x00\x01\x00', 'not a CDR-serialized'),
-    (b'\x00\x01\x00\x00' + (9).to_bytes(4, 'little') + b'ab\x00', 'truncated'),
-    (b'\x00\x01\x00\x00' + (3).to_bytes(4, 'little') + b'abc', 'truncated'),
-])
-def test_string_from_cdr_refuses_malformed_instructions(raw, problem):
-    with pytest.raises(ConversionError, match=problem):
-        string_from_cdr(raw)

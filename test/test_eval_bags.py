@@ -153,7 +153,7 @@ def test_nothing_compared_or_predicted_is_not_a_result(tiny_checkpoint, tmp_path
     assert status == 2
     assert 'vla_eval: error: no step could be compared with a reference: /vla/action has 4 ' \
         "message(s); a step's reference is the first one logged in [its image's log time, the " \
-        "next step's time)" in err
+        "next step's time) that is not an earlier step's or logged with a newer image" in err
     assert 'check --action-topic and --rate' in err
 
     from rosbags.typesys.stores.ros2_jazzy import builtin_interfaces__msg__Time as Time

@@ -14,7 +14,7 @@ import time
 import types
 
 from bag_helpers import (FRONT, LIBERO_PROPRIO, libero_state, read_topic, robot_inputs,
-                         SimTimeReplay, T0_NS, WRIST, WRIST_SCENES, write_bag)
+                         rosbags_header, SimTimeReplay, T0_NS, WRIST, WRIST_SCENES, write_bag)
 from conftest import REPO
 from geometry_msgs.msg import PoseStamped
 import numpy as np
@@ -25,8 +25,10 @@ from test_eval_errors import assert_error, run_eval
 
 from vla_ros.control.formats import multiarray_to_chunk
 from vla_ros.evaluation import cli, metrics
+from vla_ros.evaluation.bags import Bag, typestore
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
 from vla_ros.evaluation.options import JOINT_STATE
+from vla_ros.evaluation.steps import Instruction, StepReader
 from vla_ros.sim.scenes import scene
 
 UNNORM_KEY = 'synth_oft_libero'
@@ -320,6 +322,61 @@ def test_receding_chunks_start_at_the_step_after_one_that_published(tmp_path):
     np.testing.assert_array_equal(result.predicted, [policy_rows(1)[0], policy_rows(1)[1],
                                                      policy_rows(2)[0], policy_rows(3)[0],
                                                      policy_rows(4)[0]])
+
+
+def malformed_state_bag(path):
+    """
+    Four steps; the state of steps 0 to 2 is one vla_node refuses, step 3's is good.
+
+    Step 0: a JointState with 3 names and 2 positions (zipped, the fingers would fit); step 1:
+    finger_left named twice; step 2: the ee_pose in frame 'world'.
+    """
+    ts = typestore()
+    front = [(step_ns(k), k, step_ns(k)) for k in range(4)]
+    wrist = [(step_ns(k) - 10 * MS, 100 + k, step_ns(k) - 10 * MS) for k in range(4)]
+    joints = [(['finger_left', 'finger_right', 'shoulder'], [0.01, -0.01]),
+              (['finger_left', 'finger_right', 'finger_left'], [0.01, -0.01, 0.03]),
+              (['finger_left', 'finger_right'], [0.02, -0.02]),
+              (['finger_left', 'finger_right'], [0.03, -0.03])]
+    raw = []
+    for k, (names, positions) in enumerate(joints):
+        log = step_ns(k) - 5 * MS
+        pose = ts.types['geometry_msgs/msg/Pose'](
+            position=ts.types['geometry_msgs/msg/Point'](x=0.1 * k, y=0.0, z=0.5),
+            orientation=ts.types['geometry_msgs/msg/Quaternion'](x=0.0, y=0.0, z=0.0, w=1.0))
+        raw.append(('/ee_pose', log, ts.types['geometry_msgs/msg/PoseStamped'](
+            header=rosbags_header(log, 'world' if k == 2 else 'base_link'), pose=pose)))
+        raw.append(('/joint_states', log, ts.types['sensor_msgs/msg/JointState'](
+            header=rosbags_header(log, ''), name=names, position=np.array(positions),
+            velocity=np.zeros(0), effort=np.zeros(0))))
+    return write_bag(path, 'mcap', cameras={FRONT: front, WRIST: wrist}, raw_messages=raw,
+                     instructions=[(T0_NS - MS, INSTRUCTION)])
+
+
+def test_a_state_the_node_refuses_is_a_bad_state_offline_too(tmp_path):
+    """Malformed joint states and a pose in another frame, read by the node's own readers."""
+    bag = malformed_state_bag(tmp_path / 'bag')
+    options = EvalOptions(camera_topics=(FRONT, WRIST), proprio=LIBERO_PROPRIO,
+                          reference='none')
+    policy = StubChunkPolicy()
+    result = evaluate_bag(bag, policy, 'k', options, progress=False)
+    assert result.status == ['bad_state', 'bad_state', 'bad_state', 'ready']
+    assert result.reasons['bad_state'].startswith('/joint_states has 3 names but 2 positions')
+    assert [c[0] for c in policy.calls] == [(3, 103)]
+    with Bag(bag) as opened:
+        steps = [e for e in StepReader(opened, options.cameras(), options.topics(), 5.0,
+                                       layout=options.layout()) if not isinstance(e, Instruction)]
+    assert [s.state.problem for s in steps] == [
+        '/joint_states has 3 names but 2 positions; publish one position per joint name',
+        "/joint_states names joint 'finger_left' more than once; publish each joint once",
+        "/ee_pose is in frame 'world', expected 'base_link' (--action-frame, the base frame of "
+        "the deltas); publish /ee_pose in 'base_link' or set --action-frame to the frame it is "
+        'in', '']
+    # --action-frame names the frame the recording's poses are in.
+    world = evaluate_bag(bag, StubChunkPolicy(), 'k', EvalOptions(
+        camera_topics=(FRONT, WRIST), proprio=LIBERO_PROPRIO, reference='none',
+        action_frame='world'), progress=False)
+    assert world.status == ['bad_state', 'bad_state', 'ready', 'queued']
 
 
 # ---------------------------------------------------------------- bad input

@@ -6,8 +6,13 @@ import types
 from bag_helpers import NS, T0_NS, write_bag
 import numpy as np
 import pytest
+from rclpy.serialization import serialize_message
+from std_msgs.msg import String
 
+from vla_ros.control.formats import ConversionError
+from vla_ros.control.readers import string_from_cdr
 from vla_ros.evaluation import metrics, reference, steps
+from vla_ros.evaluation.bags import Bag, BagWriter
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
 from vla_ros.evaluation.report import build_metrics
 from vla_ros.sim.scenes import scene
@@ -129,6 +134,23 @@ def test_recorded_actions_pair_by_log_time():
     assert np.isnan(late).all()  # logged at the next step time: that step's, not this one's
 
 
+def test_each_recorded_action_is_the_reference_of_at_most_one_step():
+    actions = np.arange(8)[:, None] * np.ones(7)
+    # Camera 10 Hz, steps 20 Hz: steps 2j and 2j + 1 use image j; a live node logs each
+    # step's action 5 ms after its tick.
+    step_ns = np.arange(8) * 50 * MS
+    image_ns = step_ns // (100 * MS) * (100 * MS)
+    live = reference.recorded_actions(image_ns, step_ns + 50 * MS, step_ns + 5 * MS, actions)
+    np.testing.assert_array_equal(live, actions)  # not 0, 0, 2, 2, ...
+    # A 10 Hz dataset (each action logged with its image, 1 ms before the step) at --rate 20:
+    # a step that reuses an image has no action of its own.
+    image_ns = np.maximum(image_ns - MS, 0)
+    dataset = reference.recorded_actions(image_ns, step_ns + 50 * MS, image_ns[::2],
+                                         actions[:4])
+    np.testing.assert_array_equal(dataset[::2], actions[:4])
+    assert np.isnan(dataset[1::2]).all()
+
+
 def test_steps_follow_the_live_node(tmp_path):
     images = [(T0_NS, 0, T0_NS), (T0_NS + 500 * MS, 1, T0_NS + 500 * MS),
               (T0_NS + 1000 * MS, 2, T0_NS + 1100 * MS)]  # stamped 0.1 s in the future
@@ -148,6 +170,50 @@ def test_steps_follow_the_live_node(tmp_path):
     unchecked = evaluate_bag(bag, StubPolicy(np.zeros(7)), 'k',
                              EvalOptions(reference='none', max_image_age=0), progress=False)
     assert unchecked.status == ['idle'] + ['ready'] * 5
+
+
+def test_an_instruction_is_decoded_from_its_bytes_as_the_node_decodes_it(tmp_path):
+    """Invalid UTF-8 is refused offline with the words the live node refuses it with."""
+    good, bad = serialize_message(String(data='pick up the cup')), \
+        b'\x00\x01\x00\x00' + (6).to_bytes(4, 'little') + b'\xff\xfe\xfd!!\x00'
+    path = write_bag(tmp_path / 'bag', 'mcap', images=[(T0_NS + k * 200 * MS, k,
+                                                        T0_NS + k * 200 * MS) for k in range(3)])
+    mixed = tmp_path / 'mixed'
+    with Bag(path) as source, BagWriter(mixed, 'mcap') as writer:
+        for topic, log_ns, data in source.messages(['/camera/image_raw'], raw=True):
+            writer.write_raw(topic, 'sensor_msgs/msg/Image', log_ns, data)
+        for log_ns, data in ((T0_NS - MS, good), (T0_NS + 300 * MS, bad)):
+            writer.write_raw('/vla/instruction', 'std_msgs/msg/String', log_ns, data)
+    with pytest.raises(ConversionError) as live:
+        string_from_cdr(bad)  # what vla_node's instruction callback does with the bytes
+    with Bag(mixed) as opened:
+        events = [e for e in steps.StepReader(opened, ['/camera/image_raw'],
+                                              {'instruction': '/vla/instruction'}, 5.0)
+                  if isinstance(e, steps.Instruction)]
+    assert events == [steps.Instruction(T0_NS - MS, 'pick up the cup'),
+                      steps.Instruction(T0_NS + 300 * MS, refused=str(live.value))]
+    assert str(live.value).startswith('instruction is not valid UTF-8')
+    result = evaluate_bag(mixed, StubPolicy(np.zeros(7)), 'k', EvalOptions(reference='none'),
+                          progress=False)
+    assert result.status == ['ready', 'ready', 'idle'] and result.bad_instructions == 1
+
+
+def test_steps_above_the_camera_rate_each_get_their_own_recorded_action(tmp_path):
+    """--rate 20 on 10 Hz cameras: each step's reference is the action logged after its tick."""
+    images = [(T0_NS + i * 100 * MS, i, T0_NS + i * 100 * MS) for i in range(4)]
+    steps_ns = [T0_NS + k * 50 * MS for k in range(7)]  # up to the last image
+    recorded = np.arange(7)[:, None] * 0.01 * np.ones(7)  # step k's action: 0.01 k everywhere
+    bag = write_bag(tmp_path / 'live', 'mcap', images=images,
+                    instructions=[(T0_NS - MS, 'pick up the red cup')],
+                    actions=[(t + 5 * MS, a) for t, a in zip(steps_ns, recorded)])
+    result = evaluate_bag(bag, StubPolicy(np.zeros(7)), 'k', EvalOptions(rate=20.0),
+                          progress=False)
+    assert list(result.time_ns) == steps_ns and result.status == ['ready'] * 7
+    assert list(result.image_log_ns) == [images[k // 2][0] for k in range(7)]
+    np.testing.assert_array_equal(result.reference, recorded)
+    m = metrics.compute(*result.metric_inputs(), RANGE)
+    assert m['steps_compared'] == 7
+    assert m['mae']['dx'] == pytest.approx(recorded[:, 0].mean(), abs=1e-12)
 
 
 def test_ee_pose_reference_through_a_bag(tmp_path):

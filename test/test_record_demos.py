@@ -80,12 +80,3 @@ def test_bad_options_are_refused_before_anything_starts(tmp_path, capsys):
             record_demos.parse_args(argv)
         assert exc.value.code == 2
         assert words in capsys.readouterr().err
-
-
-def test_header_stamp_is_read_from_serialized_messages():
-    from rclpy.serialization import serialize_message
-    from sensor_msgs.msg import Image, JointState
-    for msg in (Image(), JointState()):
-        msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_123, 456_789
-        assert record_demos.header_stamp_ns(serialize_message(msg)) == \
-            1_700_000_123 * 10**9 + 456_789

@@ -113,6 +113,22 @@ def test_statistics_equal_numpy_on_the_bags_arrays(base, bags, tmp_path, capsys)
     assert 'dataset_statistics.json' in capsys.readouterr().out
 
 
+def test_steps_above_the_camera_rate_train_on_their_own_recorded_actions(tmp_path):
+    """--rate 20 on 10 Hz cameras, a live run's actions 5 ms after each tick: one per step."""
+    steps, period = 9, 50 * MS_NS
+    inputs = robot_inputs(steps, period_ns=period, camera_period_ns=PERIOD_NS)
+    recorded = np.arange(steps)[:, None] * 0.01 * np.ones(7)  # step k's action: 0.01 k
+    write_bag(tmp_path / 'live', 'mcap', instructions=[(T0_NS - 50 * MS_NS, INSTRUCTIONS[0])],
+              actions=[(T0_NS + k * period + 5 * MS_NS, a) for k, a in enumerate(recorded)],
+              **inputs)
+    episode = read_episode(tmp_path / 'live', EvalOptions(
+        camera_topics=(FRONT, WRIST), proprio=LIBERO_PROPRIO, rate=20.0))
+    assert list(episode.samples) == list(range(steps))
+    np.testing.assert_array_equal(episode.actions, recorded)  # not 0, 0, 2, 2, ...
+    np.testing.assert_array_equal(episode.chunk(1, 4), recorded[1:5])
+    np.testing.assert_array_equal(episode.chunk(7, 4), recorded[[7, 8, 8, 8]])
+
+
 def test_normalised_targets_follow_oft_and_keep_the_raw_gripper():
     entry = {'action': {'q01': [-1.0, 0.0, 2.0], 'q99': [1.0, 4.0, 2.0], 'min': [-2.0, 0.0, 2.0],
                         'max': [2.0, 4.0, 2.0], 'mask': [True, True, False]}}

@@ -80,7 +80,8 @@ class Robot:
         self.joints = ros.publisher(JointState, 'joint_states', qos_profile_sensor_data)
         self.sent = {}  # stamp key -> frame index
         self.index = 0
-        self.faults = set()  # wrist, state, skew, late_wrist, nan, no_finger, short, wrist_size
+        # wrist, state, skew, late_wrist, nan, no_finger, short, duplicate, frame, wrist_size
+        self.faults = set()
         self._wrist_held = None  # late_wrist: the frame the wrist publishes next
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -114,7 +115,7 @@ class Robot:
                 state[1] = math.nan
             pose = PoseStamped()
             pose.header.stamp = stamp
-            pose.header.frame_id = 'base_link'
+            pose.header.frame_id = 'world' if 'frame' in faults else 'base_link'
             pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = state[:3]
             pose.pose.orientation.x = math.sin(state[3] / 2)
             pose.pose.orientation.w = math.cos(state[3] / 2)
@@ -126,6 +127,8 @@ class Robot:
                 joints.name, joints.position = ['shoulder', 'finger_left'], [0.5, 0.02]
             if 'short' in faults:  # a malformed message: fewer positions than names
                 joints.position = [0.5, float(state[6])]
+            if 'duplicate' in faults:  # which finger_left is it?
+                joints.name = ['finger_left', 'finger_left', 'finger_right']
             self.pose.publish(pose)
             self.joints.publish(joints)
         front, wrist = images_of(index)
@@ -280,26 +283,37 @@ def test_camera_or_state_gaps_stop_output_and_it_resumes(ros, launch, robot, oft
     deltas.wait_for(2, timeout=10.0)
 
 
-@pytest.mark.parametrize('fault, words', [
+BAD_STATES = [  # (the feed's fault, the words of the node's reason)
     ('nan', 'non-finite state values in ee_position'),
     ('no_finger', 'has no joint finger_right'),
     ('short', '/joint_states has 3 names but 2 positions'),
-])
-def test_bad_state_is_refused_counted_and_named(ros, launch, robot, oft_checkpoint, fault, words):
+    ('duplicate', "/joint_states names joint 'finger_left' more than once"),
+    ('frame', "/ee_pose is in frame 'world', expected 'base_link' (parameter 'action_frame'"),
+]
+
+
+def test_bad_states_are_refused_counted_and_named(ros, launch, robot, oft_checkpoint):
+    """One node, each bad state in turn: no action, counted, named, then acting again."""
     deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
     diag = ros.subscribe(DiagnosticArray, '/diagnostics', COMMANDS)
     node = start_node(launch, oft_checkpoint, *OFT_PARAMS, 'control_rate_hz:=10.0',
                       f'unnorm_key:={UNNORM_KEY}')
     node.wait_for_output('active', timeout=120.0)
-    feed = robot(faults={fault})
-    time.sleep(2.5)
-    assert not deltas.messages, 'an action was published from a bad state'
-    values = latest_diagnostics(diag)
-    assert int(values['ticks_bad_state']) >= 10
-    assert words in values['last_no_action_reason']
-    assert node.output().count(words) <= 2, 'the refusal is not throttled'
-    feed.faults = set()
-    deltas.wait_for(2, timeout=10.0)
+    feed = robot()
+    deltas.wait_for(2, timeout=30.0)
+    for fault, words in BAD_STATES:
+        feed.faults = {fault}
+        before = int(latest_diagnostics(diag)['ticks_bad_state'])
+        time.sleep(1.0)  # the rows of the chunk predicted from the good state run out
+        deltas.clear()
+        time.sleep(2.0)
+        assert not deltas.messages, f'{fault}: an action was published from a bad state'
+        values = latest_diagnostics(diag)
+        assert int(values['ticks_bad_state']) - before >= 10, fault
+        assert words in values['last_no_action_reason'], fault
+        assert node.output().count(words) <= 2, f'{fault}: the refusal is not throttled'
+        feed.faults = set()
+        deltas.wait_for(2, timeout=10.0)
     assert node.alive
 
 

@@ -33,6 +33,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from vla_ros.control.formats import image_to_rgb
+from vla_ros.control.readers import stamp_seconds
 from vla_ros.nodes import diagnostics, messages, qos
 from vla_ros.nodes.demo import executable, start, stop
 from vla_ros.sim.scenes import scene
@@ -101,7 +102,7 @@ def tick_overhead_oft(policy, iterations=200):
             out['gripper'].publish(gripper)
             out['action'].publish(raw)
 
-    inputs = ObservationInputs(node, OFT_CAMERAS, False, OFT_PROPRIO, None, 0.05)
+    inputs = ObservationInputs(node, OFT_CAMERAS, False, OFT_PROPRIO, None, 0.05, 'base_link')
     period = 0.05
     core = ControlCore(emit, max_image_age=None, period=period, chunk_mode='receding',
                        max_camera_skew=0.05, max_proprio_age=None)
@@ -110,13 +111,14 @@ def tick_overhead_oft(policy, iterations=200):
     frames = [messages.rgb_to_image(scene(i, 640, 480), stamp=stamp) for i in range(2)]
     pose, joints = PoseStamped(), JointState()
     pose.header.stamp = joints.header.stamp = stamp
+    pose.header.frame_id = 'base_link'
     pose.pose.position.x, pose.pose.orientation.w = 0.4, 1.0
     joints.name, joints.position = ['left_finger_joint', 'right_finger_joint'], [0.02, 0.02]
     for (_, _, callback), msg in zip(inputs.callbacks, (*frames, pose, joints)):
         callback(msg)  # as the subscriptions would
     chunk = np.tile([0.01, -0.02, 0.003, 0.05, -0.04, 0.1, 1.0], (policy.chunk_len, 1))
     parts = {'tick': [], 'convert': [], 'preprocess': [], 'publish chunk': []}
-    start = now = stamp.sec + stamp.nanosec * 1e-9  # ages are not checked: frames stay usable
+    start = now = stamp_seconds(stamp)  # ages are not checked: frames stay usable
     for i in range(iterations + 20):
         t0 = time.perf_counter()
         tick = core.tick(now, inputs.observation())  # every tick publishes one row

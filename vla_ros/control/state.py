@@ -16,15 +16,22 @@ entry                  size  value
 =====================  ====  ==========================================================
 
 A LIBERO-trained OpenVLA-OFT expects ``[ee_position, ee_axis_angle, joint:<left finger>,
-joint:<right finger>]`` (8 values). ROS-free: the node passes plain values and stamps. The
-state's stamp is that of its oldest part, so its age is the age of the stalest input.
+joint:<right finger>]`` (8 values). The state's stamp is that of its oldest part, so its age is
+the age of the stalest input.
+
+``read`` makes the state of the newest messages, read by ``readers`` (the pose in the deltas'
+frame, a well-formed JointState); vla_node's observations and vla_eval's step reader (and thereby
+vla_finetune) both call it, so a message is a bad state live exactly when it is one offline.
+ROS-free: the messages are read by attribute.
 """
 
 import math
 
 import numpy as np
 
+from vla_ros.control import readers
 from vla_ros.control.core import State
+from vla_ros.control.formats import ConversionError
 from vla_ros.control.geometry import quaternion_to_axis_angle, quaternion_to_rpy
 
 POSE_ENTRIES = {'ee_position': 3, 'ee_axis_angle': 3, 'ee_rpy': 3, 'ee_quaternion': 4}
@@ -48,6 +55,23 @@ class StateLayout:
 
     def __bool__(self):
         return bool(self.entries)
+
+    def read(self, pose_msg, joint_msg, pose_source='ee_pose', joint_source='joint_states',
+             frame=None, frame_option="parameter 'action_frame'"):
+        """
+        Return the ``State`` of the newest PoseStamped and JointState (None: none received yet).
+
+        ``frame`` (and ``frame_option``, where it is set): the frame the pose must be in, see
+        ``readers.read_pose``. A refused message is a ``State`` whose ``problem`` says why.
+        """
+        try:
+            pose = (readers.read_pose(pose_msg, frame, pose_source, frame_option)
+                    if pose_msg is not None and self.needs_pose else None)
+            joints = (readers.read_joints(joint_msg, joint_source)
+                      if joint_msg is not None and self.joints else None)
+        except ConversionError as exc:
+            return State(problem=str(exc))
+        return self.assemble(pose, joints, pose_source, joint_source)
 
     def assemble(self, pose=None, joints=None, pose_source='ee_pose',
                  joint_source='joint_states'):

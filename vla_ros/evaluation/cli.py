@@ -118,6 +118,10 @@ def build_parser():
                         help="the state vector's layout, as vla_node's proprio: ee_position, "
                         'ee_axis_angle, ee_rpy, ee_quaternion (from --ee-pose-topic), '
                         'joint:NAME (from --joint-states-topic); default none')
+    parser.add_argument('--action-frame', default='base_link', metavar='F',
+                        help="as vla_node's action_frame: the base frame of the deltas; a "
+                        'step whose ee_pose (--proprio) is in another frame has no usable '
+                        'state (default base_link)')
     parser.add_argument('--policy', choices=POLICIES, default='openvla',
                         help='the policy family (default openvla)')
     parser.add_argument('--platform', choices=('libero', 'aloha', 'bridge'), default='libero',
@@ -175,7 +179,7 @@ def options_from_args(args):
         ee_pose_topic=topic_name(args.ee_pose_topic),
         gripper_topic=topic_name(args.gripper_topic) if args.gripper_topic else '',
         joint_states_topic=topic_name(args.joint_states_topic), proprio=tuple(args.proprio),
-        rate=args.rate, max_image_age=args.max_image_age,
+        action_frame=args.action_frame, rate=args.rate, max_image_age=args.max_image_age,
         max_camera_skew=args.max_camera_skew, max_proprio_age=args.max_proprio_age,
         chunk_mode=args.chunk_mode, execute_steps=args.execute_steps,
         ensemble_decay=args.ensemble_decay)
@@ -358,7 +362,8 @@ def not_a_result(data, options, results):
     valid = counts['predicted'] - counts['invalid']
     if options.reference == 'action':
         where = (f"{options.topics()['action']} has {messages} message(s); a step's reference is "
-                 "the first one logged in [its image's log time, the next step's time)")
+                 "the first one logged in [its image's log time, the next step's time) that "
+                 "is not an earlier step's or logged with a newer image")
         fix = 'check --action-topic and --rate, or pass --reference ee_pose or none'
     else:
         where = (f"{options.topics()['ee_pose']} and {options.topics()['gripper']} have "

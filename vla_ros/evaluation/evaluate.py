@@ -76,7 +76,8 @@ def evaluate_bag(path, policy, unnorm_key, options, name=None, progress=True, de
         with Bag(path) as bag:
             reader = StepReader(bag, cameras, topics, options.rate,
                                 compressed=options.compressed, layout=layout,
-                                max_skew=options.max_camera_skew)
+                                max_skew=options.max_camera_skew,
+                                pose_frame=options.action_frame)
             yield from reader
             state['streams'] = reader.streams
 

@@ -3,7 +3,8 @@ What vla_eval reads from a bag and how it steps through it (``EvalOptions``), an
 
 ``EvalOptions`` mirrors vla_node's parameters where the two meet: the cameras
 (``camera_topics``, primary first; ``image_topic`` is the one-camera form), the state layout
-(``proprio``, read from ``ee_pose`` and ``joint_states``), the control rate and the chunk
+(``proprio``, read from ``ee_pose`` and ``joint_states``; the pose in ``action_frame``, the base
+frame of the deltas, or the step has no usable state, as live), the control rate and the chunk
 execution (``chunk_mode``, ``execute_steps``, ``ensemble_decay``), and the checks the control core
 makes (``max_image_age``, ``max_camera_skew``, ``max_proprio_age``). Invalid options raise
 ``EvalError`` when constructed.
@@ -45,6 +46,7 @@ class EvalOptions:
     gripper_topic: str = ''
     joint_states_topic: str = '/joint_states'
     proprio: tuple = ()  # the state layout, as vla_node's proprio parameter
+    action_frame: str = 'base_link'  # the frame the state's ee_pose must be in, as vla_node's
     rate: float = 5.0
     max_image_age: float = 0.5  # 0: no age checks
     max_camera_skew: float = 0.05  # None: no skew check
@@ -68,6 +70,9 @@ class EvalOptions:
                             ('--max-proprio-age', self.max_proprio_age)):
             if value is not None and (math.isnan(value) or value < 0):
                 raise EvalError(f'{flag} {value} must be a number >= 0')
+        if not self.action_frame.strip('/'):
+            raise EvalError(f'--action-frame {self.action_frame!r}: name the base frame of the '
+                            'deltas, the frame ee_pose is recorded in (default base_link)')
         cameras = self.cameras()
         twice = sorted({t for t in cameras if cameras.count(t) > 1})
         if twice:

@@ -10,13 +10,15 @@ instruction, ``vla/action`` and gripper topics have no header at all, so only lo
 them against the images.
 
 ``StepReader`` walks the bag once, in log-time order, and yields two kinds of events in time
-order: ``Instruction`` (a ``std_msgs/String`` as the node would decode it; an undecodable one
-carries the reason it is refused) and ``StepInput`` (a tick at ``t_k`` with, for every camera,
-the newest frame logged at or before it, paired as the node pairs them (``core.matched_frames``
-on the newest two of each camera: with ``max_skew``, a camera whose new frame was logged before
-the others' uses its previous one), decoded by the node's own ``vla_ros.control.formats``,
-and, when a ``proprio`` layout is given, the state ``StateLayout.assemble`` makes of the newest
-``ee_pose`` and ``joint_states`` logged at or before it, as the node's ``observations`` does).
+order: ``Instruction`` (a ``std_msgs/String``'s recorded bytes decoded by the node's own
+``readers.string_from_cdr``; an undecodable one carries the reason the node refuses it with) and
+``StepInput`` (a tick at ``t_k`` with, for every camera, the newest frame logged at or before it,
+paired as the node pairs them (``core.matched_frames`` on the newest two of each camera: with
+``max_skew``, a camera whose new frame was logged before the others' uses its previous one),
+decoded by the node's own ``vla_ros.control.formats``, and, when a ``proprio`` layout is given,
+the state ``StateLayout.read`` makes of the newest ``ee_pose`` and ``joint_states`` logged at or
+before it, as the node's ``observations`` does: the same readers, so a JointState the node
+refuses, or an ee_pose outside ``pose_frame``, is a bad state here too).
 What each step *does* (idle, stale, skewed, predict, a queued chunk action) is not decided here:
 ``evaluate`` hands these events to the same ``ControlCore`` as the node. A step is yielded once a
 message logged after ``t_k`` arrives, and only if a primary image is logged at or after ``t_k``
@@ -31,11 +33,11 @@ import numpy as np
 from vla_ros.control import formats
 from vla_ros.control.core import Frame, matched_frames, Observation
 from vla_ros.control.geometry import quaternion_to_rpy
-from vla_ros.evaluation.bags import EvalError, READ_ERRORS
+from vla_ros.control.readers import ns_to_seconds, read_pose, stamp_ns, string_from_cdr
+from vla_ros.evaluation.bags import EvalError
 
 # Steps one bag may have (duration x rate): about 11 h at 5 Hz, 1.9 h at 30 Hz.
 MAX_STEPS = 200_000
-NS = 1_000_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +79,6 @@ class StepInput:
     state: object = None  # vla_ros.control.core.State when a proprio layout is given
 
     @property
-    def image_index(self):
-        return self.frames[0].index
-
-    @property
     def image_log_ns(self):
         return self.frames[0].log_ns
 
@@ -91,7 +89,7 @@ class StepInput:
 
     def observation(self, needs_state=False):
         """Return the ``Observation`` the live node's ``observations`` makes of these inputs."""
-        frames = tuple(None if f is None else Frame(f, stamp_seconds(f.stamp_ns), f.topic)
+        frames = tuple(None if f is None else Frame(f, ns_to_seconds(f.stamp_ns), f.topic)
                        for f in self.frames)
         return Observation(frames, self.names, self.state, needs_state)
 
@@ -113,16 +111,6 @@ def step_time(t0_ns, k, rate):
     return t0_ns + int(round(k * 1e9 / rate))
 
 
-def header_stamp_ns(msg):
-    """Return the header stamp of a message in ns."""
-    return int(msg.header.stamp.sec) * NS + int(msg.header.stamp.nanosec)
-
-
-def stamp_seconds(ns):
-    """Return a stamp in ns as float seconds, computed as the node does (sec + nanosec * 1e-9)."""
-    return ns // NS + (ns % NS) * 1e-9
-
-
 class StepReader:
     """
     Walk one opened ``Bag`` and yield its ``Instruction`` and ``StepInput`` events in order.
@@ -131,12 +119,13 @@ class StepReader:
     ('instruction', 'action', 'ee_pose', 'gripper' for the references, 'pose' and 'joints' for
     the state) to topic names; roles that are absent are not read. ``layout``: a
     ``StateLayout`` (or None: no state). ``max_skew``: the node's ``max_camera_skew`` (None:
-    the newest frames, unpaired). After the walk, ``streams`` holds the action, pose and gripper
-    topics.
+    the newest frames, unpaired). ``pose_frame``: the frame the state's ee_pose must be in
+    (vla_node's ``action_frame``; ``--action-frame``). After the walk, ``streams`` holds the
+    action, pose and gripper topics.
     """
 
     def __init__(self, bag, cameras, topics, rate, compressed=False, layout=None,
-                 max_skew=None):
+                 max_skew=None, pose_frame='base_link'):
         self.bag = bag
         self.cameras = tuple(cameras)
         self.topics = dict(topics)
@@ -144,6 +133,7 @@ class StepReader:
         self.compressed = compressed
         self.layout = layout if layout else None
         self.max_skew = max_skew
+        self.pose_frame = pose_frame
         self.streams = Streams()
         self.last_image_log_ns = None
         self._uses = {}
@@ -200,10 +190,9 @@ class StepReader:
 
     def _instruction(self, log_ns, data):
         try:
-            msg = self.bag.deserialize(data, self.topics['instruction'])
-        except (EvalError, *READ_ERRORS) as exc:  # the node counts it and goes idle
-            return Instruction(log_ns, refused=f'undecodable instruction: {exc}')
-        return Instruction(log_ns, msg.data)
+            return Instruction(log_ns, string_from_cdr(data))
+        except formats.ConversionError as exc:  # the node counts it and goes idle
+            return Instruction(log_ns, refused=str(exc))
 
     def _store(self, role, log_ns, data):
         msg = self.bag.deserialize(data, self.topics[role])
@@ -218,16 +207,15 @@ class StepReader:
             s.action_times.append(log_ns)
             s.actions.append(values)
         elif role == 'ee_pose':
-            p = msg.pose
+            position, quaternion, _ = read_pose(msg)
             try:
-                rpy = quaternion_to_rpy(p.orientation.x, p.orientation.y, p.orientation.z,
-                                        p.orientation.w)
+                rpy = quaternion_to_rpy(*quaternion)
             except ValueError as exc:
                 raise EvalError(f'ee_pose on {self.topics[role]} at log time '
                                 f'{log_ns * 1e-9:.3f} s in bag {str(self.bag.path)!r}: {exc}; '
                                 'fix the recording or use --reference action') from None
             s.pose_times.append(log_ns)
-            s.poses.append((p.position.x, p.position.y, p.position.z, *rpy))
+            s.poses.append((*position, *rpy))
         elif role == 'gripper':
             s.gripper_times.append(log_ns)
             s.grippers.append(float(msg.data))
@@ -236,7 +224,7 @@ class StepReader:
         """Turn a step's inputs into a ``StepInput``: frames decoded and state assembled once."""
         held = [[(i, image) for image in images[i]] for i in range(len(images))]
         picked = matched_frames(held, self.max_skew,  # a previous frame is read only if needed
-                                lambda item: stamp_seconds(self._frame(*item).stamp_ns))
+                                lambda item: ns_to_seconds(self._frame(*item).stamp_ns))
         frames = tuple(None if item is None else self._frame(*item) for item in picked)
         state = self._assemble(pose, joints) if self.layout else None
         return StepInput(k, t_ns, frames, self.cameras, state)
@@ -253,7 +241,7 @@ class StepReader:
                 rgb = decode(msg)
             except formats.ConversionError as exc:
                 error = exc
-            cached = FrameInput(topic, index, log_ns, header_stamp_ns(msg), rgb, error)
+            cached = FrameInput(topic, index, log_ns, stamp_ns(msg.header.stamp), rgb, error)
             held = self._decoded[camera]
             held[index] = cached
             for old in sorted(held)[:-2]:
@@ -264,18 +252,11 @@ class StepReader:
         """Return the ``State`` of the newest pose and joint states (None: none yet)."""
         key = (pose[0] if pose else None, joints[0] if joints else None)
         if self._state[0] != key:
-            pose_value = joint_value = None
-            if pose is not None:
-                msg = self.bag.deserialize(pose[2], self.topics['pose'])
-                p, q = msg.pose.position, msg.pose.orientation
-                pose_value = ((p.x, p.y, p.z), (q.x, q.y, q.z, q.w),
-                              stamp_seconds(header_stamp_ns(msg)))
-            if joints is not None:
-                msg = self.bag.deserialize(joints[2], self.topics['joints'])
-                joint_value = (dict(zip(msg.name, msg.position)),
-                               stamp_seconds(header_stamp_ns(msg)))
-            state = self.layout.assemble(pose_value, joint_value, self.topics.get('pose', ''),
-                                         self.topics.get('joints', ''))
+            messages = [None if item is None else self.bag.deserialize(item[2], self.topics[role])
+                        for role, item in (('pose', pose), ('joints', joints))]
+            state = self.layout.read(*messages, self.topics.get('pose', ''),
+                                     self.topics.get('joints', ''), self.pose_frame,
+                                     '--action-frame')
             self._state = (key, state)
         return self._state[1]
 

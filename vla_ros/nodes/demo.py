@@ -44,6 +44,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from vla_ros.control.formats import image_to_rgb
+from vla_ros.control.readers import stamp_seconds
 from vla_ros.nodes import diagnostics
 from vla_ros.sim.tasks import REACH_REGION
 
@@ -112,8 +113,8 @@ class Observer:
         return self.node.get_clock().now().nanoseconds * 1e-9
 
     def _on_delta(self, msg):
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        self.latencies.append(self.now() - stamp)  # image stamp -> command out of vla_node
+        # image stamp -> command out of vla_node
+        self.latencies.append(self.now() - stamp_seconds(msg.header.stamp))
         self.deltas.append(msg)
 
     def _on_pose(self, msg):

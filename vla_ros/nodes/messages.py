@@ -1,8 +1,9 @@
 """
-ROS messages from numpy and back: camera images out, actions out, instructions in.
+ROS messages from numpy and back: camera images out, actions out.
 
 The message-building half of the conversions; decoding frames and actions from message fields
-(which offline evaluation shares) is ``vla_ros.control.formats``, and every rotation is
+(which offline evaluation shares) is ``vla_ros.control.formats``, reading stamps, poses, joint
+states and instructions is ``vla_ros.control.readers``, and every rotation is
 ``vla_ros.control.geometry``. Every bad input raises ``ConversionError`` with a message naming
 the problem and the fix.
 """
@@ -182,28 +183,3 @@ def messages_to_action(pose, gripper, gripper_open_is_one=True):
         g = 1.0 - g
     values = [p.position.x, p.position.y, p.position.z, roll, pitch, yaw, g]
     return check_action(values, 'pose/gripper messages')
-
-
-def string_from_cdr(raw):
-    """
-    Decode a serialized std_msgs/String strictly: invalid UTF-8 raises instead of being replaced.
-
-    rclpy's own deserialisation silently replaces invalid UTF-8 with U+FFFD, which would turn a
-    garbled instruction into a prompt. ``raw`` is the CDR bytes a ``raw=True`` subscription
-    delivers: a 4-byte encapsulation header (its second byte's low bit: 1 = little endian), a
-    uint32 length that counts the terminating NUL, then the bytes.
-    """
-    raw = bytes(raw)
-    if len(raw) < 8 or raw[0] != 0 or raw[1] not in (0, 1, 6, 7):
-        raise ConversionError('instruction message is not a CDR-serialized std_msgs/String; '
-                              'publish std_msgs/msg/String')
-    length = int.from_bytes(raw[4:8], 'little' if raw[1] & 1 else 'big')
-    payload = raw[8:8 + length]
-    if length == 0 or len(payload) != length or payload[-1] != 0:
-        raise ConversionError(f'instruction message is truncated (length field {length}, '
-                              f'{len(raw) - 8} bytes of data); publish std_msgs/msg/String')
-    try:
-        return payload[:-1].decode('utf-8')
-    except UnicodeDecodeError as exc:
-        raise ConversionError(f'instruction is not valid UTF-8 ({exc.reason} at byte '
-                              f'{exc.start}); send UTF-8 text') from None

@@ -5,31 +5,34 @@ Callbacks only store the newest message of each topic, the newest two of each ca
 (sensor-data QoS: latest only; a best-effort subscription also matches reliable publishers). At a
 tick, ``observation()`` makes the ``Observation`` the control core judges: one ``Frame`` per
 camera, primary first, paired by ``core.matched_frames`` (a camera whose new frame arrived before
-the others' uses its previous one, stamped with theirs), and the state assembled by
-``StateLayout`` from ``ee_pose`` and ``joint_states`` when the policy needs it.
+the others' uses its previous one, stamped with theirs), and the state ``StateLayout.read`` makes
+of ``ee_pose`` and ``joint_states`` when the policy needs it. Every field is read by
+``vla_ros.control.readers``, as vla_eval reads a bag: the pose must be in ``action_frame``, the
+frame of the deltas (arm_bridge refuses a pose in another frame too).
 """
 
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from vla_ros.control.concurrency import Latest, Recent
-from vla_ros.control.core import Frame, matched_frames, Observation, State
+from vla_ros.control.core import Frame, matched_frames, Observation
+from vla_ros.control.readers import stamp_seconds
 from vla_ros.control.state import StateLayout
 from vla_ros.nodes import qos
 
 
-def seconds(stamp):
-    """Return a builtin_interfaces/Time as float seconds."""
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
 class ObservationInputs:
-    """The subscriptions of one node's observations (see the module docstring)."""
+    """
+    The subscriptions of one node's observations (see the module docstring).
+
+    ``pose_frame``: the frame ee_pose must be in; None: the node's ``action_frame`` (vla_node).
+    """
 
     def __init__(self, node, camera_topics, compressed, proprio, callback_group,
-                 max_camera_skew=None):
+                 max_camera_skew=None, pose_frame=None):
         self.node = node
         self.max_camera_skew = max_camera_skew
+        self.pose_frame = node.cfg.action_frame if pose_frame is None else pose_frame
         suffix = '/compressed' if compressed else ''
         self.topics = tuple(node.resolve_topic_name(topic) + suffix for topic in camera_topics)
         self.layout = StateLayout(proprio)
@@ -52,7 +55,7 @@ class ObservationInputs:
     @staticmethod
     def _store_frame(slot, topic):
         def store(msg):
-            slot.put(Frame(msg, seconds(msg.header.stamp), topic))
+            slot.put(Frame(msg, stamp_seconds(msg.header.stamp), topic))
         return store
 
     def observation(self):
@@ -63,19 +66,8 @@ class ObservationInputs:
         return Observation(frames, self.topics, state, needs_state=bool(self.layout))
 
     def _state(self):
-        pose_msg, joint_msg = self._pose.get(), self._joints.get()
-        pose = joints = None
-        if pose_msg is not None:
-            p, q = pose_msg.pose.position, pose_msg.pose.orientation
-            pose = ((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), seconds(pose_msg.header.stamp))
-        if joint_msg is not None:
-            if len(joint_msg.position) != len(joint_msg.name):
-                return State(problem=f'{self.joint_topic} has {len(joint_msg.name)} names but '
-                             f'{len(joint_msg.position)} positions; publish one position per '
-                             'joint name')
-            positions = dict(zip(joint_msg.name, joint_msg.position))
-            joints = (positions, seconds(joint_msg.header.stamp))
-        return self.layout.assemble(pose, joints, self.pose_topic, self.joint_topic)
+        return self.layout.read(self._pose.get(), self._joints.get(), self.pose_topic,
+                                self.joint_topic, self.pose_frame)
 
     def ages(self, now):
         """Return {topic: seconds since its newest stamp} of the cameras and the state."""

@@ -47,6 +47,7 @@ from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from vla_ros.control.geometry import quaternion_to_rpy
+from vla_ros.control.readers import header_stamp_ns_from_cdr
 from vla_ros.evaluation.bags import BagWriter
 from vla_ros.nodes import messages, qos
 from vla_ros.nodes.demo import config_file, executable, start, stop
@@ -80,13 +81,6 @@ RESET_TIMEOUT = 10.0  # s for a reset to show on sim/task and the camera
 
 class RecordError(RuntimeError):
     """A node did not start or answer; the text says which and where its log is."""
-
-
-def header_stamp_ns(raw):
-    """Return the header stamp (ns) of a serialized message that starts with a std_msgs/Header."""
-    order = 'little' if raw[1] & 1 else 'big'  # CDR encapsulation: 0x0001 little endian
-    sec = int.from_bytes(raw[4:8], order, signed=True)
-    return sec * 10**9 + int.from_bytes(raw[8:12], order)
 
 
 class ExpertRecorder:
@@ -129,7 +123,7 @@ class ExpertRecorder:
             with self._lock:
                 now = self.now_ns()  # under the lock: the bag's log times only go forward
                 if name in STAMPED:
-                    stamp = header_stamp_ns(raw)
+                    stamp = header_stamp_ns_from_cdr(raw)
                     if self._since_ns is not None and stamp < self._since_ns:
                         return  # from before the reset
                     self.state[name] = stamp if 'image' in name else deserialize_message(raw,

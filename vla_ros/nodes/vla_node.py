@@ -24,7 +24,7 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
-from vla_ros.control import formats
+from vla_ros.control import formats, readers
 from vla_ros.control.concurrency import InferenceWorker
 from vla_ros.control.core import ControlCore, infer
 from vla_ros.control.stats import Counters, RateMeter, Window
@@ -219,7 +219,7 @@ class VlaNode(LifecycleNode):
 
     def _on_instruction(self, raw):
         try:
-            self._instruct(messages.string_from_cdr(raw))
+            self._instruct(readers.string_from_cdr(raw))
         except formats.ConversionError as exc:
             self._report_instruction(self.core.refuse_instruction(str(exc)), 'undecodable')
 

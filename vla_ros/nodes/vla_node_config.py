@@ -33,7 +33,8 @@ PARAMS = (
               check=lambda v: v in ('raw', 'compressed'), allowed="'raw' or 'compressed'"),
     NodeParam('center_crop', False, 'Center crop (0.9 area) used by fine-tunes trained with '
               'image augmentation (OpenVLA-OFT LIBERO and ALOHA checkpoints: true).'),
-    NodeParam('action_frame', 'base_link', 'frame_id of the published deltas.',
+    NodeParam('action_frame', 'base_link', 'frame_id of the published deltas; with proprio, '
+              'ee_pose must be in this frame.',
               check=lambda v: bool(v.strip('/')), allowed='a frame name, e.g. base_link'),
     NodeParam('gripper_open_is_one', True, 'Publish vla/gripper with 1 = open (OpenVLA); false '
               'publishes 1 - g.'),

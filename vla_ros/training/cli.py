@@ -73,6 +73,9 @@ def build_parser():
                       help='geometry_msgs/PoseStamped end-effector pose (default ee_pose)')
     data.add_argument('--joint-states-topic', default='joint_states', metavar='T',
                       help='sensor_msgs/JointState topic (default joint_states)')
+    data.add_argument('--action-frame', default='base_link', metavar='F',
+                      help="as vla_node's action_frame: the frame ee_pose must be in; a step "
+                      'whose pose is in another frame is no sample (default base_link)')
     data.add_argument('--instruction-topic', default='vla/instruction', metavar='T',
                       help='std_msgs/String instruction topic (default vla/instruction)')
     data.add_argument('--action-topic', default='vla/action', metavar='T',
@@ -176,7 +179,7 @@ def config_from_args(args):
             reference='action', action_topic=topic_name(args.action_topic),
             ee_pose_topic=topic_name(args.ee_pose_topic),
             joint_states_topic=topic_name(args.joint_states_topic),
-            proprio=tuple(args.proprio), rate=args.rate)
+            proprio=tuple(args.proprio), action_frame=args.action_frame, rate=args.rate)
     except EvalError as exc:
         raise FinetuneError(str(exc)) from None
     absolute = [str(Path(b).resolve()) for b in args.bags]

@@ -4,9 +4,11 @@ Training samples from rosbag2 recordings, with vla_eval's step semantics and the
 A bag is read once (``read_episode``) through ``vla_ros.evaluation``'s ``Bag`` and
 ``StepReader``: steps at ``rate`` on bag log time from the primary camera's first frame, each
 with the newest frame of every camera and the newest ``ee_pose`` / ``joint_states`` logged at or
-before it (the state assembled by vla_node's ``StateLayout``), and the newest instruction. Each
+before it (the state read by vla_node's ``StateLayout.read``), and the newest instruction. Each
 step's action is the recorded ``vla/action`` vla_eval pairs with it: the first one logged in [its
-primary image's log time, the next step's time) (``reference.recorded_actions``).
+primary image's log time, the next step's time) that is not an earlier step's or logged with a
+newer image (``reference.recorded_actions``), so each recorded action is the target of at most
+one step.
 
 A step is a training sample when it has an instruction, a frame of every camera (decoded), a
 state (when a layout is given) and an action. Its target chunk is the action of that step and of
@@ -153,7 +155,8 @@ def read_episode(path, options, preprocessor=None):
     skipped = collections.Counter()
     with Bag(Path(path)) as bag:
         reader = StepReader(bag, cameras, topics, options.rate, compressed=options.compressed,
-                            layout=layout, max_skew=options.max_camera_skew)
+                            layout=layout, max_skew=options.max_camera_skew,
+                            pose_frame=options.action_frame)
         for event in reader:
             if isinstance(event, Instruction):  # as the control core takes it
                 refused = event.refused or len(event.text) > MAX_INSTRUCTION_CHARS
