@@ -182,7 +182,7 @@ def test_servo_twist_streams_clamps_drops_and_watchdog(ros, launch):
         policy.delta((math.nan, 0.0, 0.0))
         time.sleep(0.8)
         assert twists.messages and not moving(twists)
-        bridge.wait_for_output("frame_id 'camera_link', expected 'base_link'")
+        bridge.wait_for_output("vla/ee_delta is in frame 'camera_link', expected 'base_link'")
         # The watchdog: long after the last delta, zero twists keep coming at the stream rate.
         values = wait_until(lambda: in_state(safety_status(diag), 'watchdog'), 5.0,
                             message='the watchdog state in diagnostics')
@@ -564,6 +564,15 @@ def test_pose_target_waits_for_ee_pose_then_composes_inside_the_box(ros, launch)
     policy.delta((0.02, 0.0, 0.0))
     time.sleep(0.5)
     assert not targets.messages, 'nothing is published before ee_pose'
+    # An ee_pose in another frame is refused by the shared reader: still nothing to hold.
+    elsewhere = ros.publisher(PoseStamped, 'ee_pose', QOS)
+    ros.wait_for_subscribers(elsewhere)
+    for _ in range(5):
+        elsewhere.publish(pose_msg(ros, HOME, frame='world'))
+        time.sleep(0.05)
+    bridge.wait_for_output("ee_pose refused: /ee_pose is in frame 'world', expected 'base_link' "
+                           "(parameter 'base_frame'")
+    assert not targets.messages, 'nothing is published from an ee_pose in another frame'
     ee_rpy = (0.0, 0.3, 0.0)
     with Arm(ros, HOME, ee_rpy):
         bridge.wait_for_output('ee_pose received')

@@ -35,7 +35,8 @@ from rclpy.time import Time
 from std_msgs.msg import Float64
 from std_srvs.srv import SetBool, Trigger
 
-from vla_ros.control import geometry, safety
+from vla_ros.control import geometry, readers, safety
+from vla_ros.control.formats import ConversionError
 from vla_ros.control.gripper import GripperConfig, GripperHysteresis, PAIRINGS, StepPairing
 from vla_ros.control.stats import Counters, RateMeter
 from vla_ros.nodes import diagnostics, params, qos
@@ -94,6 +95,7 @@ PARAMS = (
                      'closed.'),
 )
 _LIMITS = tuple(f.name for f in dataclasses.fields(safety.SafetyLimits))
+BASE_FRAME = "parameter 'base_frame'"  # where the frame of ee_pose and the deltas is set
 RESTART_HINT = 'only the safety limits may change, and only tighten, while arm_bridge runs; ' \
     'restart it with -p NAME:=VALUE'
 
@@ -148,10 +150,6 @@ def tightened(limits, changes):
                           'safety limit may only tighten while arm_bridge runs: restart it with '
                           f'-p {name}:=... to loosen it')
     return new, None
-
-
-def _seconds(stamp):
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 class ArmBridge(Node):
@@ -322,17 +320,8 @@ class ArmBridge(Node):
         if self._pose_msg is not None:
             msg, arrived = self._pose_msg
             self._pose_msg = None
-            frame = msg.header.frame_id.lstrip('/')
-            p, q = msg.pose.position, msg.pose.orientation
-            pose = safety.make_pose((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), arrived)
-            if frame != self.base_frame:
-                self.counters.bump('rejected_pose', f'ee_pose in frame {frame!r}')
-                self._log.warning('pose_frame', f'ee_pose refused: frame_id {frame!r}, '
-                                  f"expected {self.base_frame!r} (parameter 'base_frame')")
-            elif pose is None:
-                self.counters.bump('rejected_pose', 'ee_pose with NaN/inf or a zero quaternion')
-                self._log.warning('pose_nan', 'ee_pose refused: NaN/inf or a zero quaternion')
-            else:
+            pose = self._measured_pose(msg, arrived)
+            if pose is not None:
                 self.core.update_pose(pose)
         fresh = self.core.fresh_pose(now) is not None
         state = 'fresh' if fresh else ('waiting' if self.core.pose is None else 'stale')
@@ -347,17 +336,30 @@ class ArmBridge(Node):
                     f'{self.limits.pose_timeout} s): deltas are dropped')
             self._pose_state = state
 
+    def _measured_pose(self, msg, arrived):
+        """Return the ``safety.Pose`` of an ee_pose message, or None (refused: counted, logged)."""
+        try:
+            position, quaternion, _ = readers.read_pose(msg, self.base_frame, self._pose_topic,
+                                                        BASE_FRAME)
+        except ConversionError as exc:
+            self.counters.bump('rejected_pose', str(exc))
+            self._log.warning('pose_frame', f'ee_pose refused: {exc}')
+            return None
+        pose = safety.make_pose(position, quaternion, arrived)
+        if pose is None:
+            self.counters.bump('rejected_pose', 'ee_pose with NaN/inf or a zero quaternion')
+            self._log.warning('pose_nan', 'ee_pose refused: NaN/inf or a zero quaternion')
+        return pose
+
     def _offer(self, msg, now, arrival):
         """Offer one delta message to the safety core: True if accepted, None if a repeat."""
-        frame = msg.header.frame_id
-        if frame.lstrip('/') != self.base_frame:
-            self.counters.bump('rejected_frame', f'delta in frame {frame!r}')
-            self._log.warning('frame', f'delta rejected: frame_id {frame!r}, expected '
-                              f"{self.base_frame!r} (parameter 'base_frame'); deltas must be in "
-                              'the base frame')
+        try:
+            position, quat, stamp = readers.read_pose(msg, self.base_frame, 'vla/ee_delta',
+                                                      BASE_FRAME)
+        except ConversionError as exc:
+            self.counters.bump('rejected_frame', str(exc))
+            self._log.warning('frame', f'delta rejected: {exc}')
             return False
-        p, q = msg.pose.position, msg.pose.orientation
-        quat = (q.x, q.y, q.z, q.w)
         norm = math.sqrt(sum(c * c for c in quat))
         if math.isfinite(norm) and abs(norm - 1.0) > 1e-2:
             self.counters.bump('rejected_quaternion', f'delta quaternion of norm {norm:.4g}')
@@ -368,8 +370,7 @@ class ArmBridge(Node):
             rpy = geometry.matrix_to_rpy(geometry.quaternion_to_matrix(quat))
         else:
             rpy = (math.nan,) * 3
-        verdict = self.core.offer((p.x, p.y, p.z, *rpy), _seconds(msg.header.stamp), now,
-                                  arrival)
+        verdict = self.core.offer((*position, *rpy), stamp, now, arrival)
         for event in verdict.events:
             self.counters.bump(event, verdict.reason)
         if 'clamped_speed' in verdict.events:
