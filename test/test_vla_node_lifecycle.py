@@ -22,7 +22,7 @@ from rcl_interfaces.srv import GetParameters
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from test_vla_node import (COMMANDS, is_hold, latest_diagnostics, reference,  # noqa: F401
-                           send_instruction, start_acting, start_camera, start_node)
+                           send_instruction, set_param, start_acting, start_camera, start_node)
 
 # Lines a clean run or a clean stop must not print (rclpy's own tracebacks included).
 ERROR_LINE = re.compile(r'error|traceback|exception|failed', re.IGNORECASE)
@@ -98,6 +98,14 @@ def test_reconfigure_follows_the_newest_instruction_or_stays_idle_after_a_reset(
     time.sleep(1.5)
     assert actions.messages == [], 'a reset node resumed an old task after a reconfigure'
     assert instruction_parameter(ros) == ''
+
+    # An instruction set as a parameter is followed too; one refused there idles the node, and
+    # the parameter says so instead of keeping the old task.
+    assert set_param(ros, 'instruction', f'  {topic_text} ').successful
+    acts_on_the_topic_instruction()
+    assert instruction_parameter(ros) == topic_text  # as the node follows it: stripped
+    assert not set_param(ros, 'instruction', 'x' * 1001).successful
+    wait_until(lambda: instruction_parameter(ros) == '', 5.0, message="the parameter to say ''")
     assert node.alive
 
 

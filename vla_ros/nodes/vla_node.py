@@ -282,8 +282,8 @@ class VlaNode(LifecycleNode):
         values, reason = params.check_changes(PARAMS, changes, self._configured, RESTART_HINT)
         if reason is None and 'instruction' in values:
             reason = self._instruct(values['instruction'], from_parameter=True) or None
-            if reason:  # refused, so the node is idle: the parameter must not keep the old task
-                self._show_instruction_once()
+            if self.core.instruction != values['instruction']:  # refused (idle) or stripped:
+                self._show_instruction_once()  # the parameter must say what the node follows
         if reason:
             return SetParametersResult(successful=False, reason=reason)
         if 'max_image_age' in values:
