@@ -1,8 +1,9 @@
 """
 Test policies for vla_node, loaded through its ``policy`` parameter ('policies:slow', ...).
 
-Each wraps the real ``OpenVLAPolicy`` on the given checkpoint and changes one thing: it sleeps,
-or it raises. Test code only; the test puts this folder on the node's PYTHONPATH.
+Each wraps the real ``OpenVLAPolicy`` on the given checkpoint and changes one thing: it sleeps
+or it raises (or its factory does). Test code only; the test puts this folder on the node's
+PYTHONPATH.
 """
 
 import os
@@ -34,9 +35,13 @@ class _Slow(_Wrapped):
 
 
 class _Failing(_Wrapped):
+    def __init__(self, policy, error):
+        super().__init__(policy)
+        self._error = error  # a new exception each time
+
     def predict(self, image, instruction, unnorm_key=None):
         if instruction == FAIL_INSTRUCTION:
-            raise RuntimeError('injected model failure')
+            raise self._error()
         return self._policy.predict(image, instruction, unnorm_key=unnorm_key)
 
 
@@ -48,4 +53,16 @@ def slow(model_path, **kwargs):
 
 def failing(model_path, **kwargs):
     """Raise RuntimeError for the instruction FAIL_INSTRUCTION."""
-    return _Failing(OpenVLAPolicy.from_pretrained(model_path, **kwargs))
+    return _Failing(OpenVLAPolicy.from_pretrained(model_path, **kwargs),
+                    lambda: RuntimeError('injected model failure'))
+
+
+def exiting(model_path, **kwargs):
+    """Call sys.exit (raise SystemExit, not an Exception) for the instruction FAIL_INSTRUCTION."""
+    return _Failing(OpenVLAPolicy.from_pretrained(model_path, **kwargs),
+                    lambda: SystemExit('injected sys.exit in predict'))
+
+
+def refusing(model_path, **kwargs):
+    """Fail to load: a factory raising ValueError (not a PolicyError), as user code may."""
+    raise ValueError(f'no policy for {model_path!r} (injected)')

@@ -10,6 +10,7 @@ import torch
 
 from vla_ros.policy import CheckpointError, ConfigError, InputError
 from vla_ros.policy.oft import OpenVLAOFTPolicy
+from vla_ros.policy.oft_modeling import load_component
 
 pytestmark = pytest.mark.usefixtures('torch_one_thread')
 IMAGES = [np.full((224, 224, 3), 100, np.uint8), np.full((224, 224, 3), 200, np.uint8)]
@@ -107,6 +108,18 @@ def test_only_plain_tensor_state_dicts_are_read(oft_checkpoints, tmp_path, conte
     torch.save(content, folder / 'action_head--50000_checkpoint.pt')
     with pytest.raises(CheckpointError, match=problem):
         OpenVLAOFTPolicy.from_pretrained(folder, device='cpu')
+
+
+@pytest.mark.parametrize('data, problem', [
+    (b'', r'is empty \(0 bytes\): .* copy the file again'),
+    (b'\x80\x02', r'is refused: .* \(EOFError: \); re-save it'),
+    (b'\x80', r'is refused: .* \(IndexError: index out of range\)'),
+], ids=['empty', 'cut-short', 'one-byte'])
+def test_a_cut_or_empty_component_file_is_named(tmp_path, data, problem):
+    path = tmp_path / 'action_head--50000_checkpoint.pt'
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=problem):
+        load_component(path)
 
 
 def test_bad_inputs_to_predict(libero):

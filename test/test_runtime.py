@@ -4,6 +4,8 @@ import logging
 import threading
 import time
 
+import pytest
+
 from vla_ros.control.concurrency import InferenceWorker
 from vla_ros.nodes.logs import LogThrottle
 
@@ -24,6 +26,29 @@ def test_worker_survives_a_failing_job_and_a_failing_error_handler(capfd):
         ran = threading.Event()
         assert worker.submit(ran.set), 'the worker must take the next job'
         assert ran.wait(timeout=5.0)
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize('exc', [SystemExit(3), KeyboardInterrupt(), GeneratorExit(),
+                                 BaseExceptionGroup('policy', [SystemExit(1)])],
+                         ids=['SystemExit', 'KeyboardInterrupt', 'GeneratorExit', 'group'])
+def test_worker_survives_a_job_raising_a_base_exception(exc):
+    """A policy calling sys.exit (or raising any BaseException) is a model error, every time."""
+    errors = []
+
+    def job():
+        raise exc
+
+    worker = InferenceWorker(errors.append, name='test_worker')
+    try:
+        for attempt in range(3):
+            assert worker.submit(job), f'attempt {attempt}: the worker refused the job'
+            assert worker.wait_idle(timeout=5.0)
+            assert len(errors) == attempt + 1 and errors[-1] is exc
+        ran = threading.Event()
+        assert worker.submit(ran.set)
+        assert ran.wait(timeout=5.0), 'the worker thread ended'
     finally:
         worker.stop()
 

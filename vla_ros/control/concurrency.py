@@ -84,7 +84,13 @@ class InferenceWorker:
     One background thread that runs one job at a time.
 
     ``submit`` never blocks and never queues: it returns False when a job is still running.
-    Exceptions raised by a job are passed to ``on_error`` and never kill the thread.
+    Whatever a job raises is passed to ``on_error`` and never ends the thread: ``BaseException``,
+    not only ``Exception``. A job is user code (a policy) on a thread no signal reaches, so a
+    ``SystemExit`` (``sys.exit`` in a policy), a ``KeyboardInterrupt`` or a
+    ``BaseExceptionGroup`` raised there is that job's failure, never a request to stop: Ctrl-C
+    reaches the main thread, and only ``stop`` ends the worker. Letting them through would end
+    the thread silently (``threading`` ignores ``SystemExit``) and leave every later ``submit``
+    refused as busy.
     """
 
     def __init__(self, on_error, name='vla_inference'):
@@ -130,7 +136,7 @@ class InferenceWorker:
     def _report(self, exc):
         try:
             self._on_error(exc)
-        except Exception:  # noqa: B902 - a failing error handler must not end the worker either
+        except BaseException:  # noqa: B902 - a failing error handler must not end the worker
             traceback.print_exc()
 
     def _run(self):
@@ -143,7 +149,7 @@ class InferenceWorker:
                 job, self._job = self._job, None
             try:
                 job()
-            except Exception as exc:  # noqa: B902 - a policy is user code; the loop must survive
+            except BaseException as exc:  # noqa: B902 - user code: see the class docstring
                 self._report(exc)
             finally:
                 with self._cond:

@@ -4,7 +4,8 @@ The one start-up pattern of every vla_ros executable, and how a node reports sta
 ``run(Node)``: ``rclpy.init``, build the node (declarations only), ``node.start()`` (read and
 check every parameter, build resources; on failure it has reported every problem with
 ``report_problems`` and returns False), spin a ``SingleThreadedExecutor``, and always
-``node.close()`` and shut down. Exit status 0, or 1 when the node could not start.
+``node.close()`` and shut down. Exit status 0, or 1 when the node could not start; Ctrl-C (at
+any point, start-up included) is a quiet stop with status 0.
 
 Why single-threaded: the ``MultiThreadedExecutor``'s dispatch thread held the GIL at about 94 %
 CPU and stalled ``sim_arm`` for up to 1.7 s under a 50 Hz twist stream. Work that takes long
@@ -36,6 +37,11 @@ def run(make_node, args=None):
             code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:  # rclpy's RCLError
+        # Ctrl-C shuts the context down under the node (during a slow configure, say): the call
+        # that meets it fails with "context is invalid". A stop, not an error to print.
+        if rclpy.ok():
+            raise
     except SystemExit as exc:  # a node that finishes its job (camera_stream --count)
         code = exc.code or 0
     finally:

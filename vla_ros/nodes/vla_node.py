@@ -4,7 +4,10 @@ vla_node: an OpenVLA-family policy at a fixed rate, from camera, state and instr
 A lifecycle node. ``configure`` checks the parameters, loads the policy, warms it up and creates
 the publishers; ``activate`` starts the subscriptions and the control timer; ``deactivate`` holds
 and stops them; ``cleanup`` frees the model. With ``autostart`` (the default) the node configures
-and activates itself, so plain ``ros2 run`` works.
+and activates itself, so plain ``ros2 run`` works. A lifecycle request the current state has no
+transition for is answered ``success=False`` (``lifecycle``). The instruction survives a
+reconfigure: the node follows the newest one it was given (topic, parameter, or none after
+``~/reset``), and the ``instruction`` parameter always shows it.
 
 An adapter around ``vla_ros.control.core.ControlCore``, which makes every decision: callbacks
 store the newest image of every camera and the state (``observations``) and pass instructions to
@@ -14,6 +17,7 @@ the core's ``emit`` publishes, under the core's lock. ``vla_eval`` drives the sa
 Plain OpenVLA is a policy with one camera, no state and one-row chunks.
 """
 
+import functools
 import sys
 import threading
 
@@ -21,6 +25,7 @@ from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
@@ -29,6 +34,7 @@ from vla_ros.control.concurrency import InferenceWorker
 from vla_ros.control.core import ControlCore, infer
 from vla_ros.control.stats import Counters, RateMeter, Window
 from vla_ros.nodes import diagnostics, messages, params, qos
+from vla_ros.nodes.lifecycle import refuse_invalid_transitions
 from vla_ros.nodes.logs import LogThrottle
 from vla_ros.nodes.observations import ObservationInputs
 from vla_ros.nodes.startup import report_problems, run
@@ -68,12 +74,13 @@ class VlaNode(LifecycleNode):
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._io_group = ReentrantCallbackGroup()
         self._loop_subs, self._loop_timers = [], []
-        self._out, self._own_services = {}, []
+        self._out, self._own_services, self._diagnostics_timer = {}, [], None
         initial, problem = params.check(PARAM['instruction'],
                                         self.get_parameter('instruction').value)
         if not problem:
-            self._instruct(initial)
+            self._instruct(initial, from_parameter=True)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        refuse_invalid_transitions(self, functools.partial(self._log.warning, 'lifecycle'))
 
     # ---------------------------------------------------------------- start-up and lifecycle
     def start(self):
@@ -103,6 +110,10 @@ class VlaNode(LifecycleNode):
                     cfg.center_crop, cfg.quantization or None, cfg.platform, cfg.action_head)
             except (PolicyError, OSError, RuntimeError) as exc:
                 problems.append(f'cannot load the policy: {exc}')
+            except Exception as exc:  # noqa: B902 - start-up fails loudly, whatever loading raised
+                problems.append(f'cannot load the policy {cfg.policy!r} from {cfg.model_path}: '
+                                f'{type(exc).__name__}: {exc}; check the checkpoint folder and '
+                                "the 'policy' parameter (an unexpected error: please report it)")
             else:
                 problems += policy_problems(cfg, self.policy)
         if problems:
@@ -112,13 +123,16 @@ class VlaNode(LifecycleNode):
             self.policy = None
             return TransitionCallbackReturn.FAILURE
         self.cfg = cfg
-        enabled = self.core.enabled  # a disable survives cleanup and configure
+        # A disable and the instruction survive cleanup and configure: the node follows the newest
+        # instruction it was given (or stays idle after a reset), never its start-up one again.
+        previous = self.core
         self.core = ControlCore(self._emit, cfg.max_image_age, 1.0 / cfg.control_rate_hz,
                                 cfg.chunk_mode, cfg.execute_steps, cfg.ensemble_decay,
                                 cfg.max_camera_skew, cfg.max_proprio_age)
-        if not enabled:
+        if not previous.enabled:
             self.core.set_enabled(False, self._now())
-        self._instruct(cfg.instruction)
+        self.core.set_instruction(previous.instruction)
+        self._show_instruction()
         self._out = {
             'ee_delta': self.create_publisher(PoseStamped, 'vla/ee_delta', qos.COMMAND),
             'gripper': self.create_publisher(Float64, 'vla/gripper', qos.COMMAND),
@@ -133,6 +147,9 @@ class VlaNode(LifecycleNode):
             self.create_service(Trigger, '~/reset', self._on_reset,
                                 callback_group=self._io_group),
         ]
+        # From configure on, not only while active: a deactivated node still says how it is.
+        self._diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics,
+                                                    callback_group=self._io_group)
         self._worker = InferenceWorker(self._on_worker_error)
         self._configured = True
         self.get_logger().info(
@@ -142,7 +159,8 @@ class VlaNode(LifecycleNode):
             f'rate={self.cfg.control_rate_hz} Hz unnorm_key={self.unnorm_key} '
             f'cameras={list(self.cfg.camera_topics)} transport={self.cfg.image_transport} '
             f'proprio={list(self.cfg.proprio)} chunk_mode={self.cfg.chunk_mode} '
-            f'execute_steps={self.cfg.execute_steps} max_image_age={self.cfg.max_image_age} s')
+            f'execute_steps={self.cfg.execute_steps} max_image_age={self.cfg.max_image_age} s '
+            f'instruction={self.core.instruction!r}')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state):
@@ -157,17 +175,16 @@ class VlaNode(LifecycleNode):
             self.create_subscription(String, 'vla/instruction', self._on_instruction,
                                      qos.COMMAND, raw=True, callback_group=self._io_group),
         ]
-        self._loop_timers = [
-            self.create_timer(1.0 / self.cfg.control_rate_hz, self._tick,
-                              callback_group=self._timer_group),
-            self.create_timer(1.0, self._publish_diagnostics, callback_group=self._io_group),
-        ]
+        self._loop_timers = [self.create_timer(1.0 / self.cfg.control_rate_hz, self._tick,
+                                               callback_group=self._timer_group)]
         self.get_logger().info(f'active: waiting for images on {", ".join(self.inputs.topics)} '
                                'and an instruction')
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state):
-        self.core.hold(self._now())  # the same hold as enable: false; nothing older follows it
+        # The same hold as enable: false. The commit gate keeps a prediction still running (a
+        # hung policy) from following it, so the executor need not wait for the worker.
+        self.core.hold(self._now())
         self._stop_loop()
         self.get_logger().info('inactive: published a hold, publishing nothing further')
         return TransitionCallbackReturn.SUCCESS
@@ -186,8 +203,6 @@ class VlaNode(LifecycleNode):
         for sub in self._loop_subs:
             self.destroy_subscription(sub)
         self._loop_timers, self._loop_subs = [], []
-        if self._worker is not None:
-            self._worker.wait_idle(timeout=30.0)
         if self.inputs is not None:
             self.inputs.clear()
 
@@ -208,6 +223,9 @@ class VlaNode(LifecycleNode):
         for srv in self._own_services:
             self.destroy_service(srv)
         self._own_services = []
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
         if self.policy is not None and hasattr(self.policy, 'close'):
             self.policy.close()
         self.policy = None
@@ -223,11 +241,17 @@ class VlaNode(LifecycleNode):
         except formats.ConversionError as exc:
             self._report_instruction(self.core.refuse_instruction(str(exc)), 'undecodable')
 
-    def _instruct(self, text):
-        return self._report_instruction(self.core.set_instruction(text), 'too_long')
+    def _instruct(self, text, from_parameter=False):
+        return self._report_instruction(self.core.set_instruction(text), 'too_long',
+                                        from_parameter)
 
-    def _report_instruction(self, update, kind):
-        """Log and count an instruction update; return the refusal reason ('' if accepted)."""
+    def _report_instruction(self, update, kind, from_parameter=False):
+        """
+        Log and count an instruction update; return the refusal reason ('' if accepted).
+
+        The ``instruction`` parameter then shows what the node follows; an update made by
+        setting the parameter itself leaves that to rclpy.
+        """
         if update.refused:
             self._counters.bump('bad_instructions', update.refused)
             self._log.warning(f'instruction_{kind}', f'{update.refused}; idle until a valid '
@@ -235,12 +259,31 @@ class VlaNode(LifecycleNode):
         elif update.changed:
             self.get_logger().info(f'instruction: {update.text!r}' if update.text
                                    else 'idle: no instruction')
+        if not from_parameter:
+            self._show_instruction()
         return update.refused
+
+    def _show_instruction(self):
+        """Set the ``instruction`` parameter to the instruction the node follows ('' = idle)."""
+        text = self.core.instruction
+        if self.get_parameter('instruction').value != text:
+            self.set_parameters([Parameter('instruction', Parameter.Type.STRING, text)])
+
+    def _show_instruction_once(self):
+        """Run ``_show_instruction`` from the executor, after the parameter set under way."""
+        timer = None
+
+        def once():
+            self.destroy_timer(timer)
+            self._show_instruction()
+        timer = self.create_timer(0.0, once, callback_group=self._io_group)
 
     def _on_set_parameters(self, changes):
         values, reason = params.check_changes(PARAMS, changes, self._configured, RESTART_HINT)
         if reason is None and 'instruction' in values:
-            reason = self._instruct(values['instruction']) or None
+            reason = self._instruct(values['instruction'], from_parameter=True) or None
+            if self.core.instruction != values['instruction']:  # refused (idle) or stripped:
+                self._show_instruction_once()  # the parameter must say what the node follows
         if reason:
             return SetParametersResult(successful=False, reason=reason)
         if 'max_image_age' in values:
@@ -259,6 +302,7 @@ class VlaNode(LifecycleNode):
 
     def _on_reset(self, request, response):
         self.core.reset()
+        self._show_instruction()
         response.success = True
         response.message = 'instruction and queued actions cleared: idle'
         self.get_logger().info(response.message)
@@ -283,7 +327,8 @@ class VlaNode(LifecycleNode):
             self._no_action = tick.detail  # which camera, or what about the state
         if tick.verdict == 'ready':
             self._image_age.add(tick.age_s)
-            self._worker.submit(lambda: self._infer(tick.ticket))
+            core, policy = self.core, self.policy  # a reconfigure replaces both
+            self._worker.submit(lambda: self._infer(core, policy, tick.ticket))
         elif tick.verdict == 'future':
             self._counters.bump('future_stamps', tick.detail)
             self._log.warning('future', f'{tick.detail}: check the camera clock or use_sim_time')
@@ -295,9 +340,16 @@ class VlaNode(LifecycleNode):
             return formats.compressed_to_rgb(msg)
         return formats.image_to_rgb(msg)
 
-    def _infer(self, ticket):
-        """Run on the worker thread: predict and commit (a policy error goes to the handler)."""
-        prediction = infer(self.policy, ticket, self._decode, self.unnorm_key)
+    def _infer(self, core, policy, ticket):
+        """
+        Run on the worker thread: predict and commit (a policy error goes to the handler).
+
+        The commit goes to the core that issued the ticket: a hold there (deactivate) refuses
+        it, even when the prediction ends after a reconfigure built a new core.
+        """
+        prediction = infer(policy, ticket, self._decode, self.unnorm_key)
+        if not self.context.ok():
+            return  # Ctrl-C shut ROS down during the prediction: nothing to publish or log
         if prediction.status == 'bad_image':
             self._counters.bump('bad_images', prediction.detail)
             self._log.warning('image', f'image refused: {prediction.detail}')
@@ -308,13 +360,13 @@ class VlaNode(LifecycleNode):
             self._log.warning('invalid', f'invalid action: {prediction.detail}; nothing '
                               'published')
             return
-        self.core.commit(ticket, prediction.rows, self._now())
+        core.commit(ticket, prediction.rows, self._now())
 
     def _emit(self, emission):
         """Publish what the core emits (called under the core's lock: quick, never raises)."""
         with self._publish_lock:
-            if not self._out:
-                return  # cleaned up
+            if not self._out or not self.context.ok():
+                return  # cleaned up, or shut down (Ctrl-C shuts the context down first)
             if emission.kind == 'hold':
                 pose = PoseStamped()  # a zero delta with the identity rotation, stamped now
                 pose.header.stamp = self.get_clock().now().to_msg()
@@ -346,6 +398,8 @@ class VlaNode(LifecycleNode):
         self._action_rate.mark(self._now())
 
     def _on_worker_error(self, exc):
+        if not self.context.ok():
+            return  # a publish that raced Ctrl-C's shutdown: not the policy's error
         self._counters.bump('model_errors', f'{type(exc).__name__}: {exc}')
         self._log.error('policy', f'policy error, nothing published: {type(exc).__name__}: {exc}')
 
@@ -355,6 +409,7 @@ class VlaNode(LifecycleNode):
         counts, last_error = self._counters.snapshot()
         latency, age = self._latency.summary(), self._image_age.summary()
         period_error = self._period_error.summary()
+        state = self._state_machine.current_state[1]  # 'active', 'inactive'
         values = {
             'target_rate_hz': self.cfg.control_rate_hz,
             'achieved_rate_hz': self._action_rate.rate(now_s),
@@ -372,12 +427,13 @@ class VlaNode(LifecycleNode):
                for topic, value in (self.inputs.ages(now_s) if self.inputs else {}).items()},
             **counts,
             'enabled': self.core.enabled,
+            'lifecycle_state': state,
             'instruction': self.core.instruction[:200],
             'unnorm_key': self.unnorm_key,
             'last_error': last_error,
             'last_no_action_reason': self._no_action[:200],
         }
-        level, message = diagnostics.OK, 'running'
+        level, message = diagnostics.OK, 'running' if state == 'active' else state
         if last_error:
             level, message = diagnostics.WARN, last_error[:200]
         with self._publish_lock:

@@ -10,6 +10,7 @@ first real prediction pays for no lazy initialisation (allocators, kernels, CUDA
 are ``PolicyError``s with one line naming the problem and the fix.
 """
 
+import contextlib
 import importlib
 
 import numpy as np
@@ -33,10 +34,37 @@ def policy_factory(name):
         raise ConfigError(f'policy {name!r} is not known; use one of {", ".join(POLICIES)} or '
                           "'package.module:callable'")
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f'policy {name!r}: cannot import {attr} from {module_name} ({exc}); '
                           'check the module is on PYTHONPATH') from None
+    except Exception as exc:  # noqa: B902 - importing runs the module's code, which may raise
+        raise ConfigError(f'policy {name!r}: importing {module_name} raised '
+                          f'{type(exc).__name__}: {exc}; fix that module') from None
+    if not callable(factory):
+        raise ConfigError(f'policy {name!r}: {module_name}.{attr} is a {type(factory).__name__}, '
+                          'not a callable; name a function or class that takes (model_path, '
+                          '**kwargs) and returns a policy')
+    return factory
+
+
+@contextlib.contextmanager
+def custom_errors(name, what, fix):
+    """
+    Turn what a ``module:callable`` policy raises into a ``ConfigError``: ``what`` failed, ``fix``.
+
+    Its code is the user's and may raise anything; the package's own policies raise
+    ``PolicyError`` on purpose, and anything else from them passes unchanged (a bug to report).
+    """
+    try:
+        yield
+    except PolicyError:
+        raise
+    except Exception as exc:  # noqa: B902 - user code: see the docstring
+        if name in POLICIES:
+            raise
+        raise ConfigError(f'policy {name!r} failed {what}: {type(exc).__name__}: {exc}; '
+                          f'{fix}') from None
 
 
 def warm_up(policy, unnorm_key):
@@ -56,7 +84,8 @@ def load_policy(model_path, policy='openvla', unnorm_key='', device='auto', dtyp
     Load, resolve the unnorm key and warm up; return ``(policy, resolved unnorm key)``.
 
     ``platform`` and ``action_head`` are OpenVLA-OFT's. Raises ``PolicyError`` for every
-    problem with the checkpoint or the arguments.
+    problem with the checkpoint or the arguments, and for anything a ``module:callable`` policy
+    raises.
     """
     factory = policy_factory(policy)
     kwargs = {'device': device, 'dtype': dtype, 'center_crop': center_crop}
@@ -64,10 +93,14 @@ def load_policy(model_path, policy='openvla', unnorm_key='', device='auto', dtyp
         kwargs['quantization'] = quantization
     if policy == 'openvla_oft':
         kwargs.update(platform=platform, action_head=action_head)
-    loaded = factory(str(model_path), **kwargs)
+    with custom_errors(policy, 'to load', f'fix {policy} (called as factory(model_path, '
+                       f'{", ".join(f"{k}=..." for k in kwargs)}))'):
+        loaded = factory(str(model_path), **kwargs)
     try:
-        key = loaded.resolve_unnorm_key(unnorm_key or None)
-        warm_up(loaded, key)
+        with custom_errors(policy, 'its warm-up', 'the policy needs resolve_unnorm_key(key) and '
+                           'predict(image, instruction, unnorm_key=key) as OpenVLAPolicy has'):
+            key = loaded.resolve_unnorm_key(unnorm_key or None)
+            warm_up(loaded, key)
     except PolicyError:
         close = getattr(loaded, 'close', None)
         if close is not None:

@@ -14,7 +14,6 @@ refused), the ``module.`` prefix stripped.
 """
 
 from pathlib import Path
-import pickle
 
 import torch
 from torch import nn
@@ -111,12 +110,17 @@ def load_component(path):
 
     Any pickle that is not a dict of tensors is refused (``weights_only`` allows nothing else).
     """
+    if Path(path).stat().st_size == 0:
+        raise CheckpointError(f'{path} is empty (0 bytes): the copy did not finish or the disk '
+                              'was full; copy the file again from the fine-tuning run.')
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: B902 - cut or corrupt bytes make torch's unpickler raise
+        # anything: UnpicklingError, EOFError (with no text), IndexError, struct.error...
+        first_line = (str(err).splitlines() or [''])[0][:200]
         raise CheckpointError(f'{path} is refused: it is not a plain tensor state dict that '
                               f'torch.load(weights_only=True) can read ({type(err).__name__}: '
-                              f'{str(err).splitlines()[0][:200]}); re-save it with '
+                              f'{first_line}); re-save it with '
                               'torch.save(module.state_dict(), path).') from None
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
