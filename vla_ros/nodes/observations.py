@@ -25,14 +25,14 @@ class ObservationInputs:
     """
     The subscriptions of one node's observations (see the module docstring).
 
-    ``pose_frame``: the frame ee_pose must be in; None: the node's ``action_frame`` (vla_node).
+    ``pose_frame``: the frame ee_pose must be in (vla_node's ``action_frame``).
     """
 
     def __init__(self, node, camera_topics, compressed, proprio, callback_group,
-                 max_camera_skew=None, pose_frame=None):
+                 max_camera_skew, pose_frame):
         self.node = node
         self.max_camera_skew = max_camera_skew
-        self.pose_frame = node.cfg.action_frame if pose_frame is None else pose_frame
+        self.pose_frame = pose_frame
         suffix = '/compressed' if compressed else ''
         self.topics = tuple(node.resolve_topic_name(topic) + suffix for topic in camera_topics)
         self.layout = StateLayout(proprio)

@@ -167,7 +167,7 @@ class VlaNode(LifecycleNode):
         self.inputs = ObservationInputs(self, self.cfg.camera_topics,
                                         self.cfg.image_transport == 'compressed',
                                         self.cfg.proprio, self._io_group,
-                                        self.cfg.max_camera_skew)
+                                        self.cfg.max_camera_skew, self.cfg.action_frame)
         self._loop_subs = [
             *self.inputs.subscriptions,
             # Raw bytes, decoded here strictly: invalid UTF-8 is a counted bad input instead of
