@@ -274,6 +274,13 @@ def oft_checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def colcon_install(tmp_path_factory):
+    """Build the package with colcon once for the run; return (source dir, install prefix)."""
+    from colcon_helpers import build
+    return build(tmp_path_factory.mktemp('ws'))
+
+
+@pytest.fixture(scope='session')
 def tiny_checkpoint(tmp_path_factory):
     """Write one miniature random-weight checkpoint for the whole run (seed 0)."""
     from vla_ros.policy.tiny import write_tiny_checkpoint
