@@ -39,10 +39,10 @@ ERROR_LINE = re.compile(r'\[(ERROR|FATAL)\]|Traceback \(most recent call last\)'
 def vendored_launch_paths():
     """Return the four package folders of the vendored launch sources; skip when absent."""
     paths = [VENDOR / name for name in LAUNCH_PACKAGES]
-    missing = [str(p / p.name) for p in paths if not (p / p.name / '__init__.py').is_file()]
+    missing = [p.name for p in paths if not (p / p.name / '__init__.py').is_file()]
     if missing:
-        pytest.skip(f'ROS 2 launch sources not found: {", ".join(missing)}; they come with '
-                    f'shared/ beside the repository (or set VLA_SHARED_DIR)')
+        pytest.skip(f'ROS 2 launch sources ({", ".join(missing)}) not found in {VENDOR}; they '
+                    'come with shared/ beside the repository (or set VLA_SHARED_DIR)')
     for module in ('osrf_pycommon', 'lark'):
         try:
             __import__(module)

@@ -136,9 +136,10 @@ def launch_prefix(colcon_install, tmp_path_factory):
 @pytest.fixture
 def ros2_launch(launch, launch_prefix, tmp_path):
     """Start ``ros2 launch vla_ros FILE NAME:=VALUE ...`` in its own process; return it."""
+    env = launch_env(launch_prefix, tmp_path / 'ros_log', pythonpath=[Path(__file__).parent])
+    env['VLA_TEST_POLICY_DELAY'] = '0'  # policies:slow, without the sleep
+
     def start(file_name, **arguments):
-        env = launch_env(launch_prefix, tmp_path / 'ros_log', pythonpath=[Path(__file__).parent])
-        env['VLA_TEST_POLICY_DELAY'] = '0'  # policies:slow, without the sleep
         return launch(sys.executable, RUNNER, 'vla_ros', file_name,
                       *(f'{name}:={value}' for name, value in arguments.items()), env=env)
     return start
