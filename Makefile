@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo demo-policy sim-eval gpu-check clean
+.PHONY: setup test test-python demo demo-policy sim-eval gpu-check clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,30 @@ $(STAMP): setup.py requirements.txt requirements-sim.txt requirements-eval.txt r
 test: $(STAMP)
 	@$(PY) -m pytest test -ra $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests; that is a failure here'; exit 1; fi; \
+	exit $$rc
+
+# The tests that need no DDS (pytest -m 'not dds') on another Python, in a venv of its own:
+#   make test-python PYVER=3.12   (Jazzy's Python; PYVER=3.10 for Humble's)
+# The interpreter is pyenv's ~/.pyenv/versions/$(PYVER).*/bin/python, or PYVER_PYTHON=/path. The
+# venv installs what `make setup` does; on Pythons other than 3.11 torch comes from PyPI (its CUDA
+# build, several GB of wheels, downloaded once per venv).
+PYVER ?= 3.12
+PYVER_PYTHON ?= $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(PYVER).*/bin/python)))
+PYVER_VENV := .venv-py$(PYVER)
+PYVER_STAMP := $(PYVER_VENV)/.installed
+
+$(PYVER_STAMP): setup.py requirements.txt requirements-sim.txt requirements-eval.txt requirements-train.txt
+	@test -n '$(PYVER_PYTHON)' || { echo 'make test-python: no Python $(PYVER) in ~/.pyenv/versions;' \
+	  'pyenv install $(PYVER), or pass PYVER_PYTHON=/path/to/python$(PYVER)'; exit 1; }
+	$(PYVER_PYTHON) -m venv $(PYVER_VENV)
+	$(PYVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYVER_VENV)/bin/python -m pip install --quiet -e '.[ros,dev,sim,eval,train]'
+	touch $(PYVER_STAMP)
+
+test-python: $(PYVER_STAMP)
+	@$(PYVER_VENV)/bin/python --version
+	@$(PYVER_VENV)/bin/python -m pytest test -m 'not dds' -ra $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo 'make test-python: pytest collected no tests; that is a failure here'; exit 1; fi; \
 	exit $$rc
 
 demo: $(STAMP)
@@ -72,4 +96,4 @@ gpu-check: $(STAMP)
 	$(PY) -m vla_ros.bench.gpu_check $(GPU_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-py* build *.egg-info .pytest_cache .hypothesis

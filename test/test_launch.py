@@ -1,10 +1,29 @@
-"""Launch files and config/vla.yaml, checked statically; run with launch_testing where present."""
+"""
+The launch files, run under ROS 2 Jazzy's own ``launch`` as ``ros2 launch`` would, and read.
+
+They are also checked statically against setup.py and config/vla.yaml.
+
+Each run builds on conftest's ``colcon_install`` (the package built with colcon), starts
+ros2_launch.py in its own process (launch_helpers.py says how the vendored launch sources are
+used), talks to the nodes over DDS, and ends with SIGINT, as Ctrl-C in a terminal would.
+"""
 
 import ast
+import os
 from pathlib import Path
 import re
+import signal
+import sys
 
+from conftest import wait_until
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from launch_helpers import check_clean_shutdown, launch_env, RUNNER, venv_prefix
 import pytest
+from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.srv import GetParameters
+from rclpy.parameter import parameter_value_to_python
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,11 +107,109 @@ def test_setup_installs_launch_and_config_files():
     assert "glob('launch/*.launch.py')" in setup and "glob('config/*.yaml')" in setup
 
 
-def test_launch_runs_with_launch_testing():
-    """On a ROS install: the launch description loads and names the vla_node action."""
-    pytest.importorskip('launch', reason='the launch package exists only on a ROS install')
-    pytest.importorskip('launch_ros', reason='launch_ros exists only on a ROS install')
-    from launch.launch_description_sources import PythonLaunchDescriptionSource
-    source = PythonLaunchDescriptionSource(str(REPO / 'launch' / 'vla.launch.py'))
-    description = source.get_launch_description(None)
-    assert any(type(e).__name__ == 'Node' for e in description.entities)
+# ------------------------------------------------------------------ run as `ros2 launch` would
+
+RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+BEST_EFFORT = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+T = ParameterType
+# Every argument of vla.launch.py but model_path, none at its default: (launch argument value,
+# the vla_node parameter it sets as (type, value); None for the two that are not parameters).
+# control_rate_hz is given as '7', which YAML reads as an integer: the node must get a double.
+EVERY_ARGUMENT = {
+    'unnorm_key': ('synth_kitchen', (T.PARAMETER_STRING, 'synth_kitchen')),
+    'device': ('cpu', (T.PARAMETER_STRING, 'cpu')),
+    'control_rate_hz': ('7', (T.PARAMETER_DOUBLE, 7.0)),
+    'policy': ('policies:slow', (T.PARAMETER_STRING, 'policies:slow')),  # test/policies.py
+    'camera_topics': ('[front_camera/image_raw]',
+                      (T.PARAMETER_STRING_ARRAY, ['front_camera/image_raw'])),
+    'namespace': ('robot1', None),  # the node is /robot1/vla_node
+    'image_topic': ('rear_camera/image_raw', None),  # remaps camera/image_raw: not listened to
+}
+
+
+@pytest.fixture(scope='module')
+def launch_prefix(colcon_install, tmp_path_factory):
+    """Return the colcon install prefix, its console scripts run by this interpreter."""
+    return venv_prefix(colcon_install[1], tmp_path_factory.mktemp('launch') / 'vla_ros')
+
+
+@pytest.fixture
+def ros2_launch(launch, launch_prefix, tmp_path):
+    """Start ``ros2 launch vla_ros FILE NAME:=VALUE ...`` in its own process; return it."""
+    env = launch_env(launch_prefix, tmp_path / 'ros_log', pythonpath=[Path(__file__).parent])
+    env['VLA_TEST_POLICY_DELAY'] = '0'  # policies:slow, without the sleep
+
+    def start(file_name, **arguments):
+        return launch(sys.executable, RUNNER, 'vla_ros', file_name,
+                      *(f'{name}:={value}' for name, value in arguments.items()), env=env)
+    return start
+
+
+def parameters(ros, node, names):
+    """Return {name: (type, value)} of ``node``'s parameters, read over its get_parameters."""
+    reply = ros.call(GetParameters, f'{node}/get_parameters', GetParameters.Request(names=names),
+                     timeout=60.0)
+    return {name: (value.type, parameter_value_to_python(value))
+            for name, value in zip(names, reply.values)}
+
+
+def stop_with_sigint(proc):
+    """Ctrl-C: SIGINT to the launch process's group; check everything it started ended cleanly."""
+    os.killpg(proc.popen.pid, signal.SIGINT)
+    returncode = proc.wait_exit(timeout=30.0)
+    check_clean_shutdown(proc.output(), returncode, group=proc.popen.pid)
+
+
+def test_every_vla_launch_argument_reaches_vla_node_typed(ros, ros2_launch, tiny_checkpoint):
+    declared = launch_arguments(ast.parse((REPO / 'launch' / 'vla.launch.py').read_text()))
+    assert set(declared) == {'model_path', *EVERY_ARGUMENT}, 'a launch argument is not tested'
+    proc = ros2_launch('vla.launch.py', model_path=tiny_checkpoint,
+                       **{name: value for name, (value, _) in EVERY_ARGUMENT.items()})
+    expected = {name: param for name, (_, param) in EVERY_ARGUMENT.items() if param}
+    expected['model_path'] = (T.PARAMETER_STRING, tiny_checkpoint)
+    assert parameters(ros, '/robot1/vla_node', sorted(expected)) == expected
+    wait_until(lambda: ('/robot1/front_camera/image_raw', ['sensor_msgs/msg/Image']) in
+               ros.node.get_subscriber_names_and_types_by_node('vla_node', '/robot1'), 60.0,
+               message='/robot1/vla_node listening on /robot1/front_camera/image_raw')
+    stop_with_sigint(proc)
+
+
+def test_vla_launch_defaults_typed_and_image_topic_remaps(ros, ros2_launch, tiny_checkpoint):
+    proc = ros2_launch('vla.launch.py', model_path=tiny_checkpoint, unnorm_key='synth_bridge',
+                       image_topic='front_camera/image_raw')
+    config = yaml.safe_load(CONFIG.read_text())['/**/vla_node']['ros__parameters']
+    assert parameters(ros, '/vla_node', ['control_rate_hz', 'camera_topics', 'device']) == {
+        'control_rate_hz': (T.PARAMETER_DOUBLE, config['control_rate_hz']),
+        'camera_topics': (T.PARAMETER_STRING_ARRAY, config['camera_topics']),
+        'device': (T.PARAMETER_STRING, config['device'])}
+    wait_until(lambda: ('/front_camera/image_raw', ['sensor_msgs/msg/Image']) in
+               ros.node.get_subscriber_names_and_types_by_node('vla_node', '/'), 60.0,
+               message='vla_node listening on /front_camera/image_raw (image_topic)')
+    stop_with_sigint(proc)
+
+
+def test_demo_launch_closes_the_loop_and_stops_on_sigint(ros, ros2_launch, tiny_checkpoint):
+    declared = launch_arguments(ast.parse((REPO / 'launch' / 'demo.launch.py').read_text()))
+    assert set(declared) == {'model_path', 'unnorm_key', 'control_rate_hz'}
+    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', RELIABLE)
+    twists = ros.subscribe(TwistStamped, 'servo_node/delta_twist_cmds', RELIABLE)
+    poses = ros.subscribe(PoseStamped, 'ee_pose', BEST_EFFORT)
+    proc = ros2_launch('demo.launch.py', model_path=tiny_checkpoint, unnorm_key='synth_kitchen',
+                       control_rate_hz='8')
+    assert parameters(ros, '/vla_node', ['model_path', 'unnorm_key', 'control_rate_hz']) == {
+        'model_path': (T.PARAMETER_STRING, tiny_checkpoint),
+        'unnorm_key': (T.PARAMETER_STRING, 'synth_kitchen'),
+        'control_rate_hz': (T.PARAMETER_DOUBLE, 8.0)}
+    instruction = ros.publisher(String, 'vla/instruction', RELIABLE)
+    ros.wait_for_subscribers(instruction, timeout=60.0)
+    start = poses.wait_for(1, timeout=60.0)[-1].pose.position
+    instruction.publish(String(data='pick up the red cube'))
+    deltas.wait_for(3, timeout=60.0)
+    wait_until(lambda: any(t.twist.linear.x or t.twist.linear.y or t.twist.linear.z
+                           for t in twists.messages), 10.0, message='arm_bridge moving the arm')
+
+    def moved():
+        now = poses.messages[-1].pose.position
+        return abs(now.x - start.x) + abs(now.y - start.y) + abs(now.z - start.z) > 1e-3
+    wait_until(moved, 10.0, message='sim_arm moving')
+    stop_with_sigint(proc)
