@@ -4,8 +4,10 @@ import functools
 import math
 import os
 from pathlib import Path
+import threading
 import time
 
+from builtin_interfaces.msg import Time
 from conftest import REPO, wait_until
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
@@ -15,12 +17,14 @@ import pytest
 from rcl_interfaces.msg import Parameter
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from test_conversions import oversized_jpeg
 
 from vla_ros.nodes import diagnostics
+from vla_ros.nodes.messages import rgb_to_image
 from vla_ros.policy import OpenVLAPolicy
 from vla_ros.sim.scenes import scene
 
@@ -468,3 +472,110 @@ def test_configure_fails_as_a_transition_without_autostart(ros, launch):
     state = ros.call(GetState, '/vla_node/get_state', GetState.Request()).current_state
     assert state.label == 'unconfigured'
     assert node.alive and "'model_path' is ''; allowed: a local checkpoint" in node.output()
+
+
+class CameraFeed:
+    """
+    The test's camera: images at 20 Hz from a thread, with ``last_image`` = (monotonic, stamp).
+
+    Stamped on the test's clock, or with ``sim_start`` on a simulated clock that the feed
+    publishes on /clock at 100 Hz (for a node with ``use_sim_time``); ``jump(seconds)`` moves
+    that clock back, as every loop of ``ros2 bag play --loop --clock`` does. ``on`` cleared:
+    the camera is silent (the clock goes on).
+    """
+
+    def __init__(self, ros, sim_start=None):
+        self.ros = ros
+        self.sim = sim_start is not None
+        self.clock = ros.publisher(Clock, '/clock', COMMANDS) if self.sim else None
+        self.images = ros.publisher(Image, 'camera/image_raw', qos_profile_sensor_data)
+        self._rgb = scene(0, 160, 120)
+        self._offset = (sim_start or 0.0) - time.monotonic()  # sim time = monotonic + offset
+        self._lock = threading.Lock()
+        self.last_image = None
+        self.on = threading.Event()
+        self.on.set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self):
+        if not self.sim:
+            return self.ros.node.get_clock().now().nanoseconds * 1e-9
+        with self._lock:
+            return time.monotonic() + self._offset
+
+    def jump(self, seconds):
+        with self._lock:
+            self._offset -= seconds
+
+    def start(self):
+        self.ros.wait_for_subscribers(self.images, timeout=60.0)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5.0)
+
+    @staticmethod
+    def _stamp(seconds):
+        sec = math.floor(seconds)
+        return Time(sec=sec, nanosec=int((seconds - sec) * 1e9))
+
+    def _run(self):
+        step = 0
+        while not self._stop.is_set():
+            now = self.now()
+            if self.sim:
+                self.clock.publish(Clock(clock=self._stamp(now)))
+            if step % 5 == 0 and self.on.is_set():
+                self.images.publish(rgb_to_image(self._rgb, stamp=self._stamp(now),
+                                                 frame_id='camera'))
+                self.last_image = (time.monotonic(), now)
+            step += 1
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def camera_feed(ros):
+    feeds = []
+
+    def start(sim_start=None):
+        feeds.append(CameraFeed(ros, sim_start))
+        return feeds[-1].start()
+    yield start
+    for feed in feeds:
+        feed.stop()
+
+
+def seconds_of(header):
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def test_a_backward_clock_jump_resumes_output_at_once_counted_and_logged(
+        ros, launch, tiny_checkpoint, camera_feed):
+    """use_sim_time with a clock that jumps back 30 s, twice (a looping bag): acting resumes."""
+    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
+    diag_inbox = ros.subscribe(DiagnosticArray, '/diagnostics', COMMANDS)
+    node = start_node(launch, tiny_checkpoint, 'use_sim_time:=true', 'control_rate_hz:=5.0',
+                      'instruction:=pick up the red cup')
+    node.wait_for_output('active', timeout=90.0)
+    feed = camera_feed(sim_start=1000.0)
+    deltas.wait_for(2, timeout=30.0)
+    for jump in (1, 2):
+        before = feed.now()
+        feed.jump(30.0)
+        jumped = time.monotonic()
+        # Actions stamped on the new time, within a few control periods of the jump.
+        wait_until(lambda: any(seconds_of(m.header) < before - 20.0 for m in deltas.messages),
+                   3.0, message=f'an action on the jumped-back clock (jump {jump})')
+        assert time.monotonic() - jumped < 3.0
+        deltas.clear()
+        deltas.wait_for(3, timeout=5.0)
+        assert all(seconds_of(m.header) < before - 20.0 for m in deltas.messages)
+    diag = latest_diagnostics(diag_inbox)
+    assert int(diag['clock_jumps']) == 2, diag
+    assert float(diag['achieved_rate_hz']) > 0.0, diag  # the rate restarts on the new time
+    assert int(diag['future_stamps']) == 0, diag  # frames from before a jump are not "future"
+    assert node.output().count('the clock jumped back') == 2, node.output()
+    assert node.alive

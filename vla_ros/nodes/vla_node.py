@@ -62,7 +62,8 @@ class VlaNode(LifecycleNode):
         self._chunk_rate = RateMeter()
         self._counters = Counters('ticks', 'actions', 'chunks', 'holds', 'ticks_missed',
                                   *VERDICT_COUNTERS.values(), 'future_stamps', 'invalid_actions',
-                                  'bad_images', 'bad_instructions', 'model_errors')
+                                  'bad_images', 'bad_instructions', 'model_errors',
+                                  'clock_jumps')
         self._no_action = ''  # why the last tick without an action had none
         self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
         self._timer_group = MutuallyExclusiveCallbackGroup()
@@ -270,13 +271,19 @@ class VlaNode(LifecycleNode):
         self._tick_rate.mark(now)
         self._counters.bump('ticks')
         period = 1.0 / self.cfg.control_rate_hz
-        if self._last_tick is not None:
+        if self._last_tick is not None and now >= self._last_tick:
             interval = now - self._last_tick
             self._period_error.add(abs(interval - period))
             if interval > 1.5 * period:
                 self._counters.bump('ticks_missed')
         self._last_tick = now
         tick = self.core.tick(now, self.inputs.observation(), busy=self._worker.busy)
+        if tick.clock_jump_s:
+            self._counters.bump('clock_jumps')
+            self.get_logger().warning(
+                f'the clock jumped back {tick.clock_jump_s:.3f} s (use_sim_time: a bag played '
+                'with --loop?): dropped the actions timed on the old time; acting again on '
+                'images stamped on the new time')
         if tick.verdict in VERDICT_COUNTERS:
             self._counters.bump(VERDICT_COUNTERS[tick.verdict])
         if tick.detail:
