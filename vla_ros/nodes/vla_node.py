@@ -39,6 +39,8 @@ RESTART_HINT = 'deactivate, cleanup, set it, then configure and activate (or res
 VERDICT_COUNTERS = {'disabled': 'ticks_disabled', 'idle': 'ticks_idle', 'busy': 'ticks_skipped',
                     'stale': 'ticks_stale', 'skewed': 'ticks_skewed',
                     'bad_state': 'ticks_bad_state'}
+# Tick verdicts whose age checks passed (every camera fresh): a stale outage is over.
+FRESH_VERDICTS = ('ready', 'skewed', 'bad_state')
 
 
 class VlaNode(LifecycleNode):
@@ -65,6 +67,7 @@ class VlaNode(LifecycleNode):
                                   'bad_images', 'bad_instructions', 'model_errors',
                                   'clock_jumps')
         self._no_action = ''  # why the last tick without an action had none
+        self._outage = False  # an input is stale: said once, until the inputs are fresh again
         self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._io_group = ReentrantCallbackGroup()
@@ -294,8 +297,15 @@ class VlaNode(LifecycleNode):
         elif tick.verdict == 'future':
             self._counters.bump('future_stamps', tick.detail)
             self._log.warning('future', f'{tick.detail}: check the camera clock or use_sim_time')
-        elif tick.verdict in ('stale', 'skewed', 'bad_state'):
+        elif tick.verdict in ('skewed', 'bad_state'):
             self._log.warning(tick.verdict, f'no action: {tick.detail}')
+        if tick.verdict == 'stale':
+            if not self._outage:
+                self._outage = True
+                self.get_logger().warning(f'no action: {tick.detail} (said once until the '
+                                          'inputs are fresh again)')
+        elif tick.verdict in FRESH_VERDICTS:
+            self._outage = False
 
     def _decode(self, msg):
         if self.cfg.image_transport == 'compressed':
