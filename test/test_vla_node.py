@@ -461,8 +461,12 @@ def test_corrupt_jpeg_is_counted(ros, launch, tiny_checkpoint):
     (['max_image_age:=[0.5,1.0]'], "'max_image_age' is [0.5, 1.0] (list); it must be a number"),
     (['max_image_age:=abc'], "'max_image_age' is 'abc' (a string); it must be a number"),
     (['autostart:=maybe'], "'autostart' is 'maybe' (a string); it must be true or false"),
+    (['model_path:=/no/such/checkpoint'], 'cannot load the policy'),
+    (['camera_topics:=[front camera]'],
+     "'camera_topics': 'front camera' is not a topic name (failed to resolve name: topic name "
+     'must not contain characters other than alphanumerics'),
 ], ids=['no-model-path', 'wrong-unnorm-key', 'zero-rate', 'negative-rate', 'rate-string',
-        'age-list', 'age-string', 'autostart-string'])
+        'age-list', 'age-string', 'autostart-string', 'missing-model', 'camera-name'])
 def test_bad_startup_exits_with_a_clear_message(launch, tiny_checkpoint, params, message):
     args = ['--ros-args', '--params-file', str(CONFIG)]
     if params != []:
@@ -470,8 +474,7 @@ def test_bad_startup_exits_with_a_clear_message(launch, tiny_checkpoint, params,
     for param in params:
         args += ['-p', param]
     node = launch('vla_node', *args)
-    code = node.wait_exit(timeout=90.0)
-    assert code != 0
+    assert node.wait_exit(timeout=90.0) == 1, node.output()
     assert message in node.output(), node.output()
 
 

@@ -54,6 +54,22 @@ VERDICTS = ('disabled', 'idle', 'busy', 'queued', 'stale', 'future', 'skewed', '
             'ready')
 
 
+def repeated_cameras(topics):
+    """
+    Return what is wrong with a camera list that names a topic twice ('' when nothing is).
+
+    Every camera is one image of the policy, primary first: one topic listed twice would feed
+    one camera as two images. vla_node (``camera_topics``) and vla_eval (``--camera-topics``)
+    both refuse it, with these words after the name of their option.
+    """
+    topics = list(topics)
+    twice = sorted({topic for topic in topics if topics.count(topic) > 1})
+    if not twice:
+        return ''
+    return (f'lists {", ".join(twice)} more than once; list one topic per camera, the primary '
+            'camera first')
+
+
 def image_age_status(age, max_age):
     """Classify an image by its age at use (seconds): 'future', 'stale' or 'ok'."""
     if age < -FUTURE_TOLERANCE_S:

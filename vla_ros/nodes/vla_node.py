@@ -99,7 +99,7 @@ class VlaNode(LifecycleNode):
 
         cfg, problems = params.read(self, PARAMS)
         if not problems:
-            problems = layout_problems(cfg)
+            problems = layout_problems(cfg, self.resolve_topic_name)
         if not problems:
             try:
                 self.policy, self.unnorm_key = load_policy(
