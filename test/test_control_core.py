@@ -365,6 +365,11 @@ def test_infer_classifies_bad_frames_invalid_and_non_finite_results(core):
     result = infer(Policy(invalid), ticket, lambda msg: 'rgb', 'k')
     assert result.status == 'invalid' and 'non-action token' in result.detail
     assert infer(Policy(action(np.nan)), ticket, lambda msg: 'rgb', 'k').status == 'invalid'
+    half = types.SimpleNamespace(values=chunk(0, 3), valid=True, token_ids=[])
+    half.values[1, 4] = np.inf  # one bad row refuses the whole chunk
+    result = infer(Policy(half), ticket, lambda msg: 'rgb', 'k')
+    assert (result.status, result.rows) == ('invalid', None)
+    assert result.detail.endswith('(NaN or inf) in rows [1] of a chunk of 3')
     policy = Policy(action(0.25, rows=2))
     ok = infer(policy, ticket, lambda msg: f'rgb of {msg}', 'key')
     assert ok.status == 'ok' and ok.rows.shape == (2, 7) and ok.latency_s >= 0

@@ -423,6 +423,31 @@ def test_bad_input_is_counted_and_the_node_survives(ros, launch, tiny_checkpoint
     assert node.output().count('unknown image encoding') <= 3
 
 
+def test_a_chunk_with_nan_rows_publishes_nothing_and_is_counted_and_logged_once(
+        ros, launch, tiny_checkpoint, camera_feed):
+    """A policy whose chunk has NaN rows: none of its rows leaves, the finite one neither."""
+    from policies import NAN_INSTRUCTION
+    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
+    raws = ros.subscribe(Float64MultiArray, 'vla/action', COMMANDS)
+    chunks = ros.subscribe(Float64MultiArray, 'vla/action_chunk', COMMANDS)
+    diag_inbox = ros.subscribe(DiagnosticArray, '/diagnostics', COMMANDS)
+    node = start_node(launch, tiny_checkpoint, 'policy:=policies:nan_rows',
+                      'control_rate_hz:=5.0', f'instruction:={NAN_INSTRUCTION}')
+    node.wait_for_output('active', timeout=90.0)
+    camera_feed()
+    wait_until(lambda: 'non-finite values' in node.output() or deltas.messages, 20.0,
+               message='the first chunk')
+    time.sleep(2.0)  # about 10 more chunks, well within the 5 s log throttle
+    assert (deltas.messages, raws.messages, chunks.messages) == ([], [], [])
+    diag = latest_diagnostics(diag_inbox)
+    assert int(diag['invalid_actions']) >= 5, diag
+    assert 'NaN or inf) in rows [1, 2, 3] of a chunk of 4' in diag['last_error'], diag
+    assert node.output().count('non-finite values') == 1, node.output()
+    send_instruction(ros, 'pick up the red cup')  # the policy is sane again: so is the node
+    deltas.wait_for(2, timeout=20.0)
+    assert node.alive
+
+
 def test_corrupt_jpeg_is_counted(ros, launch, tiny_checkpoint):
     diag_inbox = ros.subscribe(DiagnosticArray, '/diagnostics', COMMANDS)
     deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)

@@ -452,7 +452,10 @@ def infer(policy, ticket, decode, unnorm_key):
         return Prediction('invalid', result=result, latency_s=latency,
                           detail=f'the model produced a non-action token (tokens {tokens})')
     rows = np.atleast_2d(np.asarray(result.values, dtype=np.float64))  # (K, D)
-    if not np.all(np.isfinite(rows)):
+    finite = np.isfinite(rows).all(axis=1)  # (K,)
+    if not finite.all():  # the whole chunk goes: its finite rows were predicted with the others
+        bad = np.flatnonzero(~finite).tolist()
         return Prediction('invalid', result=result, latency_s=latency,
-                          detail='the model produced a non-finite action')
+                          detail=f'the model produced non-finite values (NaN or inf) in rows '
+                          f'{bad[:16]} of a chunk of {len(rows)}')
     return Prediction('ok', rows, result, latency)
