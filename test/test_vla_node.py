@@ -620,4 +620,6 @@ def test_a_backward_clock_jump_resumes_output_at_once_counted_and_logged(
     assert float(diag['achieved_rate_hz']) > 0.0, diag  # the rate restarts on the new time
     assert int(diag['future_stamps']) == 0, diag  # frames from before a jump are not "future"
     assert node.output().count('the clock jumped back') == 2, node.output()
+    after_jumps = node.output().split('the clock jumped back', 1)[1]
+    assert 'no action' not in after_jumps, 'one line per jump, not another for its images'
     assert node.alive

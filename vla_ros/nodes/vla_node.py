@@ -283,6 +283,7 @@ class VlaNode(LifecycleNode):
         tick = self.core.tick(now, self.inputs.observation(), busy=self._worker.busy)
         if tick.clock_jump_s:
             self._counters.bump('clock_jumps')
+            self._outage = True  # this line says it: no action until images on the new time
             self.get_logger().warning(
                 f'the clock jumped back {tick.clock_jump_s:.3f} s (use_sim_time: a bag played '
                 'with --loop?): dropped the actions timed on the old time; acting again on '
