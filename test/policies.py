@@ -1,18 +1,23 @@
 """
 Test policies for vla_node, loaded through its ``policy`` parameter ('policies:slow', ...).
 
-Each wraps the real ``OpenVLAPolicy`` on the given checkpoint and changes one thing: it sleeps
-or it raises (or its factory does). Test code only; the test puts this folder on the node's
-PYTHONPATH.
+Each wraps the real ``OpenVLAPolicy`` on the given checkpoint and changes one thing: it sleeps,
+it raises (or its factory does), or it returns NaN rows. Test code only; the test puts this
+folder on the node's PYTHONPATH.
 """
 
+import dataclasses
 import os
 import time
+
+import numpy as np
 
 from vla_ros.policy import OpenVLAPolicy
 
 # An instruction that makes ``failing`` raise; any other instruction predicts normally.
 FAIL_INSTRUCTION = 'raise an error'
+# An instruction that makes ``nan_rows`` return a chunk of 4 rows: the prediction, then 3 NaN rows.
+NAN_INSTRUCTION = 'return nan rows'
 
 
 class _Wrapped:
@@ -45,6 +50,16 @@ class _Failing(_Wrapped):
         return self._policy.predict(image, instruction, unnorm_key=unnorm_key)
 
 
+class _NanRows(_Wrapped):
+    def predict(self, image, instruction, unnorm_key=None):
+        action = self._policy.predict(image, instruction, unnorm_key=unnorm_key)
+        if instruction != NAN_INSTRUCTION:
+            return action
+        nan = np.full((3, action.values.size), np.nan)
+        return dataclasses.replace(action, values=np.vstack([action.values, nan]),  # (4, 7)
+                                   normalized=np.vstack([action.normalized, nan]))
+
+
 def slow(model_path, **kwargs):
     """Sleep ``VLA_TEST_POLICY_DELAY`` seconds (default 1.0) before every prediction."""
     delay = float(os.environ.get('VLA_TEST_POLICY_DELAY', '1.0'))
@@ -66,3 +81,8 @@ def exiting(model_path, **kwargs):
 def refusing(model_path, **kwargs):
     """Fail to load: a factory raising ValueError (not a PolicyError), as user code may."""
     raise ValueError(f'no policy for {model_path!r} (injected)')
+
+
+def nan_rows(model_path, **kwargs):
+    """Return a chunk whose rows after the first are NaN for the instruction NAN_INSTRUCTION."""
+    return _NanRows(OpenVLAPolicy.from_pretrained(model_path, **kwargs))

@@ -365,6 +365,11 @@ def test_infer_classifies_bad_frames_invalid_and_non_finite_results(core):
     result = infer(Policy(invalid), ticket, lambda msg: 'rgb', 'k')
     assert result.status == 'invalid' and 'non-action token' in result.detail
     assert infer(Policy(action(np.nan)), ticket, lambda msg: 'rgb', 'k').status == 'invalid'
+    half = types.SimpleNamespace(values=chunk(0, 3), valid=True, token_ids=[])
+    half.values[1, 4] = np.inf  # one bad row refuses the whole chunk
+    result = infer(Policy(half), ticket, lambda msg: 'rgb', 'k')
+    assert (result.status, result.rows) == ('invalid', None)
+    assert result.detail.endswith('(NaN or inf) in rows [1] of a chunk of 3')
     policy = Policy(action(0.25, rows=2))
     ok = infer(policy, ticket, lambda msg: f'rgb of {msg}', 'key')
     assert ok.status == 'ok' and ok.rows.shape == (2, 7) and ok.latency_s >= 0
@@ -376,3 +381,37 @@ def test_infer_classifies_bad_frames_invalid_and_non_finite_results(core):
     ticket = core.tick(T, both).ticket
     assert infer(oft, ticket, lambda msg: msg.upper(), 'k').rows.shape == (4, 7)
     assert oft.calls[0][0] == ['PRIMARY', 'WRIST'] and oft.calls[0][2] is state.values
+
+
+@pytest.mark.parametrize('mode', ['open_loop', 'receding', 'ensemble'])
+def test_a_backward_clock_jump_drops_what_was_timed_on_the_old_time(mode):
+    """A looping bag with use_sim_time: the first image on the new time acts at once."""
+    core = make_core(period=P, chunk_mode=mode)
+    core.set_instruction('wipe the table')
+    assert core.commit(core.tick(T, fresh(T, 0.0)).ticket, chunk(100), T + 0.01)
+    assert core.tick(T + P, None).emitted is not None  # row 1: the chunk executes
+    back = T - 30.0
+    # Before an image on the new time arrives, the newest is from before the jump: stale (not
+    # future), and none of the old chunk's rows goes out.
+    tick = core.tick(back, fresh(T + P, 0.0))
+    assert tick.clock_jump_s == pytest.approx(30.0 + P)
+    assert (tick.verdict, tick.emitted) == ('stale', None)
+    assert 'from before it jumped back' in tick.detail
+    core.out.clear()
+    tick = core.tick(back + P, fresh(back + P, 0.0))
+    assert tick.verdict == 'ready' and tick.clock_jump_s == 0.0
+    assert core.commit(tick.ticket, chunk(300), back + P + 0.01)
+    assert emitted(core) == [('action', 300.0)]  # at once, as from an idle output
+    assert core.tick(back + 2 * P, None).emitted is not None  # and its rows follow on time
+    # Ahead of the clock and past the time it jumped from: the future, as ever.
+    assert core.tick(back + 3 * P, fresh(T + 1.0, 0.0)).verdict in ('future', 'queued', 'busy')
+
+
+def test_a_prediction_in_flight_across_a_backward_clock_jump_is_dropped(core):
+    core.set_instruction('pick')
+    ticket = core.tick(T, fresh()).ticket
+    assert not core.commit(ticket, np.ones((1, 7)), T - 5.0)  # the clock went back meanwhile
+    ticket = core.tick(T + 0.2, fresh(T + 0.2)).ticket
+    assert core.tick(T - 5.0, fresh(T - 5.0), busy=True).clock_jump_s == pytest.approx(5.2)
+    assert not core.commit(ticket, np.ones((1, 7)), T + 0.3)  # the clock is past it again
+    assert emitted(core) == []

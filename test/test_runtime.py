@@ -1,4 +1,4 @@
-"""The ROS-free control-loop pieces the nodes share: the inference worker and the log throttle."""
+"""The ROS-free control-loop pieces the nodes share: the worker, the log throttle, the rates."""
 
 import logging
 import threading
@@ -7,6 +7,7 @@ import time
 import pytest
 
 from vla_ros.control.concurrency import InferenceWorker
+from vla_ros.control.stats import RateMeter
 from vla_ros.nodes.logs import LogThrottle
 
 
@@ -63,3 +64,13 @@ def test_log_throttle_logs_one_message_per_key_and_period(caplog):
         throttle.warning('stale', 'stale 3')
     assert [(r.levelname, r.message) for r in caplog.records] == [
         ('WARNING', 'stale 1'), ('ERROR', 'policy 1'), ('WARNING', 'stale 3')]
+
+
+def test_rate_meter_restarts_when_the_clock_jumps_back():
+    meter = RateMeter(horizon=5.0)
+    for k in range(11):
+        meter.mark(1000.0 + 0.1 * k)
+    assert meter.rate(1001.0) == pytest.approx(10.0)
+    for k in range(6):  # a looping bag: the clock is 30 s earlier
+        meter.mark(971.0 + 0.2 * k)
+    assert meter.rate(972.0) == pytest.approx(5.0)

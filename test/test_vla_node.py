@@ -4,8 +4,10 @@ import functools
 import math
 import os
 from pathlib import Path
+import threading
 import time
 
+from builtin_interfaces.msg import Time
 from conftest import REPO, wait_until
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
@@ -15,12 +17,14 @@ import pytest
 from rcl_interfaces.msg import Parameter
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from test_conversions import oversized_jpeg
 
 from vla_ros.nodes import diagnostics
+from vla_ros.nodes.messages import rgb_to_image
 from vla_ros.policy import OpenVLAPolicy
 from vla_ros.sim.scenes import scene
 
@@ -179,25 +183,40 @@ def test_instruction_by_topic_then_by_parameter(ros, launch, tiny_checkpoint, re
     assert deltas.messages and node.alive
 
 
-def test_staleness_stops_and_resumes_output(ros, launch, tiny_checkpoint):
+def test_a_camera_gap_stops_output_in_time_and_each_outage_is_logged_once(
+        ros, launch, tiny_checkpoint, camera_feed):
+    """
+    Output stops within max_image_age plus two control periods of the last image, and resumes.
+
+    Two outages (no camera yet, then a gap): one log line each, however long they last.
+    """
     deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
-    node = start_node(launch, tiny_checkpoint, 'control_rate_hz:=5.0', 'max_image_age:=0.5',
-                      'instruction:=pick up the red cup')
+    node = start_node(launch, tiny_checkpoint, 'control_rate_hz:=5.0', 'max_image_age:=0.5')
     node.wait_for_output('active', timeout=90.0)
-    camera = start_camera(launch, '--rate', '20', '--count', '60')  # 3 s of images
+    send_instruction(ros, 'pick up the red cup')
+    node.wait_for_output('no image received on /camera/image_raw yet', timeout=10.0)
+    time.sleep(1.0)  # outage 1 goes on for 5 ticks
+    feed = camera_feed()
     deltas.wait_for(3, timeout=30.0)
-    camera.wait_exit(timeout=30.0)
-    # How soon output stops (within max_image_age of the last stamp) is the core's rule, tested
-    # exactly in test_control_core; here: it stops, and it resumes when images come back.
-    time.sleep(1.5)
+    feed.on.clear()  # outage 2: the camera stops
+    time.sleep(2.0)
+    published, _ = feed.last_image
+    last = deltas.stamped[-1][0]
+    bound = 0.5 + 2 * 0.2
+    assert last - published <= bound, \
+        f'the last action came {last - published:.2f} s after the last image (bound {bound} s)'
     deltas.clear()
-    time.sleep(1.5)
+    time.sleep(1.0)
     assert deltas.messages == [], 'actions without a fresh image'
-    deltas.clear()
-    start_camera(launch, '--rate', '20')
+    feed.on.set()
     deltas.wait_for(3, timeout=20.0)
     diag = latest_diagnostics(ros.subscribe(DiagnosticArray, '/diagnostics', COMMANDS))
-    assert int(diag['ticks_stale']) >= 5
+    assert int(diag['ticks_stale']) >= 15
+    lines = [line for line in node.output().splitlines()
+             if 'no action: ' in line and '/camera/image_raw' in line]
+    assert len(lines) == 2, lines
+    assert 'no image received on /camera/image_raw yet' in lines[0]
+    assert '/camera/image_raw: newest image' in lines[1] and 'max_image_age 0.5 s' in lines[1]
     assert node.alive
 
 
@@ -333,7 +352,6 @@ def test_run_time_parameters_are_checked_and_the_node_survives(ros, launch, tiny
     values = ros.call(GetParameters, '/vla_node/get_parameters', get).values
     assert (values[0].integer_value, values[1].double_value) == (2, 5.0)
     assert node.alive
-    assert node.output().count('no image received on /camera/image_raw') == 1
 
 
 def _bad_image(encoding='rgb8', width=64, height=48, step=None, data=None, stamp=None):
@@ -405,6 +423,31 @@ def test_bad_input_is_counted_and_the_node_survives(ros, launch, tiny_checkpoint
     assert node.output().count('unknown image encoding') <= 3
 
 
+def test_a_chunk_with_nan_rows_publishes_nothing_and_is_counted_and_logged_once(
+        ros, launch, tiny_checkpoint, camera_feed):
+    """A policy whose chunk has NaN rows: none of its rows leaves, the finite one neither."""
+    from policies import NAN_INSTRUCTION
+    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
+    raws = ros.subscribe(Float64MultiArray, 'vla/action', COMMANDS)
+    chunks = ros.subscribe(Float64MultiArray, 'vla/action_chunk', COMMANDS)
+    diag_inbox = ros.subscribe(DiagnosticArray, '/diagnostics', COMMANDS)
+    node = start_node(launch, tiny_checkpoint, 'policy:=policies:nan_rows',
+                      'control_rate_hz:=5.0', f'instruction:={NAN_INSTRUCTION}')
+    node.wait_for_output('active', timeout=90.0)
+    camera_feed()
+    wait_until(lambda: 'non-finite values' in node.output() or deltas.messages, 20.0,
+               message='the first chunk')
+    time.sleep(2.0)  # about 10 more chunks, well within the 5 s log throttle
+    assert (deltas.messages, raws.messages, chunks.messages) == ([], [], [])
+    diag = latest_diagnostics(diag_inbox)
+    assert int(diag['invalid_actions']) >= 5, diag
+    assert 'NaN or inf) in rows [1, 2, 3] of a chunk of 4' in diag['last_error'], diag
+    assert node.output().count('non-finite values') == 1, node.output()
+    send_instruction(ros, 'pick up the red cup')  # the policy is sane again: so is the node
+    deltas.wait_for(2, timeout=20.0)
+    assert node.alive
+
+
 def test_corrupt_jpeg_is_counted(ros, launch, tiny_checkpoint):
     diag_inbox = ros.subscribe(DiagnosticArray, '/diagnostics', COMMANDS)
     deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
@@ -443,8 +486,12 @@ def test_corrupt_jpeg_is_counted(ros, launch, tiny_checkpoint):
     (['max_image_age:=[0.5,1.0]'], "'max_image_age' is [0.5, 1.0] (list); it must be a number"),
     (['max_image_age:=abc'], "'max_image_age' is 'abc' (a string); it must be a number"),
     (['autostart:=maybe'], "'autostart' is 'maybe' (a string); it must be true or false"),
+    (['model_path:=/no/such/checkpoint'], 'cannot load the policy'),
+    (['camera_topics:=[front camera]'],
+     "'camera_topics': 'front camera' is not a topic name (failed to resolve name: topic name "
+     'must not contain characters other than alphanumerics'),
 ], ids=['no-model-path', 'wrong-unnorm-key', 'zero-rate', 'negative-rate', 'rate-string',
-        'age-list', 'age-string', 'autostart-string'])
+        'age-list', 'age-string', 'autostart-string', 'missing-model', 'camera-name'])
 def test_bad_startup_exits_with_a_clear_message(launch, tiny_checkpoint, params, message):
     args = ['--ros-args', '--params-file', str(CONFIG)]
     if params != []:
@@ -452,8 +499,7 @@ def test_bad_startup_exits_with_a_clear_message(launch, tiny_checkpoint, params,
     for param in params:
         args += ['-p', param]
     node = launch('vla_node', *args)
-    code = node.wait_exit(timeout=90.0)
-    assert code != 0
+    assert node.wait_exit(timeout=90.0) == 1, node.output()
     assert message in node.output(), node.output()
 
 
@@ -468,3 +514,112 @@ def test_configure_fails_as_a_transition_without_autostart(ros, launch):
     state = ros.call(GetState, '/vla_node/get_state', GetState.Request()).current_state
     assert state.label == 'unconfigured'
     assert node.alive and "'model_path' is ''; allowed: a local checkpoint" in node.output()
+
+
+class CameraFeed:
+    """
+    The test's camera: images at 20 Hz from a thread, with ``last_image`` = (monotonic, stamp).
+
+    Stamped on the test's clock, or with ``sim_start`` on a simulated clock that the feed
+    publishes on /clock at 100 Hz (for a node with ``use_sim_time``); ``jump(seconds)`` moves
+    that clock back, as every loop of ``ros2 bag play --loop --clock`` does. ``on`` cleared:
+    the camera is silent (the clock goes on).
+    """
+
+    def __init__(self, ros, sim_start=None):
+        self.ros = ros
+        self.sim = sim_start is not None
+        self.clock = ros.publisher(Clock, '/clock', COMMANDS) if self.sim else None
+        self.images = ros.publisher(Image, 'camera/image_raw', qos_profile_sensor_data)
+        self._rgb = scene(0, 160, 120)
+        self._offset = (sim_start or 0.0) - time.monotonic()  # sim time = monotonic + offset
+        self._lock = threading.Lock()
+        self.last_image = None
+        self.on = threading.Event()
+        self.on.set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self):
+        if not self.sim:
+            return self.ros.node.get_clock().now().nanoseconds * 1e-9
+        with self._lock:
+            return time.monotonic() + self._offset
+
+    def jump(self, seconds):
+        with self._lock:
+            self._offset -= seconds
+
+    def start(self):
+        self.ros.wait_for_subscribers(self.images, timeout=60.0)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5.0)
+
+    @staticmethod
+    def _stamp(seconds):
+        sec = math.floor(seconds)
+        return Time(sec=sec, nanosec=int((seconds - sec) * 1e9))
+
+    def _run(self):
+        step = 0
+        while not self._stop.is_set():
+            now = self.now()
+            if self.sim:
+                self.clock.publish(Clock(clock=self._stamp(now)))
+            if step % 5 == 0 and self.on.is_set():
+                self.images.publish(rgb_to_image(self._rgb, stamp=self._stamp(now),
+                                                 frame_id='camera'))
+                self.last_image = (time.monotonic(), now)
+            step += 1
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def camera_feed(ros):
+    feeds = []
+
+    def start(sim_start=None):
+        feeds.append(CameraFeed(ros, sim_start))
+        return feeds[-1].start()
+    yield start
+    for feed in feeds:
+        feed.stop()
+
+
+def seconds_of(header):
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def test_a_backward_clock_jump_resumes_output_at_once_counted_and_logged(
+        ros, launch, tiny_checkpoint, camera_feed):
+    """use_sim_time with a clock that jumps back 30 s, twice (a looping bag): acting resumes."""
+    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
+    diag_inbox = ros.subscribe(DiagnosticArray, '/diagnostics', COMMANDS)
+    node = start_node(launch, tiny_checkpoint, 'use_sim_time:=true', 'control_rate_hz:=5.0',
+                      'instruction:=pick up the red cup')
+    node.wait_for_output('active', timeout=90.0)
+    feed = camera_feed(sim_start=1000.0)
+    deltas.wait_for(2, timeout=30.0)
+    for jump in (1, 2):
+        before = feed.now()
+        feed.jump(30.0)
+        jumped = time.monotonic()
+        # Actions stamped on the new time, within a few control periods of the jump.
+        wait_until(lambda: any(seconds_of(m.header) < before - 20.0 for m in deltas.messages),
+                   3.0, message=f'an action on the jumped-back clock (jump {jump})')
+        assert time.monotonic() - jumped < 3.0
+        deltas.clear()
+        deltas.wait_for(3, timeout=5.0)
+        assert all(seconds_of(m.header) < before - 20.0 for m in deltas.messages)
+    diag = latest_diagnostics(diag_inbox)
+    assert int(diag['clock_jumps']) == 2, diag
+    assert float(diag['achieved_rate_hz']) > 0.0, diag  # the rate restarts on the new time
+    assert int(diag['future_stamps']) == 0, diag  # frames from before a jump are not "future"
+    assert node.output().count('the clock jumped back') == 2, node.output()
+    after_jumps = node.output().split('the clock jumped back', 1)[1]
+    assert 'no action' not in after_jumps, 'one line per jump, not another for its images'
+    assert node.alive

@@ -12,7 +12,6 @@ import math
 import threading
 import time
 
-from conftest import wait_until
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 import numpy as np
@@ -359,11 +358,13 @@ def test_a_wrist_frame_that_arrives_after_the_next_front_frame_is_paired_by_stam
      "'camera_topics' has 1 topic(s) ['camera/image_raw'], but the policy takes 2 image(s)"),
     (('proprio:=[ee_position, ee_velocity]',), "unknown proprio entries ['ee_velocity']"),
     (('proprio:=[ee_position, ee_rpy]',), 'gives 6 values, but the policy needs 8 state values'),
+    (('camera_topics:=[camera/image_raw, /camera/image_raw]',),
+     "'camera_topics' lists /camera/image_raw more than once; list one topic per camera, the "
+     'primary camera first'),
 ])
 def test_configurations_that_cannot_match_the_policy_fail_at_start(launch, oft_checkpoint,
                                                                    params, words):
     node = start_node(launch, oft_checkpoint, *OFT_PARAMS, *params, f'unnorm_key:={UNNORM_KEY}')
-    wait_until(lambda: words in node.output() or not node.alive, 120.0,
-               message='the start-up error')
+    assert node.wait_exit(timeout=120.0) == 1, node.output()
     assert words in node.output()
     assert 'active' not in node.output().split(words)[-1]

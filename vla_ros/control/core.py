@@ -21,6 +21,12 @@ What the core owns, under one lock:
   ``skewed`` (the cameras' stamps more than ``max_camera_skew`` apart), ``bad_state`` (the state
   could not be assembled), else ``ready`` with a ``Ticket``. ``detail`` names the camera or the
   state. A tick may also have published the next row of a chunk (``emitted``);
+* the **clock**: a tick earlier than the one before means the clock jumped back (``use_sim_time``
+  with a bag played in a loop). Chunk rows, the in-flight prediction and "published since" are
+  timed on the old time, so the jump drops them (a new generation, as an instruction change)
+  and the tick reports it (``clock_jump_s``); an image or state stamped ahead of the clock, but
+  no later than the time the clock jumped from, is from before the jump: ``stale``, not
+  ``future``, until one stamped on the new time arrives;
 * the **commit gate**: every action, chunk and hold leaves through ``emit``, called with the lock
   held. A chunk is committed only if its ticket's generation is still current and the core is
   enabled, so once a hold has been emitted nothing computed before it can follow it.
@@ -46,6 +52,22 @@ MAX_INSTRUCTION_CHARS = 1000
 FUTURE_TOLERANCE_S = 0.05
 VERDICTS = ('disabled', 'idle', 'busy', 'queued', 'stale', 'future', 'skewed', 'bad_state',
             'ready')
+
+
+def repeated_cameras(topics):
+    """
+    Return what is wrong with a camera list that names a topic twice ('' when nothing is).
+
+    Every camera is one image of the policy, primary first: one topic listed twice would feed
+    one camera as two images. vla_node (``camera_topics``) and vla_eval (``--camera-topics``)
+    both refuse it, with these words after the name of their option.
+    """
+    topics = list(topics)
+    twice = sorted({topic for topic in topics if topics.count(topic) > 1})
+    if not twice:
+        return ''
+    return (f'lists {", ".join(twice)} more than once; list one topic per camera, the primary '
+            'camera first')
 
 
 def image_age_status(age, max_age):
@@ -159,6 +181,7 @@ class Tick:
     ticket: Ticket = None
     emitted: Emission = None
     detail: str = ''
+    clock_jump_s: float = 0.0  # > 0: the clock jumped back this far since the previous tick
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +213,8 @@ class ControlCore:
         self._generation = 0
         self._enabled = True
         self._emitted_at = -math.inf
+        self._last_tick_s = -math.inf
+        self._jumped_from = -math.inf  # the time the clock last jumped back from
         self._schedule = ChunkSchedule(chunk_mode, period, execute_steps, ensemble_decay)
         self.max_image_age = max_image_age
         self.max_camera_skew = max_camera_skew
@@ -278,22 +303,38 @@ class ControlCore:
         Decide what the tick at ``now`` (seconds) does with the newest ``observation``.
 
         ``observation``: an ``Observation`` (or None: nothing received yet). ``busy``: the model
-        still works on an earlier ticket. A published row is in ``emitted``.
+        still works on an earlier ticket. A published row is in ``emitted``; a backward clock
+        jump since the previous tick in ``clock_jump_s``.
         """
         with self._lock:
-            if not self._enabled:
-                return Tick('disabled', now)
-            if not self._instruction:
-                return Tick('idle', now)
-            emitted = self._publish(now)
-            if busy or not self._schedule.wants_inference():
-                return Tick('queued' if emitted else 'busy', now, emitted=emitted)
-            verdict, age, detail = self._check(now, observation)
-            if verdict != 'ok':
-                return Tick(verdict, now, age, emitted=emitted, detail=detail)
-            start = now + self._schedule.period if emitted else now
-            ticket = Ticket(self._generation, self._instruction, observation, now, start)
-            return Tick('ready', now, age, ticket=ticket, emitted=emitted)
+            jump = self._clock_jump(now)
+            tick = self._tick(now, observation, busy)
+        return dataclasses.replace(tick, clock_jump_s=jump) if jump else tick
+
+    def _clock_jump(self, now):
+        """Return how far the clock jumped back since the previous tick (0: it did not)."""
+        last, self._last_tick_s = self._last_tick_s, now
+        if now >= last:
+            return 0.0
+        self._new_generation()  # rows and predictions timed on the old time
+        self._emitted_at = -math.inf
+        self._jumped_from = max(last, self._jumped_from)
+        return last - now
+
+    def _tick(self, now, observation, busy):
+        if not self._enabled:
+            return Tick('disabled', now)
+        if not self._instruction:
+            return Tick('idle', now)
+        emitted = self._publish(now)
+        if busy or not self._schedule.wants_inference():
+            return Tick('queued' if emitted else 'busy', now, emitted=emitted)
+        verdict, age, detail = self._check(now, observation)
+        if verdict != 'ok':
+            return Tick(verdict, now, age, emitted=emitted, detail=detail)
+        start = now + self._schedule.period if emitted else now
+        ticket = Ticket(self._generation, self._instruction, observation, now, start)
+        return Tick('ready', now, age, ticket=ticket, emitted=emitted)
 
     def _publish(self, now, catch_up=False):
         action = self._schedule.action(now, catch_up)
@@ -319,8 +360,7 @@ class ControlCore:
                     return status, age, (f'{name}: newest image {now - frame.stamp_s:.2f} s old '
                                          f'(max_image_age {self.max_image_age} s)')
                 if status == 'future':
-                    return status, age, (f'{name}: image stamped {frame.stamp_s - now:.3f} s in '
-                                         'the future of the clock')
+                    return self._ahead(now, frame.stamp_s, f'{name}: image', age)
         stamps = [frame.stamp_s for frame in frames]
         skew = max(stamps) - min(stamps)
         if self.max_camera_skew is not None and skew > self.max_camera_skew:
@@ -337,8 +377,15 @@ class ControlCore:
                     return 'stale', age, (f'state {state_age:.2f} s old (max_proprio_age '
                                           f'{self.max_proprio_age} s)')
                 if state_age < -FUTURE_TOLERANCE_S:
-                    return 'future', age, f'state stamped {-state_age:.3f} s in the future'
+                    return self._ahead(now, state.stamp_s, 'state', age)
         return 'ok', age, ''
+
+    def _ahead(self, now, stamp, what, age):
+        """Return the verdict of ``what`` stamped ahead of the clock: pre-jump (stale), future."""
+        if stamp <= self._jumped_from + FUTURE_TOLERANCE_S:
+            return 'stale', age, (f'{what} stamped {stamp - now:.3f} s ahead of the clock, from '
+                                  'before it jumped back; waiting for one stamped on the new time')
+        return 'future', age, f'{what} stamped {stamp - now:.3f} s in the future of the clock'
 
     def commit(self, ticket, rows, now):
         """
@@ -346,10 +393,12 @@ class ControlCore:
 
         Emits the chunk, and its row for ``now`` when nothing was published since the ticket's
         tick. Returns False when the instruction changed, a reset or hold happened, or the core
-        was disabled since the ticket was issued.
+        was disabled since the ticket was issued, or the clock is earlier than the ticket's tick
+        (it jumped back; the next tick says so).
         """
         with self._lock:
-            if ticket.generation != self._generation or not self._enabled:
+            if (ticket.generation != self._generation or not self._enabled
+                    or now < ticket.time_s):
                 return False
             self._schedule.add(rows, ticket.observation, ticket.start_s)
             self._emit(Emission('chunk', np.asarray(rows), ticket.observation))
@@ -403,7 +452,10 @@ def infer(policy, ticket, decode, unnorm_key):
         return Prediction('invalid', result=result, latency_s=latency,
                           detail=f'the model produced a non-action token (tokens {tokens})')
     rows = np.atleast_2d(np.asarray(result.values, dtype=np.float64))  # (K, D)
-    if not np.all(np.isfinite(rows)):
+    finite = np.isfinite(rows).all(axis=1)  # (K,)
+    if not finite.all():  # the whole chunk goes: its finite rows were predicted with the others
+        bad = np.flatnonzero(~finite).tolist()
         return Prediction('invalid', result=result, latency_s=latency,
-                          detail='the model produced a non-finite action')
+                          detail=f'the model produced non-finite values (NaN or inf) in rows '
+                          f'{bad[:16]} of a chunk of {len(rows)}')
     return Prediction('ok', rows, result, latency)

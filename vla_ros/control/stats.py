@@ -33,23 +33,32 @@ class Window:
 
 
 class RateMeter:
-    """Events per second over a sliding time window (times in seconds on any one clock)."""
+    """
+    Events per second over a sliding time window (times in seconds on any one clock).
+
+    Marks later than ``now`` are from before the clock jumped back (``use_sim_time`` with a
+    looping bag): they are dropped, so the rate restarts on the new time.
+    """
 
     def __init__(self, horizon=5.0):
         self._lock = threading.Lock()
         self._times = collections.deque()
         self._horizon = horizon
 
+    def _expire(self, now):
+        if self._times and self._times[-1] > now:
+            self._times.clear()
+        while self._times and now - self._times[0] > self._horizon:
+            self._times.popleft()
+
     def mark(self, now):
         with self._lock:
+            self._expire(now)
             self._times.append(now)
-            while self._times and now - self._times[0] > self._horizon:
-                self._times.popleft()
 
     def rate(self, now):
         with self._lock:
-            while self._times and now - self._times[0] > self._horizon:
-                self._times.popleft()
+            self._expire(now)
             if len(self._times) < 2:
                 return 0.0
             span = self._times[-1] - self._times[0]

@@ -19,6 +19,7 @@ import dataclasses
 import math
 
 from vla_ros.control.chunks import MODES
+from vla_ros.control.core import repeated_cameras
 from vla_ros.control.formats import ACTION_DIM
 from vla_ros.control.state import StateLayout
 from vla_ros.evaluation.bags import (COMPRESSED_IMAGE, EvalError, FLOAT64, FLOAT64_MULTI_ARRAY,
@@ -73,11 +74,9 @@ class EvalOptions:
         if not self.action_frame.strip('/'):
             raise EvalError(f'--action-frame {self.action_frame!r}: name the base frame of the '
                             'deltas, the frame ee_pose is recorded in (default base_link)')
-        cameras = self.cameras()
-        twice = sorted({t for t in cameras if cameras.count(t) > 1})
-        if twice:
-            raise EvalError(f'--camera-topics lists {", ".join(twice)} more than once; list one '
-                            'topic per camera, the primary camera first')
+        problem = repeated_cameras(self.cameras())
+        if problem:
+            raise EvalError(f'--camera-topics {problem}')
         self.layout()
 
     def cameras(self):

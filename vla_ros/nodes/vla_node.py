@@ -45,6 +45,8 @@ RESTART_HINT = 'deactivate, cleanup, set it, then configure and activate (or res
 VERDICT_COUNTERS = {'disabled': 'ticks_disabled', 'idle': 'ticks_idle', 'busy': 'ticks_skipped',
                     'stale': 'ticks_stale', 'skewed': 'ticks_skewed',
                     'bad_state': 'ticks_bad_state'}
+# Tick verdicts whose age checks passed (every camera fresh): a stale outage is over.
+FRESH_VERDICTS = ('ready', 'skewed', 'bad_state')
 
 
 class VlaNode(LifecycleNode):
@@ -68,8 +70,10 @@ class VlaNode(LifecycleNode):
         self._chunk_rate = RateMeter()
         self._counters = Counters('ticks', 'actions', 'chunks', 'holds', 'ticks_missed',
                                   *VERDICT_COUNTERS.values(), 'future_stamps', 'invalid_actions',
-                                  'bad_images', 'bad_instructions', 'model_errors')
+                                  'bad_images', 'bad_instructions', 'model_errors',
+                                  'clock_jumps')
         self._no_action = ''  # why the last tick without an action had none
+        self._outage = False  # an input is stale: said once, until the inputs are fresh again
         self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._io_group = ReentrantCallbackGroup()
@@ -102,7 +106,7 @@ class VlaNode(LifecycleNode):
 
         cfg, problems = params.read(self, PARAMS)
         if not problems:
-            problems = layout_problems(cfg)
+            problems = layout_problems(cfg, self.resolve_topic_name)
         if not problems:
             try:
                 self.policy, self.unnorm_key = load_policy(
@@ -314,13 +318,20 @@ class VlaNode(LifecycleNode):
         self._tick_rate.mark(now)
         self._counters.bump('ticks')
         period = 1.0 / self.cfg.control_rate_hz
-        if self._last_tick is not None:
+        if self._last_tick is not None and now >= self._last_tick:
             interval = now - self._last_tick
             self._period_error.add(abs(interval - period))
             if interval > 1.5 * period:
                 self._counters.bump('ticks_missed')
         self._last_tick = now
         tick = self.core.tick(now, self.inputs.observation(), busy=self._worker.busy)
+        if tick.clock_jump_s:
+            self._counters.bump('clock_jumps')
+            self._outage = True  # this line says it: no action until images on the new time
+            self.get_logger().warning(
+                f'the clock jumped back {tick.clock_jump_s:.3f} s (use_sim_time: a bag played '
+                'with --loop?): dropped the actions timed on the old time; acting again on '
+                'images stamped on the new time')
         if tick.verdict in VERDICT_COUNTERS:
             self._counters.bump(VERDICT_COUNTERS[tick.verdict])
         if tick.detail:
@@ -332,8 +343,15 @@ class VlaNode(LifecycleNode):
         elif tick.verdict == 'future':
             self._counters.bump('future_stamps', tick.detail)
             self._log.warning('future', f'{tick.detail}: check the camera clock or use_sim_time')
-        elif tick.verdict in ('stale', 'skewed', 'bad_state'):
+        elif tick.verdict in ('skewed', 'bad_state'):
             self._log.warning(tick.verdict, f'no action: {tick.detail}')
+        if tick.verdict == 'stale':
+            if not self._outage:
+                self._outage = True
+                self.get_logger().warning(f'no action: {tick.detail} (said once until the '
+                                          'inputs are fresh again)')
+        elif tick.verdict in FRESH_VERDICTS:
+            self._outage = False
 
     def _decode(self, msg):
         if self.cfg.image_transport == 'compressed':

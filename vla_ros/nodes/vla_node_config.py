@@ -2,13 +2,15 @@
 vla_node's parameters (config/vla.yaml holds the defaults) and the checks that need the policy.
 
 ``PARAMS`` declares every parameter once, with its type, default, description and allowed
-values; ``layout_problems`` checks the ``proprio`` entries before the model loads;
+values; ``layout_problems`` checks the camera topics and the ``proprio`` entries before the
+model loads;
 ``policy_problems`` checks what only the loaded policy can tell: the number of cameras against
 its images, the state layout against its proprio dimension, its action dimension against the
 end-effector delta convention.
 """
 
 from vla_ros.control.chunks import MODES
+from vla_ros.control.core import repeated_cameras
 from vla_ros.control.formats import ACTION_DIM
 from vla_ros.control.state import StateLayout
 from vla_ros.nodes.params import NodeParam
@@ -73,13 +75,30 @@ PARAMS = (
 PARAM = {p.name: p for p in PARAMS}
 
 
-def layout_problems(cfg):
-    """Return the problems of the ``proprio`` layout (before the policy is loaded)."""
+def layout_problems(cfg, resolve):
+    """
+    Return the problems of the cameras and the ``proprio`` layout (before the policy loads).
+
+    ``resolve`` is the node's ``resolve_topic_name``: a camera topic must be a valid name, and
+    each camera listed once after resolving (``camera/image_raw`` is ``/camera/image_raw`` in the
+    root namespace).
+    """
+    problems, topics = [], []
+    for topic in cfg.camera_topics:
+        try:
+            topics.append(resolve(topic))
+        except RuntimeError as exc:  # rclpy's RCLError: the name's fault, said by rcl
+            reason = str(exc).split(', at ')[0]
+            problems.append(f"parameter 'camera_topics': {topic!r} is not a topic name "
+                            f'({reason}); e.g. camera/image_raw')
+    repeated = repeated_cameras(topics)
+    if repeated:
+        problems.append(f"parameter 'camera_topics' {repeated}")
     try:
         StateLayout(cfg.proprio)
     except ValueError as exc:
-        return [f"parameter 'proprio': {exc}"]
-    return []
+        problems.append(f"parameter 'proprio': {exc}")
+    return problems
 
 
 def policy_problems(cfg, policy):
