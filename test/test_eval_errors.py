@@ -8,6 +8,7 @@ import sys
 from bag_helpers import frames, T0_NS, write_bag
 from conftest import REPO
 import pytest
+from test_eval_bags import run_without
 
 from vla_ros.evaluation import cli
 from vla_ros.evaluation.bags import typestore
@@ -147,3 +148,19 @@ def test_damaged_metadata_yaml_is_one_line(capsys, tmp_path):
     (bag / 'metadata.yaml').write_text('rosbag2_bagfile_information: [unclosed\n  version: {')
     status, err = run_eval(capsys, bag, '--reference', 'none', out=tmp_path / 'out')
     assert_error(status, err, 'its metadata.yaml is damaged', 'ros2 bag reindex')
+
+
+def test_what_the_outputs_need_is_checked_before_the_run(capsys, tmp_path):
+    """A predictions path taken by something else, or no matplotlib: refused before the model."""
+    bag = good_bag(tmp_path / 'bag')
+    out = tmp_path / 'out'
+    (out / 'predictions_bag').mkdir(parents=True)
+    (out / 'predictions_bag' / 'notes.txt').write_text('mine')
+    # The model does not exist: reaching it would be a different error.
+    status, err = run_eval(capsys, bag, '--reference', 'none', '--write-bag', out=out)
+    assert_error(status, err, f"{str(out / 'predictions_bag')!r} exists and is not a bag")
+    assert (out / 'predictions_bag' / 'notes.txt').read_text() == 'mine'
+    proc = run_without('matplotlib', 'matplotlib', bag, '--reference', 'none', '--model',
+                       'unused-model-dir', '--out', tmp_path / 'out2')
+    assert_error(proc.returncode, proc.stderr, 'the plots need matplotlib',
+                 "pip install 'vla_ros[eval]'")

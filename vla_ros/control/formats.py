@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 import simplejpeg
 
+from vla_ros.control.geometry import rpy_to_quaternion
+
 ACTION_LABEL = 'dx dy dz droll dpitch dyaw gripper'
 ACTION_NAMES = tuple(ACTION_LABEL.split())
 ACTION_DIM = 7
@@ -274,6 +276,41 @@ def check_action(values, source):
         names = ', '.join(f'{ACTION_NAMES[i]}={action[i]}' for i in bad)
         raise ConversionError(f'{source} has non-finite values ({names}); nothing is published')
     return action
+
+
+def action_fields(action, gripper_open_is_one=True):
+    """
+    Return the field values of vla_node's three messages for one action (the one layout).
+
+    ``(position, quaternion, gripper, raw)``: ``vla/ee_delta``'s position (dx, dy, dz) and
+    orientation (x, y, z, w) of droll, dpitch, dyaw; ``vla/gripper``'s command, clipped to [0, 1]
+    and 1 - g when ``gripper_open_is_one`` is false; ``vla/action``'s data, the raw float64 (7,)
+    (gripper unflipped and unclipped), whose layout is ``ACTION_DIMS``. The live node
+    (``nodes.messages``) and vla_eval's predictions bag (``evaluation.bags``) fill their own
+    message classes from these values.
+    """
+    action = check_action(action, 'action')
+    g = min(1.0, max(0.0, float(action[6])))
+    return (tuple(float(v) for v in action[:3]), rpy_to_quaternion(*map(float, action[3:6])),
+            g if gripper_open_is_one else 1.0 - g, action)
+
+
+ACTION_DIMS = ((ACTION_LABEL, ACTION_DIM, ACTION_DIM),)  # vla/action's (label, size, stride)
+
+
+def chunk_fields(rows):
+    """
+    Return ``(dims, data)`` of a ``vla/action_chunk`` Float64MultiArray for a chunk (K, D).
+
+    ``dims``: (label, size, stride) of dim 0 ``step`` (K) and dim 1 the action labels (D,
+    ``ACTION_LABEL`` for 7-D actions); ``data``: the rows, row-major float64, no offset.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2 or not rows.size or not np.all(np.isfinite(rows)):
+        raise ConversionError(f'a chunk must be finite (K, D) values, got shape {rows.shape}')
+    steps, dim = rows.shape
+    label = ACTION_LABEL if dim == ACTION_DIM else 'action'
+    return (('step', steps, steps * dim), (label, dim, dim)), rows.reshape(-1)
 
 
 def multiarray_to_action(msg):

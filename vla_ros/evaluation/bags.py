@@ -7,9 +7,11 @@ bag log-time order. ``BagWriter`` writes a new rosbag2 directory in either stora
 problem a user can cause (a missing or wrong topic, an empty, truncated or foreign bag, an
 unwritable output) raises ``EvalError`` with one line naming the problem and the fix.
 
-Messages from ``vla_ros.nodes.messages`` (rclpy message classes) are written with ``to_rosbags``, a
-field-by-field copy into the typestore's classes, so bags hold exactly what the live node and the
-camera publish.
+``action_messages`` and ``chunk_message`` build vla_node's output messages in the typestore's
+own classes, from the layout the live node publishes (``control.formats.action_fields`` and
+``chunk_fields``), so vla_eval writes them with no ROS install. Messages from
+``vla_ros.nodes.messages`` (rclpy message classes, where ROS is there) are written with
+``to_rosbags``, a field-by-field copy into the typestore's classes.
 """
 
 import sqlite3
@@ -19,6 +21,7 @@ import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
+from vla_ros.control.formats import ACTION_DIMS, action_fields, chunk_fields
 import yaml
 
 IMAGE = 'sensor_msgs/msg/Image'
@@ -195,6 +198,43 @@ class Bag:
                             f'{str(self.path)!r}: {exc}; the bag is corrupt') from None
 
 
+def stamp_header(stamp_ns, frame_id):
+    """Return a rosbags std_msgs/Header stamped ``stamp_ns`` (ns) in ``frame_id``."""
+    types = typestore().types
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    stamp = types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec)
+    return types['std_msgs/msg/Header'](stamp=stamp, frame_id=frame_id)
+
+
+def _multiarray(dims, data):
+    types = typestore().types
+    layout = types['std_msgs/msg/MultiArrayLayout'](
+        dim=[types['std_msgs/msg/MultiArrayDimension'](label=label, size=size, stride=stride)
+             for label, size, stride in dims], data_offset=0)
+    return types[FLOAT64_MULTI_ARRAY](layout=layout, data=np.asarray(data, np.float64))
+
+
+def action_messages(action, stamp_ns, frame_id, gripper_open_is_one=True):
+    """
+    Return vla_node's (PoseStamped, Float64, Float64MultiArray) for ``action`` as rosbags messages.
+
+    The fields are ``formats.action_fields``'s, the layout the live node publishes; the pose is
+    stamped ``stamp_ns`` in ``frame_id``.
+    """
+    position, quaternion, gripper, values = action_fields(action, gripper_open_is_one)
+    types = typestore().types
+    pose = types['geometry_msgs/msg/Pose'](
+        position=types['geometry_msgs/msg/Point'](*position),
+        orientation=types['geometry_msgs/msg/Quaternion'](*quaternion))
+    return (types[POSE_STAMPED](header=stamp_header(stamp_ns, frame_id), pose=pose),
+            types[FLOAT64](data=gripper), _multiarray(ACTION_DIMS, values))
+
+
+def chunk_message(rows):
+    """Return a chunk (K, D) as vla_node's ``vla/action_chunk`` (``formats.chunk_fields``)."""
+    return _multiarray(*chunk_fields(rows))
+
+
 def to_rosbags(msg, msgtype=None):
     """
     Copy an rclpy message (e.g. from ``vla_ros.nodes.messages``) into the typestore's class.
@@ -277,5 +317,5 @@ class BagWriter:
         self._writer.write(self.add_topic(topic, msgtype), int(log_ns), data)
 
 
-__all__ = ['Bag', 'BagWriter', 'EvalError', 'READ_ERRORS', 'to_rosbags', 'topic_name',
-           'typestore']
+__all__ = ['action_messages', 'Bag', 'BagWriter', 'chunk_message', 'EvalError', 'READ_ERRORS',
+           'stamp_header', 'to_rosbags', 'topic_name', 'typestore']
