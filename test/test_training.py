@@ -7,6 +7,8 @@ OpenVLA-OFT LIBERO checkpoint (two cameras, 8-D state, chunks of 8).
 """
 
 import json
+import os
+from pathlib import Path
 import shutil
 
 from bag_helpers import (FRONT, LIBERO_PROPRIO, libero_state, MS_NS, robot_inputs, T0_NS,
@@ -276,10 +278,22 @@ def bad_action_bag(path):
                                                      message)])[0]
 
 
-@pytest.mark.parametrize('case', ['topics', 'key', 'out', 'lora_only', 'action_dim'])
+@pytest.mark.parametrize('case', ['topics', 'key', 'out', 'lora_only', 'action_dim',
+                                  'out_under_a_file', 'out_read_only'])
 def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path, capsys):
     bag, out, args = bags[0][0], tmp_path / 'out', []
-    if case == 'topics':
+    if case == 'out_under_a_file':
+        (tmp_path / 'file').write_text('a regular file: nothing can be made under it')
+        out = tmp_path / 'file' / 'out'
+        expect = [f'{tmp_path / "file"} is a file, so no directory can be made under it', '--out']
+    elif case == 'out_read_only':
+        read_only = tmp_path / 'read_only'
+        read_only.mkdir(mode=0o500)
+        if os.geteuid() == 0:  # root writes anywhere a mode forbids: /proc refuses it too
+            read_only = Path('/proc')
+        out = read_only / 'run' / 'out'
+        expect = [f'cannot write to {read_only}', 'pass --out with a directory you can write to']
+    elif case == 'topics':
         args = ['--camera-topics', FRONT, '/cam_side/image_raw']
         expect = ['/cam_side/image_raw is not in bag', '/cam_wrist/image_raw (sensor_msgs']
     elif case == 'key':
