@@ -261,8 +261,8 @@ def compressed_to_rgb(msg):
     return image  # (H, W, 3)
 
 
-def check_action(values, source):
-    """Return ``values`` as a finite float64 array of shape (7,), else raise ConversionError."""
+def check_action(values, source, finite=True):
+    """Return ``values`` as a float64 array of shape (7,), finite unless not ``finite``."""
     try:
         action = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -272,7 +272,7 @@ def check_action(values, source):
         raise ConversionError(
             f'{source} has shape {action.shape}, expected ({ACTION_DIM},) = [{ACTION_LABEL}]')
     bad = np.flatnonzero(~np.isfinite(action))
-    if bad.size:
+    if bad.size and finite:
         names = ', '.join(f'{ACTION_NAMES[i]}={action[i]}' for i in bad)
         raise ConversionError(f'{source} has non-finite values ({names}); nothing is published')
     return action
@@ -313,15 +313,16 @@ def chunk_fields(rows):
     return (('step', steps, steps * dim), (label, dim, dim)), rows.reshape(-1)
 
 
-def multiarray_to_action(msg):
-    """Read the 7-D action back from a Float64MultiArray written as vla/action."""
+def multiarray_to_action(msg, finite=True):
+    """Read the 7-D action of a vla/action Float64MultiArray; NaN, inf pass if not ``finite``."""
     dims = list(msg.layout.dim)
     if dims and dims[0].label and dims[0].label != ACTION_LABEL:
         raise ConversionError(
             f'Float64MultiArray layout label is {dims[0].label!r}, expected {ACTION_LABEL!r}; '
             'this is not a vla/action message')
     offset = int(msg.layout.data_offset)
-    return check_action(np.asarray(msg.data, dtype=np.float64)[offset:], 'Float64MultiArray')
+    return check_action(np.asarray(msg.data, dtype=np.float64)[offset:], 'Float64MultiArray',
+                        finite)
 
 
 def multiarray_to_chunk(msg):
