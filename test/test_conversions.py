@@ -2,6 +2,7 @@
 
 import array
 import math
+import re
 import types
 import zlib
 
@@ -290,7 +291,7 @@ def test_oversized_images_are_refused_before_decoding(make, fmt):
 def test_corrupt_compressed_images_raise():
     real = bytes(rgb_to_compressed(_smooth(120, 160), 'jpeg', quality=95).data)
     noise = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes()
-    with pytest.raises(ConversionError, match='corrupt or not jpeg/png'):
+    with pytest.raises(ConversionError, match='is not a JPEG or PNG'):
         compressed_to_rgb(_compressed(noise, 'jpeg'))
     for cut in (len(real) // 2, len(real) - 2, len(real) * 9 // 10):
         with pytest.raises(ConversionError, match='truncated'):
@@ -306,6 +307,146 @@ def test_corrupt_compressed_images_raise():
         compressed_to_rgb(_compressed(real, '16UC1; compressedDepth png'))
     # Zero padding after the end-of-image marker (some MJPEG cameras) is fine.
     assert compressed_to_rgb(_compressed(real + bytes(32), 'jpeg')).shape == (120, 160, 3)
+
+
+# A compressed frame is decoded only when its bytes are what its format claims, and only after its
+# header gave a size: nothing else reaches a decoder.
+
+def radiance_hdr(width, height):
+    """Return a valid Radiance HDR (run-length encoded, all black) of ``width`` x ``height``."""
+    runs = [127] * (width // 127) + ([width % 127] if width % 127 else [])
+    line = b'\x02\x02' + width.to_bytes(2, 'big') + b''.join(bytes([128 + n, 0]) for n in runs) * 4
+    header = f'#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {height} +X {width}\n'.encode()
+    return header + line * height
+
+
+def _encoded(ext):
+    ok, data = cv2.imencode(ext, _smooth(24, 32))
+    assert ok
+    return bytes(data)
+
+
+OTHER_IMAGES = {  # name in the error -> a real file of that kind, which OpenCV would decode
+    'BMP': lambda: _encoded('.bmp'), 'TIFF': lambda: _encoded('.tiff'),
+    'Radiance HDR': lambda: _encoded('.hdr'), 'RIFF (WebP)': lambda: _encoded('.webp'),
+    'GIF': lambda: bytes.fromhex('474946383961010001000000002c00000000010001000002024401003b'),
+}
+
+
+@pytest.mark.parametrize('fmt', ['jpeg', 'png', 'rgb8; jpeg compressed bgr8', ''])
+@pytest.mark.parametrize('name', OTHER_IMAGES)
+def test_other_image_files_are_refused_whatever_their_label(name, fmt):
+    data = OTHER_IMAGES[name]()
+    with pytest.raises(ConversionError, match=f'is not a JPEG or PNG: its data starts '
+                                              f'{data[:8].hex(" ")}, a {re.escape(name)}'):
+        compressed_to_rgb(_compressed(data, fmt))
+
+
+def test_large_radiance_hdr_labelled_jpeg_is_refused_before_decoding():
+    data = radiance_hdr(6000, 6000)  # 2.3 MB; OpenCV decodes it to 6000 x 6000 (108 MB)
+    for fmt in ('jpeg', 'png'):
+        with pytest.raises(ConversionError, match='a Radiance HDR file'):
+            compressed_to_rgb(_compressed(data, fmt))
+
+
+@pytest.mark.parametrize('kind, label', [('jpeg', 'png'), ('png', 'jpeg'), ('png', 'jpg'),
+                                         ('jpeg', 'rgb8; png compressed bgr8')])
+def test_format_and_bytes_must_agree(kind, label):
+    # Refused, not decoded by its bytes: a publisher that mislabels its frames is misconfigured.
+    data = rgb_to_compressed(_smooth(24, 32), kind).data
+    with pytest.raises(ConversionError, match=f"format says '{label}' but its data is a "
+                                              f'{kind.upper()}'):
+        compressed_to_rgb(_compressed(data, label))
+    # Unlabelled, the bytes decide.
+    assert compressed_to_rgb(_compressed(data, '')).shape == (24, 32, 3)
+
+
+def _jpeg_segments(data):
+    """Return {marker byte: offset} of the JPEG's header segments, up to its start of scan."""
+    found, at = {}, 2
+    while data[at + 1] != 0xDA:
+        found[data[at + 1]] = at
+        at += 2 + int.from_bytes(data[at + 2:at + 4], 'big')
+    found[0xDA] = at
+    return found
+
+
+def _garbled(data, offset, replacement):
+    return data[:offset] + replacement + data[offset + len(replacement):]
+
+
+def _headers():
+    jpeg = bytes(rgb_to_compressed(_smooth(120, 160), 'jpeg', quality=95).data)
+    png = bytes(rgb_to_compressed(_smooth(120, 160), 'png').data)
+    at = _jpeg_segments(jpeg)
+    return {
+        # The frame header's marker (SOF0) overwritten: libjpeg finds no size.
+        'jpeg SOF marker': (_garbled(jpeg, at[0xC0], b'\xff\x01'), 'jpeg', 'size cannot be read'),
+        # The JFIF marker zeroed: libjpeg skips the segment as junk and warns.
+        'jpeg APP0 marker': (_garbled(jpeg, 2, b'\xff\x00'), 'jpeg', 'extraneous bytes'),
+        # The Huffman table segment's length field broken.
+        'jpeg DHT length': (_garbled(jpeg, at[0xC4] + 2, b'\x00\x01'), 'jpeg',
+                            'size cannot be read'),
+        # A PNG whose first chunk is not IHDR: no size to check.
+        'png IHDR name': (_garbled(png, 12, b'IHDX'), 'png', 'size cannot be read'),
+        'png cut in IHDR': (png[:20], 'png', 'size cannot be read'),
+    }
+
+
+@pytest.mark.parametrize('case', list(_headers()))
+def test_garbled_headers_are_refused(case):
+    data, fmt, match = _headers()[case]
+    with pytest.raises(ConversionError, match=match):
+        compressed_to_rgb(_compressed(data, fmt))
+
+
+def _truncated():
+    jpeg = bytes(rgb_to_compressed(_smooth(120, 160), 'jpeg', quality=95).data)
+    scan = _jpeg_segments(jpeg)[0xDA]
+    scan_data = scan + 2 + int.from_bytes(jpeg[scan + 2:scan + 4], 'big')  # header ends here
+    png = bytes(rgb_to_compressed(_smooth(120, 160), 'png').data)
+    eoi, iend = b'\xff\xd9', png[-12:]
+    return {
+        'jpeg header only': jpeg[:scan_data],
+        'jpeg header and 10 bytes': jpeg[:scan_data + 10],
+        'jpeg cut, zeros after': jpeg[:len(jpeg) // 2] + bytes(64),
+        # A valid header, the data cut, an end-of-image marker after it: libjpeg fills grey.
+        'jpeg header, EOI': jpeg[:scan_data] + eoi,
+        'jpeg half, EOI': jpeg[:len(jpeg) // 2] + eoi,
+        'jpeg all but 100 bytes, EOI': jpeg[:-102] + eoi,
+        'png cut before IEND': png[:-12],
+        'png half, IEND': png[:len(png) // 2] + iend,
+    }
+
+
+@pytest.mark.parametrize('case', list(_truncated()))
+def test_truncated_frames_are_refused(case):
+    data = _truncated()[case]
+    with pytest.raises(ConversionError, match='truncated|corrupt'):
+        compressed_to_rgb(_compressed(data, case.split()[0]))
+
+
+def test_junk_between_jpeg_segments_keeps_every_pixel():
+    # Some UVC webcams put junk bytes before EOI on every frame; libjpeg warns "extraneous bytes"
+    # but the image is complete, so it is decoded, to the same pixels as the clean frame.
+    jpeg = bytes(rgb_to_compressed(_smooth(120, 160), 'jpeg', quality=95).data)
+    dirty = jpeg[:-2] + b'\x00\x01' + jpeg[-2:]
+    np.testing.assert_array_equal(compressed_to_rgb(_compressed(dirty, 'jpeg')),
+                                  compressed_to_rgb(_compressed(jpeg, 'jpeg')))
+
+
+@pytest.mark.parametrize('sampling', ['411', '420', '422', '444', 'gray'])
+def test_jpeg_decodes_as_opencv_does(sampling):
+    rgb = _smooth(120, 160)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90]
+    if sampling != 'gray':
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                   getattr(cv2, f'IMWRITE_JPEG_SAMPLING_FACTOR_{sampling}')]
+    ok, data = cv2.imencode('.jpg', rgb[..., 0] if sampling == 'gray' else rgb[..., ::-1], params)
+    assert ok
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(compressed_to_rgb(_compressed(data, 'jpeg')),
+                                  cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
 @pytest.mark.parametrize('image, encoding', [

@@ -2,13 +2,20 @@
 
 import functools
 import json
+import subprocess
+import sys
 
-from bag_helpers import frames, HEIGHT, read_topic, T0_NS, WIDTH, write_bag
+from bag_helpers import frames, HEIGHT, read_topic, ros_time, T0_NS, WIDTH, write_bag
+from conftest import REPO
 import cv2
 import numpy as np
 import pytest
+from rclpy.serialization import serialize_message
+from rosbags.highlevel import AnyReader
 
+from vla_ros.control import formats
 from vla_ros.evaluation import cli
+from vla_ros.evaluation.bags import typestore
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
 from vla_ros.nodes import messages
 from vla_ros.policy import OpenVLAPolicy
@@ -114,7 +121,7 @@ def test_command_line_outputs_and_predictions_bag(expected, tiny_checkpoint, tmp
         assert pose.header.stamp.sec * 10**9 + pose.header.stamp.nanosec == image_stamp
         assert pose.header.frame_id == 'base_link'
         np.testing.assert_array_equal(raw.data, action.values)
-        assert raw.layout.dim[0].label == messages.ACTION_LABEL
+        assert raw.layout.dim[0].label == formats.ACTION_LABEL
         np.testing.assert_allclose(messages.messages_to_action(pose, gripper),
                                    np.r_[action.values[:6], np.clip(action.values[6], 0, 1)],
                                    atol=1e-12)
@@ -139,7 +146,7 @@ def test_actions_logged_with_their_images_are_the_reference(
     valid = [k for k, a in enumerate(predicted) if a.valid]
     assert valid and m['steps_compared'] == len(valid)  # every valid step has its reference
     errors = np.abs(np.array([predicted[k].values for k in valid]) - references[valid])
-    for i, name in enumerate(messages.ACTION_LABEL.split()):
+    for i, name in enumerate(formats.ACTION_LABEL.split()):
         assert m['mae'][name] == pytest.approx(errors[:, i].mean(), abs=1e-12), name
 
 
@@ -157,7 +164,6 @@ def test_nothing_compared_or_predicted_is_not_a_result(tiny_checkpoint, tmp_path
     assert 'check --action-topic and --rate' in err
 
     from rosbags.typesys.stores.ros2_jazzy import builtin_interfaces__msg__Time as Time
-    from vla_ros.evaluation.bags import typestore
     ts = typestore()
     bad = [('/camera/image_raw', T0_NS + k * 200 * MS, ts.types['sensor_msgs/msg/Image'](
         header=ts.types['std_msgs/msg/Header'](stamp=Time(sec=(T0_NS + k * 200 * MS) // 10**9,
@@ -178,3 +184,66 @@ def test_nothing_compared_or_predicted_is_not_a_result(tiny_checkpoint, tmp_path
         '3 with a refused image' in err
     summary = (out / 'summary.md').read_text()
     assert '| refused images |' in summary and '| refused | 3 | 0 | 0 | 0 | 3 |' in summary
+
+
+# vla_eval in a Python where some packages are missing, as on a machine that has them not: a
+# meta-path finder refuses every module whose top-level name matches ``pattern``, as Python does
+# for a package that is not installed. (A fresh venv with only the eval extra would be closer to
+# a user's machine, but installs torch and transformers again: minutes and gigabytes per run.)
+WITHOUT = """
+import importlib.abc, re, sys
+pattern, probe, *argv = sys.argv[1:]
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if re.fullmatch(pattern, name.partition('.')[0]):
+            raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+sys.meta_path.insert(0, Missing())
+try:
+    __import__(probe)
+    sys.exit(f'{probe} is importable: the block does not work')
+except ModuleNotFoundError:
+    pass
+from vla_ros.evaluation.cli import main
+sys.exit(main(argv))
+"""
+NO_ROS = (r'rclpy|rcl_.*|rmw.*|rosidl.*|rpyutils|ament_index_python|builtin_interfaces|.*_msgs'
+          r'|.*_srvs')
+
+
+def run_without(pattern, probe, *args):
+    """Run vla_eval ``args`` in a process that cannot import ``pattern``; return it finished."""
+    return subprocess.run([sys.executable, '-c', WITHOUT, pattern, probe, *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_write_bag_needs_no_ros(expected, tiny_checkpoint, tmp_path):
+    """--write-bag with the eval extra alone: the bag holds the live node's bytes, CDR for CDR."""
+    bag = write_bag(tmp_path / 'run', 'mcap', images=IMAGES, instructions=INSTRUCTIONS)
+    out = tmp_path / 'out'
+    proc = run_without(NO_ROS, 'sensor_msgs', bag, '--model', tiny_checkpoint, '--unnorm-key',
+                       UNNORM_KEY, '--reference', 'none', '--out', out, '--write-bag')
+    assert proc.returncode == 0 and 'Traceback' not in proc.stderr, proc.stderr
+    predicted = [expected(i, text, False) for i, text in STEPS]
+    valid = [k for k, a in enumerate(predicted) if a.valid]
+    assert valid, 'the miniature checkpoint gave no valid action to write'
+    with AnyReader([out / 'predictions_run'], default_typestore=typestore()) as reader:
+        written = {}
+        for conn, log_ns, raw in reader.messages():
+            written.setdefault(conn.topic, []).append((log_ns, bytes(raw)))
+    assert {t: len(m) for t, m in written.items()} == {
+        '/vla/action_chunk': len(STEPS), '/vla/ee_delta': len(valid), '/vla/gripper': len(valid),
+        '/vla/action': len(valid)}
+    for n, k in enumerate(valid):  # what vla_node publishes for the step, serialised by rclpy
+        live = messages.action_to_messages(predicted[k].values, ros_time(IMAGES[STEPS[k][0]][2]),
+                                           'base_link')
+        for topic, msg in zip(('/vla/ee_delta', '/vla/gripper', '/vla/action'), live):
+            assert written[topic][n] == (T0_NS + k * 200 * MS, canonical(msg)), topic
+    for k, (log_ns, raw) in enumerate(written['/vla/action_chunk']):
+        live = messages.chunk_to_multiarray(predicted[k].values[None])
+        assert (log_ns, raw) == (T0_NS + k * 200 * MS, canonical(live))
+
+
+def canonical(msg):
+    """Return rclpy's CDR of ``msg`` with zero padding bytes (rclpy leaves them undefined)."""
+    ts, msgtype = typestore(), f'{type(msg).__module__.split(".")[0]}/msg/{type(msg).__name__}'
+    return bytes(ts.serialize_cdr(ts.deserialize_cdr(serialize_message(msg), msgtype), msgtype))

@@ -8,9 +8,12 @@ import sys
 from bag_helpers import frames, T0_NS, write_bag
 from conftest import REPO
 import pytest
+from test_eval_bags import run_without
 
 from vla_ros.evaluation import cli
-from vla_ros.evaluation.bags import typestore
+from vla_ros.evaluation.bags import Bag, EvalError, typestore
+from vla_ros.evaluation.options import check_bag, EvalOptions
+from vla_ros.evaluation.steps import StepReader
 
 MS = 1_000_000
 INSTRUCTION = [(T0_NS, 'pick up the red cup')]
@@ -147,3 +150,90 @@ def test_damaged_metadata_yaml_is_one_line(capsys, tmp_path):
     (bag / 'metadata.yaml').write_text('rosbag2_bagfile_information: [unclosed\n  version: {')
     status, err = run_eval(capsys, bag, '--reference', 'none', out=tmp_path / 'out')
     assert_error(status, err, 'its metadata.yaml is damaged', 'ros2 bag reindex')
+
+
+def test_what_the_outputs_need_is_checked_before_the_run(capsys, tmp_path):
+    """A predictions path taken by something else, or no matplotlib: refused before the model."""
+    bag = good_bag(tmp_path / 'bag')
+    out = tmp_path / 'out'
+    (out / 'predictions_bag').mkdir(parents=True)
+    (out / 'predictions_bag' / 'notes.txt').write_text('mine')
+    # The model does not exist: reaching it would be a different error.
+    status, err = run_eval(capsys, bag, '--reference', 'none', '--write-bag', out=out)
+    assert_error(status, err, f"{str(out / 'predictions_bag')!r} exists and is not a bag")
+    assert (out / 'predictions_bag' / 'notes.txt').read_text() == 'mine'
+    proc = run_without('matplotlib', 'matplotlib', bag, '--reference', 'none', '--model',
+                       'unused-model-dir', '--out', tmp_path / 'out2')
+    assert_error(proc.returncode, proc.stderr, 'the plots need matplotlib',
+                 "pip install 'vla_ros[eval]'")
+
+
+def mcap_records(data, start=8, end=None):
+    """Yield (opcode, offset) of the MCAP records in data[start:end], and of those in chunks."""
+    end = len(data) - 8 if end is None else end  # the file ends with its 8-byte magic
+    while start + 9 <= end:
+        opcode, length = data[start], int.from_bytes(data[start + 1:start + 9], 'little')
+        yield opcode, start
+        if opcode == 0x06:  # a chunk: 3 uint64 and a crc, the compression string, its records
+            body = start + 9
+            name = int.from_bytes(data[body + 28:body + 32], 'little')
+            if not data[body + 32:body + 32 + name]:  # uncompressed: its records are readable
+                yield from mcap_records(data, body + 32 + name + 8, start + 9 + length)
+        start += 9 + length
+
+
+def corruptions(data, storage, count=24):
+    """
+    Yield (what, damaged bytes), as a bad disk or a half-copied file leaves a bag.
+
+    Cut, 0xff-filled and zero-filled at ``count`` offsets, and (MCAP) each record's length set
+    to 2**64 - 1.
+    """
+    for i in range(count):
+        at = 8 + (len(data) - 16) * i // count
+        yield f'truncated at {at}', data[:at]
+        yield f'8 bytes 0xff at {at}', data[:at] + b'\xff' * 8 + data[at + 8:]
+        yield f'64 zero bytes at {at}', data[:at] + bytes(64) + data[at + 64:]
+    for opcode, at in mcap_records(data) if storage == 'mcap' else ():
+        yield f'record 0x{opcode:02x} at {at} of length 2**64 - 1', \
+            data[:at + 1] + b'\xff' * 8 + data[at + 9:]
+
+
+@pytest.mark.parametrize('storage, suffix', [('sqlite3', '.db3'), ('mcap', '.mcap')])
+def test_a_damaged_bag_is_an_eval_error_wherever_it_is_damaged(tmp_path, storage, suffix):
+    """Opening, checking and reading every step of a damaged bag raises EvalError, or works."""
+    bag = good_bag(tmp_path / 'bag', storage)
+    (file,) = bag.glob('*' + suffix)
+    data = file.read_bytes()
+    options = EvalOptions(reference='none')
+    escaped = []
+    for what, damaged in corruptions(data, storage):
+        file.write_bytes(damaged)
+        try:
+            with Bag(bag) as opened:
+                check_bag(opened, options)
+            with Bag(bag) as opened:
+                for _ in StepReader(opened, options.cameras(), options.topics(), options.rate):
+                    pass
+        except EvalError as exc:
+            assert '\n' not in str(exc), what
+        except Exception as exc:  # noqa: B902 - what the test is for: nothing else escapes
+            escaped.append(f'{what}: {type(exc).__name__}')
+    assert not escaped, f'{len(escaped)} damaged bags gave a traceback: {escaped[:6]}'
+
+
+@pytest.mark.parametrize('where', ['header', 'message'])
+def test_a_damaged_mcap_bag_is_one_line_from_the_command(where, tmp_path, tiny_checkpoint):
+    """As a user runs it: the header is read before the model loads, a message after."""
+    bag = good_bag(tmp_path / 'bag', 'mcap')
+    (file,) = bag.glob('*.mcap')
+    data = file.read_bytes()
+    at = max(at for opcode, at in mcap_records(data) if opcode == 0x05) if where == 'message' \
+        else 8
+    file.write_bytes(data[:at + 1] + b'\xff' * 8 + data[at + 9:])  # a length of 2**64 - 1
+    proc = subprocess.run(
+        [sys.executable, '-m', 'vla_ros.evaluation.cli', str(bag), '--model', tiny_checkpoint,
+         '--unnorm-key', 'synth_bridge', '--reference', 'none', '--out', str(tmp_path / 'out')],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert_error(proc.returncode, proc.stderr, f'cannot read bag {str(bag)!r} (mcap): ',
+                 'truncated or corrupt')

@@ -2,8 +2,10 @@
 
 import json
 import math
+import subprocess
 import sys
 
+from conftest import REPO
 import cv2
 import numpy as np
 import pytest
@@ -120,6 +122,12 @@ def test_frame_strip_puts_the_frames_side_by_side(tmp_path):
     (['--model', '.', '--seconds', '0'], '--seconds 0.0: give a positive number'),
     (['--model', '.', '--task', 'juggle'], "argument --task: invalid choice: 'juggle'"),
     (['--model', '.', '-p', 'chunk_mode=receding'], '-p chunk_mode=receding: write NAME:=VALUE'),
+    (['--model', '.', '-p', 'chunk_mod:=receding'],
+     "-p chunk_mod:=receding: vla_node has no parameter 'chunk_mod' (did you mean chunk_mode?)"),
+    (['--model', '.', '-p', 'frobnicate:=1'], 'its parameters: model_path, unnorm_key'),
+    (['--model', '.', '--seed', str(2**64)], 'sim_arm takes seeds up to 9223372036854775807'),
+    (['--model', '.', '--seed', str(2**63 - 1), '--episodes', '2'],
+     'the episode seeds go up to 9223372036854775808'),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     from vla_ros.nodes import sim_eval
@@ -128,6 +136,26 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert err.count('\n') == 1 and err.startswith('vla_sim_eval: error: ') and message in err
+
+
+def test_vla_node_parameters_and_rclpy_ones_are_accepted(tmp_path):
+    from vla_ros.nodes import sim_eval
+    args = sim_eval.parse_args(['--model', '.', '--seed', str(2**63 - 2), '--episodes', '2',
+                                '-p', 'chunk_mode:=receding', '-p', 'use_sim_time:=true',
+                                '--out', str(tmp_path / 'out')])
+    assert args.node_params[-2:] == ['chunk_mode:=receding', 'use_sim_time:=true']
+
+
+@pytest.mark.parametrize('bad', [['--seed', str(2**64)], ['-p', 'chunk_mod:=receding']])
+def test_bad_input_starts_no_node(bad, ros_env, tmp_path):
+    """As a user runs it: refused at once, one line, exit 2, and no node was started."""
+    out = tmp_path / 'eval'
+    proc = subprocess.run([sys.executable, '-m', 'vla_ros.nodes.sim_eval', '--model',
+                           str(tmp_path), '--episodes', '2', '--out', str(out), *bad],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith('vla_sim_eval: error: ') and proc.stderr.count('\n') == 1
+    assert not list(out.glob('*.log')), 'a node was started'
 
 
 def test_two_episodes_end_to_end_over_dds(launch, tiny_checkpoint, tmp_path):

@@ -7,6 +7,9 @@ OpenVLA-OFT LIBERO checkpoint (two cameras, 8-D state, chunks of 8).
 """
 
 import json
+import math
+import os
+from pathlib import Path
 import shutil
 
 from bag_helpers import (FRONT, LIBERO_PROPRIO, libero_state, MS_NS, robot_inputs, T0_NS,
@@ -15,13 +18,14 @@ import numpy as np
 import pytest
 import torch
 
+from vla_ros.control.formats import ACTION_LABEL
 from vla_ros.evaluation.bags import typestore
 from vla_ros.evaluation.options import EvalOptions
 from vla_ros.sim.scenes import scene
 from vla_ros.training import cli
 from vla_ros.training.checkpoint import read_log
-from vla_ros.training.dataset import (ChunkDataset, collate, Preprocessor, read_episode,
-                                      sample_arrays)
+from vla_ros.training.dataset import (ChunkDataset, collate, NON_FINITE_ACTION, NON_FINITE_STATE,
+                                      Preprocessor, read_episode, sample_arrays)
 from vla_ros.training.finetune import statistics_of
 from vla_ros.training.stats import normalize_actions
 
@@ -283,6 +287,43 @@ def test_resume_continues_the_step_count_and_equals_one_run(base, bags, tmp_path
         torch.testing.assert_close(one[name], two[name], rtol=0, atol=1e-6)
 
 
+# ---- steps that are no sample are counted and reported -----------------------------------------
+def action_message(values):
+    """Return a vla/action Float64MultiArray as rosbags writes it (any values, NaN too)."""
+    ts = typestore()
+    dim = ts.types['std_msgs/msg/MultiArrayDimension'](label=ACTION_LABEL, size=7, stride=7)
+    layout = ts.types['std_msgs/msg/MultiArrayLayout'](dim=[dim], data_offset=0)
+    return ts.types['std_msgs/msg/Float64MultiArray'](layout=layout,
+                                                      data=np.asarray(values, np.float64))
+
+
+def test_nan_and_inf_steps_are_no_sample_and_are_reported(base, tmp_path, capsys):
+    actions = demo_actions(8, seed=0)
+    bad = {3: np.r_[math.nan, actions[3][1][1:]], 5: np.r_[actions[5][1][:6], math.inf]}
+    inputs = robot_inputs(8, period_ns=PERIOD_NS, camera_period_ns=PERIOD_NS)
+    joints = list(inputs['joint_states'])
+    log_ns, stamp_ns, positions = joints[13]  # the newest joint states at step 6
+    joints[13] = (log_ns, stamp_ns, dict(positions, finger_left=math.nan))
+    bag, _ = make_bag(tmp_path / 'nan', actions=[a for k, a in enumerate(actions) if k not in bad],
+                      raw_messages=[('/vla/action', actions[k][0], action_message(values))
+                                    for k, values in bad.items()], joint_states=joints)
+    episode = read_episode(bag, options())
+    assert episode.skipped == {NON_FINITE_ACTION: 2, NON_FINITE_STATE: 1}
+    assert list(episode.samples) == [0, 1, 2, 4, 7]
+    assert np.isfinite(np.concatenate(sample_arrays([episode]), axis=1)).all()
+
+    out = tmp_path / 'out'
+    assert run(*data_args(bag), '--base', base, '--out', out, '--unnorm-key', KEY, '--steps', '1',
+               '--save-every', '0', '--val-every', '0') == 0
+    said = capsys.readouterr()
+    assert '5 training samples from 1 bag(s) (3 steps are no sample)' in said.err
+    assert 'vla_finetune: 3 steps of the training bags were no sample: 2 NaN or inf in the ' \
+        'recorded action, 1 NaN or inf in the state' in said.out
+    run_file = json.loads((out / 'training_state' / 'run.json').read_text())
+    assert run_file['samples'] == 5
+    assert run_file['skipped'] == {NON_FINITE_ACTION: 2, NON_FINITE_STATE: 1}
+
+
 # ---- bad input: one line, exit status 2, before any training -----------------------------------
 def bad_action_bag(path):
     ts = typestore()
@@ -292,10 +333,22 @@ def bad_action_bag(path):
                                                      message)])[0]
 
 
-@pytest.mark.parametrize('case', ['topics', 'key', 'out', 'lora_only', 'action_dim'])
+@pytest.mark.parametrize('case', ['topics', 'key', 'out', 'lora_only', 'action_dim',
+                                  'out_under_a_file', 'out_read_only'])
 def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path, capsys):
     bag, out, args = bags[0][0], tmp_path / 'out', []
-    if case == 'topics':
+    if case == 'out_under_a_file':
+        (tmp_path / 'file').write_text('a regular file: nothing can be made under it')
+        out = tmp_path / 'file' / 'out'
+        expect = [f'{tmp_path / "file"} is a file, so no directory can be made under it', '--out']
+    elif case == 'out_read_only':
+        read_only = tmp_path / 'read_only'
+        read_only.mkdir(mode=0o500)
+        if os.geteuid() == 0:  # root writes anywhere a mode forbids: /proc refuses it too
+            read_only = Path('/proc')
+        out = read_only / 'run' / 'out'
+        expect = [f'cannot write to {read_only}', 'pass --out with a directory you can write to']
+    elif case == 'topics':
         args = ['--camera-topics', FRONT, '/cam_side/image_raw']
         expect = ['/cam_side/image_raw is not in bag', '/cam_wrist/image_raw (sensor_msgs']
     elif case == 'key':

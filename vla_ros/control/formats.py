@@ -27,12 +27,11 @@ The action is ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` (float64), rotation
 roll/pitch/yaw with R = Rz(yaw) Ry(pitch) Rx(roll) (see ``vla_ros.control.geometry``).
 """
 
-import io
-import warnings
-
 import cv2
 import numpy as np
-from PIL import Image as PILImage
+import simplejpeg
+
+from vla_ros.control.geometry import rpy_to_quaternion
 
 ACTION_LABEL = 'dx dy dz droll dpitch dyaw gripper'
 ACTION_NAMES = tuple(ACTION_LABEL.split())
@@ -132,18 +131,79 @@ def image_to_rgb(msg, copy=False):
     return cv2.cvtColor(pixels, code)
 
 
-def _header_size(buf):
-    """Return (width, height) from a JPEG/PNG header without decoding, or None if unreadable."""
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', PILImage.DecompressionBombWarning)
+# What a compressed frame is, read from its first bytes (its "magic number"), never from `format`.
+_MAGIC = {'jpeg': b'\xff\xd8\xff', 'png': b'\x89PNG\r\n\x1a\n'}
+_FORMAT_NAMES = {'jpeg': ('jpeg', 'jpg'), 'png': ('png',)}
+# Only to name what was sent instead, in the error message.
+_OTHER_MAGIC = ((b'BM', 'BMP'), (b'GIF8', 'GIF'), (b'II*\x00', 'TIFF'), (b'MM\x00*', 'TIFF'),
+                (b'#?', 'Radiance HDR'), (b'RIFF', 'RIFF (WebP)'))
+
+
+def _sniff(buf, fmt):
+    """Return 'jpeg' or 'png' from the data's first bytes; raise when it is not what it claims."""
+    head = buf[:8].tobytes()
+    kind = next((k for k, magic in _MAGIC.items() if head.startswith(magic)), None)
+    if kind is None:
+        other = next((name for magic, name in _OTHER_MAGIC if head.startswith(magic)), None)
+        raise ConversionError(
+            f'compressed image ({fmt!r}, {buf.size} bytes) is not a JPEG or PNG: its data starts '
+            f'{head.hex(" ")}{f", a {other} file" if other else ""}; only jpeg and png are '
+            'decoded: fix the publisher or use raw image_transport')
+    claimed = [k for k, names in _FORMAT_NAMES.items() if any(n in fmt.lower() for n in names)]
+    if claimed and kind not in claimed:
+        raise ConversionError(
+            f'compressed image format says {fmt!r} but its data is a {kind.upper()}; a frame is '
+            "decoded only when it is what it claims: fix the publisher's format field")
+    return kind
+
+
+def _header_size(buf, kind):
+    """
+    Return (width, height) as the decoder will read it, else raise before any decoder runs.
+
+    JPEG: libjpeg-turbo's own header reader (simplejpeg), the library that decodes it below. PNG:
+    the IHDR chunk, which libpng requires first, right after the signature.
+    """
+    if kind == 'jpeg':
         try:
-            with PILImage.open(io.BytesIO(buf.tobytes())) as image:
-                return image.size
-        except PILImage.DecompressionBombError as exc:  # PIL's own cap is far above ours
-            raise ConversionError(f'compressed image ({buf.size} bytes) refused: {exc}; the '
-                                  f'limit here is {MAX_IMAGE_PIXELS} pixels') from None
-        except (OSError, ValueError, SyntaxError):
-            return None  # not a header PIL knows: the decoder below reports it
+            height, width = simplejpeg.decode_jpeg_header(buf, strict=False)[:2]
+            return width, height
+        except ValueError as exc:
+            problem = str(exc)
+        except KeyError:  # simplejpeg finds no chroma subsampling it knows (TJSAMP_UNKNOWN)
+            problem = 'no frame header with a known chroma subsampling'
+    elif buf[8:16].tobytes() == b'\x00\x00\x00\x0dIHDR' and buf.size >= 24:
+        width, height = (int.from_bytes(buf[i:i + 4].tobytes(), 'big') for i in (16, 20))
+        return width, height
+    else:
+        problem = 'no IHDR chunk after the signature'
+    raise ConversionError(
+        f'compressed {kind.upper()} ({buf.size} bytes) has a header whose size cannot be read '
+        f'({problem}); refused before decoding: check the camera driver or the network')
+
+
+def _decode_jpeg(buf):
+    """
+    Decode with libjpeg-turbo, strict: a recoverable error is a refusal, not grey rows.
+
+    libjpeg fills what it could not decode (data cut and an EOI appended, a bad Huffman code) with
+    grey and only warns; cv2.imdecode prints the warning and returns the image. ``strict`` raises
+    it instead. The one warning that loses no pixel, junk bytes between segments ("extraneous
+    bytes before marker", which some UVC webcams emit on every frame), is decoded anyway.
+    Same pixels as ``cv2.imdecode`` (libjpeg-turbo, ISLOW DCT, fancy upsampling; tested).
+    """
+    try:
+        return simplejpeg.decode_jpeg(buf, colorspace='RGB')  # (H, W, 3)
+    except ValueError as exc:
+        problem = exc
+    if 'extraneous bytes' in str(problem):
+        try:
+            return simplejpeg.decode_jpeg(buf, colorspace='RGB', strict=False)  # (H, W, 3)
+        except ValueError as exc:  # junk inside the header: simplejpeg stays strict there
+            problem = exc
+    raise ConversionError(
+        f'cannot decode compressed JPEG ({buf.size} bytes): {problem}; the frame is corrupt or '
+        'truncated: check the network/QoS or the camera driver')
 
 
 def compressed_to_rgb(msg):
@@ -151,13 +211,20 @@ def compressed_to_rgb(msg):
     Decode a sensor_msgs/CompressedImage (jpeg or png) to an (H, W, 3) uint8 RGB array.
 
     ``msg.format`` may be ``jpeg``, ``png`` or image_transport's ``rgb8; jpeg compressed bgr8``;
-    an empty format is sniffed from the data. Grayscale becomes three equal channels, alpha is
-    dropped. A JPEG that does not end with its EOI marker (a truncated frame) is rejected, since
-    libjpeg would otherwise return it with its missing rows filled grey. More than
-    ``MAX_IMAGE_PIXELS`` in the header is refused before decoding.
+    the data is recognised by its bytes (JPEG ``FF D8 FF``, PNG ``89 50 4E 47 0D 0A 1A 0A``) and
+    is decoded only when it is what the format claims: a PNG labelled jpeg is refused as a
+    mismatch (a publisher that mislabels frames is misconfigured, and image_transport's own
+    decoder would take it by its bytes without a word), as is anything else (BMP, TIFF, GIF, HDR,
+    WebP...) whatever its label. An empty format takes the data for what its bytes say.
+    The size is read from the header before any decoder sees the data: more than
+    ``MAX_IMAGE_PIXELS``, or a header whose size cannot be read, is refused. A JPEG that does
+    not end with its EOI marker (a truncated frame), or whose data libjpeg can only partly decode
+    (it would fill the missing rows grey), is refused. Grayscale becomes three equal channels,
+    alpha is dropped.
     """
-    fmt = (msg.format or '').lower()
-    if 'compresseddepth' in fmt or (fmt and not any(n in fmt for n in ('jpeg', 'jpg', 'png'))):
+    fmt = msg.format or ''
+    if 'compresseddepth' in fmt.lower() or (
+            fmt and not any(n in fmt.lower() for n in ('jpeg', 'jpg', 'png'))):
         raise ConversionError(
             f'unsupported compressed image format {msg.format!r}; supported: jpeg, png; use '
             "image_transport's compressed (not compressedDepth/theora) transport or raw images")
@@ -165,17 +232,19 @@ def compressed_to_rgb(msg):
     if buf.size == 0:
         raise ConversionError(
             'compressed image has no data; check the camera driver or use raw image_transport')
-    if buf[:2].tobytes() == b'\xff\xd8':  # JPEG start of image; cameras may pad zeros after EOI
+    kind = _sniff(buf, fmt)
+    if kind == 'jpeg':  # cameras may pad zeros after EOI
         tail = buf[-4096:]
         nonzero = np.flatnonzero(tail)
         if nonzero.size < 2 or tail[nonzero[-1]] != 0xD9 or tail[nonzero[-1] - 1] != 0xFF:
             raise ConversionError(
                 'compressed JPEG has no end-of-image marker (truncated frame); check the '
                 'network/QoS or the camera driver')
-    size = _header_size(buf)
-    if size is not None:
-        _check_pixels(size[0], size[1], f'compressed image ({buf.size} bytes)')
-    try:
+    width, height = _header_size(buf, kind)
+    _check_pixels(width, height, f'compressed image ({buf.size} bytes)')
+    if kind == 'jpeg':
+        return _decode_jpeg(buf)  # (H, W, 3)
+    try:  # PNG, the only other kind that gets here
         if _IMREAD_RGB is not None:
             image = cv2.imdecode(buf, _IMREAD_RGB)
         else:
@@ -192,8 +261,8 @@ def compressed_to_rgb(msg):
     return image  # (H, W, 3)
 
 
-def check_action(values, source):
-    """Return ``values`` as a finite float64 array of shape (7,), else raise ConversionError."""
+def check_action(values, source, finite=True):
+    """Return ``values`` as a float64 array of shape (7,), finite unless not ``finite``."""
     try:
         action = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -203,21 +272,57 @@ def check_action(values, source):
         raise ConversionError(
             f'{source} has shape {action.shape}, expected ({ACTION_DIM},) = [{ACTION_LABEL}]')
     bad = np.flatnonzero(~np.isfinite(action))
-    if bad.size:
+    if bad.size and finite:
         names = ', '.join(f'{ACTION_NAMES[i]}={action[i]}' for i in bad)
         raise ConversionError(f'{source} has non-finite values ({names}); nothing is published')
     return action
 
 
-def multiarray_to_action(msg):
-    """Read the 7-D action back from a Float64MultiArray written as vla/action."""
+def action_fields(action, gripper_open_is_one=True):
+    """
+    Return the field values of vla_node's three messages for one action (the one layout).
+
+    ``(position, quaternion, gripper, raw)``: ``vla/ee_delta``'s position (dx, dy, dz) and
+    orientation (x, y, z, w) of droll, dpitch, dyaw; ``vla/gripper``'s command, clipped to [0, 1]
+    and 1 - g when ``gripper_open_is_one`` is false; ``vla/action``'s data, the raw float64 (7,)
+    (gripper unflipped and unclipped), whose layout is ``ACTION_DIMS``. The live node
+    (``nodes.messages``) and vla_eval's predictions bag (``evaluation.bags``) fill their own
+    message classes from these values.
+    """
+    action = check_action(action, 'action')
+    g = min(1.0, max(0.0, float(action[6])))
+    return (tuple(float(v) for v in action[:3]), rpy_to_quaternion(*map(float, action[3:6])),
+            g if gripper_open_is_one else 1.0 - g, action)
+
+
+ACTION_DIMS = ((ACTION_LABEL, ACTION_DIM, ACTION_DIM),)  # vla/action's (label, size, stride)
+
+
+def chunk_fields(rows):
+    """
+    Return ``(dims, data)`` of a ``vla/action_chunk`` Float64MultiArray for a chunk (K, D).
+
+    ``dims``: (label, size, stride) of dim 0 ``step`` (K) and dim 1 the action labels (D,
+    ``ACTION_LABEL`` for 7-D actions); ``data``: the rows, row-major float64, no offset.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2 or not rows.size or not np.all(np.isfinite(rows)):
+        raise ConversionError(f'a chunk must be finite (K, D) values, got shape {rows.shape}')
+    steps, dim = rows.shape
+    label = ACTION_LABEL if dim == ACTION_DIM else 'action'
+    return (('step', steps, steps * dim), (label, dim, dim)), rows.reshape(-1)
+
+
+def multiarray_to_action(msg, finite=True):
+    """Read the 7-D action of a vla/action Float64MultiArray; NaN, inf pass if not ``finite``."""
     dims = list(msg.layout.dim)
     if dims and dims[0].label and dims[0].label != ACTION_LABEL:
         raise ConversionError(
             f'Float64MultiArray layout label is {dims[0].label!r}, expected {ACTION_LABEL!r}; '
             'this is not a vla/action message')
     offset = int(msg.layout.data_offset)
-    return check_action(np.asarray(msg.data, dtype=np.float64)[offset:], 'Float64MultiArray')
+    return check_action(np.asarray(msg.data, dtype=np.float64)[offset:], 'Float64MultiArray',
+                        finite)
 
 
 def multiarray_to_chunk(msg):

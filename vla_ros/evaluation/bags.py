@@ -7,18 +7,18 @@ bag log-time order. ``BagWriter`` writes a new rosbag2 directory in either stora
 problem a user can cause (a missing or wrong topic, an empty, truncated or foreign bag, an
 unwritable output) raises ``EvalError`` with one line naming the problem and the fix.
 
-Messages from ``vla_ros.nodes.messages`` (rclpy message classes) are written with ``to_rosbags``, a
-field-by-field copy into the typestore's classes, so bags hold exactly what the live node and the
-camera publish.
+``action_messages`` and ``chunk_message`` build vla_node's output messages in the typestore's
+own classes, from the layout the live node publishes (``control.formats.action_fields`` and
+``chunk_fields``), so vla_eval writes them with no ROS install. Messages from
+``vla_ros.nodes.messages`` (rclpy message classes, where ROS is there) are written with
+``to_rosbags``, a field-by-field copy into the typestore's classes.
 """
 
-import sqlite3
-import struct
-
 import numpy as np
-from rosbags.highlevel import AnyReader, AnyReaderError
-from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
+from vla_ros.control.formats import ACTION_DIMS, action_fields, chunk_fields
 import yaml
 
 IMAGE = 'sensor_msgs/msg/Image'
@@ -30,9 +30,15 @@ POSE_STAMPED = 'geometry_msgs/msg/PoseStamped'
 STORAGES = ('sqlite3', 'mcap')
 _PLUGINS = {'sqlite3': StoragePlugin.SQLITE3, 'mcap': StoragePlugin.MCAP}
 _SUFFIXES = {'.db3': 'sqlite3', '.mcap': 'mcap'}
-# What a damaged storage file raises from rosbags, sqlite3 or the MCAP parser.
-READ_ERRORS = (AnyReaderError, ReaderError, sqlite3.DatabaseError, struct.error, EOFError,
-               UnicodeDecodeError)
+# What reading a damaged storage file raises: almost anything. Besides the errors of rosbags,
+# sqlite3 and apsw, fuzzing truncated, bit-flipped and zero-filled bags (sqlite3 and MCAP, plain
+# and zstd-compressed) found OverflowError and MemoryError (a corrupt length asks for an
+# impossible read before the data runs out; nothing is allocated), KeyError (a corrupt type
+# name), SyntaxError (a corrupt message definition, which the typestore compiles), TypeError
+# (corrupt MCAP metadata), struct.error, UnicodeDecodeError and zstd's ZstdError. So every call
+# into rosbags on a bag's bytes (open, the message iterator, deserialize) takes any Exception as
+# a damaged file; those calls run no code of ours, so no bug of ours is reported as one.
+READ_ERRORS = (Exception,)
 _TYPESTORE = []
 
 
@@ -98,8 +104,8 @@ class Bag:
         try:
             reader = AnyReader([path], default_typestore=typestore())
             reader.open()
-        except (FileNotFoundError, *READ_ERRORS) as exc:
-            detail = ' '.join(str(exc).split())  # one line, whatever the parser printed
+        except READ_ERRORS as exc:
+            detail = _one_line(exc)
             if 'metadata' in detail.lower():
                 raise EvalError(
                     f'cannot read bag {str(path)!r}: its metadata.yaml is damaged '
@@ -182,8 +188,9 @@ class Bag:
             for conn, log_ns, data in self._reader.messages(connections=connections):
                 yield conn.topic, log_ns, data if raw else self.deserialize(data, conn.topic)
         except READ_ERRORS as exc:
-            raise EvalError(f'cannot read bag {str(self.path)!r} ({self.storage}): {exc}; the '
-                            'file is truncated or corrupt: re-record it') from None
+            raise EvalError(f'cannot read bag {str(self.path)!r} ({self.storage}): '
+                            f'{_one_line(exc)}; the file is truncated or corrupt: re-record it'
+                            ) from None
 
     def deserialize(self, data, topic):
         """Turn raw CDR bytes recorded on ``topic`` into a rosbags message."""
@@ -192,7 +199,50 @@ class Bag:
             return self._reader.deserialize(data, msgtype)
         except READ_ERRORS as exc:
             raise EvalError(f'cannot decode a {msgtype} message on {topic} in bag '
-                            f'{str(self.path)!r}: {exc}; the bag is corrupt') from None
+                            f'{str(self.path)!r}: {_one_line(exc)}; the bag is corrupt') from None
+
+
+def stamp_header(stamp_ns, frame_id):
+    """Return a rosbags std_msgs/Header stamped ``stamp_ns`` (ns) in ``frame_id``."""
+    types = typestore().types
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    stamp = types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec)
+    return types['std_msgs/msg/Header'](stamp=stamp, frame_id=frame_id)
+
+
+def _multiarray(dims, data):
+    types = typestore().types
+    layout = types['std_msgs/msg/MultiArrayLayout'](
+        dim=[types['std_msgs/msg/MultiArrayDimension'](label=label, size=size, stride=stride)
+             for label, size, stride in dims], data_offset=0)
+    return types[FLOAT64_MULTI_ARRAY](layout=layout, data=np.asarray(data, np.float64))
+
+
+def action_messages(action, stamp_ns, frame_id, gripper_open_is_one=True):
+    """
+    Return vla_node's (PoseStamped, Float64, Float64MultiArray) for ``action`` as rosbags messages.
+
+    The fields are ``formats.action_fields``'s, the layout the live node publishes; the pose is
+    stamped ``stamp_ns`` in ``frame_id``.
+    """
+    position, quaternion, gripper, values = action_fields(action, gripper_open_is_one)
+    types = typestore().types
+    pose = types['geometry_msgs/msg/Pose'](
+        position=types['geometry_msgs/msg/Point'](*position),
+        orientation=types['geometry_msgs/msg/Quaternion'](*quaternion))
+    return (types[POSE_STAMPED](header=stamp_header(stamp_ns, frame_id), pose=pose),
+            types[FLOAT64](data=gripper), _multiarray(ACTION_DIMS, values))
+
+
+def chunk_message(rows):
+    """Return a chunk (K, D) as vla_node's ``vla/action_chunk`` (``formats.chunk_fields``)."""
+    return _multiarray(*chunk_fields(rows))
+
+
+def _one_line(exc):
+    """Return ``exc`` as one line naming its type: a parser's text may span lines, or be empty."""
+    text = ' '.join(str(exc).split())[:200]
+    return f'{type(exc).__name__}: {text}' if text else type(exc).__name__
 
 
 def to_rosbags(msg, msgtype=None):
@@ -277,5 +327,5 @@ class BagWriter:
         self._writer.write(self.add_topic(topic, msgtype), int(log_ns), data)
 
 
-__all__ = ['Bag', 'BagWriter', 'EvalError', 'READ_ERRORS', 'to_rosbags', 'topic_name',
-           'typestore']
+__all__ = ['action_messages', 'Bag', 'BagWriter', 'chunk_message', 'EvalError', 'READ_ERRORS',
+           'stamp_header', 'to_rosbags', 'topic_name', 'typestore']

@@ -227,7 +227,7 @@ def _load_policy(args, device):
 
 
 def run(args):
-    from vla_ros.evaluation.report import prepare_out_dir, write_outputs
+    from vla_ros.evaluation.report import check_outputs, prepare_out_dir, write_outputs
 
     options = options_from_args(args)
     out_dir = prepare_out_dir(args.out)
@@ -236,6 +236,7 @@ def run(args):
         with Bag(path) as bag:
             check_bag(bag, options)
     names = bag_names(paths)
+    check_outputs(out_dir, names, args.write_bag)  # nothing the run needs fails after it
     state = _process_state(args.device)
     device = str(state.device) if args.device == 'auto' and state.num_processes > 1 \
         else args.device

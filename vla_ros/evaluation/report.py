@@ -9,11 +9,12 @@ and nothing that changes between identical runs except the ``latency_ms`` entrie
 
 A predictions bag (``--write-bag``) holds what the live node publishes on its topics, logged at
 the step time: for every committed chunk ``/vla/action_chunk`` (Float64MultiArray, dims ``step``
-x the action labels, ``messages.chunk_to_multiarray``), and for every step with a valid action
+x the action labels), and for every step with a valid action
 ``/vla/ee_delta`` (PoseStamped stamped with the header stamp of the primary image the
-action came from, frame ``base_link``), ``/vla/gripper`` and ``/vla/action``, built by the
-node's own ``vla_ros.nodes.messages.action_to_messages``; at one step the chunk comes first, as
-the node publishes it. ``ros2 bag play --clock`` plays them to arm_bridge.
+action came from, frame ``base_link``), ``/vla/gripper`` and ``/vla/action``, filled from the
+node's own layout (``control.formats.action_fields``, ``chunk_fields``) in the bag library's
+classes (``bags.action_messages``), so ``--write-bag`` needs no ROS install; at one step the
+chunk comes first, as the node publishes it. ``ros2 bag play --clock`` plays them to arm_bridge.
 """
 
 import json
@@ -25,7 +26,7 @@ import tempfile
 import numpy as np
 
 from vla_ros.evaluation import metrics as metric_lib
-from vla_ros.evaluation.bags import BagWriter, EvalError
+from vla_ros.evaluation.bags import action_messages, BagWriter, chunk_message, EvalError
 
 ACTION_FRAME = 'base_link'  # vla_node's default action_frame
 OUTPUT_TOPICS = ('/vla/ee_delta', '/vla/gripper', '/vla/action')
@@ -161,6 +162,31 @@ def summary_markdown(data, plots):
     return '\n'.join(lines) + '\n'
 
 
+def _check_replaceable(path):
+    """Raise unless ``path`` is free or holds a bag (which a new predictions bag replaces)."""
+    if path.exists() and not (path / 'metadata.yaml').exists():
+        raise EvalError(f'{str(path)!r} exists and is not a bag; move it away or choose another '
+                        '--out')
+
+
+def check_outputs(out_dir, names, write_bag):
+    """
+    Fail before the run on what writing the outputs of the bags ``names`` needs.
+
+    The plots need matplotlib; with ``write_bag`` each ``predictions_<name>`` must be free or a
+    bag. The predictions bags need nothing else: their messages are the bag library's own.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    except ImportError as exc:
+        raise EvalError(f'the plots need matplotlib ({exc}); install the eval extra: pip install '
+                        "'vla_ros[eval]' (or pip install -r requirements-eval.txt)") from None
+    for name in names if write_bag else ():
+        for path in (Path(out_dir) / f'predictions_{name}',
+                     Path(out_dir) / f'predictions_{name}.partial'):
+            _check_replaceable(path)
+
+
 def write_predictions_bag(result, path, storage=None):
     """
     Write the steps' chunks and actions as a bag on the live node's topics (replaces ``path``).
@@ -170,36 +196,25 @@ def write_predictions_bag(result, path, storage=None):
     path = Path(path)
     tmp = path.with_name(path.name + '.partial')
     for old in (tmp, path):
+        _check_replaceable(old)
         if old.exists():
-            if not (old / 'metadata.yaml').exists():
-                raise EvalError(f'{str(old)!r} exists and is not a bag; move it away or choose '
-                                'another --out')
             shutil.rmtree(old)
-    # ROS message classes: only here
-    from vla_ros.nodes.messages import action_to_messages, chunk_to_multiarray
-
     written = 0
     chunks = dict(zip(result.chunk_step.tolist(), result.chunks))
     with BagWriter(tmp, storage or result.storage) as writer:
         for k in sorted(set(np.flatnonzero(result.valid).tolist()) | set(chunks)):
+            log_ns = int(result.time_ns[k])
             if k in chunks:
-                writer.write(CHUNK_TOPIC, int(result.time_ns[k]), chunk_to_multiarray(chunks[k]))
+                writer.write(CHUNK_TOPIC, log_ns, chunk_message(chunks[k]))
             if not result.valid[k]:
                 continue
-            stamp_ns = int(result.action_stamp_ns[k])
-            stamp = _time_msg(stamp_ns)
-            pose, gripper, raw = action_to_messages(result.predicted[k], stamp, ACTION_FRAME)
-            log_ns = int(result.time_ns[k])
-            for topic, msg in zip(OUTPUT_TOPICS, (pose, gripper, raw)):
+            messages = action_messages(result.predicted[k], int(result.action_stamp_ns[k]),
+                                       ACTION_FRAME)
+            for topic, msg in zip(OUTPUT_TOPICS, messages):
                 writer.write(topic, log_ns, msg)
             written += 1
     os.replace(tmp, path)
     return written
-
-
-def _time_msg(ns):
-    from builtin_interfaces.msg import Time
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 def write_outputs(out_dir, results, action_range, config, write_bag=False):

@@ -198,8 +198,8 @@ class StepReader:
         msg = self.bag.deserialize(data, self.topics[role])
         s = self.streams
         if role == 'action':
-            try:
-                values = formats.multiarray_to_action(msg)
+            try:  # NaN or inf is kept: that step has no reference, and is no training sample
+                values = formats.multiarray_to_action(msg, finite=False)
             except formats.ConversionError as exc:
                 raise EvalError(f'reference action on {self.topics[role]} at log time '
                                 f'{log_ns * 1e-9:.3f} s in bag {str(self.bag.path)!r}: {exc}; '

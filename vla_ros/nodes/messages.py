@@ -16,8 +16,9 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension
 
-from vla_ros.control.formats import ACTION_DIM, ACTION_LABEL, check_action, ConversionError
-from vla_ros.control.geometry import quaternion_to_rpy, rpy_to_quaternion
+from vla_ros.control.formats import (ACTION_DIMS, action_fields, check_action, chunk_fields,
+                                     ConversionError)
+from vla_ros.control.geometry import quaternion_to_rpy
 
 
 # encoding -> (bytes per pixel, cv2 code from RGB or None); mono encodings take (H, W) input.
@@ -132,36 +133,27 @@ def action_to_messages(action, stamp, frame_id, gripper_open_is_one=True):
     to [0, 1] and published as 1 - g when ``gripper_open_is_one`` is false; the multi-array
     carries the raw values, gripper unflipped and unclipped.
     """
-    action = check_action(action, 'action')
+    position, quaternion, g, values = action_fields(action, gripper_open_is_one)
     pose = PoseStamped()
     _set_header(pose.header, stamp, frame_id)
-    pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, action[:3])
+    pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = position
     q = pose.pose.orientation
-    q.x, q.y, q.z, q.w = rpy_to_quaternion(*map(float, action[3:6]))
-    g = min(1.0, max(0.0, float(action[6])))
-    gripper = Float64(data=g if gripper_open_is_one else 1.0 - g)
+    q.x, q.y, q.z, q.w = quaternion
+    gripper = Float64(data=g)
     raw = Float64MultiArray()
-    raw.layout.dim = [MultiArrayDimension(label=ACTION_LABEL, size=ACTION_DIM, stride=ACTION_DIM)]
-    raw.data = array.array('d', action.tobytes())
+    raw.layout.dim = [MultiArrayDimension(label=label, size=size, stride=stride)
+                      for label, size, stride in ACTION_DIMS]
+    raw.data = array.array('d', values.tobytes())
     return pose, gripper, raw
 
 
 def chunk_to_multiarray(rows):
-    """
-    Return a chunk (K, D) as the Float64MultiArray of ``vla/action_chunk``.
-
-    Layout: dim 0 ``step`` (K), dim 1 the action labels (D, ``ACTION_LABEL`` for 7-D actions),
-    row-major, no offset.
-    """
-    rows = np.asarray(rows, dtype=np.float64)
-    if rows.ndim != 2 or not rows.size or not np.all(np.isfinite(rows)):
-        raise ConversionError(f'a chunk must be finite (K, D) values, got shape {rows.shape}')
-    steps, dim = rows.shape
+    """Return a chunk (K, D) as ``vla/action_chunk``'s Float64MultiArray (``chunk_fields``)."""
+    dims, data = chunk_fields(rows)
     msg = Float64MultiArray()
-    label = ACTION_LABEL if dim == ACTION_DIM else 'action'
-    msg.layout.dim = [MultiArrayDimension(label='step', size=steps, stride=steps * dim),
-                      MultiArrayDimension(label=label, size=dim, stride=dim)]
-    msg.data = array.array('d', rows.tobytes())
+    msg.layout.dim = [MultiArrayDimension(label=label, size=size, stride=stride)
+                      for label, size, stride in dims]
+    msg.data = array.array('d', data.tobytes())
     return msg
 
 

@@ -24,6 +24,7 @@ Exit status: 0 when the episodes ran (whatever the success rate), 1 when a node 
 """
 
 import argparse
+import difflib
 import json
 import math
 from pathlib import Path
@@ -48,6 +49,7 @@ from vla_ros.control.formats import image_to_rgb
 from vla_ros.evaluation import sim_report
 from vla_ros.nodes import diagnostics, qos
 from vla_ros.nodes.demo import config_file, executable, POLICIES, start, stop
+from vla_ros.nodes.vla_node_config import PARAMS as NODE_PARAMS
 from vla_ros.sim.tasks import reach_miss, TASKS
 
 PROG = 'vla_sim_eval'
@@ -57,6 +59,8 @@ DIAGNOSTICS_SETTLE = 0.2  # s after the stop before arm_bridge's counters are re
 KEEP_FRAMES = 64  # frames kept per episode (thinned to every other one, interval doubled)
 # ee_pose (50 Hz) and vla/action: every message counts (path length, actions), so reliable.
 RELIABLE_DEEP = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+MAX_SEED = 2**63 - 1  # sim_arm's seed is a ROS integer parameter (int64)
+RCLPY_PARAMS = ('use_sim_time', 'start_type_description_service')  # declared on every node
 
 
 class RunError(Exception):
@@ -113,8 +117,12 @@ def parse_args(argv):
             problems.append(f'{name} {value}: give a positive number')
     if not 1 <= args.frames <= 12:
         problems.append(f'--frames {args.frames}: give 1 .. 12')
-    problems += [f'-p {p}: write NAME:=VALUE (a vla_node parameter)' for p in args.params
-                 if ':=' not in p or not p.split(':=')[0].strip()]
+    last_seed = args.seed + args.episodes - 1
+    if args.seed >= 0 and last_seed > MAX_SEED:
+        problems.append(f'--seed {args.seed} with --episodes {args.episodes}: the episode seeds '
+                        f'go up to {last_seed}, but sim_arm takes seeds up to {MAX_SEED} (2**63 '
+                        '- 1, a ROS integer parameter); give a smaller --seed')
+    problems += [param_problem(p) for p in args.params if param_problem(p)]
     if problems:
         parser.error(problems[0])
     try:
@@ -126,6 +134,25 @@ def parse_args(argv):
     args.model = str(Path(args.model).resolve())
     args.node_params = POLICIES[args.policy]['params'] + args.params
     return args
+
+
+def param_problem(param):
+    """
+    Return why ``-p NAME:=VALUE`` is not a vla_node parameter setting, or ''.
+
+    vla_node takes a name it does not declare without a word (a typo such as ``chunk_mod``
+    would change the experiment silently), so the name must be one of its ``PARAMS`` or a
+    parameter rclpy declares on every node.
+    """
+    name = param.split(':=')[0].strip()
+    if ':=' not in param or not name:
+        return f'-p {param}: write NAME:=VALUE (a vla_node parameter)'
+    known = [p.name for p in NODE_PARAMS] + list(RCLPY_PARAMS)
+    if name in known or name.startswith('qos_overrides.'):
+        return ''
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f'did you mean {close[0]}?' if close else f'its parameters: {", ".join(known)}'
+    return f'-p {param}: vla_node has no parameter {name!r} ({hint})'
 
 
 def stamp_ns(msg):

@@ -202,7 +202,11 @@ def config_from_args(args):
 
 
 def report(config, summary, stats_only):
-    """Print what was written and how to use it."""
+    """Print what was written and how to use it, and the steps that were no sample."""
+    for key, bags in (('skipped', 'training'), ('val_skipped', 'validation')):
+        if summary.get(key):
+            print(f'{PROG}: {sum(summary[key].values())} steps of the {bags} bags were no sample: '
+                  + ', '.join(f'{count} {reason}' for reason, count in summary[key].items()))
     if stats_only:
         print(f"{PROG}: wrote {summary['statistics']} ({summary['samples']} samples, key "
               f'{config.unnorm_key!r})')

@@ -41,6 +41,10 @@ from vla_ros.policy.processing import build_prompt
 from vla_ros.training.options import FinetuneError
 
 PAD_ID = 0  # padded positions are masked out as attention keys: any id works
+# A step whose recorded action or state holds NaN or inf is no sample, counted under its reason
+# (``Episode.skipped``) so that vla_finetune reports how many it dropped.
+NON_FINITE_ACTION = 'NaN or inf in the recorded action'
+NON_FINITE_STATE = 'NaN or inf in the state'
 
 
 def check_bags(paths, options, action_dim):
@@ -177,6 +181,8 @@ def read_episode(path, options, preprocessor=None):
             if layout and not problem:
                 if event.state is None or event.state.problem:
                     problem = 'no usable state'
+                    if 'non-finite' in (event.state.problem if event.state else ''):
+                        problem = NON_FINITE_STATE
                 else:
                     state = np.asarray(event.state.values, dtype=np.float64)
             if not instruction and not problem:
@@ -192,7 +198,8 @@ def read_episode(path, options, preprocessor=None):
                                    streams.actions)
     usable = np.zeros(len(steps), dtype=bool)
     for k, step in enumerate(steps):
-        problem = step[6] or ('' if np.all(np.isfinite(actions[k])) else 'no recorded action')
+        problem = step[6] or ('' if np.all(np.isfinite(actions[k])) else 'no recorded action'
+                              if np.all(np.isnan(actions[k])) else NON_FINITE_ACTION)
         usable[k] = not problem
         if problem:
             skipped[problem] += 1

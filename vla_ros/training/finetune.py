@@ -72,19 +72,29 @@ def check(config, options, resume=False):
 
 
 def read_episodes(paths, options, preprocessor, show, desc):
-    """Read the bags; fail naming the reasons when they give no sample."""
+    """
+    Read the bags; fail naming the reasons when they give no sample.
+
+    The steps that are no sample (no action, NaN or inf in the action or state, ...) are
+    counted by reason (``skipped``): the summary and run.json report them.
+    """
     bar = tqdm(paths, desc=desc, unit='bag', disable=None if show else True, leave=False)
     episodes = [read_episode(path, options, preprocessor) for path in bar]
     if paths and not sum(len(e.samples) for e in episodes):
-        reasons = {}
-        for episode in episodes:
-            for reason, count in episode.skipped.items():
-                reasons[reason] = reasons.get(reason, 0) + count
-        why = ', '.join(f'{count} steps: {reason}' for reason, count in reasons.items())
+        why = ', '.join(f'{count} steps: {reason}' for reason, count in skipped(episodes).items())
         raise FinetuneError(f'the {desc.split()[-1]} bags give no sample ({why or "no steps"}) '
                             f'at --rate {options.rate:g} Hz; check the topics, the '
                             'instruction and --rate')
     return episodes
+
+
+def skipped(episodes):
+    """Return {reason: steps} of the steps of ``episodes`` that are no sample, most first."""
+    reasons = {}
+    for episode in episodes:
+        for reason, count in episode.skipped.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    return dict(sorted(reasons.items(), key=lambda item: -item[1]))
 
 
 def statistics_of(episodes):
@@ -134,7 +144,8 @@ def finetune(config, options, resume=False, stats_only=False, progress=True):
         if main:
             out.mkdir(parents=True, exist_ok=True)
             statistics.write_statistics(out, config.unnorm_key, entry)
-        return {'main': main, 'statistics': str(path), 'samples': entry['num_transitions']}
+        return {'main': main, 'statistics': str(path), 'samples': entry['num_transitions'],
+                'skipped': skipped(episodes)}
     show = progress and main
     preprocessor = Preprocessor(ImageProcessor.from_pretrained(config.base),
                                 PromptTokenizer.from_pretrained(config.base), constants,
@@ -186,12 +197,16 @@ def finetune(config, options, resume=False, stats_only=False, progress=True):
     train_loader, val_loader = loaders[0], (loaders[1] if len(loaders) > 1 else None)
     if main:
         count = sum(p.numel() for p in params.values())
-        print(f'{PROG}: {len(train_set)} training samples from {len(train_eps)} bag(s), '
+        dropped = sum(skipped(train_eps).values())
+        print(f'{PROG}: {len(train_set)} training samples from {len(train_eps)} bag(s)'
+              f'{f" ({dropped} steps are no sample)" if dropped else ""}, '
               f'{sum(len(e.samples) for e in val_eps)} validation samples; mode {config.mode}, '
               f'{count} trained parameters; {accelerator.num_processes} process(es) on '
               f'{accelerator.device}, batch {config.batch_size} per process', file=sys.stderr)
     loop = Loop(config, options, accelerator, model, optimizer, out, dtypes, show)
-    return loop.run(train_loader, sampler, val_loader, step, len(train_set))
+    data = {'samples': len(train_set), 'skipped': skipped(train_eps),
+            'val_skipped': skipped(val_eps)}  # run.json and the summary
+    return loop.run(train_loader, sampler, val_loader, step, data)
 
 
 class Loop:
@@ -203,7 +218,7 @@ class Loop:
         self.out, self.dtypes, self.show = out, dtypes, show
         self.losses, self.val_l1 = [], None
 
-    def run(self, loader, sampler, val_loader, step, samples):
+    def run(self, loader, sampler, val_loader, step, data):
         config, accelerator = self.config, self.accelerator
         per_epoch = max(1, len(loader))
         epoch, skip = divmod(step, per_epoch)
@@ -227,7 +242,7 @@ class Loop:
                             step % config.val_every == 0:
                         self.validate(val_loader, step)
                     if config.save_every and step % config.save_every == 0:
-                        self.save(step, samples)
+                        self.save(step, data)
                         saved = step
                     bar.update(1)
                     bar.set_postfix(loss=f'{loss:.4f}', val_l1='-' if self.val_l1 is None
@@ -241,7 +256,7 @@ class Loop:
         if val_loader is not None and (not config.val_every or step % config.val_every):
             self.validate(val_loader, step)
         if saved != step:
-            self.save(step, samples)
+            self.save(step, data)
         if accelerator.num_processes > 1:
             accelerator.wait_for_everyone()
         trained = step - start_step
@@ -250,7 +265,7 @@ class Loop:
                 's_per_step': seconds / trained if trained else math.nan,
                 'first_loss': self.losses[0] if self.losses else math.nan,
                 'last_loss': self.losses[-1] if self.losses else math.nan,
-                'val_l1': self.val_l1, 'out': str(self.out)}
+                'val_l1': self.val_l1, 'out': str(self.out), **data}
 
     def train_step(self, batch, step):
         for group in self.optimizer.param_groups:
@@ -280,7 +295,7 @@ class Loop:
         self.log({'step': step, 'val_l1': self.val_l1})
         return self.val_l1
 
-    def save(self, step, samples):
+    def save(self, step, data):
         accelerator = self.accelerator
         if accelerator.is_main_process:
             model = accelerator.unwrap_model(self.model)
@@ -290,7 +305,7 @@ class Loop:
                 head_state(model.proprio_projector) if model.proprio_projector else None)
             checkpoint.save_training_state(self.out, step, trainable_parameters(model),
                                            self.optimizer.state_dict())
-            write_run(self.out, self.config, self.options, step, {'samples': samples})
+            write_run(self.out, self.config, self.options, step, data)
         if accelerator.num_processes > 1:
             accelerator.wait_for_everyone()
 

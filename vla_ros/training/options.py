@@ -12,6 +12,7 @@ a ``FinetuneError`` with one line naming the problem and the fix (exit status 2)
 import dataclasses
 import json
 from pathlib import Path
+import tempfile
 
 from vla_ros.policy.configuration import CONFIG_FILE, DATASET_STATISTICS_FILE, read_json
 from vla_ros.policy.errors import PolicyError
@@ -66,10 +67,16 @@ class TrainConfig:
 
 
 def check_out_dir(out, resume):
-    """Raise unless ``out`` is new or empty (or, with ``resume``, holds a training state)."""
+    """
+    Raise unless ``out`` is new or empty (or, with ``resume``, holds a training state).
+
+    It must also be writable: a file is created and removed in it, or in its nearest existing
+    parent when it does not exist yet (nothing is left behind; the directory is made later).
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FinetuneError(f'--out {out} exists and is not a directory; pass a new directory')
+    check_writable(out)
     state = out / STATE_DIR / RUN_FILE
     if resume:
         if not state.is_file():
@@ -81,6 +88,22 @@ def check_out_dir(out, resume):
         names = ', '.join(sorted(p.name for p in out.iterdir())[:6])
         raise FinetuneError(f'--out {out} is not empty (it holds {names}); pass a new or empty '
                             'directory, or --resume to continue the run written there')
+
+
+def check_writable(out):
+    """Raise unless ``out`` can be created (its parents too) and written, before any work."""
+    folder = Path(out).absolute()
+    while not folder.exists():  # the nearest existing folder: the one a mkdir writes into
+        folder = folder.parent
+    if not folder.is_dir():
+        raise FinetuneError(f'--out {out}: {folder} is a file, so no directory can be made '
+                            'under it; pass --out with a directory you can write to')
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix='.vla_finetune_write_test'):
+            pass
+    except OSError as exc:
+        raise FinetuneError(f'--out {out}: cannot write to {folder} ({exc.strerror or exc}); '
+                            'pass --out with a directory you can write to') from None
 
 
 def base_keys(base):
