@@ -827,7 +827,7 @@ def _position(msg):
 ])
 def test_out_of_range_parameters_are_refused_at_start(launch, params, expected):
     bridge = start_bridge(launch, *params)
-    assert bridge.wait_exit(timeout=30.0) != 0
+    assert bridge.wait_exit(timeout=30.0) == 1, bridge.output()
     output = bridge.output()
     assert expected in output, output
     assert 'cannot start' in output
