@@ -15,6 +15,7 @@ from geometry_msgs.msg import PoseStamped, TwistStamped
 import numpy as np
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Float64
 from std_srvs.srv import SetBool
 
@@ -35,12 +36,21 @@ def start_bridge(launch, *params):
     return launch('arm_bridge', *args)
 
 
+def set_time(msg_time, seconds):
+    """Set a builtin_interfaces Time to ``seconds``."""
+    msg_time.sec = int(math.floor(seconds))
+    msg_time.nanosec = int((seconds - math.floor(seconds)) * 1e9)
+
+
+def seconds_of(msg_time):
+    return msg_time.sec + msg_time.nanosec * 1e-9
+
+
 def pose_msg(ros, position, rpy=(0.0, 0.0, 0.0), frame='base_link', age=0.0, stamp=None):
     msg = PoseStamped()
     if stamp is None:
         stamp = ros_now(ros) - age
-    msg.header.stamp.sec = int(math.floor(stamp))
-    msg.header.stamp.nanosec = int((stamp - math.floor(stamp)) * 1e9)
+    set_time(msg.header.stamp, stamp)
     msg.header.frame_id = frame
     msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = map(float, position)
     q = msg.pose.orientation
@@ -553,6 +563,87 @@ def test_enable_false_stops_at_once(ros, launch):
             sender.join()
 
 
+class SimClockArm(Background):
+    """
+    The test playing ``ros2 bag play --clock`` and the arm: /clock at 100 Hz, ee_pose at 50 Hz.
+
+    Simulated time is monotonic + an offset; ``jump(seconds)`` moves it back, as every loop of
+    ``ros2 bag play --loop --clock`` does. ``pose_on`` cleared: no ee_pose (the clock goes on).
+    """
+
+    def __init__(self, ros, start=1000.0):
+        super().__init__()
+        self.ros = ros
+        self.clock = ros.publisher(Clock, '/clock', QOS)
+        self.poses = ros.publisher(PoseStamped, 'ee_pose', QOS)
+        self._offset = start - time.monotonic()
+        self._lock = threading.Lock()
+        self.pose_on = threading.Event()
+        self.pose_on.set()
+
+    def now(self):
+        with self._lock:
+            return time.monotonic() + self._offset
+
+    def jump(self, seconds):
+        with self._lock:
+            self._offset -= seconds
+
+    def _run(self):
+        step = 0
+        while not self._stop.wait(0.01):
+            now, msg = self.now(), Clock()
+            set_time(msg.clock, now)
+            self.clock.publish(msg)
+            if step % 2 == 0 and self.pose_on.is_set():
+                self.poses.publish(pose_msg(self.ros, HOME, stamp=now))
+            step += 1
+
+
+def test_a_backward_clock_jump_stops_the_stream_at_once_counted_and_logged(ros, launch):
+    """use_sim_time with a clock that jumps back 30 s in the middle of a step (a looping bag)."""
+    twists = ros.subscribe(TwistStamped, TWIST, QOS)
+    diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
+    # Steps of 2 s (0.01 m/s for a 0.02 m delta): the step still streams when the clock jumps.
+    bridge = start_bridge(launch, 'use_sim_time:=true', 'step_duration:=2.0',
+                          'command_timeout:=3.0')
+    policy = Policy(ros)
+    with SimClockArm(ros) as sim:
+        bridge.wait_for_output('ee_pose received')
+        policy.deltas.publish(pose_msg(ros, (0.02, 0.0, 0.0), stamp=sim.now() - 0.03))
+        wait_until(lambda: moving(twists), 5.0, message='the step streaming')
+        time.sleep(0.2)
+        sim.pose_on.clear()  # the last ee_pose arrived on the old time
+        before = sim.now()
+        sim.jump(30.0)
+        jumped = time.monotonic()
+
+        def on_new_time():  # [(receive time, twist)] stamped on the jumped-back clock
+            return [(t, m) for t, m in twists.stamped if seconds_of(m.header.stamp) < before - 20]
+        wait_until(lambda: len(on_new_time()) >= 10, 3.0, message='twists on the new time')
+        # Zero from the first tick on the new time (within a few stream periods of wall time),
+        # not the old step streamed on for as long as the jump.
+        assert on_new_time()[0][0] - jumped < 0.25, on_new_time()[0][0] - jumped
+        assert not any(np.any(twist_values(m)) for _, m in on_new_time())
+        # A delta on the new time waits for an ee_pose on the new time, then it is followed.
+        policy.deltas.publish(pose_msg(ros, (0.02, 0.0, 0.0), stamp=sim.now() - 0.03))
+        counted(diag, 'dropped_no_pose', 1)
+        assert not any(np.any(twist_values(m)) for _, m in on_new_time())
+        sim.pose_on.set()
+        bridge.wait_for_output('is fresh again')
+        policy.deltas.publish(pose_msg(ros, (0.02, 0.0, 0.0), stamp=sim.now() - 0.03))
+        wait_until(lambda: any(np.any(twist_values(m)) for _, m in on_new_time()), 2.0,
+                   message='a step on the new time')
+        values = counted(diag, 'accepted', 2)
+    for key, count in (('clock_jumps', 1), ('accepted', 2), ('dropped_no_pose', 1),
+                       ('dropped_reordered', 0), ('dropped_future', 0)):
+        assert int(values[key]) == count, (key, values)
+    output = bridge.output()
+    assert output.count('the clock jumped back') == 1, output
+    assert 'is stale' not in output and 'watchdog' not in output, 'one line for the jump'
+    assert bridge.alive
+
+
 def test_pose_target_waits_for_ee_pose_then_composes_inside_the_box(ros, launch):
     targets = ros.subscribe(PoseStamped, 'target_pose', QOS)
     commands = ros.subscribe(Float64, 'gripper/command', QOS)
@@ -736,7 +827,7 @@ def _position(msg):
 ])
 def test_out_of_range_parameters_are_refused_at_start(launch, params, expected):
     bridge = start_bridge(launch, *params)
-    assert bridge.wait_exit(timeout=30.0) != 0
+    assert bridge.wait_exit(timeout=30.0) == 1, bridge.output()
     output = bridge.output()
     assert expected in output, output
     assert 'cannot start' in output

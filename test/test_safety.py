@@ -596,3 +596,84 @@ def test_pose_target_moves_no_faster_than_the_speed_limits_even_in_bursts():
     assert np.linalg.norm(after.position - before.position) == pytest.approx(0.05)
     # Every slowed delta counted: all but the first (nothing moved the target for a pause).
     assert sum('clamped_speed' in v.events for v in verdicts) == 34
+
+
+# ------------------------------------------------------------------------------ clock jumps
+JUMP = 30.0  # the node clock goes back this far (use_sim_time, every loop of a looping bag)
+STEP = [0.01, 0, 0, 0, 0, 0]
+
+
+def test_after_a_clock_jump_back_no_twist_from_before_it_and_deltas_wait_for_a_new_pose():
+    core = make_core('servo_twist')  # the step period learned from 5 Hz arrivals
+    play(core, [(T0 + n * 0.2, STEP, T0 + n * 0.2 - 0.03) for n in range(5)], T0 + 0.84)
+    last = T0 + 0.84
+    assert core.step_duration == pytest.approx(0.2)
+    assert core.tick(last).state == 'moving'  # the step of 0.8 s streams until 1.0 s
+    now = last - JUMP + STREAM
+    core.clock_jumped(now, last)
+    # The stream stops at once (its step ended on the old time: 'moving' for the whole jump),
+    # as a fresh start: no watchdog for deltas timed on the old time.
+    command = core.tick(now)
+    assert command.state == 'idle' and not command.linear.any() and not command.angular.any()
+    assert core.tick(now + STREAM).state == 'idle'
+    # The pose arrived on the old time: it is not fresh, so a delta on the new time waits for
+    # an ee_pose on the new time (the box needs where the arm is now).
+    assert core.fresh_pose(now) is None
+    assert core.offer(STEP, now - 0.03, now).events == ('dropped_no_pose',)
+    now += STREAM
+    core.update_pose(make_pose(HOME, [0, 0, 0, 1], now))
+    # A delta stamped before the jump (ahead of the clock, up to where it jumped from) is stale,
+    # not 'future'; one on the new time is followed (not 'reordered' behind the old stamps),
+    # with the learned period kept: 0.01 m / 0.2 s.
+    verdict = core.offer(STEP, last - 0.03, now)
+    assert verdict.events == ('dropped_stale',) and 'before it jumped back' in verdict.reason
+    assert core.offer(STEP, last + 0.5, now).events == ('dropped_future',)  # after it too
+    assert core.offer(STEP, now - 0.03, now).events == ('accepted',)
+    assert core.step_duration == pytest.approx(0.2)
+    command = core.tick(now)
+    assert command.state == 'moving' and command.source_stamp == pytest.approx(now - 0.03)
+    np.testing.assert_allclose(command.linear, [0.05, 0, 0])
+    # The watchdog runs again on the new time.
+    assert core.tick(now + 0.6).state == 'watchdog'
+
+
+def test_after_a_clock_jump_back_the_target_is_held_and_moves_again_on_the_new_time():
+    core = make_core('pose_target')
+    play(core, [(T0, [0.02, 0, 0, 0, 0, 0], T0 - 0.03)], T0 + 0.1)
+    last = T0 + 0.1
+    held = core.tick(last)
+    assert held.state == 'moving'
+    np.testing.assert_allclose(held.pose.position, HOME + [0.02, 0, 0])
+    now = last - JUMP + STREAM
+    core.clock_jumped(now, last)
+    command = core.tick(now)  # the target held, not 'moving' for the whole jump
+    assert command.state == 'idle'
+    np.testing.assert_allclose(command.pose.position, held.pose.position)
+    assert core.offer(STEP, now - 0.03, now).events == ('dropped_no_pose',)
+    core.update_pose(make_pose(HOME, [0, 0, 0, 1], now))
+    # The full step: the speed limit does not count the time since the target last moved from
+    # the old time (a negative time: no motion at all for the whole jump).
+    verdict = core.offer([0.02, 0, 0, 0, 0, 0], now - 0.03, now)
+    assert verdict.events == ('accepted',)
+    command = core.tick(now)
+    assert command.state == 'moving'
+    np.testing.assert_allclose(command.pose.position, HOME + [0.04, 0, 0], atol=TOL)
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_a_clock_jump_back_keeps_the_enable_state_and_the_enable_rule(mode):
+    core = make_core(mode)
+    assert core.offer(STEP, T0, T0).events[0] == 'accepted'
+    core.tick(T0)
+    core.set_enabled(False, T0 + 0.1)
+    now = T0 + 0.1 - JUMP
+    core.clock_jumped(now, T0 + 0.1)
+    assert core.tick(now).state == 'disabled' and not core.enabled
+    core.update_pose(make_pose(HOME, [0, 0, 0, 1], now))
+    assert core.offer(STEP, now, now).events == ('dropped_disabled',)
+    # Enabled on the new time: deltas stamped before the enable are refused, later ones
+    # followed (not refused behind the stamps of the old time).
+    core.set_enabled(True, now + 0.02)
+    assert core.offer(STEP, now + 0.01, now + 0.03).events == ('dropped_reordered',)
+    assert core.offer(STEP, now + 0.03, now + 0.03).events[0] == 'accepted'
+    assert core.tick(now + 0.04).state == 'moving'

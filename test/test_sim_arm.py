@@ -426,7 +426,7 @@ def test_lift_episode_succeeds_on_sim_task_and_a_seed_change_starts_at_reset(ros
 
 def test_out_of_range_parameter_exits_naming_it(launch):
     sim = launch('sim_arm', '--ros-args', '-p', 'camera_rate_hz:=-1.0')
-    assert sim.wait_exit(timeout=30.0) != 0
+    assert sim.wait_exit(timeout=30.0) == 1, sim.output()
     out = sim.output()
     assert "'camera_rate_hz'" in out and '0 < rate <= 60' in out, out
 

@@ -8,7 +8,8 @@ rotation ``R = Rz(yaw) Ry(pitch) Rx(roll)`` (OpenVLA / BridgeData V2).
 Order of the checks for one delta (``check_delta``, then the mode's ``offer``):
 
 1. NaN or inf anywhere (delta or stamp): rejected.
-2. Stamp older than ``command_timeout`` or more than ``future_tolerance`` ahead of now: dropped.
+2. Stamp older than ``command_timeout`` or more than ``future_tolerance`` ahead of now: dropped
+   (stale; future, or stale when the clock has since jumped back from a time after it).
 3. Stamp older than the last accepted stamp (reordered), or than the last enable: dropped. An
    equal stamp is accepted: vla_node publishes the rows of one chunk with one image stamp, and
    equal rows (a discrete head, a saturated or all-zero chunk, a policy holding still) are
@@ -48,7 +49,8 @@ period: fixed (``step_duration``), or learned from the arrivals of the accepted 
 (``vla_ros.control.step_period``), so a 5 Hz policy and a 20 Hz chunked one both move at the
 speed they ask for. ``TargetTracker`` (``pose_target``) composes the delta onto the previous
 target, Bridge-style. Both sit behind ``enabled``: disabled means zero twist, or the measured
-pose at disable time held.
+pose at disable time held. After a backward jump of the node clock (``use_sim_time``, a bag
+played in a loop) ``clock_jumped`` starts both again on the new time.
 """
 
 import collections
@@ -133,12 +135,13 @@ class Pose:
 
 
 # ------------------------------------------------------------------------------ checks
-def check_delta(delta, stamp, now, limits, last_stamp=-math.inf):
+def check_delta(delta, stamp, now, limits, last_stamp=-math.inf, jumped_from=-math.inf):
     """
     Run checks 1 to 4 of the module docstring on one delta; return a ``Verdict``.
 
     ``delta`` is 6 floats ``[dx, dy, dz, droll, dpitch, dyaw]``; ``last_stamp`` is the newest
-    stamp accepted so far (or the last enable time).
+    stamp accepted so far (or the last enable time); ``jumped_from`` the latest time the clock
+    jumped back from.
     """
     values = np.asarray(delta, dtype=np.float64).reshape(6)
     if not (np.all(np.isfinite(values)) and math.isfinite(stamp)):
@@ -149,6 +152,9 @@ def check_delta(delta, stamp, now, limits, last_stamp=-math.inf):
         return Verdict(None, ('dropped_stale',), f'delta stamped {age:.3f} s ago (command_timeout '
                        f'{limits.command_timeout} s)')
     if -age > limits.future_tolerance:
+        if stamp <= jumped_from + limits.future_tolerance:
+            return Verdict(None, ('dropped_stale',), f'delta stamped {-age:.3f} s ahead of the '
+                           'clock, from before it jumped back')
         return Verdict(None, ('dropped_future',), f'delta stamped {-age:.3f} s in the future '
                        f'(future_tolerance {limits.future_tolerance} s); check the clocks')
     if stamp < last_stamp:
@@ -250,6 +256,7 @@ class _Mode:
         self._last_raw = None         # the last accepted delta as received, for repeats
         self._last_arrival = None     # and when it arrived
         self._offered = False         # a delta was accepted since the last tick
+        self._jumped_from = -math.inf  # the latest time the clock jumped back from
 
     def update_pose(self, pose):
         self.pose = pose
@@ -269,7 +276,7 @@ class _Mode:
             return Verdict(None, ('dropped_duplicate',), 'the same delta (stamp and values) as '
                            f'the last accepted one, {arrival - self._last_arrival:.4f} s after '
                            'it: the same message twice, not a new step')
-        verdict = check_delta(raw, stamp, now, self.limits, self.last_stamp)
+        verdict = check_delta(raw, stamp, now, self.limits, self.last_stamp, self._jumped_from)
         if verdict.delta is not None and self.fresh_pose(now) is None:
             return Verdict(None, ('dropped_no_pose',), 'no fresh ee_pose: the workspace box '
                            'cannot be checked')
@@ -289,6 +296,22 @@ class _Mode:
     def _idle_state(self, now):
         timed_out = now - self.last_stamp > self.limits.command_timeout
         return 'watchdog' if self.ever_accepted and timed_out else 'idle'
+
+    def clock_jumped(self, now, jumped_from):
+        """
+        Start again on the new time: the clock jumped back from ``jumped_from`` to ``now``.
+
+        What was timed on the old time lies ahead of the new one and would pass every age check
+        (or drop every new delta as reordered) for as long as the jump. Forgotten: the stamp
+        order, the repeat memory, the watchdog, the measured pose's freshness (deltas are
+        followed again once an ee_pose arrives on the new time), the mode's own timing (see its
+        override); a delta stamped before the jump is stale. Kept: what is not time.
+        """
+        self.last_stamp, self._last_raw, self._last_arrival = -math.inf, None, None
+        self.ever_accepted = self._offered = False
+        self._jumped_from = max(self._jumped_from, jumped_from)
+        if self.pose is not None:
+            self.pose = dataclasses.replace(self.pose, time=-math.inf)
 
     def set_enabled(self, enabled, now):
         """Switch motion on or off; on enable, deltas stamped before ``now`` are refused."""
@@ -394,6 +417,11 @@ class TwistStreamer(_Mode):
         """Forget the stream (zero twist from now on)."""
         self._stop(now)
 
+    def clock_jumped(self, now, jumped_from):
+        """Also stop the stream at once: its segments end on the old time."""
+        super().clock_jumped(now, jumped_from)
+        self._segments.clear()
+
 
 class TargetTracker(_Mode):
     """
@@ -465,3 +493,8 @@ class TargetTracker(_Mode):
         if self.enabled:
             self.target = None
         self._moved_at = None
+
+    def clock_jumped(self, now, jumped_from):
+        """Also forget when the target last moved (not ``moving``); the target stays held."""
+        super().clock_jumped(now, jumped_from)
+        self._moved_at = self._moved_time = None

@@ -163,6 +163,7 @@ class ArmBridge(Node):
         self._pose_msg = None        # (PoseStamped, arrival time), newest only
         self._pose_state = 'waiting'  # waiting, fresh, stale: logged on each change
         self._state = None
+        self._clock_s = -math.inf    # the latest reading of the node clock
         self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
         self._stream_rate = RateMeter()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -186,7 +187,7 @@ class ArmBridge(Node):
         self._watchdog_key = 'watchdog_zeros' if self.servo else 'watchdog_holds'
         self.counters = Counters(*safety.EVENTS, 'rejected_frame', 'rejected_quaternion',
                                  'dropped_burst', self._watchdog_key, 'watchdog_trips',
-                                 'disabled_ticks', 'rejected_pose', 'gripper_flips',
+                                 'disabled_ticks', 'rejected_pose', 'gripper_flips', 'clock_jumps',
                                  'gripper_rejected', *(f'gripper_{p}' for p in PAIRINGS))
         self._pose_topic = self.resolve_topic_name('ee_pose')
         if self.servo:
@@ -236,7 +237,25 @@ class ArmBridge(Node):
                 f'{list(lim.workspace_max)}')
 
     def _now(self):
-        return self.get_clock().now().nanoseconds * 1e-9
+        """Read the node clock; a reading before the previous one is a jump back, handled first."""
+        now = self.get_clock().now().nanoseconds * 1e-9
+        if now < self._clock_s:
+            self._clock_jumped(now, self._clock_s)
+        self._clock_s = now
+        return now
+
+    def _clock_jumped(self, now, before):
+        """Start again on the new time (see ``safety``): what arrived before it is dropped."""
+        self.core.clock_jumped(now, before)
+        self._inbox.clear()
+        self._pose_msg = None
+        self.pairing.reset()
+        self._pose_state = 'stale' if self.core.pose is not None else 'waiting'  # said here
+        self.counters.bump('clock_jumps')
+        self.get_logger().warning(
+            f'the clock jumped back {before - now:.3f} s (use_sim_time: a bag played with '
+            f"--loop?): {'zero twist' if self.servo else 'holding the target'}; deltas are "
+            'followed again once an ee_pose arrives on the new time')
 
     def _on_set_parameters(self, changes):
         values, reason = params.check_changes(PARAMS, changes, self.core is not None,
