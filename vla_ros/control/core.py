@@ -109,7 +109,12 @@ class Frame:
 
 @dataclasses.dataclass(frozen=True)
 class State:
-    """The robot's state vector, the stamp of its oldest part, or why it is missing."""
+    """
+    The robot's state vector, the stamp of its oldest part, or why it is missing.
+
+    A ``problem`` means no action. ``values`` are then None, except for a state assembled with
+    NaN or inf in it, which keeps them (for counting what was refused, never for acting).
+    """
 
     values: object = None  # float64 (P,)
     stamp_s: float = math.nan

@@ -108,7 +108,8 @@ class StateLayout:
         values = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(values)):
             bad = [e for e, v in zip(self._columns(), values) if not math.isfinite(v)]
-            return State(problem=f'non-finite state values in {", ".join(bad)}')
+            # The values stay with the refusal: the count of non-finite states offline reads them.
+            return State(values, min(stamps), f'non-finite state values in {", ".join(bad)}')
         return State(values, min(stamps))
 
     @staticmethod

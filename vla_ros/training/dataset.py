@@ -180,9 +180,9 @@ def read_episode(path, options, preprocessor=None):
             state = np.full(layout.dim, np.nan)
             if layout and not problem:
                 if event.state is None or event.state.problem:
-                    problem = 'no usable state'
-                    if 'non-finite' in (event.state.problem if event.state else ''):
-                        problem = NON_FINITE_STATE
+                    assembled = event.state is not None and event.state.values is not None
+                    problem = NON_FINITE_STATE if assembled else 'no usable state'
+
                 else:
                     state = np.asarray(event.state.values, dtype=np.float64)
             if not instruction and not problem:
