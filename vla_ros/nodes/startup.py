@@ -7,10 +7,20 @@ check every parameter, build resources; on failure it has reported every problem
 ``node.close()`` and shut down. Exit status 0, or 1 when the node could not start; Ctrl-C (at
 any point, start-up included) is a quiet stop with status 0.
 
+A process that has imported torch (vla_node) ends with ``os._exit`` once the node is closed and
+rclpy shut down: Python's own finalisation of torch's thousands of modules and objects takes 1 s
+on a quiet machine and up to 4 s on a busy one, which pushed a Ctrl-C'd vla_node past
+``ros2 launch``'s 5 s before it escalates to SIGTERM. Nothing is left to finalise by then: the
+node released its resources in ``close``; the standard streams and ``logging`` are flushed first.
+
 Why single-threaded: the ``MultiThreadedExecutor``'s dispatch thread held the GIL at about 94 %
 CPU and stalled ``sim_arm`` for up to 1.7 s under a 50 Hz twist stream. Work that takes long
 (inference, rendering) has a thread of its own instead.
 """
+
+import logging
+import os
+import sys
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -49,4 +59,9 @@ def run(make_node, args=None):
             node.close()
             node.destroy_node()
         rclpy.try_shutdown()
+    if 'torch' in sys.modules:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code

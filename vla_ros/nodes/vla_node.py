@@ -101,13 +101,13 @@ class VlaNode(LifecycleNode):
                 and self.trigger_activate() == TransitionCallbackReturn.SUCCESS)
 
     def on_configure(self, state):
-        from vla_ros.policy import PolicyError
-        from vla_ros.policy.loading import load_policy
-
         cfg, problems = params.read(self, PARAMS)
         if not problems:
             problems = layout_problems(cfg, self.resolve_topic_name)
         if not problems:
+            # torch and the models only now: a bad parameter is reported in a second, not five.
+            from vla_ros.policy import PolicyError
+            from vla_ros.policy.loading import load_policy
             try:
                 self.policy, self.unnorm_key = load_policy(
                     cfg.model_path, cfg.policy, cfg.unnorm_key, cfg.device, cfg.dtype,
