@@ -10,7 +10,7 @@ from geometry_msgs.msg import PoseStamped
 import numpy as np
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
-from test_conversions import radiance_hdr
+from test_conversions import oversized_jpeg, radiance_hdr
 from test_vla_node import COMMANDS, start_camera, start_node
 
 from vla_ros.control import formats
@@ -51,7 +51,10 @@ def _frames():
     return [(bytes(bmp), 'jpeg', 'a BMP file'),  # OpenCV decodes it to the same 640 x 480
             (radiance_hdr(6000, 6000), 'jpeg', 'a Radiance HDR file'),
             (png, 'rgb8; jpeg compressed bgr8', 'but its data is a PNG'),
-            (jpeg[:len(jpeg) // 2] + b'\xff\xd9', 'jpeg', 'premature end of data segment')]
+            (jpeg[:len(jpeg) // 2] + b'\xff\xd9', 'jpeg', 'premature end of data segment'),
+            (b'\xff\xd8\xff\xe0 not really a jpeg', 'jpeg', 'no end-of-image marker'),
+            # 679 bytes whose header claims 12000 x 12000: refused before decoding (432 MB).
+            (oversized_jpeg(), 'jpeg', '144000000 pixels refused')]
 
 
 def test_vla_node_refuses_frames_that_are_not_what_they_claim(ros, launch, tiny_checkpoint):

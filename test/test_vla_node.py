@@ -21,7 +21,6 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
-from test_conversions import oversized_jpeg
 
 from vla_ros.nodes import diagnostics
 from vla_ros.nodes.messages import rgb_to_image
@@ -444,35 +443,6 @@ def test_a_chunk_with_nan_rows_publishes_nothing_and_is_counted_and_logged_once(
     assert 'NaN or inf) in rows [1, 2, 3] of a chunk of 4' in diag['last_error'], diag
     assert node.output().count('non-finite values') == 1, node.output()
     send_instruction(ros, 'pick up the red cup')  # the policy is sane again: so is the node
-    deltas.wait_for(2, timeout=20.0)
-    assert node.alive
-
-
-def test_corrupt_jpeg_is_counted(ros, launch, tiny_checkpoint):
-    diag_inbox = ros.subscribe(DiagnosticArray, '/diagnostics', COMMANDS)
-    deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
-    node = start_node(launch, tiny_checkpoint, 'image_transport:=compressed',
-                      'instruction:=pick up the red cup')
-    node.wait_for_output('active', timeout=90.0)
-    pub = ros.publisher(CompressedImage, 'camera/image_raw/compressed', qos_profile_sensor_data)
-    ros.wait_for_subscribers(pub)
-    for _ in range(20):
-        msg = CompressedImage(format='jpeg', data=b'\xff\xd8\xff\xe0 not really a jpeg')
-        msg.header.stamp = ros.node.get_clock().now().to_msg()
-        pub.publish(msg)
-        time.sleep(0.05)
-    assert int(latest_diagnostics(diag_inbox)['bad_images']) >= 2
-    # A 4 kB JPEG whose header claims 12000 x 12000 is refused before decoding (432 MB).
-    for _ in range(10):
-        msg = CompressedImage(format='jpeg', data=oversized_jpeg())
-        msg.header.stamp = ros.node.get_clock().now().to_msg()
-        pub.publish(msg)
-        time.sleep(0.05)
-    wait_until(lambda: '144000000 pixels refused' in latest_diagnostics(diag_inbox)['last_error'],
-               10.0, message='the oversized JPEG counted as a bad image')
-    assert deltas.messages == []
-    # A real JPEG stream on the same node gives actions.
-    start_camera(launch, '--rate', '20', '--transport', 'compressed')
     deltas.wait_for(2, timeout=20.0)
     assert node.alive
 

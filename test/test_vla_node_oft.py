@@ -183,17 +183,21 @@ def delta_values(msg):
     return np.array([p.x, p.y, p.z, *quaternion_to_rpy(q.x, q.y, q.z, q.w)])
 
 
-def matching_state(reference, index, rows, wrist_size=(SIZE, SIZE), states=(0, -1, 1)):
+def matching_state(reference, index, rows, wrist_size=(SIZE, SIZE), states=(0, -1, 1),
+                   skipped=0):
     """
     Return the state index whose prediction for frame ``index`` starts with ``rows`` (K, 6).
 
     The state is not stamped in the outputs: the node used the newest state when it took the
     frame pair, sent just before or just after it (``states``: offsets from ``index``).
+    ``skipped``: up to this many leading rows of the chunk may be missing, dropped because their
+    step passed while the model worked (an inference slower than a control period).
     """
     for state_index in (index + offset for offset in states):
-        expected = reference(index, state_index, wrist_size)[:len(rows), :6]
-        if np.allclose(expected, rows, rtol=1e-5, atol=1e-7):
-            return state_index
+        expected = reference(index, state_index, wrist_size)[:, :6]
+        for first in range(skipped + 1):
+            if np.allclose(expected[first:first + len(rows)], rows, rtol=1e-5, atol=1e-7):
+                return state_index
     return None
 
 
@@ -331,7 +335,7 @@ def test_cameras_of_different_sizes_are_each_resized_as_oft_does(
     deltas.wait_for(6, timeout=30.0)
     key, msgs = groups_by_stamp(deltas.messages)[1]
     published = np.stack([delta_values(m) for m in msgs])
-    assert matching_state(reference, feed.sent[key], published, (96, 160)) is not None
+    assert matching_state(reference, feed.sent[key], published, (96, 160), skipped=1) is not None
 
 
 def test_a_wrist_frame_that_arrives_after_the_next_front_frame_is_paired_by_stamp(
@@ -347,7 +351,8 @@ def test_a_wrist_frame_that_arrives_after_the_next_front_frame_is_paired_by_stam
         index = feed.sent[key]
         published = np.stack([delta_values(m) for m in msgs])
         # The newest state at the tick was sent with the next front frame (or the one after).
-        assert matching_state(reference, index, published, states=(1, 2, 0)) is not None, \
+        assert matching_state(reference, index, published, states=(1, 2, 0),
+                              skipped=1) is not None, \
             f'frame pair {index}: the actions are not the prediction on that pair'
     assert int(latest_diagnostics(diag)['ticks_skewed']) == 0
     assert node.alive
