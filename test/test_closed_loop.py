@@ -90,7 +90,7 @@ def test_demo_runs_an_oft_miniature_with_two_cameras_state_and_chunks(launch, tm
     actions, rate, chunks = int(figures[1]), float(figures[2]), int(figures[3])
     # On 2 CPU cores (sim_arm rendering two cameras beside it) a miniature's chunk takes one to
     # two control periods (p50 90-160 ms), so open_loop skips one or more ticks per chunk of 8:
-    # 141 to 185 actions in 20 s over eight runs, before and after issue 18 alike. The rate is
+    # 141 to 185 actions in 20 s in six runs, before and after issue 18 alike. The rate is
     # a benchmark's figure (bench.node); here the loop must run, at most of its rate.
     assert 20 * 10 * 0.6 <= actions <= 20 * 10 * 1.1 and 6.0 <= rate <= 11.0, summary
     assert actions / 8 * 0.9 <= chunks <= actions, summary  # open_loop: 8 actions per chunk
