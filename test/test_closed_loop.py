@@ -20,7 +20,7 @@ BEST_EFFORT = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
 CONFIG = str(REPO / 'config' / 'vla.yaml')
 
 
-def test_closed_loop_runs_20_s_without_error(ros, launch, tiny_checkpoint):
+def test_closed_loop_runs_10_s_without_error(ros, launch, tiny_checkpoint):
     deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', RELIABLE)
     twists = ros.subscribe(TwistStamped, 'servo_node/delta_twist_cmds', RELIABLE)
     poses = ros.subscribe(PoseStamped, 'ee_pose', BEST_EFFORT)
@@ -38,7 +38,7 @@ def test_closed_loop_runs_20_s_without_error(ros, launch, tiny_checkpoint):
     instruction.publish(String(data='pick up the red cube'))
     deltas.wait_for(1, timeout=30.0)
     deltas.clear()
-    time.sleep(20.0)
+    time.sleep(10.0)
 
     assert all(node.alive for node in nodes), 'a node died during the closed loop'
     received = deltas.stamped
@@ -48,9 +48,9 @@ def test_closed_loop_runs_20_s_without_error(ros, launch, tiny_checkpoint):
     latency = np.array([t + offset - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)
                         for t, m in received]) * 1e3
     p50, p95 = np.percentile(latency, [50, 95])
-    print(f'closed loop, 20 s: {len(received)} actions; image stamp -> vla/ee_delta latency '
+    print(f'closed loop, 10 s: {len(received)} actions; image stamp -> vla/ee_delta latency '
           f'p50 {p50:.1f} ms, p95 {p95:.1f} ms; {len(twists.messages)} twists')
-    assert 20 * 5 * 0.8 <= len(received) <= 20 * 5 * 1.1
+    assert 10 * 5 * 0.8 <= len(received) <= 10 * 5 * 1.1
     assert 0 < p50 < 1000 and p95 < 2000
     moving = [t for t in twists.messages if abs(t.twist.linear.x) + abs(t.twist.linear.y)
               + abs(t.twist.linear.z) > 0]
