@@ -88,7 +88,8 @@ def test_command_line_outputs_and_predictions_bag(expected, tiny_checkpoint, tmp
     out = tmp_path / 'out'
     status = cli.main([str(bag), '--model', tiny_checkpoint, '--unnorm-key', UNNORM_KEY,
                        '--compressed', '--instruction-topic', 'vla/instruction', '--reference',
-                       'action', '--rate', '5', '--out', str(out), '--write-bag'])
+                       'action', '--rate', '5', '--out', str(out), '--write-bag',
+                       '--action-frame', 'arm_base'])
     assert status == 0
     assert 'wrote' in capsys.readouterr().out
     data = json.loads((out / 'metrics.json').read_text())
@@ -119,7 +120,7 @@ def test_command_line_outputs_and_predictions_bag(expected, tiny_checkpoint, tmp
         image_stamp = IMAGES[STEPS[k][0]][2]
         assert log_ns == T0_NS + k * 200 * MS
         assert pose.header.stamp.sec * 10**9 + pose.header.stamp.nanosec == image_stamp
-        assert pose.header.frame_id == 'base_link'
+        assert pose.header.frame_id == 'arm_base'  # as vla_node's action_frame
         np.testing.assert_array_equal(raw.data, action.values)
         assert raw.layout.dim[0].label == formats.ACTION_LABEL
         np.testing.assert_allclose(messages.messages_to_action(pose, gripper),

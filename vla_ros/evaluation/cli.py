@@ -298,7 +298,8 @@ def _write(args, options, policy, key, records, out_dir, write_outputs):
         'action_head': getattr(policy, 'head_kind', None),
         'chunk_len': getattr(policy, 'chunk_len', 1), 'chunk_mode': options.chunk_mode,
         'execute_steps': options.execute_steps, 'ensemble_decay': options.ensemble_decay,
-        'proprio': list(options.proprio), 'state_topics': {
+        'proprio': list(options.proprio), 'action_frame': options.action_frame,
+        'state_topics': {
             role: topic for role, topic in options.topics().items()
             if role in ('pose', 'joints')},
         'max_camera_skew_s': options.max_camera_skew,

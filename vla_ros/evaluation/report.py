@@ -28,7 +28,6 @@ import numpy as np
 from vla_ros.evaluation import metrics as metric_lib
 from vla_ros.evaluation.bags import action_messages, BagWriter, chunk_message, EvalError
 
-ACTION_FRAME = 'base_link'  # vla_node's default action_frame
 OUTPUT_TOPICS = ('/vla/ee_delta', '/vla/gripper', '/vla/action')
 CHUNK_TOPIC = '/vla/action_chunk'
 UNITS = ('m', 'm', 'm', 'rad', 'rad', 'rad', '')
@@ -187,11 +186,12 @@ def check_outputs(out_dir, names, write_bag):
             _check_replaceable(path)
 
 
-def write_predictions_bag(result, path, storage=None):
+def write_predictions_bag(result, path, frame, storage=None):
     """
     Write the steps' chunks and actions as a bag on the live node's topics (replaces ``path``).
 
-    Returns the number of actions written.
+    ``frame``: the deltas' frame_id, vla_node's ``action_frame`` (``--action-frame``). Returns
+    the number of actions written.
     """
     path = Path(path)
     tmp = path.with_name(path.name + '.partial')
@@ -209,7 +209,7 @@ def write_predictions_bag(result, path, storage=None):
             if not result.valid[k]:
                 continue
             messages = action_messages(result.predicted[k], int(result.action_stamp_ns[k]),
-                                       ACTION_FRAME)
+                                       frame)
             for topic, msg in zip(OUTPUT_TOPICS, messages):
                 writer.write(topic, log_ns, msg)
             written += 1
@@ -232,5 +232,5 @@ def write_outputs(out_dir, results, action_range, config, write_bag=False):
     if write_bag:
         for result in results:
             written[result.name] = write_predictions_bag(
-                result, out_dir / f'predictions_{result.name}')
+                result, out_dir / f'predictions_{result.name}', config['action_frame'])
     return data, written
