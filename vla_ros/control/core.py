@@ -44,6 +44,7 @@ import time
 import numpy as np
 
 from vla_ros.control.chunks import ChunkSchedule
+from vla_ros.control.clock import before_jump, ClockWatch
 from vla_ros.control.formats import ConversionError
 
 # Longer instructions are refused (idle); OpenVLA prompts are one short sentence.
@@ -218,8 +219,7 @@ class ControlCore:
         self._generation = 0
         self._enabled = True
         self._emitted_at = -math.inf
-        self._last_tick_s = -math.inf
-        self._jumped_from = -math.inf  # the time the clock last jumped back from
+        self._clock = ClockWatch()  # the ticks' times: a backward jump is noticed here
         self._schedule = ChunkSchedule(chunk_mode, period, execute_steps, ensemble_decay)
         self.max_image_age = max_image_age
         self.max_camera_skew = max_camera_skew
@@ -318,13 +318,11 @@ class ControlCore:
 
     def _clock_jump(self, now):
         """Return how far the clock jumped back since the previous tick (0: it did not)."""
-        last, self._last_tick_s = self._last_tick_s, now
-        if now >= last:
-            return 0.0
-        self._new_generation()  # rows and predictions timed on the old time
-        self._emitted_at = -math.inf
-        self._jumped_from = max(last, self._jumped_from)
-        return last - now
+        jump = self._clock.read(now)
+        if jump:
+            self._new_generation()  # rows and predictions timed on the old time
+            self._emitted_at = -math.inf
+        return jump
 
     def _tick(self, now, observation, busy):
         if not self._enabled:
@@ -387,7 +385,7 @@ class ControlCore:
 
     def _ahead(self, now, stamp, what, age):
         """Return the verdict of ``what`` stamped ahead of the clock: pre-jump (stale), future."""
-        if stamp <= self._jumped_from + FUTURE_TOLERANCE_S:
+        if before_jump(stamp, self._clock.jumped_from, FUTURE_TOLERANCE_S):
             return 'stale', age, (f'{what} stamped {stamp - now:.3f} s ahead of the clock, from '
                                   'before it jumped back; waiting for one stamped on the new time')
         return 'future', age, f'{what} stamped {stamp - now:.3f} s in the future of the clock'

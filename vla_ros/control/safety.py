@@ -59,6 +59,7 @@ import math
 
 import numpy as np
 
+from vla_ros.control.clock import before_jump
 from vla_ros.control.geometry import (compose_pose, is_finite_number, matrix_to_rpy,
                                       rotation_from_vector, rotation_vector, rpy_to_matrix)
 from vla_ros.control.step_period import same_burst, StepPeriod
@@ -139,9 +140,8 @@ def check_delta(delta, stamp, now, limits, last_stamp=-math.inf, jumped_from=-ma
     """
     Run checks 1 to 4 of the module docstring on one delta; return a ``Verdict``.
 
-    ``delta`` is 6 floats ``[dx, dy, dz, droll, dpitch, dyaw]``; ``last_stamp`` is the newest
-    stamp accepted so far (or the last enable time); ``jumped_from`` the latest time the clock
-    jumped back from.
+    ``delta``: 6 floats ``[dx, dy, dz, droll, dpitch, dyaw]``; ``last_stamp``: the newest stamp
+    accepted (or the last enable time); ``jumped_from``: when the clock last jumped back from.
     """
     values = np.asarray(delta, dtype=np.float64).reshape(6)
     if not (np.all(np.isfinite(values)) and math.isfinite(stamp)):
@@ -152,7 +152,7 @@ def check_delta(delta, stamp, now, limits, last_stamp=-math.inf, jumped_from=-ma
         return Verdict(None, ('dropped_stale',), f'delta stamped {age:.3f} s ago (command_timeout '
                        f'{limits.command_timeout} s)')
     if -age > limits.future_tolerance:
-        if stamp <= jumped_from + limits.future_tolerance:
+        if before_jump(stamp, jumped_from, limits.future_tolerance):
             return Verdict(None, ('dropped_stale',), f'delta stamped {-age:.3f} s ahead of the '
                            'clock, from before it jumped back')
         return Verdict(None, ('dropped_future',), f'delta stamped {-age:.3f} s in the future '

@@ -35,7 +35,7 @@ from rclpy.time import Time
 from std_msgs.msg import Float64
 from std_srvs.srv import SetBool, Trigger
 
-from vla_ros.control import geometry, readers, safety
+from vla_ros.control import clock, geometry, readers, safety
 from vla_ros.control.formats import ConversionError
 from vla_ros.control.gripper import GripperConfig, GripperHysteresis, PAIRINGS, StepPairing
 from vla_ros.control.stats import Counters, RateMeter
@@ -163,7 +163,7 @@ class ArmBridge(Node):
         self._pose_msg = None        # (PoseStamped, arrival time), newest only
         self._pose_state = 'waiting'  # waiting, fresh, stale: logged on each change
         self._state = None
-        self._clock_s = -math.inf    # the latest reading of the node clock
+        self._clock_watch = clock.ClockWatch()  # node clock readings: a jump back is noticed
         self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
         self._stream_rate = RateMeter()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -239,9 +239,9 @@ class ArmBridge(Node):
     def _now(self):
         """Read the node clock; a reading before the previous one is a jump back, handled first."""
         now = self.get_clock().now().nanoseconds * 1e-9
-        if now < self._clock_s:
-            self._clock_jumped(now, self._clock_s)
-        self._clock_s = now
+        jump = self._clock_watch.read(now)
+        if jump:
+            self._clock_jumped(now, now + jump)
         return now
 
     def _clock_jumped(self, now, before):
