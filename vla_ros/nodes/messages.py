@@ -139,21 +139,20 @@ def action_to_messages(action, stamp, frame_id, gripper_open_is_one=True):
     pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = position
     q = pose.pose.orientation
     q.x, q.y, q.z, q.w = quaternion
-    gripper = Float64(data=g)
-    raw = Float64MultiArray()
-    raw.layout.dim = [MultiArrayDimension(label=label, size=size, stride=stride)
-                      for label, size, stride in ACTION_DIMS]
-    raw.data = array.array('d', values.tobytes())
-    return pose, gripper, raw
+    return pose, Float64(data=g), _multiarray(ACTION_DIMS, values)
 
 
 def chunk_to_multiarray(rows):
     """Return a chunk (K, D) as ``vla/action_chunk``'s Float64MultiArray (``chunk_fields``)."""
-    dims, data = chunk_fields(rows)
+    return _multiarray(*chunk_fields(rows))
+
+
+def _multiarray(dims, data):
+    """Return a Float64MultiArray of ``dims`` ((label, size, stride) each) and float64 ``data``."""
     msg = Float64MultiArray()
     msg.layout.dim = [MultiArrayDimension(label=label, size=size, stride=stride)
                       for label, size, stride in dims]
-    msg.data = array.array('d', data.tobytes())
+    msg.data = array.array('d', np.asarray(data, dtype=np.float64).tobytes())
     return msg
 
 
