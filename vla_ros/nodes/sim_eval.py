@@ -46,6 +46,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from vla_ros.control.formats import image_to_rgb
+from vla_ros.control.readers import stamp_ns
 from vla_ros.evaluation import sim_report
 from vla_ros.nodes import diagnostics, qos
 from vla_ros.nodes.demo import config_file, executable, POLICIES, start, stop
@@ -155,10 +156,6 @@ def param_problem(param):
     return f'-p {param}: vla_node has no parameter {name!r} ({hint})'
 
 
-def stamp_ns(msg):
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-
 class Recorder:
     """What the runner watches, stored by the callbacks; one episode recorded at a time."""
 
@@ -210,7 +207,7 @@ class Recorder:
     def on_pose(self, msg):
         p = msg.pose.position
         with self.lock:
-            if self.recording and stamp_ns(msg) >= self.since_ns:
+            if self.recording and stamp_ns(msg.header.stamp) >= self.since_ns:
                 self.poses.append((p.x, p.y, p.z))
 
     def on_action(self, msg):
@@ -222,7 +219,7 @@ class Recorder:
         now = time.monotonic()
         with self.lock:
             self.frames_seen += 1
-            if not self.recording or stamp_ns(msg) < self.since_ns:
+            if not self.recording or stamp_ns(msg.header.stamp) < self.since_ns:
                 return
             frame = (now - self.t0, msg)
             self.last_frame = frame
