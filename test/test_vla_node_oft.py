@@ -206,18 +206,23 @@ def test_open_loop_publishes_rows_0_to_3_of_each_chunk_equal_to_predict(
     chunks = ros.subscribe(Float64MultiArray, 'vla/action_chunk', COMMANDS)
     deltas = ros.subscribe(PoseStamped, 'vla/ee_delta', COMMANDS)
     actions = ros.subscribe(Float64MultiArray, 'vla/action', COMMANDS)
-    node = start_node(launch, oft_checkpoint, *OFT_PARAMS, 'control_rate_hz:=10.0',
-                      'chunk_mode:=open_loop', 'execute_steps:=4', f'unnorm_key:={UNNORM_KEY}')
+    # 5 Hz: open_loop infers the next chunk during the last executed row, so a chunk must come
+    # within one period for rows 0..3 to go out whole. At 10 Hz the miniature's 90-120 ms on 2
+    # busy cores missed it now and then (8.8 actions/s in a clean-clone run), before issue 18 too.
+    # Row 3 leaves 0.6 s after its image: max_image_age 1 s lets it (the default 0.5 s stops it).
+    node = start_node(launch, oft_checkpoint, *OFT_PARAMS, 'control_rate_hz:=5.0',
+                      'max_image_age:=1.0', 'chunk_mode:=open_loop', 'execute_steps:=4',
+                      f'unnorm_key:={UNNORM_KEY}')
     node.wait_for_output('active', timeout=120.0)
     feed = robot()
     deltas.wait_for(4, timeout=30.0)
     time.sleep(0.3)
     for inbox in (chunks, deltas, actions):
         inbox.clear()
-    time.sleep(5.0)
+    time.sleep(9.0)
     received = deltas.stamped
     rate = (len(received) - 1) / (received[-1][0] - received[0][0])
-    assert 9.0 <= rate <= 11.0, f'{rate:.2f} actions/s at control_rate_hz 10'
+    assert 4.5 <= rate <= 5.5, f'{rate:.2f} actions/s at control_rate_hz 5'
     groups = groups_by_stamp(deltas.messages)[1:-1]  # the first and last may be partial
     assert len(groups) >= 8
     expected_rows, predictions = [], []
