@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-python demo demo-policy sim-eval gpu-check clean
+.PHONY: setup test test-python demo demo-policy sim-eval gpu-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -90,10 +90,20 @@ sim-eval: $(STAMP)
 	  --policy openvla_oft --episodes 50 --seed 0 --task reach --seconds 10 \
 	  --out out/sim-eval/random-results
 
-# On a GPU machine: GPU tests, decode-step profile, OpenVLA-7B benchmark into docs/perf/, and the
-# GPU table of docs/PERFORMANCE.md regenerated (see vla_ros/bench/gpu_check.py).
-gpu-check: $(STAMP)
-	$(PY) -m vla_ros.bench.gpu_check $(GPU_ARGS)
+# On the lent GPU machine as it is: its own python3 (no venv, no network, no ROS), the working tree
+# and the wheels in .whl/ (`make gpu-wheels`, here): GPU tests, decode-step profile, OpenVLA-7B and
+# OpenVLA-OFT-7B benchmarks, all into GPU_OUT (see vla_ros/bench/gpu_check.py and the README).
+GPU_PY ?= python3
+GPU_OUT ?= out/gpu-check
+gpu-check:
+	$(GPU_PY) -m vla_ros.bench.gpu_check --out $(GPU_OUT) --wheels .whl $(GPU_ARGS)
+
+# What the GPU machine's Python 3.12 lacks, as wheels for x86-64 Linux in .whl/ (git ignores it).
+GPU_WHEELS := simplejpeg==1.9.0
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) .venv-py* build *.egg-info .pytest_cache .hypothesis

@@ -1,39 +1,95 @@
-"""The one-go GPU script (``make gpu-check``), run on the CPU with the miniature checkpoint."""
+"""
+The GPU check (``python3 -m vla_ros.bench.gpu_check``), dry-run on the CPU with random tiny models.
+
+The same script, the same steps and outputs as the README's GPU command; only ``--device cpu
+--random tiny`` and a one-test ``--tests`` differ.
+"""
 
 import json
-import shutil
+import subprocess
+import sys
 
 from conftest import REPO
 import pytest
 
 from vla_ros.bench import gpu_check
 
+STEPS = ['environment', 'tests', 'profile', 'openvla', 'oft', 'table']
+DRY_RUN = ['--device', 'cpu', '--random', 'tiny', '--n', '2',
+           '--tests', 'test/test_gpu_check.py::test_kernel_classes']
+
+
+def dry_run(out, *extra):
+    """Run the check as the GPU command does (its own process, from the repository root)."""
+    return subprocess.run([sys.executable, '-m', 'vla_ros.bench.gpu_check', '--out', str(out),
+                           '--wheels', str(out / 'no-wheels'), *DRY_RUN, *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
 
 @pytest.mark.slow
-def test_gpu_check_runs_every_step_and_regenerates_the_table(tmp_path, conformance_root,
-                                                             capsys):
-    doc = tmp_path / 'PERFORMANCE.md'
-    shutil.copyfile(REPO / 'docs' / 'PERFORMANCE.md', doc)
-    out = tmp_path / 'perf'
-    model = conformance_root / 'checkpoints' / 'tiny'
-    status = gpu_check.main(['--device', 'cpu', '--model', str(model), '--n', '2',
-                             '--skip-tests', '--out', str(out), '--doc', str(doc)])
-    assert status == 0, capsys.readouterr().out
-    (report_path,) = [p for p in out.glob('*.json') if 'profile' not in p.name]
-    (profile_path,) = out.glob('*-decode-profile.json')
-    assert list(out.glob('*.log'))
+def test_dry_run_writes_every_step_under_out_and_a_failed_step_does_not_stop_the_rest(tmp_path):
+    # A checkpoint that does not exist: the profile and the OpenVLA benchmark raise.
+    out = tmp_path / 'out'
+    doc = (REPO / 'docs' / 'PERFORMANCE.md').read_text()
+    done = dry_run(out, '--model', str(tmp_path / 'missing'))
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = json.loads((out / 'steps.json').read_text())
+    assert list(steps) == STEPS
+    assert {name for name, step in steps.items() if step['status'] == 'failed'} == \
+        {'profile', 'openvla'}
+    assert 'CheckpointError' in steps['profile']['error']
+    # The steps after the failures ran and wrote their results, all under --out.
+    (oft,) = out.glob('*-openvla-ofttiny.json')
+    report = json.loads(oft.read_text())
+    assert report['meta']['host_cpu'] and report['meta']['graphs'] == \
+        {'captured': [], 'failed': []}
+    assert set(report['paths']['fast']['phases_ms']) >= {'preprocess', 'forward', 'total'}
+    assert gpu_check.START in (out / 'PERFORMANCE.md').read_text()
+    log = (out / 'gpu-check.log').read_text()
+    assert 'profile FAILED' in log and '1 passed' in log
+    assert 'failed: profile, openvla' in log
+    assert (REPO / 'docs' / 'PERFORMANCE.md').read_text() == doc  # nothing outside --out
+
+
+@pytest.mark.slow
+def test_dry_run_passes_and_its_reports_become_gpu_rows(tmp_path):
+    out = tmp_path / 'out'
+    status = gpu_check.main(['--out', str(out), *DRY_RUN])
+    assert status == 0, (out / 'gpu-check.log').read_text()[-3000:]
+    steps = json.loads((out / 'steps.json').read_text())
+    assert all(step['status'] == 'ok' for step in steps.values()) and list(steps) == STEPS
+    (profile_path,) = out.glob('*-openvlatiny-decode-profile.json')
+    (report_path,) = out.glob('*-openvlatiny.json')
     profile = json.loads(profile_path.read_text())
     assert profile['layers'] == 2 and profile['kernels_per_step'] > 0
+    assert profile['counted'] == 'aten ops (CPU)'
     assert set(profile['classes']) <= {'matmul', 'attention', 'norm', 'copy / index',
                                        'elementwise', 'other'}
     report = json.loads(report_path.read_text())
     assert sum(report['kernels_per_decode_layer'].values()) == 14
-    # A CPU run is not a GPU row; a run on CUDA becomes one, from its JSON alone.
-    assert 'no GPU run committed yet' in doc.read_text()
-    report['meta'].update(device='cuda:0', device_name='NVIDIA H200', date='2026-12-01')
-    (out / 'h200.json').write_text(json.dumps(report))
-    table = gpu_check.update_doc(doc, out)
-    assert '| 2026-12-01 | NVIDIA H200 |' in table and table in doc.read_text()
+    assert report['meta']['graphs'] == {'captured': [], 'failed': []}
+    (oft_path,) = out.glob('*-openvla-ofttiny.json')
+    oft = json.loads(oft_path.read_text())
+    assert oft['forward_passes_per_action'] == {'openvla_oft': 0.125, 'openvla': 7.0}
+    assert oft['max_normalized_difference_fast_vs_eager'] < 1e-5
+    # A CPU run is not a GPU row; a run on CUDA becomes one, from its JSONs alone, with the
+    # kernel column from the profile beside it (CUDA kernels, not the CPU's aten ops).
+    assert 'no GPU run committed yet' in (out / 'PERFORMANCE.md').read_text()
+    for path in (report_path, oft_path):
+        data = json.loads(path.read_text())
+        data['meta'].update(device='cuda:0', device_name='NVIDIA H200', date='2026-12-01')
+        path.write_text(json.dumps(data))
+    table = gpu_check.gpu_table(out.glob('*.json'))
+    assert table.count('| 2026-12-01 | NVIDIA H200 |') == 2
+    assert '| – | `python -m vla_ros.bench' in table  # a CPU profile gives no kernel count
+    profile.update(counted='CUDA kernels', kernels_per_step=30.0)
+    profile_path.write_text(json.dumps(profile))
+    table = gpu_check.gpu_table(out.glob('*.json'))
+    assert '| 15.0 | `python -m vla_ros.bench ' in table
+    assert 'forward' in table and 'host preprocessing' in table
+    doc = tmp_path / 'PERFORMANCE.md'
+    doc.write_text((out / 'PERFORMANCE.md').read_text())
+    assert gpu_check.update_doc(doc, out) in doc.read_text()
     assert doc.read_text().count(gpu_check.START) == 1
 
 
@@ -46,19 +102,3 @@ def test_kernel_classes():
     assert gpu_check.kernel_class('void at::native::index_copy_kernel') == 'copy / index'
     assert gpu_check.kernel_class('void at::native::vectorized_elementwise_kernel') == \
         'elementwise'
-
-
-def test_oft_reports_become_gpu_rows(tmp_path):
-    from vla_ros.bench import oft
-    out = tmp_path / 'perf'
-    out.mkdir()
-    assert oft.main(['--device', 'cpu', '--n', '2', '--warmup', '1', '--threads', '1',
-                     '--json', str(out / 'cpu-oft.json')]) == 0
-    report = json.loads((out / 'cpu-oft.json').read_text())
-    assert report['forward_passes_per_action'] == {'openvla_oft': 0.125, 'openvla': 7.0}
-    assert report['max_normalized_difference_fast_vs_eager'] < 1e-5
-    assert 'no GPU run committed yet' in gpu_check.gpu_table(out.glob('*.json'))
-    report['meta'].update(device='cuda:0', device_name='NVIDIA H100 80GB HBM3')
-    (out / 'gpu-oft.json').write_text(json.dumps(report))
-    table = gpu_check.gpu_table(out.glob('*.json'))
-    assert '| NVIDIA H100 80GB HBM3 | random OpenVLA-OFT tiny (libero, 2 images, chunk 8)' in table

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-import platform
 import sys
 import time
 import types
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image
 import torch
 
+from vla_ros.bench import machine
 from vla_ros.bench.kernels import decode_layer_ops, plain_layer_ops
 from vla_ros.bench.policy import SMALL_LLAMA
 from vla_ros.policy import OpenVLAPolicy, PolicyError
@@ -287,8 +287,6 @@ def main(argv=None):
 
 def run(args):
     """Do the work of ``main``; return the report dict."""
-    import transformers
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -330,14 +328,10 @@ def run(args):
     unnorm_key = policy.unnorm_keys[0]
     paths, tokens = measure(policy, images, args.warmup, unnorm_key)
     e2e = {path: paths[path]['end_to_end_ms']['p50'] for path in PATHS}
-    meta = {'model': f'random {kind}' if kind else str(args.model), 'device': str(device),
-            'device_name': (torch.cuda.get_device_name(device) if cuda
-                            else f'CPU ({platform.processor() or platform.machine()})'),
+    meta = {'model': f'random {kind}' if kind else str(args.model), **machine.describe(device),
             'dtype': str(dtype)[6:], 'quantization': args.quantization, 'n': len(images),
-            'warmup': args.warmup, 'threads': torch.get_num_threads(),
-            'torch': torch.__version__, 'transformers': transformers.__version__,
-            'date': time.strftime('%Y-%m-%d'), 'load_s': load_s,
-            'fast_graphs': bool(policy.fast and policy.fast.cuda_graphs),
+            'warmup': args.warmup, 'load_s': load_s,
+            'graphs': policy.fast.graph_report() if policy.fast else None,
             'command': ' '.join(['python -m vla_ros.bench'] + args.argv)}
     return {'meta': meta, 'paths': paths, 'memory': memory,
             'kernels_per_decode_layer': {name: round(n, 3) for name, n in launching.items()},
