@@ -142,7 +142,7 @@ def test_tf_resize_and_center_crop_are_bit_exact(kit):
 class EagerGraph:
     """Stand in for ``graphs._Graph`` on the CPU: a replay re-runs ``fn`` into the outputs."""
 
-    def __init__(self, fn, pool, device, warmup=2):
+    def __init__(self, fn, pool, stream, warmup=2):
         self.fn = fn
         self.output = fn()
 
@@ -157,6 +157,9 @@ def test_the_fast_paths_give_the_plain_paths_chunks(policies, kit, variant, monk
     monkeypatch.setattr(graphs_module, '_Graph', EagerGraph)
     graphed = OFTFastPath(policy, cuda_graphs=True)
     assert graphed.static_shapes and graphed.warmup() >= 3
+    report = graphed.graph_report()
+    assert report['failed'] == [] and len(report['captured']) == len(graphed._graphs)
+    assert all(name.startswith('OFT forward of ') for name in report['captured'])
     paths = {'eager': OFTFastPath(policy), 'static': OFTFastPath(policy, static_shapes=True),
              'graphed': graphed}
     for name in ('c00', 'c02'):
