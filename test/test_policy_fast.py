@@ -13,7 +13,7 @@ from PIL import Image
 from policy_helpers import read_json, scene
 import pytest
 import torch
-from vla_ros.bench.kernels import decode_layer_ops
+from vla_ros.bench.kernels import decode_layer_ops, OpCounter
 from vla_ros.policy import ConfigError, OpenVLAPolicy
 from vla_ros.policy import graphs as graphs_module
 from vla_ros.policy.fast import FastPath, generate_baseline
@@ -171,10 +171,35 @@ def test_random_images_and_instructions(policy):
 
 # ---- the fused decoder and the capture bookkeeping ----------------------------------------------
 def test_kernel_budget_of_a_decode_layer(variants):
-    """One decode layer launches 14 aten ops (40 before the fused decoder); it must not grow."""
-    per_layer, launching = decode_layer_ops(variants['static'])
+    """
+    One decode layer launches 14 aten ops (40 before the fused decoder); it must not grow.
+
+    The residuals are added in place (``addmm_``): an out-of-place ``addmm`` copies its input
+    first on CUDA, which the counter shows as a ``copy_`` (16). The caller's embeds stay as
+    they were.
+    """
+    fast = variants['static']
+    per_layer, launching = decode_layer_ops(fast)
     assert sum(launching.values()) == 14, dict(launching)
     assert launching['scaled_dot_product_attention'] == 1 and launching['rms_norm'] == 2
+    assert launching['addmm_'] == 2 and 'copy_' not in launching and 'addmm' not in launching
+    embeds = torch.randn(1, 40, fast.llm.embed.embedding_dim)
+    saved = embeds.clone()
+    with torch.inference_mode():
+        fast.llm.prefill(embeds, torch.tensor([39]))
+        fast.llm.encode(embeds)
+    assert torch.equal(embeds, saved)
+
+
+def test_the_counter_sees_the_copy_of_an_out_of_place_addmm():
+    a, b, c = torch.zeros(2, 3), torch.ones(2, 4), torch.ones(4, 3)
+    with OpCounter() as out_of_place:
+        torch.addmm(a, b, c)
+    with OpCounter() as in_place:
+        a.addmm_(b, c)
+    assert out_of_place.launching == {'addmm': 1, 'copy_': 1}
+    assert in_place.launching == {'addmm_': 1}
+    assert torch.equal(a, torch.full((2, 3), 4.0))
 
 
 def test_fused_weights_are_views_not_copies(policy):
