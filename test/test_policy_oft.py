@@ -11,6 +11,7 @@ import json
 import numpy as np
 from PIL import Image
 import pytest
+import torch
 
 from vla_ros.policy import graphs as graphs_module
 from vla_ros.policy.oft import OpenVLAOFTPolicy
@@ -173,6 +174,28 @@ def test_the_fast_paths_give_the_plain_paths_chunks(policies, kit, variant, monk
                 policy.fast = None
             assert chunk.token_ids.tolist() == plain.token_ids.tolist(), label
             assert max_abs(chunk.normalized, plain.normalized) <= 1e-5, label
+
+
+@pytest.mark.parametrize('variant', ['oft_tiny_libero_l1', 'oft_tiny_aloha_l1'])
+def test_the_towers_take_every_image_in_one_pass(policies, variant):
+    """One batch of N images through the towers: the per-image loop's patches, bit for bit."""
+    policy = policies[variant]
+    images = policy.num_images
+    generator = torch.Generator().manual_seed(3)
+    pixel_values = torch.randn(1, 6 * images, 224, 224, generator=generator)
+    calls = []
+    hook = policy.model.vision_backbone.register_forward_hook(
+        lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            patches = policy.forward.patches(pixel_values)
+            loop = torch.cat([policy.model.embed_image(image)
+                              for image in pixel_values.split(6, dim=1)], dim=1)
+    finally:
+        hook.remove()
+    assert calls[0] == images and len(calls) == 1 + images  # one batch, then the loop's calls
+    assert patches.shape == (1, 256 * images, loop.shape[-1])
+    assert torch.equal(patches, loop)
 
 
 def test_unnormalisation_and_proprio_scaling_rules():
