@@ -13,11 +13,11 @@ from PIL import Image
 from policy_helpers import read_json, scene
 import pytest
 import torch
-from vla_ros.bench.kernels import decode_layer_ops
+from vla_ros.bench.kernels import decode_layer_ops, OpCounter
 from vla_ros.policy import ConfigError, OpenVLAPolicy
 from vla_ros.policy import graphs as graphs_module
 from vla_ros.policy.fast import FastPath, generate_baseline
-from vla_ros.policy.graphs import GraphCapture
+from vla_ros.policy.graphs import capture_report, GraphCapture
 from vla_ros.policy.processing import build_prompt
 
 CASES = [f'c{i:02d}' for i in range(9)]
@@ -78,7 +78,7 @@ def assert_same_action(got, expected):
 class EagerGraph:
     """Stand in for ``graphs._Graph`` on the CPU: a replay re-runs ``fn`` into the outputs."""
 
-    def __init__(self, fn, pool, device, warmup=2):
+    def __init__(self, fn, pool, stream, warmup=2):
         self.fn = fn
         self.output = fn()
 
@@ -99,6 +99,10 @@ def variants(policy):
         graphed = FastPath(policy.model, policy.image_processor, 7, cuda_graphs=True)
         assert graphed.static_shapes
         assert graphed.warmup(policy.tokenizer) == 1 + 8 + 1  # vision, prefill 288..512, decode
+    prefills = [f'prefill of {n}' for n in range(288, 513, 32)]
+    assert graphed.graph_report() == {'captured': ['vision towers', *prefills, 'decode step'],
+                                      'failed': []}
+    assert policy.fast.graph_report() == {'captured': [], 'failed': []}  # CPU: none attempted
     return {'default': policy.fast, 'static': static, 'graphed': graphed}
 
 
@@ -167,10 +171,35 @@ def test_random_images_and_instructions(policy):
 
 # ---- the fused decoder and the capture bookkeeping ----------------------------------------------
 def test_kernel_budget_of_a_decode_layer(variants):
-    """One decode layer launches 14 aten ops (40 before the fused decoder); it must not grow."""
-    per_layer, launching = decode_layer_ops(variants['static'])
+    """
+    One decode layer launches 14 aten ops (40 before the fused decoder); it must not grow.
+
+    The residuals are added in place (``addmm_``): an out-of-place ``addmm`` copies its input
+    first on CUDA, which the counter shows as a ``copy_`` (16). The caller's embeds stay as
+    they were.
+    """
+    fast = variants['static']
+    per_layer, launching = decode_layer_ops(fast)
     assert sum(launching.values()) == 14, dict(launching)
     assert launching['scaled_dot_product_attention'] == 1 and launching['rms_norm'] == 2
+    assert launching['addmm_'] == 2 and 'copy_' not in launching and 'addmm' not in launching
+    embeds = torch.randn(1, 40, fast.llm.embed.embedding_dim)
+    saved = embeds.clone()
+    with torch.inference_mode():
+        fast.llm.prefill(embeds, torch.tensor([39]))
+        fast.llm.encode(embeds)
+    assert torch.equal(embeds, saved)
+
+
+def test_the_counter_sees_the_copy_of_an_out_of_place_addmm():
+    a, b, c = torch.zeros(2, 3), torch.ones(2, 4), torch.ones(4, 3)
+    with OpCounter() as out_of_place:
+        torch.addmm(a, b, c)
+    with OpCounter() as in_place:
+        a.addmm_(b, c)
+    assert out_of_place.launching == {'addmm': 1, 'copy_': 1}
+    assert in_place.launching == {'addmm_': 1}
+    assert torch.equal(a, torch.full((2, 3), 4.0))
 
 
 def test_fused_weights_are_views_not_copies(policy):
@@ -191,7 +220,7 @@ def test_fused_weights_are_views_not_copies(policy):
 class EmptyGraph:
     """A capture that recorded nothing: its outputs keep what the eager run left in them."""
 
-    def __init__(self, fn, pool, device, warmup=2):
+    def __init__(self, fn, pool, stream, warmup=2):
         self.output = fn()
 
     def replay(self):
@@ -203,11 +232,11 @@ class FailingGraph:
 
     calls = 0
 
-    def __init__(self, fn, pool, device, warmup=2):
+    def __init__(self, fn, pool, stream, warmup=2):
         FailingGraph.calls += 1
         if FailingGraph.calls == 1:
             raise ValueError('capture invalidated')
-        self.inner = EagerGraph(fn, pool, device)
+        self.inner = EagerGraph(fn, pool, stream)
         self.output = self.inner.output
 
     def replay(self):
@@ -217,8 +246,11 @@ class FailingGraph:
 def test_an_empty_graph_fails_its_check(monkeypatch):
     x = torch.arange(6.0)
     monkeypatch.setattr(graphs_module, '_Graph', EmptyGraph)
+    graphs = GraphCapture('cpu')
     with pytest.warns(RuntimeWarning, match='differs from the eager run'):
-        assert GraphCapture('cpu').capture('probe', lambda: x * 2) is None
+        assert graphs.capture('probe', lambda: x * 2) is None
+    assert capture_report(graphs) == {'captured': [],
+                                      'failed': [['probe', 'differs: max |diff| 10']]}
 
 
 def test_a_failed_capture_runs_eagerly_and_later_captures_still_work(monkeypatch):
@@ -231,6 +263,8 @@ def test_a_failed_capture_runs_eagerly_and_later_captures_still_work(monkeypatch
     second = graphs.capture('second', lambda: x * 3)
     assert second is not None and torch.equal(second.replay(), x * 3)
     assert graphs.failures == 1
+    assert graphs.failed == [('first', 'ValueError: capture invalidated')]
+    assert graphs.captured == ['second']
 
 
 class Linear8bitLt(torch.nn.Module):
@@ -247,6 +281,7 @@ def test_int8_language_model_runs_eagerly_with_the_vision_graph(policy, monkeypa
     assert not fast.llm_graphs
     with pytest.warns(RuntimeWarning, match='8-bit'):
         assert fast.warmup(policy.tokenizer) == 1  # the vision towers only
+    assert fast.graph_report() == {'captured': ['vision towers'], 'failed': []}
     image, prompt, key, _ = case('c03')
     assert_same_action(predict(policy, fast, image, prompt, key),
                        predict(policy, None, image, prompt, key))

@@ -11,6 +11,7 @@ import json
 import numpy as np
 from PIL import Image
 import pytest
+import torch
 
 from vla_ros.policy import graphs as graphs_module
 from vla_ros.policy.oft import OpenVLAOFTPolicy
@@ -142,7 +143,7 @@ def test_tf_resize_and_center_crop_are_bit_exact(kit):
 class EagerGraph:
     """Stand in for ``graphs._Graph`` on the CPU: a replay re-runs ``fn`` into the outputs."""
 
-    def __init__(self, fn, pool, device, warmup=2):
+    def __init__(self, fn, pool, stream, warmup=2):
         self.fn = fn
         self.output = fn()
 
@@ -157,6 +158,9 @@ def test_the_fast_paths_give_the_plain_paths_chunks(policies, kit, variant, monk
     monkeypatch.setattr(graphs_module, '_Graph', EagerGraph)
     graphed = OFTFastPath(policy, cuda_graphs=True)
     assert graphed.static_shapes and graphed.warmup() >= 3
+    report = graphed.graph_report()
+    assert report['failed'] == [] and len(report['captured']) == len(graphed._graphs)
+    assert all(name.startswith('OFT forward of ') for name in report['captured'])
     paths = {'eager': OFTFastPath(policy), 'static': OFTFastPath(policy, static_shapes=True),
              'graphed': graphed}
     for name in ('c00', 'c02'):
@@ -170,6 +174,28 @@ def test_the_fast_paths_give_the_plain_paths_chunks(policies, kit, variant, monk
                 policy.fast = None
             assert chunk.token_ids.tolist() == plain.token_ids.tolist(), label
             assert max_abs(chunk.normalized, plain.normalized) <= 1e-5, label
+
+
+@pytest.mark.parametrize('variant', ['oft_tiny_libero_l1', 'oft_tiny_aloha_l1'])
+def test_the_towers_take_every_image_in_one_pass(policies, variant):
+    """One batch of N images through the towers: the per-image loop's patches, bit for bit."""
+    policy = policies[variant]
+    images = policy.num_images
+    generator = torch.Generator().manual_seed(3)
+    pixel_values = torch.randn(1, 6 * images, 224, 224, generator=generator)
+    calls = []
+    hook = policy.model.vision_backbone.register_forward_hook(
+        lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            patches = policy.forward.patches(pixel_values)
+            loop = torch.cat([policy.model.embed_image(image)
+                              for image in pixel_values.split(6, dim=1)], dim=1)
+    finally:
+        hook.remove()
+    assert calls[0] == images and len(calls) == 1 + images  # one batch, then the loop's calls
+    assert patches.shape == (1, 256 * images, loop.shape[-1])
+    assert torch.equal(patches, loop)
 
 
 def test_unnormalisation_and_proprio_scaling_rules():

@@ -8,7 +8,9 @@ Count the aten ops that launch work, with a ``TorchDispatchMode``: the kernel bu
 A ``TorchDispatchMode`` sees every op after composite ops are decomposed and dispatched, which
 is what a CUDA graph would launch (one kernel per op here; a few ops launch two). Ops that only
 create a view, change metadata or allocate (``view``, ``transpose``, ``slice``, ``empty``...)
-launch nothing and are left out.
+launch nothing and are left out. One hidden kernel is counted: an out-of-place ``addmm`` with a
+2-D input copies it into the result before the GEMM on CUDA (``addmm_out_cuda_impl``, below
+the dispatcher); it is counted as a ``copy_`` (``addmm_`` into the input needs none).
 
 ``python -m vla_ros.bench.kernels [--model PATH]`` prints the count per decode layer for the
 plain path (transformers' own layer) and for the fast path's fused decoder.
@@ -28,6 +30,12 @@ METADATA_OPS = frozenset((
     'lift_fresh', 'empty', 'empty_like', 'empty_strided', 'new_empty', 'new_empty_strided',
     'unflatten', 'flatten', 'diagonal', 'movedim', 'expand_as', 'squeeze_', 'unsqueeze_',
 ))
+
+
+def _copies_input(func, args, kwargs):
+    """Return True for an out-of-place ``addmm`` whose 2-D input CUDA copies into the result."""
+    return (func is torch.ops.aten.addmm.default and args[0].dim() == 2
+            and kwargs.get('beta', 1) != 0)
 
 
 class OpCounter(TorchDispatchMode):
@@ -55,9 +63,12 @@ class OpCounter(TorchDispatchMode):
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if self._inside:
             self.all[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
+            if _copies_input(func, args, kwargs):
+                self.all['copy_'] += 1
+        return func(*args, **kwargs)
 
     @property
     def launching(self):

@@ -21,10 +21,14 @@ kernels               what
                       ``roll(x) * sin' == rotate_half(x) * sin``
 2                     the new k and v into the cache
 1                     attention (the additive mask is built once per step, not per layer)
-1                     o_proj with the residual folded in (``addmm``)
+1                     o_proj with the residual folded in (``addmm_`` into the residual)
 1 + 2                 gate and up in one matmul; SiLU, multiply
-1                     down_proj with the residual folded in (``addmm``)
+1                     down_proj with the residual folded in (``addmm_``)
 ====================  ==============================================================
+
+The residual additions are in place: an out-of-place ``addmm`` with a 2-D input copies that
+input into its result before the GEMM on CUDA (two kernels, 16 per layer); ``addmm_`` writes
+the GEMM with beta 1 into the residual itself. The caller's ``embeds`` are never overwritten.
 
 Fused weights without a second copy: q/k/v (and gate/up) are concatenated once into a new
 tensor and the modules' own parameters are re-pointed at views of it, so the memory stays that
@@ -132,14 +136,24 @@ class FusedBlock:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                               scale=self.scale, **self.gqa)  # (1, Hq, T, D)
 
-    def finish(self, x, y):
-        """Return the layer output: x + o_proj(y), then + MLP; ``y`` is (1, Hq, T, D)."""
+    def finish(self, x, y, owned=True):
+        """
+        Return the layer output: x + o_proj(y), then + MLP; ``y`` is (1, Hq, T, D).
+
+        ``owned``: ``x`` is this decoder's own tensor, which the residual matmuls may overwrite
+        (``addmm_``: on CUDA an out-of-place ``addmm`` with a 2-D input first copies it into
+        the result, one more kernel); False for the caller's ``embeds``, which stay unchanged.
+        """
         tokens, width = x.shape[1], x.shape[2]
         attn, mlp = self.layer.self_attn, self.layer.mlp
         y = y.transpose(1, 2).reshape(tokens, -1)  # (T, C)
         if self.qkv is not None:
-            x = torch.addmm(x.view(tokens, width), y, attn.o_proj.weight.t())
-            x = x.view(1, tokens, width)
+            residual = x.view(tokens, width)  # (T, C)
+            weight = attn.o_proj.weight.t()
+            if owned:
+                x = residual.addmm_(y, weight).view(1, tokens, width)
+            else:
+                x = torch.addmm(residual, y, weight).view(1, tokens, width)
         else:
             x = x + attn.o_proj(y).view(1, tokens, width)
         h = self.norm(x, 'post_attention_layernorm')
@@ -147,8 +161,9 @@ class FusedBlock:
             return x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
         gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)  # (1, T, F) each
         hidden = (mlp.act_fn(gate) * up).view(tokens, -1)  # (T, F)
-        return torch.addmm(x.view(tokens, width), hidden,
-                           mlp.down_proj.weight.t()).view(1, tokens, width)
+        # x is owned here: an unowned input was left behind by the o_proj step.
+        x.view(tokens, width).addmm_(hidden, mlp.down_proj.weight.t())
+        return x
 
 
 class FusedLlama:
@@ -211,7 +226,7 @@ class FusedLlama:
                 q, k, v = block.attention_inputs(x, cos, sin)
                 k_cache[:, :, :length].copy_(k)
                 v_cache[:, :, :length].copy_(v)
-                x = block.finish(x, block.attend(q, k, v, causal=True))
+                x = block.finish(x, block.attend(q, k, v, causal=True), x is not embeds)
         return self._logits(x.index_select(1, last))  # (1, V)
 
     def decode_step(self, token, pos, length=None):
@@ -250,5 +265,5 @@ class FusedLlama:
         with attention_backends(self.device, masked=key_mask is not None):
             for block in self.layers:
                 q, k, v = block.attention_inputs(x, cos, sin)
-                x = block.finish(x, block.attend(q, k, v, key_mask))
+                x = block.finish(x, block.attend(q, k, v, key_mask), x is not embeds)
         return self._norm(x)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from vla_ros.policy.decoder import FusedLlama
-from vla_ros.policy.graphs import GraphCapture
+from vla_ros.policy.graphs import capture_report, GraphCapture
 
 
 FAST_MAX_SEQ = 512  # static cache positions: 256 patches + prompt + generated tokens
@@ -85,6 +85,7 @@ class FastPath:
             self.pixels = new((1, 3 * len(self.processor.towers), *crop), device=self.device)
         self._vision_graph = self._decode_graph = None
         self._prefill_graphs = {}
+        self._capture = None  # warmup's GraphCapture: what it captured, what failed
 
     # ---- preprocessing --------------------------------------------------------------------------
     def inputs(self, image, input_ids):
@@ -180,7 +181,7 @@ class FastPath:
         if image is None:
             image = np.full((224, 224, 3), 128, np.uint8)
         ids_list = tokenizer.model_input_ids(prompt)
-        graphs = GraphCapture(self.device)
+        graphs = self._capture = GraphCapture(self.device)
         with torch.inference_mode(), graphs.on_device():
             pixel_values, _ = self.inputs(image, ids_list)
             patches = self.model.embed_image(pixel_values)
@@ -216,6 +217,10 @@ class FastPath:
             graphs.synchronize()
         return (len(self._prefill_graphs) + (self._vision_graph is not None)
                 + (self._decode_graph is not None))
+
+    def graph_report(self):
+        """Return the graphs captured and the failures: ``graphs.capture_report``."""
+        return capture_report(self._capture)
 
 
 class PhaseStreamer:

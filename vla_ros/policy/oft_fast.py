@@ -15,7 +15,7 @@ The only host sync is the copy of the result (a chunk of normalised actions, or 
 import torch
 
 from vla_ros.policy.decoder import FusedLlama
-from vla_ros.policy.graphs import GraphCapture
+from vla_ros.policy.graphs import capture_report, GraphCapture
 
 BUCKET = 32  # sequence lengths are padded to a multiple of this
 MAX_PROMPT = 96  # prompt ids (after the 29871 rule) the buckets cover; longer run eagerly
@@ -48,6 +48,7 @@ class OFTFastPath:
             self.key_mask = zeros((1, 1, 1, self.max_seq), device=self.device, dtype=self.dtype)
             self.slot_index = zeros(self.slots, dtype=torch.long, device=self.device)
         self._graphs = {}
+        self._capture = None  # warmup's GraphCapture: what it captured, what failed
 
     def _bucket(self, length):
         return -(-length // BUCKET) * BUCKET
@@ -98,7 +99,7 @@ class OFTFastPath:
         """Capture one CUDA graph per bucket (when enabled); return the number captured."""
         if not self.cuda_graphs:
             return 0
-        graphs = GraphCapture(self.device)
+        graphs = self._capture = GraphCapture(self.device)
         with torch.inference_mode(), graphs.on_device():
             shortest = self._bucket(1 + self.prefix + 2 + self.slots + 1)
             for bucket in range(shortest, self.max_seq + BUCKET, BUCKET):
@@ -116,3 +117,7 @@ class OFTFastPath:
                     self._graphs[bucket] = graph
             graphs.synchronize()
         return len(self._graphs)
+
+    def graph_report(self):
+        """Return the graphs captured and the failures: ``graphs.capture_report``."""
+        return capture_report(self._capture)
