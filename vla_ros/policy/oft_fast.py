@@ -35,7 +35,6 @@ class OFTFastPath:
         self.llm = FusedLlama(model.language_model, self.max_seq, cache=False)
         self.cuda_graphs = self.device.type == 'cuda' if cuda_graphs is None else cuda_graphs
         self.static_shapes = self.cuda_graphs if static_shapes is None else static_shapes
-        self.table = policy.image_processor.table.to(self.device)  # (6, 256) float32
         self.prompt_limit = MAX_PROMPT
         images = constants.num_images
         tokens = self.max_seq - self.prefix  # ids of the longest bucket
