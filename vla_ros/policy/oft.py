@@ -234,6 +234,12 @@ class OpenVLAOFTPolicy(StatsKeys):
             state = torch.tensor(normalized[None], dtype=torch.float32, device=self.device)
         prompt_ids = self.tokenizer.model_input_ids(build_prompt(instruction))
         slots = self.constants.num_action_slots
+        positions = self.model.llama_config.max_position_embeddings
+        limit = positions - self.forward.num_patches - slots - 1  # the sequence fills them all
+        if len(prompt_ids) > limit:
+            raise InputError(f'the instruction gives a prompt of {len(prompt_ids)} token ids; '
+                             f'this model takes at most {limit} (its {positions} positions less '
+                             'the image patches and action slots): shorten the instruction.')
         ids = torch.tensor([sequence_ids(prompt_ids, slots)], device=self.device)  # (1, L + K + 1)
         keep = torch.ones((1, ids.shape[1], 1), device=self.device)
         keep[:, len(prompt_ids):len(prompt_ids) + slots] = 0  # the action slots become zeros
