@@ -97,6 +97,8 @@ class OpenVLAOFTPolicy(StatsKeys):
         self.image_processor = backbone.image_processor
         self.tokenizer = backbone.tokenizer
         self.device, self.dtype = backbone.device, backbone.dtype
+        # Every path normalises on the device, so the lookup table lives there: (6, 256) float32.
+        self.table = self.image_processor.table.to(self.device)
         self.quantization, self.weight_bytes = backbone.quantization, backbone.weight_bytes
         self.constants = constants
         self.center_crop = bool(center_crop)
@@ -236,14 +238,19 @@ class OpenVLAOFTPolicy(StatsKeys):
             state = torch.tensor(normalized[None], dtype=torch.float32, device=self.device)
         prompt_ids = self.tokenizer.model_input_ids(build_prompt(instruction))
         slots = self.constants.num_action_slots
+        positions = self.model.llama_config.max_position_embeddings
+        limit = positions - self.forward.num_patches - slots - 1  # the sequence fills them all
+        if len(prompt_ids) > limit:
+            raise InputError(f'the instruction gives a prompt of {len(prompt_ids)} token ids; '
+                             f'this model takes at most {limit} (its {positions} positions less '
+                             'the image patches and action slots): shorten the instruction.')
         ids = torch.tensor([sequence_ids(prompt_ids, slots)], device=self.device)  # (1, L + K + 1)
         keep = torch.ones((1, ids.shape[1], 1), device=self.device)
         keep[:, len(prompt_ids):len(prompt_ids) + slots] = 0  # the action slots become zeros
-        table = getattr(self.fast, 'table', None)
         pixel_values = torch.cat([self.image_processor.normalize(
             torch.from_numpy(self.image_processor.crops(prepare_image(image, self.center_crop,
                                                                       i))).to(self.device),
-            table) for i, image in enumerate(images)], dim=1)  # (1, 6N, 224, 224)
+            self.table) for i, image in enumerate(images)], dim=1)  # (1, 6N, 224, 224)
         return pixel_values, ids, keep, state
 
     def _run_plain(self, pixel_values, ids, keep, proprio, clock):

@@ -7,7 +7,8 @@ end to a bucket of ``BUCKET`` positions; an additive key mask keeps the padding 
 real position's attention, and the action slots are gathered by an index buffer, so one graph
 serves every prompt length in its bucket. On CUDA one graph per bucket is captured at load
 (``GraphCapture``: on the policy's device, checked against an eager run, eager on failure); on
-the CPU the same code runs eagerly, in exact shapes unless ``static_shapes``.
+the CPU the same code runs eagerly, in exact shapes unless ``static_shapes``. A prompt past the
+buckets (``MAX_PROMPT`` ids) runs eagerly in exact shapes, up to the model's last position.
 
 The only host sync is the copy of the result (a chunk of normalised actions, or K token ids).
 """
@@ -32,10 +33,11 @@ class OFTFastPath:
         self.slots = constants.num_action_slots
         self.prefix = self.forward.num_patches  # image patches (+ the proprio token)
         self.max_seq = self._bucket(1 + self.prefix + MAX_PROMPT + self.slots)
-        self.llm = FusedLlama(model.language_model, self.max_seq, cache=False)
+        # RoPE rows for every position the model has: prompts past the buckets run eagerly.
+        positions = model.language_model.config.max_position_embeddings
+        self.llm = FusedLlama(model.language_model, max(self.max_seq, positions), cache=False)
         self.cuda_graphs = self.device.type == 'cuda' if cuda_graphs is None else cuda_graphs
         self.static_shapes = self.cuda_graphs if static_shapes is None else static_shapes
-        self.table = policy.image_processor.table.to(self.device)  # (6, 256) float32
         self.prompt_limit = MAX_PROMPT
         images = constants.num_images
         tokens = self.max_seq - self.prefix  # ids of the longest bucket

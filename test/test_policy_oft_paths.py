@@ -1,0 +1,89 @@
+"""
+OpenVLA-OFT's paths on the miniature the package writes itself (no golden files needed).
+
+Every tensor of the eager forward on the policy's device (checked on torch's ``meta`` device,
+which the CPU has: a tensor left on the CPU raises there as it does on CUDA). Prompts past the
+fast path's buckets give the plain path's chunks; past the model's positions, a named error.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from vla_ros.policy import InputError
+from vla_ros.policy.oft import OpenVLAOFTPolicy
+from vla_ros.policy.oft_fast import OFTFastPath
+from vla_ros.policy.policy import Backbone, PhaseClock
+from vla_ros.policy.processing import build_prompt
+from vla_ros.policy.tiny import write_tiny_oft_checkpoint
+
+pytestmark = pytest.mark.usefixtures('torch_one_thread')
+IMAGES = [np.full((224, 224, 3), 100, np.uint8), np.full((224, 224, 3), 200, np.uint8)]
+STATE = np.zeros(8)
+KEY = 'synth_oft_libero'
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    return write_tiny_oft_checkpoint(tmp_path_factory.mktemp('oft') / 'libero')
+
+
+def on_meta(checkpoint):
+    """Load the miniature on the CPU, then move every module to ``meta`` and build it there."""
+    cpu = OpenVLAOFTPolicy.from_pretrained(checkpoint, device='cpu', fast=False)
+    meta = torch.device('meta')
+    backbone = Backbone(model=cpu.model.to(meta), config=cpu.config,
+                        image_processor=cpu.image_processor, tokenizer=cpu.tokenizer,
+                        device=meta, dtype=cpu.dtype, quantization=None, weight_bytes=0,
+                        eos_token_id=2)
+    return OpenVLAOFTPolicy(backbone, cpu.constants, cpu.forward.action_head.to(meta),
+                            cpu.forward.proprio_projector.to(meta))
+
+
+def test_every_path_runs_on_the_policys_device(checkpoint):
+    """The normalisation table follows the policy: no CPU tensor meets a device one."""
+    policy = on_meta(checkpoint)
+    with torch.inference_mode():
+        inputs = policy.inputs(IMAGES, 'pick up the bowl', STATE, KEY)
+        assert {tensor.device.type for tensor in inputs} == {'meta'}
+        plain = policy._run_plain(*inputs, PhaseClock(policy.device, exact=False))
+        fast = OFTFastPath(policy).run(*inputs)
+    assert plain.device.type == fast.device.type == 'meta'
+    assert plain.shape == fast.shape == (1, 8, 7)
+
+
+@pytest.fixture(scope='module')
+def policy(checkpoint):
+    return OpenVLAOFTPolicy.from_pretrained(checkpoint, device='cpu', fast=False)
+
+
+def instruction_of(policy, ids):
+    """Return an instruction of about ``ids`` prompt ids (the fast path's MAX_PROMPT: 96)."""
+    words = ' '.join(['pick up the red cup and put it in the bowl'] * (ids // 11))
+    length = len(policy.tokenizer.model_input_ids(build_prompt(words)))
+    assert abs(length - ids) < 0.1 * ids, length
+    return words
+
+
+@pytest.mark.parametrize('ids', [130, 300])
+def test_long_prompts_run_on_the_fast_paths_as_on_the_plain_one(policy, ids):
+    instruction = instruction_of(policy, ids)
+    plain = policy.predict(IMAGES, instruction, STATE, KEY)
+    for fast in (OFTFastPath(policy), OFTFastPath(policy, static_shapes=True)):  # CPU, CUDA
+        policy.fast = fast
+        try:
+            chunk = policy.predict(IMAGES, instruction, STATE, KEY)
+        finally:
+            policy.fast = None
+        assert np.abs(chunk.normalized - plain.normalized).max() <= 1e-5
+
+
+def test_a_prompt_past_the_models_positions_is_refused_by_name(policy):
+    instruction = instruction_of(policy, 1500)  # 513 patches + 1510 ids + 57 > 2048 positions
+    for fast in (None, OFTFastPath(policy)):
+        policy.fast = fast
+        try:
+            with pytest.raises(InputError, match='at most 1478 .* shorten the instruction'):
+                policy.predict(IMAGES, instruction, STATE, KEY)
+        finally:
+            policy.fast = None
