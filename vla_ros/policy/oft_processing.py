@@ -102,37 +102,61 @@ def _spans(in_size, out_size):
     return starts, weights
 
 
-def _gather(image, starts, weights, axis):
+@functools.lru_cache(maxsize=64)
+def _taps(in_size, out_size, device):
+    """Return the spans by span position: indices (span, out), weights (span, out, 1)."""
+    starts, weights = _spans(in_size, out_size)
+    index = np.minimum(starts[:, None] + np.arange(weights.shape[1]), in_size - 1)
+    return (torch.from_numpy(np.ascontiguousarray(index.T)).to(device),
+            torch.from_numpy(np.ascontiguousarray(weights.T)[:, :, None]).to(device))
+
+
+def _resize_rows(image, out_size):
     """
-    Weighted sum along ``axis`` of ``image`` (a float32 tensor), in float32 in TF's order.
+    Resize ``image`` (in_size, N), float32, along its rows to (out_size, N), in TF's order.
 
     One multiply and one add per span position, as separate float32 operations (no fused
-    multiply-add), accumulated from the first position on: TF's loop, bit for bit.
+    multiply-add), accumulated from the first position on: TF's loop, bit for bit. Two
+    preallocated buffers instead of a temporary per operation.
     """
-    size = image.shape[axis]
-    shape = [1] * image.dim()
-    shape[axis] = -1
-    out = None
-    for j in range(weights.shape[1]):
-        index = torch.from_numpy(np.minimum(starts + j, size - 1))
-        weight = torch.from_numpy(weights[:, j].copy()).view(shape)
-        term = image.index_select(axis, index).mul_(weight)
-        out = term if out is None else out.add_(term)
+    index, weights = _taps(image.shape[0], out_size, image.device)
+    out = image.new_empty(out_size, image.shape[1])
+    term = torch.empty_like(out)
+    torch.index_select(image, 0, index[0], out=out).mul_(weights[0])
+    for j in range(1, index.shape[0]):
+        out.add_(torch.index_select(image, 0, index[j], out=term).mul_(weights[j]))
     return out
 
 
-def tf_resize(image, size=SIZE):
-    """Return ``image`` (H, W, 3) uint8 as OFT's ``resize_image_for_policy`` does: (size, size)."""
+def lanczos3_resize(image, size=SIZE, device=None):
+    """
+    Return ``image`` (H, W, 3) uint8 resized as TF's lanczos3 ``ScaleAndTranslate``: (size, size).
+
+    Rows first, then columns, as TF; the column pass runs on the transposed image so that both
+    passes gather whole contiguous rows. Rounded half to even, clipped to uint8. ``device``
+    (default CPU) runs the same float32 operations there, each its own kernel, still exact.
+    """
+    height, width, _ = image.shape
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).view(height, width * 3)
+    rows = _resize_rows(x.float(), size)  # (size, W * 3)
+    columns = rows.view(size, width, 3).transpose(0, 1).reshape(width, size * 3)  # (W, size * 3)
+    out = _resize_rows(columns, size).view(size, size, 3).transpose(0, 1)  # (size, size, 3)
+    return out.round().clamp_(0, 255).to(torch.uint8).cpu().numpy()  # round: half to even, as TF
+
+
+def jpeg_round_trip(image):
+    """Return ``image`` (H, W, 3) uint8 through TF's JPEG encode (quality 95, 4:2:0) and decode."""
     import simplejpeg
 
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format='JPEG', quality=JPEG_QUALITY, subsampling=2)
-    decoded = simplejpeg.decode_jpeg(buffer.getvalue(), colorspace='RGB', fastdct=True,
-                                     fastupsample=False)  # (H, W, 3) uint8, as TF decodes
-    x = torch.from_numpy(decoded).float()  # (H, W, 3)
-    rows = _gather(x, *_spans(x.shape[0], size), axis=0)  # (size, W, 3)
-    out = _gather(rows, *_spans(x.shape[1], size), axis=1).numpy()  # (size, size, 3)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)  # np.round: half to even, as TF
+    return simplejpeg.decode_jpeg(buffer.getvalue(), colorspace='RGB', fastdct=True,
+                                  fastupsample=False)  # (H, W, 3) uint8, as TF decodes
+
+
+def tf_resize(image, size=SIZE, device=None):
+    """Return ``image`` (H, W, 3) uint8 as OFT's ``resize_image_for_policy`` does: (size, size)."""
+    return lanczos3_resize(jpeg_round_trip(image), size, device)
 
 
 def as_uint8_rgb(image, index):
