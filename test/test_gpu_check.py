@@ -6,6 +6,8 @@ The same script, the same steps and outputs as the README's GPU command; only ``
 """
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 
@@ -14,16 +16,30 @@ import pytest
 
 from vla_ros.bench import gpu_check
 
-STEPS = ['environment', 'tests', 'profile', 'openvla', 'oft', 'table']
+STEPS = ['wheels', 'environment', 'tests', 'profile', 'openvla', 'oft', 'preprocess', 'table']
 DRY_RUN = ['--device', 'cpu', '--random', 'tiny', '--n', '2',
            '--tests', 'test/test_gpu_check.py::test_kernel_classes']
 
 
+def readme_gpu_command():
+    """Return the README's GPU command, split (the one line that runs ``gpu_check``)."""
+    (line,) = [line for line in (REPO / 'README.md').read_text().splitlines()
+               if 'python3 -m vla_ros.bench.gpu_check' in line]
+    return shlex.split(line)
+
+
 def dry_run(out, *extra):
-    """Run the check as the GPU command does (its own process, from the repository root)."""
-    return subprocess.run([sys.executable, '-m', 'vla_ros.bench.gpu_check', '--out', str(out),
-                           '--wheels', str(out / 'no-wheels'), *DRY_RUN, *extra], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    """Run the README's GPU command on the CPU: its own process, from the repository root."""
+    env, command = dict(os.environ), readme_gpu_command()
+    while '=' in command[0]:  # leading VAR=value assignments
+        key, value = command.pop(0).split('=', 1)
+        env[key] = value
+    assert command[0] == 'python3'
+    command = [sys.executable, *(str(out) if arg == '$OUT' else arg for arg in command[1:])]
+    # --device cpu --random tiny and the rest come last: argparse keeps the last value. The
+    # README's .whl holds the GPU machine's Python 3.12 wheels: none here.
+    return subprocess.run([*command, '--wheels', str(out / 'no-wheels'), *DRY_RUN, *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
@@ -68,6 +84,10 @@ def test_dry_run_passes_and_its_reports_become_gpu_rows(tmp_path):
     report = json.loads(report_path.read_text())
     assert sum(report['kernels_per_decode_layer'].values()) == 14
     assert report['meta']['graphs'] == {'captured': [], 'failed': []}
+    (preprocess_path,) = out.glob('*-oft-preprocess.json')
+    figures = json.loads(preprocess_path.read_text())['resize_on']['cpu']
+    assert set(figures) == {'encode', 'decode', 'resize', 'total'}
+    assert figures['total'][0] >= figures['resize'][0] > 0
     (oft_path,) = out.glob('*-openvla-ofttiny.json')
     oft = json.loads(oft_path.read_text())
     assert oft['forward_passes_per_action'] == {'openvla_oft': 0.125, 'openvla': 7.0}

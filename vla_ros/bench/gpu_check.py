@@ -4,16 +4,19 @@ The GPU check in one go, on the lent GPU machine as it is (about 5 minutes on on
     python3 -m vla_ros.bench.gpu_check --out DIR [--wheels .whl] [--n 50]
 
 It runs with whatever ``python3`` the machine has (no venv, no network, no ROS): it reads only
-the repository's working tree, and installs the wheels in ``--wheels`` (what the machine lacks:
-``make gpu-wheels`` downloads them here) into a folder of its own. Its steps:
+the repository's working tree. Its steps:
 
+0. ``wheels``: the wheels in ``--wheels`` (what the machine lacks: ``make gpu-wheels`` downloads
+   them on the development machine) installed into a folder of its own;
 1. ``environment``: the machine, CUDA, the driver, the host CPU, the versions;
 2. ``tests``: ``pytest test/test_policy_fast.py`` (its CUDA-only tests run there);
 3. ``profile``: the kernels one decode step of OpenVLA-7B (random weights, bf16) launches, with
    the GPU time per kernel class, and the time of one replay of the captured step;
 4. ``openvla``: ``python -m vla_ros.bench --random 7b`` (fast path, plain, ``generate()``);
 5. ``oft``: ``python -m vla_ros.bench.oft --random 7b`` (LIBERO: 2 images, proprio, chunk 8);
-6. ``table``: docs/PERFORMANCE.md with its GPU table regenerated from docs/perf/ and this run.
+6. ``preprocess``: OFT's TF-exact preprocessing per 640 x 480 frame, the resize on the host CPU
+   and on the GPU (``python -m vla_ros.bench.preprocess``);
+7. ``table``: docs/PERFORMANCE.md with its GPU table regenerated from docs/perf/ and this run.
 
 Every output goes under ``--out``: the benchmark JSONs, ``steps.json`` (each step's status,
 seconds and error, rewritten as each step ends), ``gpu-check.log`` (appended as it goes) and
@@ -64,20 +67,6 @@ def kernel_class(name):
         if re.search(pattern, name, re.IGNORECASE):
             return label
     return 'other'
-
-
-def install_wheels(folder):
-    """Install the wheels in ``folder`` (no index, no deps) in a new folder; return it, or None."""
-    wheels = sorted(str(p) for p in Path(folder).glob('*.whl'))
-    if not wheels:
-        return None
-    target = tempfile.mkdtemp(prefix='vla-gpu-site-')
-    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps',
-                    '--no-compile', '--no-cache-dir', '--target', target, *wheels], check=True)
-    sys.path.insert(0, target)
-    os.environ['PYTHONPATH'] = os.pathsep.join(  # the tests step's pytest imports them too
-        filter(None, (target, os.environ.get('PYTHONPATH'))))
-    return target
 
 
 # ---- the steps ----------------------------------------------------------------------------------
@@ -170,6 +159,24 @@ class Check:
         self.say(f'== {name}: {result["status"]} in {result["seconds"]} s')
         (self.out / 'steps.json').write_text(json.dumps(self.results, indent=2) + '\n')
 
+    def wheels(self):
+        """Install the wheels of ``--wheels`` (no index, no deps) into a folder of their own."""
+        wheels = sorted(str(p) for p in Path(self.args.wheels or '').glob('*.whl')) \
+            if self.args.wheels else []
+        self.say(f"wheels: {', '.join(Path(w).name for w in wheels) or 'none'}")
+        if not wheels:
+            return None
+        target = tempfile.mkdtemp(prefix='vla-gpu-site-')
+        done = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index',
+                               '--no-deps', '--no-compile', '--no-cache-dir', '--target', target,
+                               *wheels], capture_output=True, text=True)
+        if done.returncode:
+            return f'pip install of the wheels failed:\n{done.stdout}{done.stderr}'
+        sys.path.insert(0, target)
+        os.environ['PYTHONPATH'] = os.pathsep.join(  # the tests step's pytest imports them too
+            filter(None, (target, os.environ.get('PYTHONPATH'))))
+        return None
+
     def device(self):
         from vla_ros.policy.configuration import resolve_device, resolve_dtype
 
@@ -229,6 +236,17 @@ class Check:
                           ['--random', self.args.random, '--device', str(device),
                            '--dtype', str(dtype)[6:]])
 
+    def preprocess(self):
+        """Time OFT's TF-exact preprocessing per 640 x 480 frame: resize on host and GPU."""
+        from vla_ros.bench import preprocess
+
+        device = self.device()[0]
+        figures = {'cpu': preprocess.measure(self.args.n)}
+        if device.type == 'cuda':
+            figures[str(device)] = preprocess.measure(self.args.n, device=device)
+        self.write('oft-preprocess.json', {'unit': 'ms per 640x480 frame, p50 and p95, one '
+                                           'torch thread', 'resize_on': figures})
+
     def bench(self, main, name, argv):
         """Run a benchmark's ``main`` with ``--n`` and ``--json`` under --out; log its output."""
         buffer = io.StringIO()
@@ -256,7 +274,7 @@ def load_reports(paths):
     """Return {path: report} of the benchmark JSONs in ``paths`` run on CUDA (profiles apart)."""
     reports = {}
     for path in sorted(set(map(Path, paths))):
-        if path.name.endswith('-decode-profile.json') or path.name == 'steps.json':
+        if path.name.endswith(('-decode-profile.json', '-preprocess.json', 'steps.json')):
             continue
         report = json.loads(path.read_text())
         if str(report.get('meta', {}).get('device', '')).startswith('cuda'):
@@ -353,10 +371,9 @@ def main(argv=None):
         return 0
     if not args.out:
         parser.error('--out DIR is required: every output of the check goes there')
-    if args.wheels:
-        install_wheels(args.wheels)
     check = Check(args)
-    for name in ('environment', 'tests', 'profile', 'openvla', 'oft', 'table'):
+    for name in ('wheels', 'environment', 'tests', 'profile', 'openvla', 'oft', 'preprocess',
+                 'table'):
         check.run(name, getattr(check, name))
     failed = [name for name, result in check.results.items() if result['status'] != 'ok']
     check.say(f"gpu-check: {'failed: ' + ', '.join(failed) if failed else 'every step ok'}; "

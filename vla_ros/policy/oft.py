@@ -247,9 +247,10 @@ class OpenVLAOFTPolicy(StatsKeys):
         ids = torch.tensor([sequence_ids(prompt_ids, slots)], device=self.device)  # (1, L + K + 1)
         keep = torch.ones((1, ids.shape[1], 1), device=self.device)
         keep[:, len(prompt_ids):len(prompt_ids) + slots] = 0  # the action slots become zeros
+        resize_on = self.device if self.device.type == 'cuda' else None  # the same bits
         pixel_values = torch.cat([self.image_processor.normalize(
-            torch.from_numpy(self.image_processor.crops(prepare_image(image, self.center_crop,
-                                                                      i))).to(self.device),
+            torch.from_numpy(self.image_processor.crops(
+                prepare_image(image, self.center_crop, i, resize_on))).to(self.device),
             self.table) for i, image in enumerate(images)], dim=1)  # (1, 6N, 224, 224)
         return pixel_values, ids, keep, state
 

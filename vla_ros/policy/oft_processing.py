@@ -144,19 +144,23 @@ def lanczos3_resize(image, size=SIZE, device=None):
     return out.round().clamp_(0, 255).to(torch.uint8).cpu().numpy()  # round: half to even, as TF
 
 
-def jpeg_round_trip(image):
-    """Return ``image`` (H, W, 3) uint8 through TF's JPEG encode (quality 95, 4:2:0) and decode."""
-    import simplejpeg
-
+def jpeg_encode(image):
+    """Return the JPEG bytes TF's ``encode_jpeg`` writes for ``image`` (quality 95, 4:2:0)."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format='JPEG', quality=JPEG_QUALITY, subsampling=2)
-    return simplejpeg.decode_jpeg(buffer.getvalue(), colorspace='RGB', fastdct=True,
-                                  fastupsample=False)  # (H, W, 3) uint8, as TF decodes
+    return buffer.getvalue()
+
+
+def jpeg_decode(data):
+    """Return JPEG ``data`` decoded as TF's ``decode_image`` does: (H, W, 3) uint8."""
+    import simplejpeg
+
+    return simplejpeg.decode_jpeg(data, colorspace='RGB', fastdct=True, fastupsample=False)
 
 
 def tf_resize(image, size=SIZE, device=None):
     """Return ``image`` (H, W, 3) uint8 as OFT's ``resize_image_for_policy`` does: (size, size)."""
-    return lanczos3_resize(jpeg_round_trip(image), size, device)
+    return lanczos3_resize(jpeg_decode(jpeg_encode(image)), size, device)
 
 
 def as_uint8_rgb(image, index):
@@ -172,11 +176,16 @@ def as_uint8_rgb(image, index):
     return image
 
 
-def prepare_image(image, center_crop, index=0):
-    """Return the 224 x 224 RGB PIL image OFT gives the processor (``prepared_*.png``)."""
+def prepare_image(image, center_crop, index=0, device=None):
+    """
+    Return the 224 x 224 RGB PIL image OFT gives the processor (``prepared_*.png``).
+
+    ``device``: where the resize's float32 passes run (the policy's GPU takes them off the host's
+    critical path; the values are the same bits).
+    """
     array = as_uint8_rgb(image, index)
     if array.shape != (SIZE, SIZE, 3):
-        array = tf_resize(array)
+        array = tf_resize(array, device=device)
     pil = Image.fromarray(np.ascontiguousarray(array)).convert('RGB')
     return center_crop_and_resize(pil) if center_crop else pil
 
