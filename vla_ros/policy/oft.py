@@ -53,18 +53,18 @@ class OFTForward:
         patches = self.model.vision_backbone.featurizer.patch_embed.num_patches
         return patches * self.constants.num_images + (self.proprio_projector is not None)
 
-    def patches(self, pixel_values):  # (1, 6N, 224, 224)
+    def patches(self, pixel_values):  # (B, 6N, 224, 224): B 1, or a training batch
         """
-        Projected patches of every image, image after image: (1, 256 N, D).
+        Projected patches of every image, image after image: (B, 256 N, D).
 
         The N images go through the towers and the projector as one batch (the reference loops
         over them: N times the kernels); on the CPU in float32 the patches are bit-identical to
         the loop's on the conformance checkpoints, on CUDA a GEMM of twice the rows may pick
         another kernel (rounding within bf16 noise).
         """
-        images = pixel_values.reshape(-1, 6, *pixel_values.shape[2:])  # (N, 6, 224, 224)
-        patches = self.model.embed_image(images)  # (N, 256, D)
-        return patches.reshape(1, -1, patches.shape[-1])  # (1, 256 N, D)
+        images = pixel_values.reshape(-1, 6, *pixel_values.shape[2:])  # (B N, 6, 224, 224)
+        patches = self.model.embed_image(images)  # (B N, 256, D)
+        return patches.reshape(pixel_values.shape[0], -1, patches.shape[-1])  # (B, 256 N, D)
 
     def sequence(self, ids, keep, patches, proprio):
         """
