@@ -201,7 +201,12 @@ class Check:
         command = [sys.executable, '-m', 'pytest', *self.args.tests, '-q', '-rs',
                    '-p', 'no:cacheprovider']
         self.say(' '.join(command))
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        try:  # bounded: the benchmarks after it must still fit in the GPU lease
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                  timeout=self.args.tests_timeout)
+        except subprocess.TimeoutExpired as err:
+            self.say((err.stdout or b'').decode(errors='replace')[-6000:])  # bytes, always
+            return f'pytest did not end within --tests-timeout {self.args.tests_timeout} s'
         self.say(done.stdout[-6000:] + done.stderr[-3000:])
         return f'pytest exited with {done.returncode}' if done.returncode else None
 
@@ -363,6 +368,8 @@ def main(argv=None):
     parser.add_argument('--n', type=int, default=50, help='timed predictions per path')
     parser.add_argument('--tests', nargs='+', default=['test/test_policy_fast.py'],
                         help='what pytest runs in the tests step')
+    parser.add_argument('--tests-timeout', type=float, default=180.0, metavar='S',
+                        help='seconds the tests step may take (default 180)')
     parser.add_argument('--update-doc', action='store_true',
                         help='only regenerate docs/PERFORMANCE.md from docs/perf/*.json')
     args = parser.parse_args(argv)
