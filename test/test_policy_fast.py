@@ -458,7 +458,7 @@ def test_same_tokens_on_100_random_images_at_full_size(full_size):
 def test_normalisation_is_bit_exact_on_the_gpu():
     processor = ImageProcessor.from_pretrained(ASSETS)  # the package's own: nothing outside it
     crops = torch.from_numpy(processor.crops(scene(7, 640, 480)))
-    on_gpu = processor.normalize(crops.cuda(), processor.table.cuda())
+    on_gpu = processor.normalize(crops.cuda())
     assert torch.equal(on_gpu.cpu(), processor.normalize(crops))
 
 

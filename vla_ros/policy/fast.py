@@ -72,7 +72,6 @@ class FastPath:
         self.llm_graphs = not any(type(m).__name__ == 'Linear8bitLt'
                                   for m in model.language_model.modules())
         self.static_shapes = self.cuda_graphs if static_shapes is None else static_shapes
-        self._table = image_processor.table.to(self.device)  # (6, 256) float32
         hidden = self.llm.embed.embedding_dim
         with torch.no_grad():
             new = torch.zeros
@@ -98,7 +97,7 @@ class FastPath:
         """
         pixels = torch.from_numpy(self.processor.crops(image)).to(self.device)  # (K, H, W, 3)
         ids = torch.tensor([input_ids], dtype=torch.long).to(self.device)  # (1, T)
-        return self.processor.normalize(pixels, self._table), ids
+        return self.processor.normalize(pixels), ids
 
     # ---- the forward pass -----------------------------------------------------------------------
     def fits(self, num_ids, num_new):

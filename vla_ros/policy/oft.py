@@ -97,8 +97,6 @@ class OpenVLAOFTPolicy(StatsKeys):
         self.image_processor = backbone.image_processor
         self.tokenizer = backbone.tokenizer
         self.device, self.dtype = backbone.device, backbone.dtype
-        # Every path normalises on the device, so the lookup table lives there: (6, 256) float32.
-        self.table = self.image_processor.table.to(self.device)
         self.quantization, self.weight_bytes = backbone.quantization, backbone.weight_bytes
         self.constants = constants
         self.center_crop = bool(center_crop)
@@ -250,8 +248,8 @@ class OpenVLAOFTPolicy(StatsKeys):
         resize_on = self.device if self.device.type == 'cuda' else None  # the same bits
         pixel_values = torch.cat([self.image_processor.normalize(
             torch.from_numpy(self.image_processor.crops(
-                prepare_image(image, self.center_crop, i, resize_on))).to(self.device),
-            self.table) for i, image in enumerate(images)], dim=1)  # (1, 6N, 224, 224)
+                prepare_image(image, self.center_crop, i, resize_on))).to(self.device))
+            for i, image in enumerate(images)], dim=1)  # (1, 6N, 224, 224)
         return pixel_values, ids, keep, state
 
     def _run_plain(self, pixel_values, ids, keep, proprio, clock):

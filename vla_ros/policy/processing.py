@@ -163,6 +163,7 @@ class ImageProcessor:
         std = torch.tensor([s for t in self.towers for s in t.std], dtype=torch.float32)
         levels = torch.arange(256, dtype=torch.uint8).float().div(255)  # (256,)
         self.table = ((levels[None] - mean[:, None]) / std[:, None]).contiguous()  # (3T, 256)
+        self._tables = {self.table.device: self.table}  # a copy per device normalised on
 
     @classmethod
     def from_pretrained(cls, path, center_crop=False):
@@ -208,14 +209,16 @@ class ImageProcessor:
             arrays.append(np.array(resized, dtype=np.uint8))  # (H, W, 3), writable
         return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)  # (K, H, W, 3)
 
-    def normalize(self, crops, table=None):
+    def normalize(self, crops):
         """
         Return pixel values (1, 3T, H, W) float32 from ``crops`` (K, H, W, 3) uint8 (any device).
 
-        One gather from ``table`` (default ``self.table``; pass a copy on the crops' device): the
+        One gather from the table on the crops' device (copied there once, on first use): the
         value of byte ``b`` in channel ``c`` is ``table[c, b]``.
         """
-        table = self.table if table is None else table
+        table = self._tables.get(crops.device)
+        if table is None:
+            table = self._tables[crops.device] = self.table.to(crops.device)
         x = crops.permute(0, 3, 1, 2)[self.tower_source]  # (T, 3, H, W): [DINOv2 | SigLIP]
         index = x.reshape(table.shape[0], -1).long()  # (3T, H * W)
         return table.gather(1, index).view(1, table.shape[0], *x.shape[2:])  # (1, 3T, H, W)
