@@ -262,9 +262,9 @@ class Check:
 
     def table(self):
         text = DOC.read_text()
-        reports = [*PERF.glob('*.json'), *self.out.glob('*.json')]
-        (self.out / DOC.name).write_text(with_table(text, gpu_table(reports)))
-        self.say(gpu_table(reports))
+        table = gpu_table([*PERF.glob('*.json'), *self.out.glob('*.json')])
+        (self.out / DOC.name).write_text(with_table(text, table))
+        self.say(table)
 
     def path(self, name):
         return self.out / f'{self.stem or "unknown-device"}-{name}'
