@@ -113,6 +113,24 @@ def test_dry_run_passes_and_its_reports_become_gpu_rows(tmp_path):
     assert doc.read_text().count(gpu_check.START) == 1
 
 
+def test_the_gpu_tests_take_no_fixture_that_reads_outside_the_working_tree():
+    """Only the working tree travels to the GPU machine: ../shared's golden files do not."""
+    done = subprocess.run([sys.executable, '-m', 'pytest', 'test/test_policy_fast.py', '-m', 'gpu',
+                           '--fixtures-per-test', '-q', '-p', 'no:cacheprovider'], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    used, test = {}, None
+    for line in done.stdout.splitlines():
+        if 'fixtures used by ' in line:
+            test = line.split('fixtures used by ', 1)[1].strip(' -')
+            used[test] = set()
+        elif test and ' -- ' in line:
+            used[test].add(line.split(' -- ', 1)[0].strip())
+    assert len(used) == 4, done.stdout[-3000:]  # the CUDA-only tests, marked gpu
+    for test, fixtures in used.items():  # the closure: a fixture that needs the kit shows here
+        assert not fixtures & {'conformance_root', 'oft_checkpoints'}, (test, fixtures)
+
+
 def test_kernel_classes():
     assert gpu_check.kernel_class('sm90_xmma_gemm_bf16bf16_bf16f32') == 'matmul'
     assert gpu_check.kernel_class('fmha_cutlassF_bf16_aligned_64x64_rf_sm80') == 'attention'

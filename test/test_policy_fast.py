@@ -27,7 +27,16 @@ from vla_ros.policy.tiny import ASSETS
 
 CASES = [f'c{i:02d}' for i in range(9)]
 LOGITS_ATOL = 1e-5  # the float32 noise floor of the conformance README
-NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+
+
+def needs_cuda(devices=1):
+    """Mark a CUDA-only test ``gpu`` (the GPU check runs these) and skip it without the GPUs."""
+    skip = pytest.mark.skipif(torch.cuda.device_count() < devices,
+                              reason='needs CUDA' if devices == 1 else 'needs two CUDA devices')
+    return lambda test: pytest.mark.gpu(skip(test))
+
+
+NEEDS_CUDA = needs_cuda()
 
 
 pytestmark = pytest.mark.usefixtures('torch_one_thread')
@@ -462,7 +471,7 @@ def test_normalisation_is_bit_exact_on_the_gpu():
     assert torch.equal(on_gpu.cpu(), processor.normalize(crops))
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA devices')
+@needs_cuda(devices=2)
 def test_fast_path_on_the_second_gpu(tiny_checkpoint):
     """Capture and replay on cuda:1: the same actions as the plain path there."""
     policy = OpenVLAPolicy.from_pretrained(tiny_checkpoint, device='cuda:1', dtype='float32',
