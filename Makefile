@@ -52,7 +52,7 @@ test-python: $(PYVER_STAMP)
 	exit $$rc
 
 demo: $(STAMP)
-	$(PY) -m vla_ros.nodes.demo $(DEMO_ARGS)
+	$(PY) -m vla_ros.closed_loop.demo $(DEMO_ARGS)
 
 # The demo's trained policy from scratch (about 105 min on 2 CPU cores, see the README): 1080
 # expert reach episodes (360 layouts x the 3 objects, seeded starts) recorded as bags by two

@@ -84,8 +84,8 @@ setup(
             'vla_eval = vla_ros.evaluation.cli:main',
             'vla_tiny_model = vla_ros.policy.tiny:main',
             'vla_finetune = vla_ros.training.cli:main',
-            'vla_record_demos = vla_ros.nodes.record_demos:main',
-            'vla_sim_eval = vla_ros.nodes.sim_eval:main',
+            'vla_record_demos = vla_ros.closed_loop.record_demos:main',
+            'vla_sim_eval = vla_ros.closed_loop.sim_eval:main',
         ],
     },
 )

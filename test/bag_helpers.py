@@ -18,8 +18,8 @@ from rosbags.highlevel import AnyReader
 from rosgraph_msgs.msg import Clock
 
 from vla_ros.control.geometry import rpy_to_quaternion
-from vla_ros.evaluation.bags import BagWriter, typestore
 from vla_ros.nodes import messages
+from vla_ros.recordings.bags import BagWriter, typestore
 from vla_ros.sim.scenes import scene
 
 NS = 1_000_000_000

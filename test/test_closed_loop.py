@@ -73,7 +73,7 @@ def test_closed_loop_runs_10_s_without_error(ros, launch, tiny_checkpoint):
 def test_demo_runs_an_oft_miniature_with_two_cameras_state_and_chunks(launch, tmp_path, policy):
     """`make demo` (the trained reach policy) and the random OFT: the summary a user reads."""
     out = tmp_path / 'demo'
-    demo = launch(sys.executable, '-m', 'vla_ros.nodes.demo', '--policy', policy,
+    demo = launch(sys.executable, '-m', 'vla_ros.closed_loop.demo', '--policy', policy,
                   '--seconds', '20', '--out', str(out))
     code = demo.wait_exit(timeout=240.0)
     text = demo.output()

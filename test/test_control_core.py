@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from vla_ros.control.concurrency import Recent
-from vla_ros.control.core import (ControlCore, Frame, FUTURE_TOLERANCE_S, infer,
-                                  matched_frames, MAX_INSTRUCTION_CHARS, Observation, State)
-from vla_ros.control.formats import ConversionError
+from vla_ros.control.core import (ControlCore, Frame, FUTURE_TOLERANCE_S, infer, matched_frames,
+                                  MAX_INSTRUCTION_CHARS, Observation, State)
+from vla_ros.control.images import ConversionError
 
 T = 1000.0  # a node clock time, s
 P = 0.05  # the control period of the chunk tests (20 Hz)

@@ -1,4 +1,4 @@
-"""Pure tests of the conversions (control.formats, nodes.messages): images, actions, no ROS."""
+"""Pure tests of the conversions (control.images and .action_layout, nodes.messages), no ROS."""
 
 import array
 import math
@@ -14,8 +14,9 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
-from vla_ros.control.formats import (ACTION_LABEL, compressed_to_rgb, ConversionError,
-                                     image_to_rgb, MAX_IMAGE_PIXELS, multiarray_to_action)
+from vla_ros.control.action_layout import ACTION_LABEL, multiarray_to_action
+from vla_ros.control.images import (compressed_to_rgb, ConversionError, image_to_rgb,
+                                    MAX_IMAGE_PIXELS)
 from vla_ros.nodes.messages import (action_to_messages, messages_to_action, rgb_to_compressed,
                                     rgb_to_image)
 

@@ -13,12 +13,12 @@ import pytest
 from rclpy.serialization import serialize_message
 from rosbags.highlevel import AnyReader
 
-from vla_ros.control import formats
+from vla_ros.control import action_layout
 from vla_ros.evaluation import cli
-from vla_ros.evaluation.bags import typestore
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
 from vla_ros.nodes import messages
 from vla_ros.policy import OpenVLAPolicy
+from vla_ros.recordings.bags import typestore
 from vla_ros.sim.scenes import scene
 
 UNNORM_KEY = 'synth_bridge'
@@ -122,7 +122,7 @@ def test_command_line_outputs_and_predictions_bag(expected, tiny_checkpoint, tmp
         assert pose.header.stamp.sec * 10**9 + pose.header.stamp.nanosec == image_stamp
         assert pose.header.frame_id == 'arm_base'  # as vla_node's action_frame
         np.testing.assert_array_equal(raw.data, action.values)
-        assert raw.layout.dim[0].label == formats.ACTION_LABEL
+        assert raw.layout.dim[0].label == action_layout.ACTION_LABEL
         np.testing.assert_allclose(messages.messages_to_action(pose, gripper),
                                    np.r_[action.values[:6], np.clip(action.values[6], 0, 1)],
                                    atol=1e-12)
@@ -147,7 +147,7 @@ def test_actions_logged_with_their_images_are_the_reference(
     valid = [k for k, a in enumerate(predicted) if a.valid]
     assert valid and m['steps_compared'] == len(valid)  # every valid step has its reference
     errors = np.abs(np.array([predicted[k].values for k in valid]) - references[valid])
-    for i, name in enumerate(formats.ACTION_LABEL.split()):
+    for i, name in enumerate(action_layout.ACTION_LABEL.split()):
         assert m['mae'][name] == pytest.approx(errors[:, i].mean(), abs=1e-12), name
 
 

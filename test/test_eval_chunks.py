@@ -23,12 +23,12 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64MultiArray
 from test_eval_errors import assert_error, run_eval
 
-from vla_ros.control.formats import multiarray_to_chunk
+from vla_ros.control.action_layout import multiarray_to_chunk
 from vla_ros.evaluation import cli, metrics
-from vla_ros.evaluation.bags import Bag, typestore
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
 from vla_ros.evaluation.options import JOINT_STATE
-from vla_ros.evaluation.steps import Instruction, StepReader
+from vla_ros.recordings.bags import Bag, typestore
+from vla_ros.recordings.steps import Instruction, StepReader
 from vla_ros.sim.scenes import scene
 
 UNNORM_KEY = 'synth_oft_libero'
@@ -68,7 +68,7 @@ def oft_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def policy(oft_checkpoint):
-    from vla_ros.policy.oft import OpenVLAOFTPolicy
+    from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
     return OpenVLAOFTPolicy.from_pretrained(oft_checkpoint, platform='libero', center_crop=True,
                                             device='cpu', dtype='float32')
 
@@ -253,10 +253,10 @@ def stub_bag(path):
 
 def test_each_step_sees_every_cameras_newest_frame_and_state_as_the_core_judges(
         tmp_path, monkeypatch):
-    from vla_ros.control import formats
+    from vla_ros.control import images
     decoded = []
-    original = formats.image_to_rgb
-    monkeypatch.setattr(formats, 'image_to_rgb', lambda msg: decoded.append(1) or original(msg))
+    original = images.image_to_rgb
+    monkeypatch.setattr(images, 'image_to_rgb', lambda msg: decoded.append(1) or original(msg))
     bag, inputs = stub_bag(tmp_path / 'bag')
     policy = StubChunkPolicy()
     options = EvalOptions(camera_topics=(FRONT, WRIST), proprio=LIBERO_PROPRIO,

@@ -11,9 +11,9 @@ import pytest
 from test_eval_bags import run_without
 
 from vla_ros.evaluation import cli
-from vla_ros.evaluation.bags import Bag, EvalError, typestore
 from vla_ros.evaluation.options import check_bag, EvalOptions
-from vla_ros.evaluation.steps import StepReader
+from vla_ros.recordings.bags import Bag, EvalError, typestore
+from vla_ros.recordings.steps import StepReader
 
 MS = 1_000_000
 INSTRUCTION = [(T0_NS, 'pick up the red cup')]

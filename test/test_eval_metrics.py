@@ -9,12 +9,13 @@ import pytest
 from rclpy.serialization import serialize_message
 from std_msgs.msg import String
 
-from vla_ros.control.formats import ConversionError
+from vla_ros.control.images import ConversionError
 from vla_ros.control.readers import string_from_cdr
-from vla_ros.evaluation import metrics, reference, steps
-from vla_ros.evaluation.bags import Bag, BagWriter
+from vla_ros.evaluation import metrics, reference
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
 from vla_ros.evaluation.report import build_metrics
+from vla_ros.recordings import steps
+from vla_ros.recordings.bags import Bag, BagWriter
 from vla_ros.sim.scenes import scene
 
 MS = 1_000_000

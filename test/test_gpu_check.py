@@ -101,11 +101,11 @@ def test_dry_run_passes_and_its_reports_become_gpu_rows(tmp_path):
         path.write_text(json.dumps(data))
     table = gpu_check.gpu_table(out.glob('*.json'))
     assert table.count('| 2026-12-01 | NVIDIA H200 |') == 2
-    assert '| – | `python -m vla_ros.bench' in table  # a CPU profile gives no kernel count
+    assert '| – | `python -m vla_ros.bench.openvla' in table  # a CPU profile gives no kernel count
     profile.update(counted='CUDA kernels', kernels_per_step=30.0)
     profile_path.write_text(json.dumps(profile))
     table = gpu_check.gpu_table(out.glob('*.json'))
-    assert '| 15.0 | `python -m vla_ros.bench ' in table
+    assert '| 15.0 | `python -m vla_ros.bench.openvla ' in table
     assert 'forward' in table and 'host preprocessing' in table
     doc = tmp_path / 'PERFORMANCE.md'
     doc.write_text((out / 'PERFORMANCE.md').read_text())

@@ -13,7 +13,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from test_conversions import oversized_jpeg, radiance_hdr
 from test_vla_node import COMMANDS, start_camera, start_node
 
-from vla_ros.control import formats
+from vla_ros.control import images
 from vla_ros.nodes import diagnostics
 from vla_ros.nodes.messages import rgb_to_compressed
 from vla_ros.sim.scenes import scene
@@ -29,11 +29,11 @@ def test_raw_and_compressed_images_from_another_process(ros, launch):
 
     image = raw.wait_for(1, timeout=20.0)[0]
     assert (image.width, image.height, image.encoding) == (640, 480, 'rgb8')
-    np.testing.assert_array_equal(formats.image_to_rgb(image), expected)
+    np.testing.assert_array_equal(images.image_to_rgb(image), expected)
 
     jpeg = compressed.wait_for(1, timeout=20.0)[0]
     assert 'jpeg' in jpeg.format
-    decoded = formats.compressed_to_rgb(jpeg)
+    decoded = images.compressed_to_rgb(jpeg)
     assert decoded.shape == expected.shape
     error = np.abs(decoded.astype(np.int16) - expected.astype(np.int16))
     assert error.mean() < 3.0 and np.percentile(error, 99) < 40

@@ -16,9 +16,8 @@ from policy_helpers import clone_checkpoint, one_thread, REPO, require_conforman
 import pytest
 from safetensors.torch import load_file, save_file
 import torch
-from vla_ros.policy import (CheckpointError, ConfigError, InputError, OpenVLAPolicy,
-                            PolicyError)
-from vla_ros.policy.quantization import import_bitsandbytes
+from vla_ros.policy import CheckpointError, ConfigError, InputError, OpenVLAPolicy, PolicyError
+from vla_ros.policy.backbone.quantization import import_bitsandbytes
 from vla_ros.policy.tiny import main as tiny_main, write_tiny_checkpoint
 
 KEY = 'synth_bridge'

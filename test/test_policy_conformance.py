@@ -11,9 +11,8 @@ from PIL import Image
 from policy_helpers import read_json
 import pytest
 from vla_ros.policy import OpenVLAPolicy
-from vla_ros.policy.actions import (action_token_range, ActionStats, bin_centers,
-                                    decode_tokens)
-from vla_ros.policy.processing import build_prompt, SPACE_TOKEN_ID
+from vla_ros.policy.actions import action_token_range, ActionStats, bin_centers, decode_tokens
+from vla_ros.policy.backbone.processing import build_prompt, SPACE_TOKEN_ID
 
 CASES = [f'c{i:02d}' for i in range(9)]
 RELATIVE = ('featurizer_patches', 'fused_featurizer_patches', 'projector_out',

@@ -1,5 +1,5 @@
 """
-The fast path (``vla_ros/policy/fast.py``) gives the plain path's actions.
+The fast path (``vla_ros/policy/openvla/fast.py``) gives the plain path's actions.
 
 On the CPU in float32, on every conformance case: the same generated ids and float64 actions,
 first-step logits within 1e-5, pixel values identical; also in the static shapes the CUDA graphs
@@ -19,10 +19,10 @@ import pytest
 import torch
 from vla_ros.bench.kernels import decode_layer_ops, OpCounter
 from vla_ros.policy import ConfigError, OpenVLAPolicy
-from vla_ros.policy import graphs as graphs_module
-from vla_ros.policy.fast import FastPath, generate_baseline
-from vla_ros.policy.graphs import capture_report, GraphCapture
-from vla_ros.policy.processing import build_prompt, ImageProcessor
+from vla_ros.policy.backbone import graphs as graphs_module
+from vla_ros.policy.backbone.graphs import capture_report, GraphCapture
+from vla_ros.policy.backbone.processing import build_prompt, ImageProcessor
+from vla_ros.policy.openvla.fast import FastPath, generate_baseline
 from vla_ros.policy.tiny import ASSETS
 
 CASES = [f'c{i:02d}' for i in range(9)]
@@ -347,9 +347,9 @@ def test_a_deep_random_model_is_tame_in_bf16():
     (128) but 256 wide, on 64 random token ids: measured 0.02 std; with q and k three times
     wider (the miniature's gain), 0.7 to 1.0 (1.2 at full width), which no bf16 path could pass.
     """
-    from vla_ros.bench.__main__ import init_random_, random_config
-    from vla_ros.policy.modeling import OpenVLAModel
-    from vla_ros.policy.weights import materialize_buffers
+    from vla_ros.bench.openvla import init_random_, random_config
+    from vla_ros.policy.backbone.modeling import OpenVLAModel
+    from vla_ros.policy.backbone.weights import materialize_buffers
 
     tiny = random_config('tiny')
     config = dataclasses.replace(tiny, text_config=dict(
@@ -377,8 +377,8 @@ def test_a_deep_random_model_is_tame_in_bf16():
 @pytest.fixture(scope='module')
 def full_size():
     """Real openvla-7b architecture, random weights: float32 reference logits, then bf16."""
-    from vla_ros.bench.__main__ import build_random
-    from vla_ros.policy.weights import materialize_buffers
+    from vla_ros.bench.openvla import build_random
+    from vla_ros.policy.backbone.weights import materialize_buffers
 
     device = torch.device('cuda')
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -13,11 +13,11 @@ from PIL import Image
 import pytest
 import torch
 
-from vla_ros.policy import graphs as graphs_module
-from vla_ros.policy.oft import OpenVLAOFTPolicy
-from vla_ros.policy.oft_configuration import Bounds, OFTConstants
-from vla_ros.policy.oft_fast import OFTFastPath
-from vla_ros.policy.oft_processing import prepare_image, tf_resize
+from vla_ros.policy.backbone import graphs as graphs_module
+from vla_ros.policy.oft.configuration import Bounds, OFTConstants
+from vla_ros.policy.oft.fast import OFTFastPath
+from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
+from vla_ros.policy.oft.processing import prepare_image, tf_resize
 
 VARIANTS = {'oft_tiny_libero_l1': ('libero', 'l1'),
             'oft_tiny_libero_discrete': ('libero', 'discrete'),

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from vla_ros.policy import CheckpointError, ConfigError, InputError
-from vla_ros.policy.oft import OpenVLAOFTPolicy
-from vla_ros.policy.oft_modeling import load_component
+from vla_ros.policy.oft.modeling import load_component
+from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
 
 pytestmark = pytest.mark.usefixtures('torch_one_thread')
 IMAGES = [np.full((224, 224, 3), 100, np.uint8), np.full((224, 224, 3), 200, np.uint8)]

@@ -8,7 +8,7 @@ resize alone on sizes the kit lacks: downsizing both ways, one side kept, upsizi
 import numpy as np
 import pytest
 
-from vla_ros.policy import oft_processing
+from vla_ros.policy.oft import processing as oft_processing
 
 
 def reference_resize(image, size):

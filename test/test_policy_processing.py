@@ -8,8 +8,8 @@ from policy_helpers import scene
 import pytest
 import torch
 from vla_ros.policy import InputError
-from vla_ros.policy.processing import (build_prompt, center_crop_and_resize, ImageProcessor,
-                                       PromptTokenizer, to_rgb)
+from vla_ros.policy.backbone.processing import (build_prompt, center_crop_and_resize,
+                                                ImageProcessor, PromptTokenizer, to_rgb)
 from vla_ros.policy.tiny import ASSETS
 
 # sha256 of TensorFlow 2.21's output for OpenVLA's crop_and_resize steps (convert_image_dtype,

@@ -4,8 +4,8 @@ from policy_helpers import conformance_dir, read_json
 import pytest
 import torch
 
-from vla_ros.policy.configuration import openvla_7b_config
-from vla_ros.policy.modeling import OpenVLAModel
+from vla_ros.policy.backbone.configuration import openvla_7b_config
+from vla_ros.policy.backbone.modeling import OpenVLAModel
 
 
 @pytest.fixture(scope='module')
@@ -86,8 +86,8 @@ def oft_head_shapes(action_dim, proprio_dim, width=4096, blocks=2):
 
 @pytest.mark.parametrize('platform', ['libero', 'aloha'])
 def test_oft_7b_heads_load_every_released_tensor_name(platform, model, released):
-    from vla_ros.policy.oft_configuration import OFTConstants
-    from vla_ros.policy.oft_modeling import L1RegressionHead, load_into, ProprioProjector
+    from vla_ros.policy.oft.configuration import OFTConstants
+    from vla_ros.policy.oft.modeling import L1RegressionHead, load_into, ProprioProjector
 
     constants = OFTConstants.for_platform(platform)
     width = model.llama_config.hidden_size

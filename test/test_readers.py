@@ -14,11 +14,11 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
-from vla_ros.control.formats import ConversionError
+from vla_ros.control.images import ConversionError
 from vla_ros.control.readers import (header_stamp_ns_from_cdr, ns_to_seconds, read_joints,
                                      read_pose, stamp_ns, stamp_seconds, string_from_cdr)
 from vla_ros.control.state import StateLayout
-from vla_ros.evaluation.bags import to_rosbags, typestore
+from vla_ros.recordings.bags import to_rosbags, typestore
 
 LAYOUT = ('ee_position', 'ee_quaternion', 'joint:finger_left')
 

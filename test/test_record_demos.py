@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from vla_ros.evaluation.bags import Bag
-from vla_ros.nodes import record_demos
+from vla_ros.closed_loop import record_demos
+from vla_ros.recordings.bags import Bag
 from vla_ros.sim import tasks
 from vla_ros.sim.arm import HOME_POSITION
 

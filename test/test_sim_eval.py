@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vla_ros.evaluation import sim_report
+from vla_ros.closed_loop import sim_report
 from vla_ros.sim import tasks
 
 Z95 = 1.959963984540054  # the normal quantile of 0.975
@@ -130,7 +130,7 @@ def test_frame_strip_puts_the_frames_side_by_side(tmp_path):
      'the episode seeds go up to 9223372036854775808'),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
-    from vla_ros.nodes import sim_eval
+    from vla_ros.closed_loop import sim_eval
     with pytest.raises(SystemExit) as exit_:
         sim_eval.parse_args(argv + ['--out', str(tmp_path / 'out')])
     err = capsys.readouterr().err
@@ -139,7 +139,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
 
 
 def test_vla_node_parameters_and_rclpy_ones_are_accepted(tmp_path):
-    from vla_ros.nodes import sim_eval
+    from vla_ros.closed_loop import sim_eval
     args = sim_eval.parse_args(['--model', '.', '--seed', str(2**63 - 2), '--episodes', '2',
                                 '-p', 'chunk_mode:=receding', '-p', 'use_sim_time:=true',
                                 '--out', str(tmp_path / 'out')])
@@ -150,7 +150,7 @@ def test_vla_node_parameters_and_rclpy_ones_are_accepted(tmp_path):
 def test_bad_input_starts_no_node(bad, ros_env, tmp_path):
     """As a user runs it: refused at once, one line, exit 2, and no node was started."""
     out = tmp_path / 'eval'
-    proc = subprocess.run([sys.executable, '-m', 'vla_ros.nodes.sim_eval', '--model',
+    proc = subprocess.run([sys.executable, '-m', 'vla_ros.closed_loop.sim_eval', '--model',
                            str(tmp_path), '--episodes', '2', '--out', str(out), *bad],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -161,7 +161,8 @@ def test_bad_input_starts_no_node(bad, ros_env, tmp_path):
 def test_two_episodes_end_to_end_over_dds(launch, tiny_checkpoint, tmp_path):
     """The runner starts the three nodes, resets between episodes and writes every file."""
     out = tmp_path / 'eval'
-    runner = launch(sys.executable, '-m', 'vla_ros.nodes.sim_eval', '--model', tiny_checkpoint,
+    runner = launch(sys.executable, '-m', 'vla_ros.closed_loop.sim_eval',
+                    '--model', tiny_checkpoint,
                     '--unnorm-key', 'synth_bridge', '--episodes', '2', '--seed', '7', '--task',
                     'reach', '--seconds', '4', '--out', str(out))
     assert runner.wait_exit(timeout=150.0) == 0, runner.output()

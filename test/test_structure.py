@@ -19,7 +19,7 @@ ROS_PREFIXES = ('rclpy', 'rcl_interfaces', 'rosidl', 'rosgraph_msgs', 'builtin_i
 ROS_SUFFIXES = ('_msgs', '_srvs')
 # Where the miniature-checkpoint writer (a tool, not part of any runtime path) may be used:
 # the demo, the benchmarks, and the demo policy (rebuilt on the miniature base it was trained on).
-TINY_USERS = ('vla_ros.nodes.demo', 'vla_ros.bench', 'vla_ros.training.demo_policy')
+TINY_USERS = ('vla_ros.closed_loop.demo', 'vla_ros.bench', 'vla_ros.training.demo_policy')
 TEST_MODULES = ('conftest', 'policies', 'policy_helpers', 'bag_helpers')
 MAX_LINES = 500
 
@@ -120,7 +120,9 @@ def test_product_code_imports_no_test_fixture():
 def test_the_package_root_holds_only_folders():
     assert sorted(p.name for p in PACKAGE.glob('*.py')) == ['__init__.py']
     folders = sorted(p.name for p in PACKAGE.iterdir() if (p / '__init__.py').exists())
-    assert folders == ['bench', 'control', 'evaluation', 'nodes', 'policy', 'sim', 'training']
+    assert folders == ['bench', 'closed_loop', 'control', 'evaluation', 'nodes', 'policy',
+                       'recordings', 'sim',
+                       'training']
 
 
 def test_no_file_over_500_lines():

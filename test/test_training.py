@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from vla_ros.control.formats import ACTION_LABEL
-from vla_ros.evaluation.bags import typestore
+from vla_ros.control.action_layout import ACTION_LABEL
 from vla_ros.evaluation.options import EvalOptions
+from vla_ros.recordings.bags import typestore
 from vla_ros.sim.scenes import scene
 from vla_ros.training import cli
 from vla_ros.training.checkpoint import read_log
@@ -153,7 +153,7 @@ def test_val_fraction_holds_out_a_seeded_share_of_the_bags():
 
 # ---- training equals inference -----------------------------------------------------------------
 def test_samples_and_batched_forward_equal_the_policy(base, bags, tmp_path):
-    from vla_ros.policy.oft import OpenVLAOFTPolicy
+    from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
     from vla_ros.training.model import build_model
     from vla_ros.training.options import TrainConfig
 
@@ -198,8 +198,8 @@ def test_samples_and_batched_forward_equal_the_policy(base, bags, tmp_path):
 
 
 def test_merged_lora_weights_give_the_adapted_model(base, bags):
-    from vla_ros.policy.oft_configuration import OFTConstants
-    from vla_ros.policy.processing import ImageProcessor, PromptTokenizer
+    from vla_ros.policy.backbone.processing import ImageProcessor, PromptTokenizer
+    from vla_ros.policy.oft.configuration import OFTConstants
     from vla_ros.training.checkpoint import weight_layout
     from vla_ros.training.model import build_model, merged_state_dict
     from vla_ros.training.options import TrainConfig
@@ -236,7 +236,7 @@ TRAIN = ('--batch-size', '8', '--lr', '2e-3', '--val-every', '3', '--seed', '1')
 
 
 def test_finetuning_lowers_the_loss_and_writes_a_loadable_checkpoint(base, bags, tmp_path):
-    from vla_ros.policy.oft import OpenVLAOFTPolicy
+    from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
 
     out = tmp_path / 'run'
     train, val = bags[:1], bags[2]

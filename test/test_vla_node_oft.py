@@ -21,7 +21,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 from test_vla_node import COMMANDS, latest_diagnostics, stamp_key, start_node
 
-from vla_ros.control.formats import multiarray_to_chunk
+from vla_ros.control.action_layout import multiarray_to_chunk
 from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.nodes.messages import rgb_to_image
 from vla_ros.sim.scenes import scene
@@ -55,7 +55,7 @@ def images_of(index, size=(SIZE, SIZE)):
 @pytest.fixture(scope='module')
 def reference(oft_checkpoint):
     """Return predict(frame index, state index) -> chunk, as the node must compute it."""
-    from vla_ros.policy.oft import OpenVLAOFTPolicy
+    from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
     policy = OpenVLAOFTPolicy.from_pretrained(oft_checkpoint, platform='libero', device='cpu',
                                               dtype='float32')
 

@@ -14,7 +14,7 @@ import time
 import cv2
 import numpy as np
 
-from vla_ros.control.formats import compressed_to_rgb, image_to_rgb
+from vla_ros.control.images import compressed_to_rgb, image_to_rgb
 from vla_ros.nodes.messages import rgb_to_compressed, rgb_to_image
 from vla_ros.sim.scenes import scene
 

@@ -35,10 +35,10 @@ def write_bench_bag(path, steps, rate, camera_rate, width, height, transport, st
     """Write the benchmark bag; return the frames (RGB) of the steps, in order."""
     from builtin_interfaces.msg import Time
 
-    from vla_ros.control.formats import compressed_to_rgb
+    from vla_ros.control.images import compressed_to_rgb
     from vla_ros.nodes import messages
+    from vla_ros.recordings.bags import BagWriter, typestore
     from vla_ros.sim.scenes import scene
-    from vla_ros.evaluation.bags import BagWriter, typestore
 
     t0 = 1000 * NS
     n_frames = int(round((steps - 1) * camera_rate / rate)) + 1

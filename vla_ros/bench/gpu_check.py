@@ -12,7 +12,7 @@ the repository's working tree. Its steps:
 2. ``tests``: ``pytest test/test_policy_fast.py`` (its CUDA-only tests run there);
 3. ``profile``: the kernels one decode step of OpenVLA-7B (random weights, bf16) launches, with
    the GPU time per kernel class, and the time of one replay of the captured step;
-4. ``openvla``: ``python -m vla_ros.bench --random 7b`` (fast path, plain, ``generate()``);
+4. ``openvla``: ``python -m vla_ros.bench.openvla --random 7b`` (fast path, plain, ``generate()``);
 5. ``oft``: ``python -m vla_ros.bench.oft --random 7b`` (LIBERO: 2 images, proprio, chunk 8);
 6. ``preprocess``: OFT's TF-exact preprocessing per 640 x 480 frame, the resize on the host CPU
    and on the GPU (``python -m vla_ros.bench.preprocess``);
@@ -178,7 +178,7 @@ class Check:
         return None
 
     def device(self):
-        from vla_ros.policy.configuration import resolve_device, resolve_dtype
+        from vla_ros.policy.backbone.configuration import resolve_device, resolve_dtype
 
         device = resolve_device(self.args.device)
         return device, resolve_dtype('auto', device)
@@ -211,7 +211,7 @@ class Check:
         return f'pytest exited with {done.returncode}' if done.returncode else None
 
     def profile(self):
-        from vla_ros.bench import __main__ as bench
+        from vla_ros.bench import openvla as bench
 
         device, dtype = self.device()
         policy = (bench.OpenVLAPolicy.from_pretrained(self.args.model, device=device,
@@ -225,7 +225,7 @@ class Check:
         self.write(f'{self.name}-decode-profile.json', profile)
 
     def openvla(self):
-        from vla_ros.bench import __main__ as bench
+        from vla_ros.bench import openvla as bench
 
         device, dtype = self.device()
         args = self.args

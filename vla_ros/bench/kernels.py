@@ -133,7 +133,7 @@ def main(argv=None):
     import tempfile
 
     from vla_ros.policy import OpenVLAPolicy
-    from vla_ros.policy.fast import FastPath
+    from vla_ros.policy.openvla.fast import FastPath
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -145,7 +145,7 @@ def main(argv=None):
         fast = FastPath(policy.model, policy.image_processor, 7, static_shapes=True)
         per_layer, launching = decode_layer_ops(fast)
     for label, counts in (("plain path (transformers' LlamaDecoderLayer)", plain),
-                          ('fast path (vla_ros.policy.decoder.FusedBlock)', launching)):
+                          ('fast path (vla_ros.policy.backbone.decoder.FusedBlock)', launching)):
         print(f'{label}: {sum(counts.values()):.0f} aten ops launching work per decode layer')
         for name, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
             print(f'  {n:4.0f}  {name}')

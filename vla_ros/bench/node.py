@@ -32,10 +32,10 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vla_ros.control.formats import image_to_rgb
+from vla_ros.closed_loop.demo import executable, start, stop
+from vla_ros.control.images import image_to_rgb
 from vla_ros.control.readers import stamp_seconds
 from vla_ros.nodes import diagnostics, messages, qos
-from vla_ros.nodes.demo import executable, start, stop
 from vla_ros.sim.scenes import scene
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)

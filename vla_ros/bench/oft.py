@@ -13,7 +13,7 @@ Reported: per-chunk latency p50/p95 by phase, chunks/s and actions/s, the forwar
 action against plain OpenVLA (which runs one prefill and ``action_dim - 1`` decode steps for
 every action), counted by a hook on the Llama model, and on CUDA the GPU memory.
 ``--random tiny|full-vision|7b`` builds OpenVLA-OFT with random weights straight on the device:
-the backbone of ``python -m vla_ros.bench --random`` plus the heads at the LLM width
+the backbone of ``python -m vla_ros.bench.openvla --random`` plus the heads at the LLM width
 (OpenVLA-OFT-7B: D = 4096).
 """
 
@@ -27,13 +27,13 @@ import time
 import numpy as np
 import torch
 
-from vla_ros.bench import __main__ as bench
 from vla_ros.bench import machine
-from vla_ros.policy.configuration import resolve_device, resolve_dtype
-from vla_ros.policy.oft import OpenVLAOFTPolicy
-from vla_ros.policy.oft_configuration import OFTConstants
-from vla_ros.policy.oft_modeling import L1RegressionHead, ProprioProjector
-from vla_ros.policy.policy import Backbone
+from vla_ros.bench import openvla as bench
+from vla_ros.policy.backbone.configuration import resolve_device, resolve_dtype
+from vla_ros.policy.oft.configuration import OFTConstants
+from vla_ros.policy.oft.modeling import L1RegressionHead, ProprioProjector
+from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
+from vla_ros.policy.openvla.policy import Backbone
 from vla_ros.sim.scenes import scene
 
 PATHS = ('fast', 'eager')
@@ -126,7 +126,7 @@ def forward_passes_per_action(policy, images, proprio, key):
     OpenVLA, over the same backbone, a prefill and a decode step per further token of its one
     action. Returns {'openvla_oft': passes / chunk_len, 'openvla': passes / 1}.
     """
-    from vla_ros.policy.policy import OpenVLAPolicy
+    from vla_ros.policy.openvla.policy import OpenVLAPolicy
 
     calls = []
     hook = policy.model.language_model.model.register_forward_pre_hook(

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from vla_ros.policy import oft_processing
+from vla_ros.policy.oft import processing as oft_processing
 from vla_ros.sim.scenes import scene
 
 PARTS = ('encode', 'decode', 'resize', 'total')

@@ -4,6 +4,7 @@ The rules of the control loop, ROS-free: the node and offline evaluation share e
 Files: ``core`` (the tick verdict, instruction, enable, the commit gate, ``infer``), ``safety``
 (arm_bridge's checks: clamps, workspace box, staleness, watchdog), ``gripper`` (conventions,
 hysteresis, pairing a command with its step), ``geometry`` (every rotation, finite checks),
-``formats`` (camera frames and actions from ROS message fields, without the message classes),
+``images`` (camera frames from ROS image message fields, without the message classes),
+``action_layout`` (the fields of the action messages out and back),
 ``concurrency`` (newest-input slots, the inference worker), ``stats`` (diagnostics figures).
 """

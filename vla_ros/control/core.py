@@ -45,7 +45,7 @@ import numpy as np
 
 from vla_ros.control.chunks import ChunkSchedule
 from vla_ros.control.clock import before_jump, ClockWatch
-from vla_ros.control.formats import ConversionError
+from vla_ros.control.images import ConversionError
 
 # Longer instructions are refused (idle); OpenVLA prompts are one short sentence.
 MAX_INSTRUCTION_CHARS = 1000

@@ -1,7 +1,7 @@
 """
 One reader per message field, shared by the live nodes and the bag reader.
 
-ROS-free, like ``formats`` (which reads the image fields): each reader takes a message's *fields*
+ROS-free, like ``images`` (which reads the image fields): each reader takes a message's *fields*
 by attribute (``header.stamp.sec``, ``pose.position``, ``name``, ``position``), so an rclpy message
 from a subscription and a rosbags message from a bag are read by the same lines. What vla_node
 refuses is therefore refused offline in the same words, and vla_eval and vla_finetune see what the
@@ -23,7 +23,7 @@ Every refusal raises ``ConversionError`` with a message naming the problem and t
 
 import collections
 
-from vla_ros.control.formats import ConversionError
+from vla_ros.control.images import ConversionError
 
 NS = 1_000_000_000
 

@@ -31,8 +31,8 @@ import numpy as np
 
 from vla_ros.control import readers
 from vla_ros.control.core import State
-from vla_ros.control.formats import ConversionError
 from vla_ros.control.geometry import quaternion_to_axis_angle, quaternion_to_rpy
+from vla_ros.control.images import ConversionError
 
 POSE_ENTRIES = {'ee_position': 3, 'ee_axis_angle': 3, 'ee_rpy': 3, 'ee_quaternion': 4}
 JOINT_PREFIX = 'joint:'

@@ -14,7 +14,7 @@ control core and the policy), ``results`` (a bag's per-step and per-chunk record
 line, accelerate).
 """
 
-from vla_ros.evaluation.bags import EvalError
 from vla_ros.evaluation.evaluate import BagResult, EvalOptions, evaluate_bag
+from vla_ros.recordings.bags import EvalError
 
 __all__ = ['BagResult', 'EvalError', 'EvalOptions', 'evaluate_bag']

@@ -34,9 +34,9 @@ from pathlib import Path
 import sys
 
 from vla_ros.control.chunks import MODES
-from vla_ros.evaluation.bags import Bag, EvalError, topic_name
 from vla_ros.evaluation.evaluate import (check_bag, check_policy, EvalOptions, evaluate_bag,
                                          REFERENCES)
+from vla_ros.recordings.bags import Bag, EvalError, topic_name
 
 PROG = 'vla_eval'
 MAX_RATE_HZ = 1000.0

@@ -30,15 +30,13 @@ import threading
 import numpy as np
 from tqdm import tqdm
 
+from vla_ros.control.action_layout import ACTION_DIM
 from vla_ros.control.core import ControlCore, infer
-from vla_ros.control.formats import ACTION_DIM
 from vla_ros.evaluation import reference as references
-from vla_ros.evaluation.bags import Bag, EvalError
-from vla_ros.evaluation.options import (check_bag, check_policy, EvalOptions, REFERENCES,
-                                        step_count)
+from vla_ros.evaluation.options import check_bag, check_policy, EvalOptions, REFERENCES, step_count
 from vla_ros.evaluation.results import BagResult, STATUSES
-from vla_ros.evaluation.steps import (as_arrays, decode_frame, Instruction, step_time,
-                                      StepReader)
+from vla_ros.recordings.bags import Bag, EvalError
+from vla_ros.recordings.steps import as_arrays, decode_frame, Instruction, step_time, StepReader
 
 __all__ = ['BagResult', 'check_bag', 'check_policy', 'EvalError', 'EvalOptions', 'evaluate_bag',
            'prefetch', 'REFERENCES', 'STATUSES', 'step_count']

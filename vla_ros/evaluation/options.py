@@ -18,13 +18,13 @@ validates the options against the loaded policy (images, state size, action size
 import dataclasses
 import math
 
+from vla_ros.control.action_layout import ACTION_DIM
 from vla_ros.control.chunks import MODES
 from vla_ros.control.core import repeated_cameras
-from vla_ros.control.formats import ACTION_DIM
 from vla_ros.control.state import StateLayout
-from vla_ros.evaluation.bags import (COMPRESSED_IMAGE, EvalError, FLOAT64, FLOAT64_MULTI_ARRAY,
+from vla_ros.recordings.bags import (COMPRESSED_IMAGE, EvalError, FLOAT64, FLOAT64_MULTI_ARRAY,
                                      IMAGE, POSE_STAMPED, STRING, topic_name)
-from vla_ros.evaluation.steps import MAX_STEPS
+from vla_ros.recordings.steps import MAX_STEPS
 
 JOINT_STATE = 'sensor_msgs/msg/JointState'
 REFERENCES = ('action', 'ee_pose', 'none')

@@ -41,7 +41,7 @@ which has no next state. Here, with ``p_k`` the newest ee_pose logged at or befo
 
 import numpy as np
 
-from vla_ros.control.formats import ACTION_DIM
+from vla_ros.control.action_layout import ACTION_DIM
 from vla_ros.control.geometry import wrap_angle
 
 

@@ -12,7 +12,7 @@ the step time: for every committed chunk ``/vla/action_chunk`` (Float64MultiArra
 x the action labels), and for every step with a valid action
 ``/vla/ee_delta`` (PoseStamped stamped with the header stamp of the primary image the
 action came from, frame ``base_link``), ``/vla/gripper`` and ``/vla/action``, filled from the
-node's own layout (``control.formats.action_fields``, ``chunk_fields``) in the bag library's
+node's own layout (``control.action_layout.action_fields``, ``chunk_fields``) in the bag library's
 classes (``bags.action_messages``), so ``--write-bag`` needs no ROS install; at one step the
 chunk comes first, as the node publishes it. ``ros2 bag play --clock`` plays them to arm_bridge.
 """
@@ -26,7 +26,7 @@ import tempfile
 import numpy as np
 
 from vla_ros.evaluation import metrics as metric_lib
-from vla_ros.evaluation.bags import action_messages, BagWriter, chunk_message, EvalError
+from vla_ros.recordings.bags import action_messages, BagWriter, chunk_message, EvalError
 
 OUTPUT_TOPICS = ('/vla/ee_delta', '/vla/gripper', '/vla/action')
 CHUNK_TOPIC = '/vla/action_chunk'

@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from vla_ros.control.formats import ACTION_DIM
+from vla_ros.control.action_layout import ACTION_DIM
 
 # What a step did: predicted ('ready', valid or not), published the next action of a chunk
 # ('queued'), or why it could not predict. 'bad_image': the node's decoder refused a frame.

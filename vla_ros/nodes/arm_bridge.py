@@ -36,8 +36,8 @@ from std_msgs.msg import Float64
 from std_srvs.srv import SetBool, Trigger
 
 from vla_ros.control import clock, geometry, readers, safety
-from vla_ros.control.formats import ConversionError
 from vla_ros.control.gripper import GripperConfig, GripperHysteresis, PAIRINGS, StepPairing
+from vla_ros.control.images import ConversionError
 from vla_ros.control.stats import Counters, RateMeter
 from vla_ros.nodes import diagnostics, params, qos
 from vla_ros.nodes.logs import LogThrottle

@@ -2,7 +2,7 @@
 ROS messages from numpy and back: camera images out, actions out.
 
 The message-building half of the conversions; decoding frames and actions from message fields
-(which offline evaluation shares) is ``vla_ros.control.formats``, reading stamps, poses, joint
+(which offline evaluation shares) is ``vla_ros.control.images``, reading stamps, poses, joint
 states and instructions is ``vla_ros.control.readers``, and every rotation is
 ``vla_ros.control.geometry``. Every bad input raises ``ConversionError`` with a message naming
 the problem and the fix.
@@ -16,9 +16,9 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension
 
-from vla_ros.control.formats import (ACTION_DIMS, action_fields, check_action, chunk_fields,
-                                     ConversionError)
+from vla_ros.control.action_layout import ACTION_DIMS, action_fields, check_action, chunk_fields
 from vla_ros.control.geometry import quaternion_to_rpy
+from vla_ros.control.images import ConversionError
 
 
 # encoding -> (bytes per pixel, cv2 code from RGB or None); mono encodings take (H, W) input.

@@ -29,7 +29,7 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
-from vla_ros.control import formats, readers
+from vla_ros.control import images, readers
 from vla_ros.control.concurrency import InferenceWorker
 from vla_ros.control.core import ControlCore, infer
 from vla_ros.control.stats import Counters, RateMeter, Window
@@ -242,7 +242,7 @@ class VlaNode(LifecycleNode):
     def _on_instruction(self, raw):
         try:
             self._instruct(readers.string_from_cdr(raw))
-        except formats.ConversionError as exc:
+        except images.ConversionError as exc:
             self._report_instruction(self.core.refuse_instruction(str(exc)), 'undecodable')
 
     def _instruct(self, text, from_parameter=False):
@@ -355,8 +355,8 @@ class VlaNode(LifecycleNode):
 
     def _decode(self, msg):
         if self.cfg.image_transport == 'compressed':
-            return formats.compressed_to_rgb(msg)
-        return formats.image_to_rgb(msg)
+            return images.compressed_to_rgb(msg)
+        return images.image_to_rgb(msg)
 
     def _infer(self, core, policy, ticket):
         """
@@ -396,7 +396,7 @@ class VlaNode(LifecycleNode):
             if emission.kind == 'chunk':
                 try:
                     self._out['chunk'].publish(messages.chunk_to_multiarray(emission.values))
-                except formats.ConversionError as exc:  # infer passes only finite chunks
+                except images.ConversionError as exc:  # infer passes only finite chunks
                     self._counters.bump('invalid_actions', str(exc))
                     return
                 self._counters.bump('chunks')
@@ -406,7 +406,7 @@ class VlaNode(LifecycleNode):
                 pose, gripper, raw = messages.action_to_messages(
                     emission.values, emission.source.frames[0].msg.header.stamp,
                     self.cfg.action_frame, gripper_open_is_one=self.cfg.gripper_open_is_one)
-            except formats.ConversionError as exc:
+            except images.ConversionError as exc:
                 self._counters.bump('invalid_actions', str(exc))
                 return
             self._out['ee_delta'].publish(pose)

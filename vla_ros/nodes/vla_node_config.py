@@ -9,9 +9,9 @@ its images, the state layout against its proprio dimension, its action dimension
 end-effector delta convention.
 """
 
+from vla_ros.control.action_layout import ACTION_DIM
 from vla_ros.control.chunks import MODES
 from vla_ros.control.core import repeated_cameras
-from vla_ros.control.formats import ACTION_DIM
 from vla_ros.control.state import StateLayout
 from vla_ros.nodes.params import NodeParam
 

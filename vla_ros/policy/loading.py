@@ -24,10 +24,10 @@ WARMUP_INSTRUCTION = 'warm up'
 def policy_factory(name):
     """Return the callable ``factory(model_path, **kwargs)`` for a policy name."""
     if name == 'openvla':
-        from vla_ros.policy.policy import OpenVLAPolicy
+        from vla_ros.policy.openvla.policy import OpenVLAPolicy
         return OpenVLAPolicy.from_pretrained
     if name == 'openvla_oft':
-        from vla_ros.policy.oft import OpenVLAOFTPolicy
+        from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
         return OpenVLAOFTPolicy.from_pretrained
     module_name, _, attr = name.partition(':')
     if not module_name or not attr:

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from vla_ros.policy.actions import action_token_range
-from vla_ros.policy.configuration import DATASET_STATISTICS_FILE, OpenVLAConfig, read_json
+from vla_ros.policy.backbone.configuration import DATASET_STATISTICS_FILE, OpenVLAConfig, read_json
+from vla_ros.policy.backbone.modeling import OpenVLAModel
+from vla_ros.policy.backbone.processing import ImageProcessor, PromptTokenizer
+from vla_ros.policy.backbone.weights import materialize_buffers, WEIGHTS_FILE
 from vla_ros.policy.errors import ConfigError, PolicyError
-from vla_ros.policy.modeling import OpenVLAModel
-from vla_ros.policy.processing import ImageProcessor, PromptTokenizer
-from vla_ros.policy.weights import materialize_buffers, WEIGHTS_FILE
 from vla_ros.sim.scenes import scene
 
 ASSETS = Path(__file__).resolve().parent / 'assets' / 'tiny'
@@ -143,7 +143,7 @@ def write_checkpoint(out_dir, config_overrides=None, seed=0, calibrate=True, for
     """
     from safetensors.torch import save_file
 
-    from vla_ros.policy.policy import OpenVLAPolicy
+    from vla_ros.policy.openvla.policy import OpenVLAPolicy
 
     out_dir = prepare_out_dir(out_dir, force)
     (out_dir / DATASET_STATISTICS_FILE).unlink(missing_ok=True)  # a stale one would replace ours
@@ -197,8 +197,8 @@ OFT_PROPRIO_STATS = {'q01': [0.2, -0.3, 0.0, -3.2, -3.2, -3.2, 0.0, 0.0],
 
 def write_tiny_oft_checkpoint(out_dir, platform='libero', seed=0, force=False):
     """Write the miniature OpenVLA-OFT checkpoint (see the module docstring); return its path."""
-    from vla_ros.policy.oft_configuration import OFTConstants
-    from vla_ros.policy.oft_modeling import ACTION_HEAD, L1RegressionHead, ProprioProjector
+    from vla_ros.policy.oft.configuration import OFTConstants
+    from vla_ros.policy.oft.modeling import ACTION_HEAD, L1RegressionHead, ProprioProjector
 
     constants = OFTConstants.for_platform(platform)
     if constants.action_dim != len(OFT_ACTION_STATS['q01']):

@@ -23,10 +23,11 @@ import shutil
 
 import torch
 
-from vla_ros.policy.configuration import DATASET_STATISTICS_FILE
-from vla_ros.policy.oft_modeling import ACTION_HEAD, PROPRIO_PROJECTOR
-from vla_ros.policy.weights import find_weight_files, INDEX_FILE, PICKLE_SUFFIXES, read_headers
-from vla_ros.policy.weights import WEIGHTS_FILE
+from vla_ros.policy.backbone.configuration import DATASET_STATISTICS_FILE
+from vla_ros.policy.backbone.weights import (find_weight_files, INDEX_FILE, PICKLE_SUFFIXES,
+                                             read_headers)
+from vla_ros.policy.backbone.weights import WEIGHTS_FILE
+from vla_ros.policy.oft.modeling import ACTION_HEAD, PROPRIO_PROJECTOR
 from vla_ros.training.options import STATE_DIR
 
 TRAINABLE_FILE = 'trainable.safetensors'

@@ -21,8 +21,8 @@ from pathlib import Path
 import random
 import sys
 
-from vla_ros.evaluation.bags import EvalError, topic_name
 from vla_ros.evaluation.options import EvalOptions
+from vla_ros.recordings.bags import EvalError, topic_name
 from vla_ros.training.options import FinetuneError, LORA_TARGETS, TrainConfig
 
 PROG = 'vla_finetune'

@@ -29,15 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vla_ros.control.action_layout import ACTION_LABEL
 from vla_ros.control.core import MAX_INSTRUCTION_CHARS
-from vla_ros.control.formats import ACTION_LABEL
-from vla_ros.evaluation.bags import Bag, FLOAT64_MULTI_ARRAY
 from vla_ros.evaluation.options import check_bag
 from vla_ros.evaluation.reference import recorded_actions
-from vla_ros.evaluation.steps import Instruction, step_time, StepReader
-from vla_ros.policy.oft_configuration import Bounds
-from vla_ros.policy.oft_processing import prepare_image, sequence_ids
-from vla_ros.policy.processing import build_prompt
+from vla_ros.policy.backbone.processing import build_prompt
+from vla_ros.policy.oft.configuration import Bounds
+from vla_ros.policy.oft.processing import prepare_image, sequence_ids
+from vla_ros.recordings.bags import Bag, FLOAT64_MULTI_ARRAY
+from vla_ros.recordings.steps import Instruction, step_time, StepReader
 from vla_ros.training.options import FinetuneError
 
 PAD_ID = 0  # padded positions are masked out as attention keys: any id works

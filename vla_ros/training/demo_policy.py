@@ -51,8 +51,8 @@ def sha256(path):
 
 def regenerate_base(folder):
     """Write the miniature base the policy was trained on; return (its path, its weights' hash)."""
+    from vla_ros.policy.backbone.weights import WEIGHTS_FILE
     from vla_ros.policy.tiny import write_tiny_oft_checkpoint
-    from vla_ros.policy.weights import WEIGHTS_FILE
 
     base = write_tiny_oft_checkpoint(Path(folder) / 'base', PLATFORM, seed=BASE_SEED)
     return base, sha256(base / WEIGHTS_FILE)
@@ -63,7 +63,7 @@ def write_demo_policy(out, force=False):
     import torch
     from safetensors.torch import load_file
 
-    from vla_ros.policy.oft_configuration import OFTConstants
+    from vla_ros.policy.oft.configuration import OFTConstants
     from vla_ros.policy.tiny import prepare_out_dir
     from vla_ros.training import checkpoint
     from vla_ros.training.model import (build_model, head_state, merged_state_dict,
@@ -111,7 +111,7 @@ def ship(trained_dir):
     from safetensors.torch import load_file, save_file
     import torch
 
-    from vla_ros.policy.weights import WEIGHTS_FILE
+    from vla_ros.policy.backbone.weights import WEIGHTS_FILE
     from vla_ros.training.checkpoint import TRAINABLE_FILE
     from vla_ros.training.options import RUN_FILE, STATE_DIR
 

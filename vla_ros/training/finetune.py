@@ -31,14 +31,13 @@ import time
 import torch
 from tqdm import tqdm
 
-from vla_ros.policy.configuration import resolve_dtype
-from vla_ros.policy.oft_configuration import OFTConstants
-from vla_ros.policy.processing import ImageProcessor, PromptTokenizer
+from vla_ros.policy.backbone.configuration import resolve_dtype
+from vla_ros.policy.backbone.processing import ImageProcessor, PromptTokenizer
+from vla_ros.policy.oft.configuration import OFTConstants
 from vla_ros.training import checkpoint, stats as statistics
 from vla_ros.training.dataset import (check_bags, ChunkDataset, collate, EpochSampler,
                                       Preprocessor, read_episode, sample_arrays)
-from vla_ros.training.model import (build_model, head_state, merged_state_dict,
-                                    trainable_parameters)
+from vla_ros.training.model import build_model, head_state, merged_state_dict, trainable_parameters
 from vla_ros.training.options import (check_base, check_inputs, check_out_dir, FinetuneError,
                                       read_run, write_run)
 

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 import tempfile
 
-from vla_ros.policy.configuration import CONFIG_FILE, DATASET_STATISTICS_FILE, read_json
+from vla_ros.policy.backbone.configuration import CONFIG_FILE, DATASET_STATISTICS_FILE, read_json
 from vla_ros.policy.errors import PolicyError
-from vla_ros.policy.oft_modeling import ACTION_HEAD, find_component, PROPRIO_PROJECTOR
+from vla_ros.policy.oft.modeling import ACTION_HEAD, find_component, PROPRIO_PROJECTOR
 
 MODES = ('lora', 'lora_only', 'full')
 LORA_TARGETS = ('all', 'llm')

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_ros.policy.configuration import DATASET_STATISTICS_FILE
-from vla_ros.policy.oft_configuration import NORMALIZATIONS, RANGE_EPS
+from vla_ros.policy.backbone.configuration import DATASET_STATISTICS_FILE
+from vla_ros.policy.oft.configuration import NORMALIZATIONS, RANGE_EPS
 
 FIELDS = ('mean', 'std', 'max', 'min', 'q01', 'q99')
 

@@ -1,9 +1,10 @@
 """
 ``predict()`` latency: the fast path against transformers ``generate()``, in one run.
 
-    python -m vla_ros.bench --model DIR [--device cpu] [--n 50] [--json out.json]
-    python -m vla_ros.bench --random full-vision --device cpu --n 5 --warmup 1
-    python -m vla_ros.bench --random 7b --device cuda --dtype bfloat16 --n 100 --json perf.json
+    python -m vla_ros.bench.openvla --model DIR [--device cpu] [--n 50] [--json out.json]
+    python -m vla_ros.bench.openvla --random full-vision --device cpu --n 5 --warmup 1
+    python -m vla_ros.bench.openvla --random 7b --device cuda --dtype bfloat16 --n 100 \
+        --json perf.json
 
 Three paths over the same modules and weights, each timed ``--n`` times after ``--warmup`` calls:
 - ``fast``: ``OpenVLAPolicy.predict`` with ``policy.fast`` (static KV cache; CUDA graphs on CUDA);
@@ -38,15 +39,15 @@ from vla_ros.bench import machine
 from vla_ros.bench.kernels import decode_layer_ops, plain_layer_ops
 from vla_ros.bench.policy import SMALL_LLAMA
 from vla_ros.policy import OpenVLAPolicy, PolicyError
-from vla_ros.policy.configuration import (openvla_7b_config, OpenVLAConfig, read_json,
-                                          resolve_device, resolve_dtype)
-from vla_ros.policy.fast import generate_baseline
-from vla_ros.policy.modeling import OpenVLAModel
-from vla_ros.policy.policy import PhaseClock
-from vla_ros.policy.processing import build_prompt, ImageProcessor, PromptTokenizer
-from vla_ros.policy.quantization import import_bitsandbytes, quantize_language_model
+from vla_ros.policy.backbone.configuration import (openvla_7b_config, OpenVLAConfig, read_json,
+                                                   resolve_device, resolve_dtype)
+from vla_ros.policy.backbone.modeling import OpenVLAModel
+from vla_ros.policy.backbone.processing import build_prompt, ImageProcessor, PromptTokenizer
+from vla_ros.policy.backbone.quantization import import_bitsandbytes, quantize_language_model
+from vla_ros.policy.backbone.weights import materialize_buffers
+from vla_ros.policy.openvla.fast import generate_baseline
+from vla_ros.policy.openvla.policy import PhaseClock
 from vla_ros.policy.tiny import _init_range, ASSETS
-from vla_ros.policy.weights import materialize_buffers
 from vla_ros.sim.scenes import scene
 
 PHASES = ('preprocess', 'vision', 'prefill', 'decode', 'total')
@@ -258,7 +259,7 @@ def print_report(report):
 
 def main(argv=None):
     """Build or load the policy, time the three paths, print the table and write the JSON."""
-    parser = argparse.ArgumentParser(prog='python -m vla_ros.bench', description=__doc__,
+    parser = argparse.ArgumentParser(prog='python -m vla_ros.bench.openvla', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument('--model', metavar='DIR', help='an OpenVLA checkpoint directory')
@@ -281,7 +282,7 @@ def main(argv=None):
     try:
         report = run(args)
     except PolicyError as err:
-        print(f'python -m vla_ros.bench: error: {err}', file=sys.stderr)
+        print(f'python -m vla_ros.bench.openvla: error: {err}', file=sys.stderr)
         return 1
     print_report(report)
     if args.json:
@@ -337,7 +338,7 @@ def run(args):
             'dtype': str(dtype)[6:], 'quantization': args.quantization, 'n': len(images),
             'warmup': args.warmup, 'load_s': load_s,
             'graphs': policy.fast.graph_report() if policy.fast else None,
-            'command': ' '.join(['python -m vla_ros.bench'] + args.argv)}
+            'command': ' '.join(['python -m vla_ros.bench.openvla'] + args.argv)}
     return {'meta': meta, 'paths': paths, 'memory': memory,
             'kernels_per_decode_layer': {name: round(n, 3) for name, n in launching.items()},
             'kernels_per_decode_layer_plain': dict(plain_kernels),

@@ -8,7 +8,7 @@ problem a user can cause (a missing or wrong topic, an empty, truncated or forei
 unwritable output) raises ``EvalError`` with one line naming the problem and the fix.
 
 ``action_messages`` and ``chunk_message`` build vla_node's output messages in the typestore's
-own classes, from the layout the live node publishes (``control.formats.action_fields`` and
+own classes, from the layout the live node publishes (``control.action_layout.action_fields`` and
 ``chunk_fields``), so vla_eval writes them with no ROS install. Messages from
 ``vla_ros.nodes.messages`` (rclpy message classes, where ROS is there) are written with
 ``to_rosbags``, a field-by-field copy into the typestore's classes.
@@ -18,7 +18,7 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
-from vla_ros.control.formats import ACTION_DIMS, action_fields, chunk_fields
+from vla_ros.control.action_layout import ACTION_DIMS, action_fields, chunk_fields
 import yaml
 
 IMAGE = 'sensor_msgs/msg/Image'
@@ -222,8 +222,8 @@ def action_messages(action, stamp_ns, frame_id, gripper_open_is_one=True):
     """
     Return vla_node's (PoseStamped, Float64, Float64MultiArray) for ``action`` as rosbags messages.
 
-    The fields are ``formats.action_fields``'s, the layout the live node publishes; the pose is
-    stamped ``stamp_ns`` in ``frame_id``.
+    The fields are ``action_layout.action_fields``'s, the layout the live node publishes; the
+    pose is stamped ``stamp_ns`` in ``frame_id``.
     """
     position, quaternion, gripper, values = action_fields(action, gripper_open_is_one)
     types = typestore().types
@@ -235,7 +235,7 @@ def action_messages(action, stamp_ns, frame_id, gripper_open_is_one=True):
 
 
 def chunk_message(rows):
-    """Return a chunk (K, D) as vla_node's ``vla/action_chunk`` (``formats.chunk_fields``)."""
+    """Return a chunk (K, D) as vla_node's ``vla/action_chunk`` (``chunk_fields``)."""
     return _multiarray(*chunk_fields(rows))
 
 

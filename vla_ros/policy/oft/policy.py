@@ -25,14 +25,14 @@ import numpy as np
 import torch
 
 from vla_ros.policy.actions import Action, action_token_range, normalized_from_tokens
+from vla_ros.policy.backbone.processing import build_prompt
 from vla_ros.policy.errors import CheckpointError, ConfigError, InputError, PolicyError
-from vla_ros.policy.oft_configuration import check_proprio, dataset_bounds, OFTConstants
-from vla_ros.policy.oft_modeling import (ACTION_HEAD, find_component, L1RegressionHead,
+from vla_ros.policy.oft.configuration import check_proprio, dataset_bounds, OFTConstants
+from vla_ros.policy.oft.modeling import (ACTION_HEAD, find_component, L1RegressionHead,
                                          load_component, load_into, PROPRIO_PROJECTOR,
                                          ProprioProjector, refuse_unsupported)
-from vla_ros.policy.oft_processing import prepare_image, sequence_ids
-from vla_ros.policy.policy import load_backbone, PhaseClock, StatsKeys
-from vla_ros.policy.processing import build_prompt
+from vla_ros.policy.oft.processing import prepare_image, sequence_ids
+from vla_ros.policy.openvla.policy import load_backbone, PhaseClock, StatsKeys
 
 HEADS = ('auto', 'l1', 'discrete')
 
@@ -170,7 +170,7 @@ class OpenVLAOFTPolicy(StatsKeys):
 
     def enable_fast(self, cuda_graphs=None):
         """Switch ``predict`` to the fused decoder (CUDA graphs on CUDA); return the path."""
-        from vla_ros.policy.oft_fast import OFTFastPath
+        from vla_ros.policy.oft.fast import OFTFastPath
         self.fast = OFTFastPath(self, cuda_graphs=cuda_graphs)
         self.fast.warmup()
         return self.fast

@@ -27,9 +27,9 @@ import numpy as np
 from PIL import Image
 import torch
 
+from vla_ros.policy.backbone.processing import center_crop_and_resize
 from vla_ros.policy.errors import InputError
-from vla_ros.policy.oft_configuration import PLACEHOLDER_ID, STOP_ID
-from vla_ros.policy.processing import center_crop_and_resize
+from vla_ros.policy.oft.configuration import PLACEHOLDER_ID, STOP_ID
 
 SIZE = 224
 JPEG_QUALITY = 95

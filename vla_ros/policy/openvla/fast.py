@@ -34,8 +34,8 @@ import warnings
 import numpy as np
 import torch
 
-from vla_ros.policy.decoder import FusedLlama
-from vla_ros.policy.graphs import capture_report, GraphCapture
+from vla_ros.policy.backbone.decoder import FusedLlama
+from vla_ros.policy.backbone.graphs import capture_report, GraphCapture
 
 
 FAST_MAX_SEQ = 512  # static cache positions: 256 patches + prompt + generated tokens

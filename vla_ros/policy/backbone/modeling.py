@@ -22,7 +22,7 @@ from timm.layers import LayerScale as TimmLayerScale
 import torch
 from torch import nn
 
-from vla_ros.policy.configuration import OpenVLAConfig
+from vla_ros.policy.backbone.configuration import OpenVLAConfig
 
 
 class LayerScale(nn.Module):

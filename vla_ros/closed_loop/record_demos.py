@@ -46,11 +46,11 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
+from vla_ros.closed_loop.demo import config_file, executable, start, stop
 from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.control.readers import header_stamp_ns_from_cdr
-from vla_ros.evaluation.bags import BagWriter
 from vla_ros.nodes import messages, qos
-from vla_ros.nodes.demo import config_file, executable, start, stop
+from vla_ros.recordings.bags import BagWriter
 from vla_ros.sim import tasks
 from vla_ros.sim.expert import ScriptedExpert
 

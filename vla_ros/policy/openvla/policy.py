@@ -17,16 +17,16 @@ import warnings
 import numpy as np
 import torch
 
-from vla_ros.policy import weights
 from vla_ros.policy.actions import action_from_generation, ActionStats
-from vla_ros.policy.configuration import (OpenVLAConfig, read_json, resolve_device, resolve_dtype,
-                                          resolve_quantization)
+from vla_ros.policy.backbone import weights
+from vla_ros.policy.backbone.configuration import (OpenVLAConfig, read_json, resolve_device,
+                                                   resolve_dtype, resolve_quantization)
+from vla_ros.policy.backbone.modeling import OpenVLAModel
+from vla_ros.policy.backbone.processing import build_prompt, ImageProcessor, PromptTokenizer
+from vla_ros.policy.backbone.quantization import (import_bitsandbytes, is_quantized_weight,
+                                                  quantize_language_model)
 from vla_ros.policy.errors import ConfigError, InputError, PolicyError
-from vla_ros.policy.fast import FAST_MAX_SEQ, FastPath
-from vla_ros.policy.modeling import OpenVLAModel
-from vla_ros.policy.processing import build_prompt, ImageProcessor, PromptTokenizer
-from vla_ros.policy.quantization import (import_bitsandbytes, is_quantized_weight,
-                                         quantize_language_model)
+from vla_ros.policy.openvla.fast import FAST_MAX_SEQ, FastPath
 
 GENERATION_CONFIG_FILE = 'generation_config.json'
 

@@ -6,8 +6,8 @@ vla_sim_eval: a checkpoint's success rate in closed loop, through the live nodes
                  [--rate HZ] [--frames F] --out DIR
 
 It starts ``sim_arm``, ``vla_node`` (the model, ``control_rate_hz`` = ``--rate``, the vla_node
-parameters of ``--policy`` as ``python -m vla_ros.nodes.demo`` uses them, then every ``-p``) and
-``arm_bridge`` as their own processes with ``config/vla.yaml`` (logs in DIR), waits until they
+parameters of ``--policy`` as ``python -m vla_ros.closed_loop.demo`` uses them, then every ``-p``)
+and ``arm_bridge`` as their own processes with ``config/vla.yaml`` (logs in DIR), waits until they
 are up, and runs N episodes. Episode k: vla_node reset (idle), sim_arm ``seed`` = S + k and
 ``task`` by SetParameters, ``/sim_arm/reset``, ``/arm_bridge/reset``; the first ``sim/task``
 message of that episode gives the instruction, which goes out on ``vla/instruction``; the episode
@@ -45,11 +45,11 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from vla_ros.control.formats import image_to_rgb
+from vla_ros.closed_loop import sim_report
+from vla_ros.closed_loop.demo import config_file, executable, POLICIES, start, stop
+from vla_ros.control.images import image_to_rgb
 from vla_ros.control.readers import stamp_ns
-from vla_ros.evaluation import sim_report
 from vla_ros.nodes import diagnostics, qos
-from vla_ros.nodes.demo import config_file, executable, POLICIES, start, stop
 from vla_ros.nodes.vla_node_config import PARAMS as NODE_PARAMS
 from vla_ros.sim.tasks import reach_miss, TASKS
 

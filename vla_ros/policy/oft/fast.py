@@ -15,8 +15,8 @@ The only host sync is the copy of the result (a chunk of normalised actions, or 
 
 import torch
 
-from vla_ros.policy.decoder import FusedLlama
-from vla_ros.policy.graphs import capture_report, GraphCapture
+from vla_ros.policy.backbone.decoder import FusedLlama
+from vla_ros.policy.backbone.graphs import capture_report, GraphCapture
 
 BUCKET = 32  # sequence lengths are padded to a multiple of this
 MAX_PROMPT = 96  # prompt ids (after the 29871 rule) the buckets cover; longer run eagerly

@@ -1,7 +1,8 @@
 """
 The README's main job: a closed loop of sim_arm, vla_node and arm_bridge, on a miniature model.
 
-    python -m vla_ros.nodes.demo [--policy reach|openvla|openvla_oft] [--seed N] [--seconds 20]
+    python -m vla_ros.closed_loop.demo [--policy reach|openvla|openvla_oft] [--seed N]
+        [--seconds 20]
                                  [--rate HZ] [--chunk-mode MODE] [--model PATH --unnorm-key KEY]
 
 It writes the policy's checkpoint (unless ``--model`` names a real one), starts ``sim_arm``
@@ -43,7 +44,7 @@ from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from vla_ros.control.formats import image_to_rgb
+from vla_ros.control.images import image_to_rgb
 from vla_ros.control.readers import stamp_seconds
 from vla_ros.nodes import diagnostics
 from vla_ros.sim.tasks import REACH_REGION

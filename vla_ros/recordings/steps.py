@@ -15,7 +15,7 @@ order: ``Instruction`` (a ``std_msgs/String``'s recorded bytes decoded by the no
 ``StepInput`` (a tick at ``t_k`` with, for every camera, the newest frame logged at or before it,
 paired as the node pairs them (``core.matched_frames`` on the newest two of each camera: with
 ``max_skew``, a camera whose new frame was logged before the others' uses its previous one),
-decoded by the node's own ``vla_ros.control.formats``, and, when a ``proprio`` layout is given,
+decoded by the node's own ``vla_ros.control.images``, and, when a ``proprio`` layout is given,
 the state ``StateLayout.read`` makes of the newest ``ee_pose`` and ``joint_states`` logged at or
 before it, as the node's ``observations`` does: the same readers, so a JointState the node
 refuses, or an ee_pose outside ``pose_frame``, is a bad state here too).
@@ -30,11 +30,11 @@ import dataclasses
 
 import numpy as np
 
-from vla_ros.control import formats
+from vla_ros.control import action_layout, images
 from vla_ros.control.core import Frame, matched_frames, Observation
 from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.control.readers import ns_to_seconds, read_pose, stamp_ns, string_from_cdr
-from vla_ros.evaluation.bags import EvalError
+from vla_ros.recordings.bags import EvalError
 
 # Steps one bag may have (duration x rate): about 11 h at 5 Hz, 1.9 h at 30 Hz.
 MAX_STEPS = 200_000
@@ -191,7 +191,7 @@ class StepReader:
     def _instruction(self, log_ns, data):
         try:
             return Instruction(log_ns, string_from_cdr(data))
-        except formats.ConversionError as exc:  # the node counts it and goes idle
+        except images.ConversionError as exc:  # the node counts it and goes idle
             return Instruction(log_ns, refused=str(exc))
 
     def _store(self, role, log_ns, data):
@@ -199,8 +199,8 @@ class StepReader:
         s = self.streams
         if role == 'action':
             try:  # NaN or inf is kept: that step has no reference, and is no training sample
-                values = formats.multiarray_to_action(msg, finite=False)
-            except formats.ConversionError as exc:
+                values = action_layout.multiarray_to_action(msg, finite=False)
+            except images.ConversionError as exc:
                 raise EvalError(f'reference action on {self.topics[role]} at log time '
                                 f'{log_ns * 1e-9:.3f} s in bag {str(self.bag.path)!r}: {exc}; '
                                 'use --reference ee_pose or another --action-topic') from None
@@ -235,11 +235,11 @@ class StepReader:
         if cached is None:
             topic = self.cameras[camera]
             msg = self.bag.deserialize(data, topic)
-            decode = formats.compressed_to_rgb if self.compressed else formats.image_to_rgb
+            decode = images.compressed_to_rgb if self.compressed else images.image_to_rgb
             rgb = error = None
             try:
                 rgb = decode(msg)
-            except formats.ConversionError as exc:
+            except images.ConversionError as exc:
                 error = exc
             cached = FrameInput(topic, index, log_ns, stamp_ns(msg.header.stamp), rgb, error)
             held = self._decoded[camera]
@@ -266,6 +266,6 @@ def as_arrays(streams):
     def pack(times, values, dim):
         return (np.asarray(times, dtype=np.int64),
                 np.asarray(values, dtype=np.float64).reshape(len(times), dim))
-    return {'action': pack(streams.action_times, streams.actions, formats.ACTION_DIM),
+    return {'action': pack(streams.action_times, streams.actions, action_layout.ACTION_DIM),
             'ee_pose': pack(streams.pose_times, streams.poses, 6),
             'gripper': pack(streams.gripper_times, streams.grippers, 1)}

@@ -64,7 +64,7 @@ def find_weight_files(path):
 
 
 def _shards_of(index):
-    from vla_ros.policy.configuration import read_json
+    from vla_ros.policy.backbone.configuration import read_json
 
     weight_map = read_json(index).get('weight_map')
     if not isinstance(weight_map, dict) or not weight_map:

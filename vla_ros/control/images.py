@@ -1,5 +1,5 @@
 """
-ROS message formats without the message classes: camera frames in, the action layout out.
+Camera frames from the fields of ROS image messages, without the message classes.
 
 ROS-free: these functions read the *fields* of a message (``encoding``, ``height``, ``step``,
 ``data``...), so they take rclpy messages from the live node and rosbags messages from
@@ -22,20 +22,12 @@ Images follow cv_bridge's ``imgmsg_to_cv2(msg, 'rgb8')`` (ROS 2, vision_opencv `
 Size cap: an image of more than ``MAX_IMAGE_PIXELS`` pixels is refused before anything is
 allocated for it. For compressed images the size is read from the file header, so a 2 MB JPEG
 that would decode to gigabytes never reaches the decoder.
-
-The action is ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` (float64), rotation deltas as
-roll/pitch/yaw with R = Rz(yaw) Ry(pitch) Rx(roll) (see ``vla_ros.control.geometry``).
 """
 
 import cv2
 import numpy as np
 import simplejpeg
 
-from vla_ros.control.geometry import rpy_to_quaternion
-
-ACTION_LABEL = 'dx dy dz droll dpitch dyaw gripper'
-ACTION_NAMES = tuple(ACTION_LABEL.split())
-ACTION_DIM = 7
 # 4096 x 4096: every camera a policy runs on (4K UHD is 8.3 MP) with room to spare; larger
 # frames are refused before decoding (a 12000 x 12000 JPEG of 2 MB would take 430 MB as RGB).
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -259,80 +251,3 @@ def compressed_to_rgb(msg):
             f'cannot decode compressed image ({msg.format!r}, {buf.size} bytes): corrupt or not '
             'jpeg/png; check the camera driver or use raw image_transport')
     return image  # (H, W, 3)
-
-
-def check_action(values, source, finite=True):
-    """Return ``values`` as a float64 array of shape (7,), finite unless not ``finite``."""
-    try:
-        action = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ConversionError(f'{source} is not numeric ({exc}); expected 7 floats '
-                              f'[{ACTION_LABEL}]') from exc
-    if action.shape != (ACTION_DIM,):
-        raise ConversionError(
-            f'{source} has shape {action.shape}, expected ({ACTION_DIM},) = [{ACTION_LABEL}]')
-    bad = np.flatnonzero(~np.isfinite(action))
-    if bad.size and finite:
-        names = ', '.join(f'{ACTION_NAMES[i]}={action[i]}' for i in bad)
-        raise ConversionError(f'{source} has non-finite values ({names}); nothing is published')
-    return action
-
-
-def action_fields(action, gripper_open_is_one=True):
-    """
-    Return the field values of vla_node's three messages for one action (the one layout).
-
-    ``(position, quaternion, gripper, raw)``: ``vla/ee_delta``'s position (dx, dy, dz) and
-    orientation (x, y, z, w) of droll, dpitch, dyaw; ``vla/gripper``'s command, clipped to [0, 1]
-    and 1 - g when ``gripper_open_is_one`` is false; ``vla/action``'s data, the raw float64 (7,)
-    (gripper unflipped and unclipped), whose layout is ``ACTION_DIMS``. The live node
-    (``nodes.messages``) and vla_eval's predictions bag (``evaluation.bags``) fill their own
-    message classes from these values.
-    """
-    action = check_action(action, 'action')
-    g = min(1.0, max(0.0, float(action[6])))
-    return (tuple(float(v) for v in action[:3]), rpy_to_quaternion(*map(float, action[3:6])),
-            g if gripper_open_is_one else 1.0 - g, action)
-
-
-ACTION_DIMS = ((ACTION_LABEL, ACTION_DIM, ACTION_DIM),)  # vla/action's (label, size, stride)
-
-
-def chunk_fields(rows):
-    """
-    Return ``(dims, data)`` of a ``vla/action_chunk`` Float64MultiArray for a chunk (K, D).
-
-    ``dims``: (label, size, stride) of dim 0 ``step`` (K) and dim 1 the action labels (D,
-    ``ACTION_LABEL`` for 7-D actions); ``data``: the rows, row-major float64, no offset.
-    """
-    rows = np.asarray(rows, dtype=np.float64)
-    if rows.ndim != 2 or not rows.size or not np.all(np.isfinite(rows)):
-        raise ConversionError(f'a chunk must be finite (K, D) values, got shape {rows.shape}')
-    steps, dim = rows.shape
-    label = ACTION_LABEL if dim == ACTION_DIM else 'action'
-    return (('step', steps, steps * dim), (label, dim, dim)), rows.reshape(-1)
-
-
-def multiarray_to_action(msg, finite=True):
-    """Read the 7-D action of a vla/action Float64MultiArray; NaN, inf pass if not ``finite``."""
-    dims = list(msg.layout.dim)
-    if dims and dims[0].label and dims[0].label != ACTION_LABEL:
-        raise ConversionError(
-            f'Float64MultiArray layout label is {dims[0].label!r}, expected {ACTION_LABEL!r}; '
-            'this is not a vla/action message')
-    offset = int(msg.layout.data_offset)
-    return check_action(np.asarray(msg.data, dtype=np.float64)[offset:], 'Float64MultiArray',
-                        finite)
-
-
-def multiarray_to_chunk(msg):
-    """Read a chunk (K, D) back from a ``vla/action_chunk`` Float64MultiArray."""
-    dims = list(msg.layout.dim)
-    if len(dims) != 2 or dims[0].label != 'step':
-        raise ConversionError('Float64MultiArray is not a vla/action_chunk message (its layout '
-                              'needs dims [step, action])')
-    steps, dim = int(dims[0].size), int(dims[1].size)
-    data = np.asarray(msg.data, dtype=np.float64)[int(msg.layout.data_offset):]
-    if data.size != steps * dim:
-        raise ConversionError(f'vla/action_chunk holds {data.size} values for {steps} x {dim}')
-    return data.reshape(steps, dim)

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 import torch
 
-from vla_ros.policy.configuration import read_json
+from vla_ros.policy.backbone.configuration import read_json
 from vla_ros.policy.errors import CheckpointError, InputError
 
 PREPROCESSOR_FILE = 'preprocessor_config.json'

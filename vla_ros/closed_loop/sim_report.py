@@ -1,7 +1,7 @@
 """
 vla_sim_eval's results: per-episode records, the success rate's Wilson interval, the files.
 
-ROS-free (the runner is ``vla_ros.nodes.sim_eval``). ``results.json`` is ``{'config': {...},
+ROS-free (the runner is ``vla_ros.closed_loop.sim_eval``). ``results.json`` is ``{'config': {...},
 'episodes': [{...}, ...], 'summary': {...}}`` with sorted keys; ``summary.md`` is the same as a
 table; ``episode_NNNN.png`` is one frame strip per episode (camera frames across the episode, side
 by side, each labelled with its time since the instruction).

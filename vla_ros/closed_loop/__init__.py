@@ -1,0 +1,7 @@
+"""
+The programs that start the nodes and close the loop: demo, expert recorder, sim evaluation.
+
+Files: ``demo`` (sim_arm + vla_node + arm_bridge with a policy), ``record_demos`` (the scripted
+expert recorded as rosbag2 episodes), ``sim_eval`` (a checkpoint's success rate in closed loop),
+``sim_report`` (its report).
+"""

@@ -1,0 +1,96 @@
+"""
+The action layout out: vla/action, vla/ee_delta, vla/gripper and vla/action_chunk fields.
+
+ROS-free: these functions return and read the *fields* of the messages, so the live node
+(``vla_ros.nodes.messages``) and vla_eval's predictions bag fill and read their own message
+classes with one piece of code. Every bad input raises ``ConversionError`` naming the problem.
+
+The action is ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` (float64), rotation deltas as
+roll/pitch/yaw with R = Rz(yaw) Ry(pitch) Rx(roll) (see ``vla_ros.control.geometry``).
+"""
+
+import numpy as np
+
+from vla_ros.control.geometry import rpy_to_quaternion
+from vla_ros.control.images import ConversionError
+
+ACTION_LABEL = 'dx dy dz droll dpitch dyaw gripper'
+ACTION_NAMES = tuple(ACTION_LABEL.split())
+ACTION_DIM = 7
+
+
+def check_action(values, source, finite=True):
+    """Return ``values`` as a float64 array of shape (7,), finite unless not ``finite``."""
+    try:
+        action = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ConversionError(f'{source} is not numeric ({exc}); expected 7 floats '
+                              f'[{ACTION_LABEL}]') from exc
+    if action.shape != (ACTION_DIM,):
+        raise ConversionError(
+            f'{source} has shape {action.shape}, expected ({ACTION_DIM},) = [{ACTION_LABEL}]')
+    bad = np.flatnonzero(~np.isfinite(action))
+    if bad.size and finite:
+        names = ', '.join(f'{ACTION_NAMES[i]}={action[i]}' for i in bad)
+        raise ConversionError(f'{source} has non-finite values ({names}); nothing is published')
+    return action
+
+
+def action_fields(action, gripper_open_is_one=True):
+    """
+    Return the field values of vla_node's three messages for one action (the one layout).
+
+    ``(position, quaternion, gripper, raw)``: ``vla/ee_delta``'s position (dx, dy, dz) and
+    orientation (x, y, z, w) of droll, dpitch, dyaw; ``vla/gripper``'s command, clipped to [0, 1]
+    and 1 - g when ``gripper_open_is_one`` is false; ``vla/action``'s data, the raw float64 (7,)
+    (gripper unflipped and unclipped), whose layout is ``ACTION_DIMS``. The live node
+    (``nodes.messages``) and vla_eval's predictions bag (``evaluation.bags``) fill their own
+    message classes from these values.
+    """
+    action = check_action(action, 'action')
+    g = min(1.0, max(0.0, float(action[6])))
+    return (tuple(float(v) for v in action[:3]), rpy_to_quaternion(*map(float, action[3:6])),
+            g if gripper_open_is_one else 1.0 - g, action)
+
+
+ACTION_DIMS = ((ACTION_LABEL, ACTION_DIM, ACTION_DIM),)  # vla/action's (label, size, stride)
+
+
+def chunk_fields(rows):
+    """
+    Return ``(dims, data)`` of a ``vla/action_chunk`` Float64MultiArray for a chunk (K, D).
+
+    ``dims``: (label, size, stride) of dim 0 ``step`` (K) and dim 1 the action labels (D,
+    ``ACTION_LABEL`` for 7-D actions); ``data``: the rows, row-major float64, no offset.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2 or not rows.size or not np.all(np.isfinite(rows)):
+        raise ConversionError(f'a chunk must be finite (K, D) values, got shape {rows.shape}')
+    steps, dim = rows.shape
+    label = ACTION_LABEL if dim == ACTION_DIM else 'action'
+    return (('step', steps, steps * dim), (label, dim, dim)), rows.reshape(-1)
+
+
+def multiarray_to_action(msg, finite=True):
+    """Read the 7-D action of a vla/action Float64MultiArray; NaN, inf pass if not ``finite``."""
+    dims = list(msg.layout.dim)
+    if dims and dims[0].label and dims[0].label != ACTION_LABEL:
+        raise ConversionError(
+            f'Float64MultiArray layout label is {dims[0].label!r}, expected {ACTION_LABEL!r}; '
+            'this is not a vla/action message')
+    offset = int(msg.layout.data_offset)
+    return check_action(np.asarray(msg.data, dtype=np.float64)[offset:], 'Float64MultiArray',
+                        finite)
+
+
+def multiarray_to_chunk(msg):
+    """Read a chunk (K, D) back from a ``vla/action_chunk`` Float64MultiArray."""
+    dims = list(msg.layout.dim)
+    if len(dims) != 2 or dims[0].label != 'step':
+        raise ConversionError('Float64MultiArray is not a vla/action_chunk message (its layout '
+                              'needs dims [step, action])')
+    steps, dim = int(dims[0].size), int(dims[1].size)
+    data = np.asarray(msg.data, dtype=np.float64)[int(msg.layout.data_offset):]
+    if data.size != steps * dim:
+        raise ConversionError(f'vla/action_chunk holds {data.size} values for {steps} x {dim}')
+    return data.reshape(steps, dim)
