@@ -1,1 +1,10 @@
-"""Benchmark scripts that print timings (run them with ``python -m vla_ros.bench.NAME``)."""
+"""
+Benchmarks that print timings, and the GPU check: ``python -m vla_ros.bench.NAME``.
+
+Files: ``openvla`` (OpenVLA's fast path against ``generate()``, random or real checkpoints; the
+library the others build on), ``oft`` (OpenVLA-OFT's paths), ``policy`` (load and first-step
+times, in child processes), ``preprocess`` (ms per frame: decode, resize, pixel values),
+``kernels`` (kernel launches per decode layer), ``conversions`` (message conversions), ``sim``
+(rendering), ``node`` (vla_node's loop over DDS), ``eval`` (vla_eval's throughput), ``machine``
+(what the host is), ``gpu_check`` (everything a lent GPU runs, in one command).
+"""

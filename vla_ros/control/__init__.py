@@ -6,5 +6,8 @@ Files: ``core`` (the tick verdict, instruction, enable, the commit gate, ``infer
 hysteresis, pairing a command with its step), ``geometry`` (every rotation, finite checks),
 ``images`` (camera frames from ROS image message fields, without the message classes),
 ``action_layout`` (the fields of the action messages out and back),
-``concurrency`` (newest-input slots, the inference worker), ``stats`` (diagnostics figures).
+``concurrency`` (newest-input slots, the inference worker), ``stats`` (diagnostics figures),
+``chunks`` (which row of which chunk a tick publishes), ``clock`` (a node clock that jumps back),
+``readers`` (one reader per message field), ``state`` (the state vector from pose and joints),
+``step_period`` (one policy step's length, learned from arrivals).
 """
