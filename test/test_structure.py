@@ -126,7 +126,7 @@ def test_every_folder_map_names_its_modules():
         names += sorted(p.name for p in init.parent.iterdir() if (p / '__init__.py').exists())
         if lost := [n for n in names if f'``{n}``' not in doc]:
             missing[str(init.parent.relative_to(REPO))] = lost
-    assert not missing, f'name each module in its folder\'s __init__ docstring: {missing}'
+    assert not missing, f'name each module in its folder map (__init__ docstring): {missing}'
 
 
 def test_no_import_cycle():
