@@ -1,8 +1,8 @@
 """
 The GPU check (``python3 -m vla_ros.bench.gpu_check``), dry-run on the CPU with random tiny models.
 
-The same script, the same steps and outputs as the README's GPU command; only ``--device cpu
---random tiny`` and a one-test ``--tests`` differ.
+The same script, the same steps and outputs as the GPU command of docs/benchmarks.md; only
+``--device cpu --random tiny`` and a one-test ``--tests`` differ.
 """
 
 import json
@@ -21,23 +21,23 @@ DRY_RUN = ['--device', 'cpu', '--random', 'tiny', '--n', '2',
            '--tests', 'test/test_gpu_check.py::test_kernel_classes']
 
 
-def readme_gpu_command():
-    """Return the README's GPU command, split (the one line that runs ``gpu_check``)."""
-    (line,) = [line for line in (REPO / 'README.md').read_text().splitlines()
+def documented_gpu_command():
+    """Return the documented GPU command, split (the one line that runs ``gpu_check``)."""
+    (line,) = [line for line in (REPO / 'docs' / 'benchmarks.md').read_text().splitlines()
                if 'python3 -m vla_ros.bench.gpu_check' in line]
     return shlex.split(line)
 
 
 def dry_run(out, *extra):
-    """Run the README's GPU command on the CPU: its own process, from the repository root."""
-    env, command = dict(os.environ), readme_gpu_command()
+    """Run the documented GPU command on the CPU: its own process, from the repository root."""
+    env, command = dict(os.environ), documented_gpu_command()
     while '=' in command[0]:  # leading VAR=value assignments
         key, value = command.pop(0).split('=', 1)
         env[key] = value
     assert command[0] == 'python3'
     command = [sys.executable, *(str(out) if arg == '$OUT' else arg for arg in command[1:])]
     # --device cpu --random tiny and the rest come last: argparse keeps the last value. The
-    # README's .whl holds the GPU machine's Python 3.12 wheels: none here.
+    # documented .whl holds the GPU machine's Python 3.12 wheels: none here.
     return subprocess.run([*command, '--wheels', str(out / 'no-wheels'), *DRY_RUN, *extra],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
