@@ -97,7 +97,8 @@ class RosClient(Participant):
         try:
             return self.call_service(srv_type, name, request, timeout)
         except ProcessError as exc:
-            pytest.fail(str(exc))
+            failure = str(exc)
+        pytest.fail(failure)
 
 
 @pytest.fixture
