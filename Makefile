@@ -58,7 +58,11 @@ demo: $(STAMP)
 # expert reach episodes (360 layouts x the 3 objects, seeded starts) recorded as bags by two
 # recorders side by side (own ROS domains), the miniature OpenVLA-OFT fully fine-tuned on 1050
 # of them (the last 30 of the first recorder, 10 unseen layouts, validate), and the trained
-# parameters copied into vla_ros/training/assets/reach/ (what `make demo` rebuilds it from).
+# parameters copied into vla_ros/training/assets/reach/ (what `make demo` rebuilds it from). The
+# state layout is the shipped run record's (the one place it is written; the demo reads it too):
+# where the gripper is (its position twice, from ee_pose and from the virtual joints: OFT's LIBERO
+# state has 8 values) and the fingers; the orientation, constant in the demonstrations, would only
+# feed noise stretched to [-1, 1].
 DEMO_POLICY_OUT ?= out/demo-policy
 RECORD = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(VENV)/bin/vla_record_demos --episodes 540 \
   --task reach --seconds 10
@@ -68,12 +72,11 @@ demo-policy: $(STAMP)
 	ROS_DOMAIN_ID=42 $(RECORD) --seed 1779 --out $(DEMO_POLICY_OUT)/demos-b & b=$$!; \
 	wait $$a && wait $$b
 	$(VENV)/bin/vla_tiny_model --oft libero $(DEMO_POLICY_OUT)/base
+	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && \
 	cd $(DEMO_POLICY_OUT) && $(CURDIR)/$(VENV)/bin/vla_finetune demos-a/episode_0[0-4]* \
 	  demos-a/episode_050* demos-b/episode_* --val-bags demos-a/episode_05[1-3]* \
 	  --base base --out trained --unnorm-key sim_reach \
-	  --camera-topics camera/image_raw wrist_camera/image_raw \
-	  --proprio ee_position joint:gripper_x joint:gripper_y joint:gripper_z \
-	  joint:left_finger_joint joint:right_finger_joint \
+	  --camera-topics camera/image_raw wrist_camera/image_raw --proprio $$proprio \
 	  --rate 10 --center-crop --full --steps 10000 --batch-size 8 --warmup-steps 200 \
 	  --decay-after 8000 --val-every 1000 --save-every 1000
 	$(PY) -m vla_ros.training.demo_policy --ship $(DEMO_POLICY_OUT)/trained

@@ -87,12 +87,13 @@ def check_clean_shutdown(output, returncode, group):
     assert not errors, 'error lines:\n' + '\n'.join(errors) + f'\n----- whole output:\n{output}'
     assert returncode == 0, f'launch exited {returncode}:\n{output}'
     left = [p.info for p in psutil.process_iter(['pid', 'cmdline', 'status'])
-            if (p.pid in started.values() or _group(p.pid) == group)
+            if (p.pid in started.values() or process_group(p.pid) == group)
             and p.info['status'] != psutil.STATUS_ZOMBIE]
     assert not left, f'processes left running after SIGINT: {left}'
 
 
-def _group(pid):
+def process_group(pid):
+    """Return the process group of ``pid``, or None when it is gone."""
     try:
         return os.getpgid(pid)
     except (ProcessLookupError, PermissionError):

@@ -4,14 +4,17 @@ import re
 import sys
 import time
 
-from conftest import REPO
+from conftest import REPO, wait_until
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped
+from launch_helpers import process_group
 import numpy as np
+import psutil
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
+from vla_ros.closed_loop import processes
 from vla_ros.nodes import diagnostics
 from vla_ros.sim import tasks
 
@@ -101,3 +104,18 @@ def test_demo_runs_an_oft_miniature_with_two_cameras_state_and_chunks(launch, tm
     assert moved > 1.0, summary
     for name in ('ee_path.png', 'frame_end.png', 'wrist_end.png'):
         assert (out / name).is_file(), name
+
+
+def test_stop_ends_the_whole_process_group_even_when_its_leader_goes_at_ctrl_c(tmp_path):
+    """A node's own children must not outlive it: stop kills what is left of the group."""
+    log = tmp_path / 'sh.log'
+    # sh leaves the background sleep deaf to SIGINT, as a node's worker process can be.
+    proc = processes.start(['sh', '-c', 'sleep 30 & trap "exit 0" INT; echo up; wait'], log)
+    wait_until(lambda: 'up' in log.read_text(), 10.0, message='the shell')
+    assert processes.stop(proc, timeout=5.0) == 0  # the leader went at Ctrl-C, cleanly
+
+    def group_gone():  # nothing of its group is left running (a zombie waits for init only)
+        return not [p for p in psutil.process_iter(['status'])
+                    if p.info['status'] != psutil.STATUS_ZOMBIE
+                    and process_group(p.pid) == proc.pid]
+    wait_until(group_gone, 5.0, message='the group to end')

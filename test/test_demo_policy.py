@@ -1,7 +1,9 @@
 """The demo's trained reach policy, rebuilt from the shipped assets (training.demo_policy)."""
 
+import json
 import math
 
+from conftest import REPO
 import numpy as np
 import pytest
 
@@ -47,6 +49,26 @@ def test_the_instruction_changes_where_the_policy_goes(rebuilt):
     assert not np.allclose(chunks[1][:, :2], chunks[2][:, :2], atol=1e-3)
 
 
+def test_the_demo_runs_the_state_layout_of_the_policys_run_record(rebuilt, tmp_path, capsys):
+    """The run record is the one source: the checkpoint carries it, demo and Makefile read it."""
+    from vla_ros.closed_loop import demo
+    shipped = json.loads((demo_policy.ASSETS / 'run.json').read_text())['config']['data.proprio']
+    assert demo.run_proprio(rebuilt) == demo.run_proprio() == shipped
+    assert demo.node_params('reach', rebuilt)[-1] == \
+        'proprio:=[' + ', '.join(f"'{entry}'" for entry in shipped) + ']'
+    assert demo.main(['--print-proprio']) == 0 and capsys.readouterr().out.split() == shipped
+    makefile = (REPO / 'Makefile').read_text()
+    assert '--proprio $$proprio' in makefile and 'joint:gripper_x' not in makefile
+    # Another record, another layout; no record, a clear error.
+    record = tmp_path / 'other' / 'training_state' / 'run.json'
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({'config': {'data.proprio': ['ee_position', 'ee_axis_angle']}}))
+    assert demo.node_params('reach', tmp_path / 'other')[-1] == \
+        "proprio:=['ee_position', 'ee_axis_angle']"
+    with pytest.raises(ValueError, match='vla_finetune run record'):
+        demo.node_params('reach', tmp_path)
+
+
 def test_a_missing_asset_is_a_clear_error(monkeypatch, tmp_path):
     from vla_ros.policy.errors import PolicyError
     monkeypatch.setattr(demo_policy, 'ASSETS', tmp_path / 'nothing')
@@ -63,20 +85,22 @@ HEADING_STEPS = 4     # the first steps of the first chunk: their summed xy moti
 HEADING_HITS = 10     # of the 12; the untrained base and four other random miniatures: 0 to 5
 
 
-def heading_hits(policy, key):
+def heading_hits(policy, key, layout):
     """
     Return, per seed of ``HEADING_SEEDS``, whether the first chunk heads for the named object.
 
     As the demo runs it: sim_arm's two cameras rendered at 320 x 240 in the seed's start scene,
-    the demo's state layout (ee position, the gripper's x, y, z joints, the two fingers) and the
-    seed's instruction. The heading is the xy sum of the first ``HEADING_STEPS`` rows; it heads
-    for the object whose direction from the gripper makes the smallest angle with it.
+    the state layout of the policy's run record (ee position, then joints: the gripper's x, y, z
+    joints, the two fingers) and the seed's instruction. The heading is the xy sum of the first
+    ``HEADING_STEPS`` rows; it heads for the object whose direction from the gripper makes the
+    smallest angle with it.
     """
     from vla_ros.sim import arm as arm_module, camera as camera_module, tasks
 
     arm = arm_module.SimArm(320, 240)
     camera = camera_module.SimCamera(arm.model, 320, 240,
                                      (arm_module.SCENE_CAMERA, arm_module.WRIST_CAMERA))
+    assert layout[0] == 'ee_position' and all(e.startswith('joint:') for e in layout[1:]), layout
     hits = []
     try:
         for seed in HEADING_SEEDS:
@@ -85,9 +109,7 @@ def heading_hits(policy, key):
             names, positions, _ = arm.joint_state()
             joint = dict(zip(names, positions))
             ee, _ = arm.ee_pose()
-            state = np.array([*ee, *(joint[n] for n in ('gripper_x', 'gripper_y', 'gripper_z',
-                                                        'left_finger_joint',
-                                                        'right_finger_joint'))])
+            state = np.array([*ee, *(joint[e.removeprefix('joint:')] for e in layout[1:])])
             chunk = policy.predict(list(camera.render(arm.snapshot())), episode.instruction,
                                    proprio=state, unnorm_key=key).values
             heading = chunk[:HEADING_STEPS, :2].sum(axis=0)  # (2,)
@@ -109,10 +131,12 @@ def test_the_first_steps_head_for_the_named_object_unlike_the_untrained_base(reb
     from vla_ros.policy.tiny import write_tiny_oft_checkpoint
     policy, key = load_policy(rebuilt, 'openvla_oft', demo_policy.UNNORM_KEY, 'cpu', 'float32',
                               center_crop=True)
-    hits = heading_hits(policy, key)
+    from vla_ros.closed_loop.demo import run_proprio
+    layout = run_proprio(rebuilt)
+    hits = heading_hits(policy, key, layout)
     assert sum(hits) >= HEADING_HITS, f'heads for the named object on {sum(hits)} of 12: {hits}'
     # The same check fails the policy's untrained base: the check can tell.
     base = write_tiny_oft_checkpoint(tmp_path / 'base', 'libero', seed=demo_policy.BASE_SEED)
     untrained, key = load_policy(base, 'openvla_oft', 'synth_oft_libero', 'cpu', 'float32',
                                  center_crop=True)
-    assert sum(heading_hits(untrained, key)) < HEADING_HITS
+    assert sum(heading_hits(untrained, key, layout)) < HEADING_HITS

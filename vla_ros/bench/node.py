@@ -22,17 +22,15 @@ import json
 from pathlib import Path
 import sys
 import tempfile
-import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vla_ros.closed_loop.demo import executable, start, stop
+from vla_ros.closed_loop.processes import executable, list_param, Participant, start, stop
 from vla_ros.control.images import image_to_rgb
 from vla_ros.control.readers import stamp_seconds
 from vla_ros.nodes import diagnostics, messages, qos
@@ -152,10 +150,9 @@ def period_error(model, seconds, rate, out, policy='openvla'):
     params = ['-p', 'unnorm_key:=synth_bridge']
     cameras = [start([executable('camera_stream'), '--rate', '20'], out / 'camera.log')]
     if policy == 'openvla_oft':
-        proprio = ', '.join(f"'{entry}'" for entry in OFT_PROPRIO)
         params = ['-p', 'unnorm_key:=synth_oft_libero', '-p', 'policy:=openvla_oft',
                   '-p', f'camera_topics:=[{", ".join(OFT_CAMERAS)}]', '-p',
-                  f'proprio:=[{proprio}]', '-p', 'chunk_mode:=receding']
+                  list_param('proprio', OFT_PROPRIO), '-p', 'chunk_mode:=receding']
         stop(cameras.pop())
         cameras = [start([executable('camera_stream'), '--rate', '30', '--ros-args', '-r',
                           f'camera/image_raw:={topic}', '-r', f'__node:=camera_{i}'],
@@ -163,7 +160,8 @@ def period_error(model, seconds, rate, out, policy='openvla'):
     node = start([executable('vla_node'), '--ros-args', '-p', f'model_path:={model}', *params,
                   '-p', f'control_rate_hz:={rate}',
                   '-p', 'instruction:=pick up the red cup'], out / 'vla_node.log')
-    client = rclpy.create_node('bench_period')
+    participant = Participant('bench_period')
+    client = participant.node
     if policy == 'openvla_oft':
         state_publishers(client)
     latest = {}
@@ -174,9 +172,6 @@ def period_error(model, seconds, rate, out, policy='openvla'):
                 latest.update(diagnostics.values_of(status))
     client.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, RELIABLE)
     probe = client.create_publisher(String, 'vla/instruction', RELIABLE)
-    executor = SingleThreadedExecutor()
-    executor.add_node(client)
-    threading.Thread(target=executor.spin, daemon=True).start()
     try:
         deadline = time.monotonic() + 120.0
         while probe.get_subscription_count() == 0 and time.monotonic() < deadline:
@@ -186,8 +181,7 @@ def period_error(model, seconds, rate, out, policy='openvla'):
         time.sleep(seconds)
         return start_counts, dict(latest)
     finally:
-        executor.shutdown()
-        client.destroy_node()
+        participant.close()
         for camera in cameras:
             stop(camera)
         stop(node)

@@ -1,7 +1,8 @@
 """
 The programs that start the nodes and close the loop: demo, expert recorder, sim evaluation.
 
-Files: ``demo`` (sim_arm + vla_node + arm_bridge with a policy), ``record_demos`` (the scripted
-expert recorded as rosbag2 episodes), ``sim_eval`` (a checkpoint's success rate in closed loop),
-``sim_report`` (its report).
+Files: ``processes`` (the process kit they and the tests' DDS harness share: config file,
+executables, start, stop, a private participant spun on a thread), ``demo`` (sim_arm + vla_node +
+arm_bridge with a policy), ``record_demos`` (the scripted expert recorded as rosbag2 episodes),
+``sim_eval`` (a checkpoint's success rate in closed loop), ``sim_report`` (its report).
 """

@@ -26,24 +26,19 @@ plumbing and the safety limits, not a skill. Point ``--model`` at openvla-7b for
 
 import argparse
 import json
-import os
 from pathlib import Path
-import signal
-import subprocess
 import sys
-import threading
 import time
 
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped
 import numpy as np
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from vla_ros.closed_loop.processes import list_param, node_argv, Participant, start, stop
 from vla_ros.control.images import image_to_rgb
 from vla_ros.control.readers import stamp_seconds
 from vla_ros.nodes import diagnostics
@@ -53,44 +48,11 @@ RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
-def config_file():
-    """Return config/vla.yaml: installed under share/vla_ros, or beside the source tree."""
-    for base in (Path(sys.prefix) / 'share' / 'vla_ros', Path(__file__).resolve().parents[2]):
-        if (base / 'config' / 'vla.yaml').is_file():
-            return base / 'config' / 'vla.yaml'
-    raise FileNotFoundError('config/vla.yaml not found; install the package (pip install -e .)')
-
-
-def executable(name):
-    """Return the path of an installed console script (beside this interpreter, else on PATH)."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else name
-
-
-def start(argv, log_path):
-    """Start ``argv`` in its own process group, output to ``log_path``."""
-    with open(log_path, 'wb') as log:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop(proc, timeout=10.0):
-    """Stop like Ctrl-C, then kill the group if it does not go; return the exit status."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
-
-
-class Observer:
+class Observer(Participant):
     """The demo's own ROS participant: records what a user would watch with ros2 topic echo."""
 
     def __init__(self):
-        self.node = rclpy.create_node('vla_demo')
+        super().__init__('vla_demo')
         self.deltas, self.latencies, self.twists, self.path = [], [], [], []
         self.frames, self.wrist_frames = [], []
         self.status, self.task = {}, {}
@@ -106,12 +68,9 @@ class Observer:
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, RELIABLE)
         node.create_subscription(String, 'sim/task', self._on_task, RELIABLE)
         self.instruction = node.create_publisher(String, 'vla/instruction', RELIABLE)
-        self._executor = SingleThreadedExecutor()
-        self._executor.add_node(node)
-        threading.Thread(target=self._executor.spin, daemon=True).start()
 
     def now(self):
-        return self.node.get_clock().now().nanoseconds * 1e-9
+        return self.now_ns() * 1e-9
 
     def _on_delta(self, msg):
         # image stamp -> command out of vla_node
@@ -138,10 +97,6 @@ class Observer:
             self.task = json.loads(msg.data)
         except ValueError:
             pass
-
-    def close(self):
-        self._executor.shutdown()
-        self.node.destroy_node()
 
 
 def save_frame(msg, path):
@@ -172,19 +127,43 @@ def plot_path(path, out):
 # state layout (proprio) is each policy's own.
 OFT_PARAMS = ['policy:=openvla_oft', 'platform:=libero', 'center_crop:=true',
               'camera_topics:=[camera/image_raw, wrist_camera/image_raw]']
-# The trained reach policy's state: where the gripper is (its position twice, from ee_pose and
-# from the virtual joints: OFT's LIBERO state has 8 values) and the fingers; the orientation,
-# constant in the demonstrations, would only feed noise stretched to [-1, 1].
-REACH_PROPRIO = ("proprio:=[ee_position, 'joint:gripper_x', 'joint:gripper_y', "
-                 "'joint:gripper_z', 'joint:left_finger_joint', 'joint:right_finger_joint']")
-# Per policy: the miniature's unnorm key and rate, and vla_node's parameters for sim_arm.
+# Per policy: the miniature's unnorm key and rate, and vla_node's parameters for sim_arm. The
+# trained reach policy's state layout is the one its run record names (``node_params``).
 POLICIES = {
     'openvla': {'unnorm_key': 'synth_bridge', 'rate': 5.0, 'params': []},
     'openvla_oft': {'unnorm_key': 'synth_oft_libero', 'rate': 10.0, 'params': OFT_PARAMS + [
         "proprio:=[ee_position, ee_axis_angle, 'joint:left_finger_joint', "
         "'joint:right_finger_joint']"]},
-    'reach': {'unnorm_key': 'sim_reach', 'rate': 10.0, 'params': OFT_PARAMS + [REACH_PROPRIO]},
+    'reach': {'unnorm_key': 'sim_reach', 'rate': 10.0, 'params': OFT_PARAMS},
 }
+
+
+def run_proprio(model=None):
+    """
+    Return the state layout (``--proprio``) of the run that trained ``model``, from its record.
+
+    ``vla_finetune`` writes the record into its output (``training_state/run.json``), and the
+    demo's checkpoint carries the shipped one; without ``model``, the shipped record itself.
+    """
+    from vla_ros.training import demo_policy
+    from vla_ros.training.options import RUN_FILE, STATE_DIR
+
+    record = (demo_policy.ASSETS / RUN_FILE if model is None
+              else Path(model) / STATE_DIR / RUN_FILE)
+    try:
+        return list(json.loads(record.read_text())['config']['data.proprio'])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f'{record}: no state layout (config "data.proprio") in a vla_finetune '
+                         f'run record ({type(exc).__name__}: {exc}); pass the output of '
+                         'vla_finetune, or a --policy other than reach') from None
+
+
+def node_params(policy, model):
+    """Return vla_node's parameters of ``policy`` on sim_arm (reach's state: ``model``'s)."""
+    params = list(POLICIES[policy]['params'])
+    if policy == 'reach':
+        params.append(list_param('proprio', run_proprio(model)))
+    return params
 
 
 def parse_args(argv):
@@ -204,12 +183,13 @@ def parse_args(argv):
     parser.add_argument('--unnorm-key', help="default: the miniature checkpoint's key")
     parser.add_argument('--instruction', help="default: the episode's, from sim/task")
     parser.add_argument('--out', default='out/demo', help='logs, frames, plot, checkpoint')
+    parser.add_argument('--print-proprio', action='store_true',
+                        help="print the trained reach policy's state layout (its run record's; "
+                        "--model's with --model) and exit: `make demo-policy` trains with it")
     args = parser.parse_args(argv)
     preset = POLICIES[args.policy]
     args.rate = preset['rate'] if args.rate is None else args.rate
     args.unnorm_key = args.unnorm_key or preset['unnorm_key']
-    args.node_params = preset['params'] + ([f'chunk_mode:={args.chunk_mode}']
-                                           if args.policy != 'openvla' else [])
     return args
 
 
@@ -259,7 +239,10 @@ def write_miniature(policy, out):
     """Write the checkpoint of a miniature ``policy`` under ``out`` once; return its folder."""
     model = out / {'reach': 'reach-policy', 'openvla_oft': 'tiny-oft-checkpoint',
                    'openvla': 'tiny-checkpoint'}[policy]
-    if (model / 'model.safetensors').exists():
+    from vla_ros.training.options import RUN_FILE, STATE_DIR
+    # the reach policy's run record came in later: a folder written before it is written again
+    if (model / 'model.safetensors').exists() and (
+            policy != 'reach' or (model / STATE_DIR / RUN_FILE).is_file()):
         return model
     if policy == 'reach':
         from vla_ros.training.demo_policy import write_demo_policy
@@ -274,25 +257,31 @@ def write_miniature(policy, out):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.print_proprio:  # the one line `make demo-policy` reads
+        print(' '.join(run_proprio(args.model)))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = args.model
     if model is None:
         model = write_miniature(args.policy, out)
-    params = ['--ros-args', '--params-file', str(config_file())]
+    try:
+        vla_params = node_params(args.policy, model) + (
+            [f'chunk_mode:={args.chunk_mode}'] if args.policy != 'openvla' else [])
+    except ValueError as exc:
+        print(f'demo: error: {exc}', file=sys.stderr)
+        return 2
     print(f'starting sim_arm, vla_node (model {model}, {args.rate} Hz) and arm_bridge; logs in '
           f'{out}/')
     procs = {
-        'sim_arm': start([executable('sim_arm'), *params, '-p', 'task:=reach',
-                          '-p', f'seed:={args.seed}'], out / 'sim_arm.log'),
-        'vla_node': start([executable('vla_node'), *params, '-p', f'model_path:={model}',
-                           '-p', f'unnorm_key:={args.unnorm_key}',
-                           '-p', f'control_rate_hz:={args.rate}',
-                           *[a for p in args.node_params for a in ('-p', p)]],
+        'sim_arm': start(node_argv('sim_arm', 'task:=reach', f'seed:={args.seed}'),
+                         out / 'sim_arm.log'),
+        'vla_node': start(node_argv('vla_node', f'model_path:={model}',
+                                    f'unnorm_key:={args.unnorm_key}',
+                                    f'control_rate_hz:={args.rate}', *vla_params),
                           out / 'vla_node.log'),
-        'arm_bridge': start([executable('arm_bridge'), *params], out / 'arm_bridge.log'),
+        'arm_bridge': start(node_argv('arm_bridge'), out / 'arm_bridge.log'),
     }
-    rclpy.init()
     obs = Observer()
     ok = False
     try:
@@ -328,7 +317,6 @@ def main(argv=None):
         print(f'camera frames: {out}/frame_start.png, frame_middle.png, frame_end.png{wrist}')
     finally:
         obs.close()
-        rclpy.try_shutdown()
         codes = {name: stop(proc) for name, proc in procs.items()}
         print('stopped: ' + ', '.join(f'{k} exit {v}' for k, v in codes.items()))
     if not ok:

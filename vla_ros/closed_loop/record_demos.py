@@ -36,8 +36,6 @@ import time
 
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.srv import SetParameters
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message, serialize_message
@@ -46,7 +44,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from vla_ros.closed_loop.demo import config_file, executable, start, stop
+from vla_ros.closed_loop.processes import (node_argv, Participant, ProcessError, start, stop,
+                                           wait_until)
 from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.control.readers import header_stamp_ns_from_cdr
 from vla_ros.nodes import messages, qos
@@ -79,15 +78,15 @@ START_TIMEOUT = 60.0  # s for sim_arm and arm_bridge to come up
 RESET_TIMEOUT = 10.0  # s for a reset to show on sim/task and the camera
 
 
-class RecordError(RuntimeError):
+class RecordError(ProcessError):
     """A node did not start or answer; the text says which and where its log is."""
 
 
-class ExpertRecorder:
+class ExpertRecorder(Participant):
     """The expert as a ROS participant, and the recorder of the current episode's bag."""
 
     def __init__(self, rate):
-        self.node = rclpy.create_node('vla_record_demos')
+        super().__init__('vla_record_demos')
         self.rate = rate
         self._lock = threading.Lock()  # the bag, the episode and the newest state
         self._bag = None
@@ -103,13 +102,6 @@ class ExpertRecorder:
                 cls, name, self._recorder(name), CAMERA_QOS if 'image' in name else STATE_QOS,
                 raw=True)
         self.node.create_timer(1.0 / rate, self._act)
-        self._executor = SingleThreadedExecutor()
-        self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
-        self._thread.start()
-
-    def now_ns(self):
-        return self.node.get_clock().now().nanoseconds
 
     def topic(self, name):
         return self.node.resolve_topic_name(name)
@@ -224,37 +216,7 @@ class ExpertRecorder:
 
     def close(self):
         self.finish()
-        self._executor.shutdown()
-        self.node.destroy_node()
-
-
-def call(node, srv_type, name, request, timeout=10.0):
-    """Call a service from the main thread (the executor spins elsewhere); return the response."""
-    client = node.create_client(srv_type, name)
-    try:
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RecordError(f'service {name} did not appear within {timeout} s')
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise RecordError(f'no answer from {name} within {timeout} s')
-            time.sleep(0.01)
-        return future.result()
-    finally:
-        node.destroy_client(client)
-
-
-def wait_for(predicate, timeout, what, procs=None):
-    """Poll ``predicate`` until true; raise RecordError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        dead = [name for name, p in (procs or {}).items() if p.poll() is not None]
-        if dead:
-            raise RecordError(f'{", ".join(dead)} exited while waiting for {what}')
-        if time.monotonic() > deadline:
-            raise RecordError(f'timed out after {timeout:.0f} s waiting for {what}')
-        time.sleep(0.02)
+        super().close()
 
 
 def run_episode(rec, args, k, procs):
@@ -263,20 +225,20 @@ def run_episode(rec, args, k, procs):
     episode = tasks.episode(seed, args.task)
     params = [Parameter('seed', Parameter.Type.INTEGER, seed).to_parameter_msg(),
               Parameter('task', Parameter.Type.STRING, args.task).to_parameter_msg()]
-    reply = call(rec.node, SetParameters, '/sim_arm/set_parameters',
-                 SetParameters.Request(parameters=params))
+    reply = rec.call_service(SetParameters, '/sim_arm/set_parameters',
+                             SetParameters.Request(parameters=params))
     refused = [r.reason for r in reply.results if not r.successful]
     if refused:
         raise RecordError(f'sim_arm refused seed {seed} / task {args.task}: {refused[0]}')
     rec.finish()
     wall_start = time.monotonic()
-    if not call(rec.node, Trigger, '/sim_arm/reset', Trigger.Request()).success:
+    if not rec.call_service(Trigger, '/sim_arm/reset', Trigger.Request()).success:
         raise RecordError('sim_arm refused ~/reset')
-    call(rec.node, Trigger, '/arm_bridge/reset', Trigger.Request())
+    rec.call_service(Trigger, '/arm_bridge/reset', Trigger.Request())
     bag = Path(args.out) / f'episode_{k:04d}'
     rec.begin(episode, rec.now_ns())
-    wait_for(rec.ready, RESET_TIMEOUT, f'episode {k} (seed {seed}) on sim/task and the cameras',
-             procs)
+    wait_until(rec.ready, RESET_TIMEOUT,
+               f'episode {k} (seed {seed}) on sim/task and the cameras', procs)
     rec.start(bag)
     end = time.monotonic() + args.seconds
     success_at = None
@@ -340,25 +302,21 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    params = ['--ros-args', '--params-file', str(config_file())]
-    sim_params = [a for p in [f'task:={args.task}', f'seed:={args.seed}',
-                              f'start_spread:={args.start_spread:g}', *args.sim_param]
-                  for a in ('-p', p)]
     print(f'starting sim_arm and arm_bridge (logs in {out}/); {args.episodes} {args.task} '
           f'episodes from seed {args.seed}, expert at {args.rate} Hz')
-    procs = {'sim_arm': start([executable('sim_arm'), *params, *sim_params],
+    procs = {'sim_arm': start(node_argv('sim_arm', f'task:={args.task}', f'seed:={args.seed}',
+                                        f'start_spread:={args.start_spread:g}', *args.sim_param),
                               out / 'sim_arm.log'),
-             'arm_bridge': start([executable('arm_bridge'), *params], out / 'arm_bridge.log')}
-    rclpy.init()
+             'arm_bridge': start(node_argv('arm_bridge'), out / 'arm_bridge.log')}
     rec = ExpertRecorder(args.rate)
     results = []
     code = 0
     try:
-        wait_for(rec.bridge_listening, START_TIMEOUT, 'arm_bridge to subscribe to vla/ee_delta',
-                 procs)
+        wait_until(rec.bridge_listening, START_TIMEOUT,
+                   'arm_bridge to subscribe to vla/ee_delta', procs)
         for name in ('/sim_arm/reset', '/arm_bridge/reset'):
             client = rec.node.create_client(Trigger, name)
-            wait_for(lambda c=client: c.service_is_ready(), START_TIMEOUT, name, procs)
+            wait_until(lambda c=client: c.service_is_ready(), START_TIMEOUT, name, procs)
             rec.node.destroy_client(client)
         for k in range(args.episodes):
             result = run_episode(rec, args, k, procs)
@@ -368,14 +326,13 @@ def main(argv=None):
                   + (f'success in {tts:.2f} s' if result['success'] else 'FAILED')
                   + f' ({result["actions"]} actions, {result["wall_s"]:.1f} s wall) -> '
                   f'{result["bag"] or "deleted"}', flush=True)
-    except RecordError as exc:
+    except ProcessError as exc:
         print(f'vla_record_demos: error: {exc}; see the logs in {out}/', file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         code = 130
     finally:
         rec.close()
-        rclpy.try_shutdown()
         codes = {name: stop(proc) for name, proc in procs.items()}
     (out / 'episodes.json').write_text(json.dumps(results, indent=1))
     done = sum(r['success'] for r in results)

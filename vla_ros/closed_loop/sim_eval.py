@@ -36,17 +36,15 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.srv import SetParameters
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from vla_ros.closed_loop import sim_report
-from vla_ros.closed_loop.demo import config_file, executable, POLICIES, start, stop
+from vla_ros.closed_loop.demo import node_params, POLICIES
+from vla_ros.closed_loop.processes import node_argv, Participant, ProcessError, start, stop
 from vla_ros.control.images import image_to_rgb
 from vla_ros.control.readers import stamp_ns
 from vla_ros.nodes import diagnostics, qos
@@ -64,7 +62,7 @@ MAX_SEED = 2**63 - 1  # sim_arm's seed is a ROS integer parameter (int64)
 RCLPY_PARAMS = ('use_sim_time', 'start_type_description_service')  # declared on every node
 
 
-class RunError(Exception):
+class RunError(ProcessError):
     """A node that failed or died, a refused service call: the run cannot go on."""
 
 
@@ -133,7 +131,10 @@ def parse_args(argv):
     except OSError as exc:
         parser.error(f'--out {args.out}: cannot write there ({exc})')
     args.model = str(Path(args.model).resolve())
-    args.node_params = POLICIES[args.policy]['params'] + args.params
+    try:
+        args.node_params = node_params(args.policy, args.model) + args.params
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -237,12 +238,12 @@ class Recorder:
                     self.bridge = (time.monotonic(), diagnostics.values_of(status))
 
 
-class Runner:
+class Runner(Participant):
     """The runner's ROS participant: watches the topics, calls the nodes' services."""
 
-    def __init__(self, context, procs, out):
+    def __init__(self, procs, out):
+        super().__init__('vla_sim_eval')
         self.procs, self.out = procs, out
-        self.node = rclpy.create_node('vla_sim_eval', context=context)
         self.rec = Recorder()
         node, rec = self.node, self.rec
         node.create_subscription(String, 'sim/task', rec.on_task, qos.COMMAND)
@@ -258,20 +259,6 @@ class Runner:
             'vla_reset': node.create_client(Trigger, '/vla_node/reset'),
             'bridge_reset': node.create_client(Trigger, '/arm_bridge/reset'),
         }
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self):
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
-
-    def close(self):
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
 
     # ---------------------------------------------------------------- plumbing
     def check_alive(self):
@@ -405,24 +392,20 @@ class Runner:
 
 def run(args, out):
     """Start the nodes, run the episodes, write the results; return the exit status."""
-    params = ['--ros-args', '--params-file', str(config_file())]
-    node_params = [a for p in args.node_params for a in ('-p', p)]
     print(f'{PROG}: starting sim_arm, vla_node (model {args.model}, {args.rate} Hz) and '
           f'arm_bridge; logs in {out}/', flush=True)
     argvs = {
-        'sim_arm': [executable('sim_arm'), *params, '-p', f'seed:={args.seed}',
-                    '-p', f'task:={args.task}', '-p', 'publish_clock:=false'],
-        'vla_node': [executable('vla_node'), *params, '-p', f'model_path:={args.model}',
-                     # '' (the default): the checkpoint's only key; rcl refuses an empty -p
-                     *(['-p', f'unnorm_key:={args.unnorm_key}'] if args.unnorm_key else []),
-                     '-p', f'control_rate_hz:={args.rate}', *node_params],
-        'arm_bridge': [executable('arm_bridge'), *params],
+        'sim_arm': node_argv('sim_arm', f'seed:={args.seed}', f'task:={args.task}',
+                             'publish_clock:=false'),
+        'vla_node': node_argv('vla_node', f'model_path:={args.model}',
+                              # '' (default): the checkpoint's only key; rcl refuses an empty -p
+                              *([f'unnorm_key:={args.unnorm_key}'] if args.unnorm_key else []),
+                              f'control_rate_hz:={args.rate}', *args.node_params),
+        'arm_bridge': node_argv('arm_bridge'),
     }
     config = {'model': args.model, 'policy': args.policy, 'unnorm_key': args.unnorm_key,
               'vla_node_params': args.node_params, 'task': args.task, 'seed': args.seed,
               'episodes': args.episodes, 'seconds': args.seconds, 'rate': args.rate}
-    context = rclpy.Context()
-    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
     runner, procs, episodes = None, {}, []
     try:
         for name, argv in argvs.items():
@@ -431,7 +414,7 @@ def run(args, out):
             except OSError as exc:
                 raise RunError(f'cannot start {name} ({exc}); install the package with its sim '
                                "extra: pip install -e '.[sim]'") from exc
-        runner = Runner(context, procs, out)
+        runner = Runner(procs, out)
         started = time.monotonic()
         runner.wait_until_up(args.startup_timeout)
         print(f'{PROG}: nodes up after {time.monotonic() - started:.1f} s', flush=True)
@@ -459,7 +442,6 @@ def run(args, out):
     finally:
         if runner is not None:
             runner.close()
-        rclpy.try_shutdown(context=context)
         for proc in procs.values():
             stop(proc)
     summary = sim_report.write_results(out, config, episodes)

@@ -17,7 +17,8 @@ regenerated exactly by ``vla_tiny_model --oft libero`` (seed 0). So ``assets/rea
 
 ``write_demo_policy(out)`` writes the base, rebuilds the training model with the run's
 settings, loads the trained parameters and saves the merged checkpoint exactly as
-``vla_finetune`` saves its own (``checkpoint.save_checkpoint``). ``make demo-policy`` records
+``vla_finetune`` saves its own (``checkpoint.save_checkpoint``), its run record in
+``training_state/run.json`` (the demo reads the state layout there). ``make demo-policy`` records
 the demonstrations and trains anew (the README gives the commands and their wall time);
 ``python -m vla_ros.training.demo_policy --ship DIR`` copies a ``vla_finetune`` output's
 trained parameters back into ``assets/reach/``.
@@ -68,7 +69,7 @@ def write_demo_policy(out, force=False):
     from vla_ros.training import checkpoint
     from vla_ros.training.model import (build_model, head_state, merged_state_dict,
                                         trainable_parameters)
-    from vla_ros.training.options import TrainConfig
+    from vla_ros.training.options import RUN_FILE, STATE_DIR, TrainConfig
 
     missing = [name for name in SHIPPED if not (ASSETS / name).is_file()]
     if missing:
@@ -103,6 +104,8 @@ def write_demo_policy(out, force=False):
                                    head_state(model.action_head),
                                    head_state(model.proprio_projector))
     shutil.copyfile(ASSETS / 'dataset_statistics.json', out / 'dataset_statistics.json')
+    (out / STATE_DIR).mkdir(exist_ok=True)  # the run record, where vla_finetune keeps it
+    shutil.copyfile(ASSETS / 'run.json', out / STATE_DIR / RUN_FILE)
     return out
 
 
