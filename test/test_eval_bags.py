@@ -248,3 +248,31 @@ def canonical(msg):
     """Return rclpy's CDR of ``msg`` with zero padding bytes (rclpy leaves them undefined)."""
     ts, msgtype = typestore(), f'{type(msg).__module__.split(".")[0]}/msg/{type(msg).__name__}'
     return bytes(ts.serialize_cdr(ts.deserialize_cdr(serialize_message(msg), msgtype), msgtype))
+
+
+COUNT_OPENS = """
+import json, sys
+opened = []
+def audit(event, args):  # every open() of a file, as the interpreter reports it
+    if event == 'open' and isinstance(args[0], str) and args[0].endswith('.mcap'):
+        opened.append(args[0])
+sys.addaudithook(audit)
+from vla_ros.evaluation.cli import main
+status = main(sys.argv[1:])
+print(json.dumps(opened))
+sys.exit(status)
+"""
+
+
+def test_vla_eval_opens_each_bag_once(tiny_checkpoint, tmp_path):
+    """Checked before the model loads, then evaluated: one open of each bag's storage file."""
+    bags = [write_bag(tmp_path / name, 'mcap', images=IMAGES, instructions=INSTRUCTIONS)
+            for name in ('first', 'second')]
+    proc = subprocess.run(
+        [sys.executable, '-c', COUNT_OPENS, *map(str, bags), '--model', tiny_checkpoint,
+         '--unnorm-key', UNNORM_KEY, '--reference', 'none', '--out', str(tmp_path / 'out')],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    opened = json.loads(proc.stdout.strip().splitlines()[-1])
+    files = [str(f) for bag in bags for f in bag.glob('*.mcap')]
+    assert sorted(opened) == sorted(files), opened

@@ -26,8 +26,7 @@ from test_eval_errors import assert_error, run_eval
 from vla_ros.control.action_layout import multiarray_to_chunk
 from vla_ros.evaluation import cli, metrics
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
-from vla_ros.evaluation.options import JOINT_STATE
-from vla_ros.recordings.bags import Bag, typestore
+from vla_ros.recordings.bags import Bag, JOINT_STATE, typestore
 from vla_ros.recordings.steps import Instruction, StepReader
 from vla_ros.sim.scenes import scene
 

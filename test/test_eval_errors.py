@@ -12,7 +12,7 @@ from test_eval_bags import run_without
 
 from vla_ros.evaluation import cli
 from vla_ros.evaluation.options import check_bag, EvalOptions
-from vla_ros.recordings.bags import Bag, EvalError, typestore
+from vla_ros.recordings.bags import Bag, RecordingError, typestore
 from vla_ros.recordings.steps import StepReader
 
 MS = 1_000_000
@@ -200,8 +200,8 @@ def corruptions(data, storage, count=24):
 
 
 @pytest.mark.parametrize('storage, suffix', [('sqlite3', '.db3'), ('mcap', '.mcap')])
-def test_a_damaged_bag_is_an_eval_error_wherever_it_is_damaged(tmp_path, storage, suffix):
-    """Opening, checking and reading every step of a damaged bag raises EvalError, or works."""
+def test_a_damaged_bag_is_a_recording_error_wherever_it_is_damaged(tmp_path, storage, suffix):
+    """Opening, checking and reading every step of a damaged bag: a RecordingError, or it works."""
     bag = good_bag(tmp_path / 'bag', storage)
     (file,) = bag.glob('*' + suffix)
     data = file.read_bytes()
@@ -215,7 +215,7 @@ def test_a_damaged_bag_is_an_eval_error_wherever_it_is_damaged(tmp_path, storage
             with Bag(bag) as opened:
                 for _ in StepReader(opened, options.cameras(), options.topics(), options.rate):
                     pass
-        except EvalError as exc:
+        except RecordingError as exc:
             assert '\n' not in str(exc), what
         except Exception as exc:  # noqa: B902 - what the test is for: nothing else escapes
             escaped.append(f'{what}: {type(exc).__name__}')

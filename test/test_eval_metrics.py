@@ -15,6 +15,7 @@ from vla_ros.evaluation import metrics, reference
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
 from vla_ros.evaluation.report import build_metrics
 from vla_ros.recordings import steps
+from vla_ros.recordings.actions import recorded_actions
 from vla_ros.recordings.bags import Bag, BagWriter
 from vla_ros.sim.scenes import scene
 
@@ -124,14 +125,14 @@ def test_ee_pose_relabelling_equals_hand_computed():
 
 def test_recorded_actions_pair_by_log_time():
     actions = np.arange(6)[:, None] * np.ones(7)  # action i has value i everywhere
-    ref = reference.recorded_actions(
+    ref = recorded_actions(
         image_log_ns=np.array([0, 150, 400]) * MS, next_step_ns=np.array([200, 400, 600]) * MS,
         action_times=np.array([0, 50, 120, 390, 400, 650]) * MS, actions=actions)
     # The window is [image log time, next step time): an action logged with its image counts
     # (a dataset converted to a bag), as does one logged later but before the next step.
     np.testing.assert_array_equal(ref, [np.full(7, 0.0), np.full(7, 3.0), np.full(7, 4.0)])
-    late = reference.recorded_actions(np.array([0]), np.array([200 * MS]),
-                                      np.array([200 * MS]), actions[:1])
+    late = recorded_actions(np.array([0]), np.array([200 * MS]), np.array([200 * MS]),
+                            actions[:1])
     assert np.isnan(late).all()  # logged at the next step time: that step's, not this one's
 
 
@@ -141,13 +142,12 @@ def test_each_recorded_action_is_the_reference_of_at_most_one_step():
     # step's action 5 ms after its tick.
     step_ns = np.arange(8) * 50 * MS
     image_ns = step_ns // (100 * MS) * (100 * MS)
-    live = reference.recorded_actions(image_ns, step_ns + 50 * MS, step_ns + 5 * MS, actions)
+    live = recorded_actions(image_ns, step_ns + 50 * MS, step_ns + 5 * MS, actions)
     np.testing.assert_array_equal(live, actions)  # not 0, 0, 2, 2, ...
     # A 10 Hz dataset (each action logged with its image, 1 ms before the step) at --rate 20:
     # a step that reuses an image has no action of its own.
     image_ns = np.maximum(image_ns - MS, 0)
-    dataset = reference.recorded_actions(image_ns, step_ns + 50 * MS, image_ns[::2],
-                                         actions[:4])
+    dataset = recorded_actions(image_ns, step_ns + 50 * MS, image_ns[::2], actions[:4])
     np.testing.assert_array_equal(dataset[::2], actions[:4])
     assert np.isnan(dataset[1::2]).all()
 

@@ -11,21 +11,24 @@ import math
 import os
 from pathlib import Path
 import shutil
+import subprocess
+import sys
 
 from bag_helpers import (FRONT, LIBERO_PROPRIO, libero_state, MS_NS, robot_inputs, T0_NS,
                          WRIST, WRIST_SCENES, write_bag)
+from conftest import REPO
 import numpy as np
 import pytest
 import torch
 
 from vla_ros.control.action_layout import ACTION_LABEL
-from vla_ros.evaluation.options import EvalOptions
-from vla_ros.recordings.bags import typestore
+from vla_ros.recordings.bags import RecordingError, typestore
+from vla_ros.recordings.options import DataOptions
 from vla_ros.sim.scenes import scene
 from vla_ros.training import cli
 from vla_ros.training.checkpoint import read_log
-from vla_ros.training.dataset import (ChunkDataset, collate, NON_FINITE_ACTION, NON_FINITE_STATE,
-                                      Preprocessor, read_episode, sample_arrays)
+from vla_ros.training.dataset import (check_bags, ChunkDataset, collate, NON_FINITE_ACTION,
+                                      NON_FINITE_STATE, Preprocessor, read_episode, sample_arrays)
 from vla_ros.training.finetune import statistics_of
 from vla_ros.training.stats import normalize_actions
 
@@ -62,7 +65,7 @@ def data_args(*bags):
 
 
 def options():
-    return EvalOptions(camera_topics=(FRONT, WRIST), proprio=LIBERO_PROPRIO, rate=10.0)
+    return DataOptions(camera_topics=(FRONT, WRIST), proprio=LIBERO_PROPRIO, rate=10.0)
 
 
 @pytest.fixture(scope='module')
@@ -125,7 +128,7 @@ def test_steps_above_the_camera_rate_train_on_their_own_recorded_actions(tmp_pat
     write_bag(tmp_path / 'live', 'mcap', instructions=[(T0_NS - 50 * MS_NS, INSTRUCTIONS[0])],
               actions=[(T0_NS + k * period + 5 * MS_NS, a) for k, a in enumerate(recorded)],
               **inputs)
-    episode = read_episode(tmp_path / 'live', EvalOptions(
+    episode = read_episode(tmp_path / 'live', DataOptions(
         camera_topics=(FRONT, WRIST), proprio=LIBERO_PROPRIO, rate=20.0))
     assert list(episode.samples) == list(range(steps))
     np.testing.assert_array_equal(episode.actions, recorded)  # not 0, 0, 2, 2, ...
@@ -375,3 +378,16 @@ def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path
         assert text in err[0]
     if case != 'out':
         assert not out.exists()
+
+
+def test_training_reads_bags_without_evaluation(bags):
+    """A bad bag is a RecordingError, and vla_finetune imports nothing of vla_ros.evaluation."""
+    side = DataOptions(camera_topics=(FRONT, '/cam_side/image_raw'), proprio=LIBERO_PROPRIO,
+                       rate=10.0)
+    with pytest.raises(RecordingError, match='/cam_side/image_raw is not in bag'):
+        check_bags([bags[0][0]], side, 7)
+    probe = ('import sys, vla_ros.training.cli, vla_ros.training.finetune; '
+             "print(sorted(m for m in sys.modules if m.startswith('vla_ros.evaluation')))")
+    proc = subprocess.run([sys.executable, '-c', probe], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc.stdout + proc.stderr

@@ -27,6 +27,7 @@ torch threads, so they do not oversubscribe the CPU (accelerate and torchrun set
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,12 +35,12 @@ from pathlib import Path
 import sys
 
 from vla_ros.control.chunks import MODES
-from vla_ros.evaluation.evaluate import (check_bag, check_policy, EvalOptions, evaluate_bag,
-                                         REFERENCES)
-from vla_ros.recordings.bags import Bag, EvalError, topic_name
+from vla_ros.evaluation.evaluate import (check_bag, check_policy, EvalError, EvalOptions,
+                                         evaluate_bag, REFERENCES)
+from vla_ros.recordings.bags import Bag, RecordingError, topic_name
+from vla_ros.recordings.options import add_data_arguments, data_fields
 
 PROG = 'vla_eval'
-MAX_RATE_HZ = 1000.0
 POLICIES = ('openvla', 'openvla_oft')
 USAGE = ('%(prog)s BAG [BAG ...] --model PATH [--unnorm-key K]\n'
          '       [--image-topic T | --camera-topics T [T ...]] [--compressed]\n'
@@ -70,25 +71,10 @@ def build_parser():
     parser.add_argument('--unnorm-key', default='', metavar='K',
                         help='dataset statistics to unnormalise with (needed when the '
                         'checkpoint has several)')
-    cameras = parser.add_mutually_exclusive_group()
-    cameras.add_argument('--image-topic', default=None, metavar='T',
-                         help='image topic of a one-camera policy (default camera/image_raw, '
-                         'with --compressed camera/image_raw/compressed)')
-    cameras.add_argument('--camera-topics', nargs='+', default=None, metavar='T',
-                         help="one image topic per policy image, primary first (vla_node's "
-                         'camera_topics; with --compressed, /compressed is appended to each)')
-    parser.add_argument('--compressed', action='store_true',
-                        help='the image topic is sensor_msgs/CompressedImage (jpeg, png)')
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument('--instruction-topic', default='vla/instruction', metavar='T',
-                       help='std_msgs/String instruction topic (default vla/instruction)')
-    group.add_argument('--instruction', default=None, metavar='TEXT',
-                       help='use this instruction at every step instead of a topic')
+    add_data_arguments(parser)
     parser.add_argument('--reference', choices=REFERENCES, default='action',
                         help='reference actions: a recorded --action-topic (default), ee_pose '
                         'relabelled BridgeData-style (needs --gripper-topic), or none')
-    parser.add_argument('--rate', type=float, default=5.0, metavar='HZ',
-                        help='control rate of the steps, Hz (default 5.0, as vla_node)')
     parser.add_argument('--out', required=True, metavar='DIR', help='output directory')
     parser.add_argument('--write-bag', action='store_true',
                         help="also write DIR/predictions_<bag>/: the predictions on vla_node's "
@@ -104,24 +90,8 @@ def build_parser():
                         'quantization parameter of vla_node')
     parser.add_argument('--center-crop', action='store_true',
                         help='the 0.9-area center crop of fine-tunes trained with augmentation')
-    parser.add_argument('--action-topic', default='vla/action', metavar='T',
-                        help='recorded std_msgs/Float64MultiArray actions (default vla/action)')
-    parser.add_argument('--ee-pose-topic', default='ee_pose', metavar='T',
-                        help='geometry_msgs/PoseStamped end-effector pose in the base frame '
-                        '(default ee_pose)')
     parser.add_argument('--gripper-topic', default='', metavar='T',
                         help='std_msgs/Float64 gripper state, 1 = open (for --reference ee_pose)')
-    parser.add_argument('--joint-states-topic', default='joint_states', metavar='T',
-                        help='sensor_msgs/JointState topic of the joint:NAME --proprio entries '
-                        '(default joint_states)')
-    parser.add_argument('--proprio', nargs='+', default=[], metavar='ENTRY',
-                        help="the state vector's layout, as vla_node's proprio: ee_position, "
-                        'ee_axis_angle, ee_rpy, ee_quaternion (from --ee-pose-topic), '
-                        'joint:NAME (from --joint-states-topic); default none')
-    parser.add_argument('--action-frame', default='base_link', metavar='F',
-                        help="as vla_node's action_frame: the base frame of the deltas; a "
-                        'step whose ee_pose (--proprio) is in another frame has no usable '
-                        'state (default base_link)')
     parser.add_argument('--policy', choices=POLICIES, default='openvla',
                         help='the policy family (default openvla)')
     parser.add_argument('--platform', choices=('libero', 'aloha', 'bridge'), default='libero',
@@ -151,38 +121,20 @@ def build_parser():
 
 def options_from_args(args):
     """Validate the arguments that argparse cannot and return ``EvalOptions``."""
-    if not (math.isfinite(args.rate) and 0 < args.rate <= MAX_RATE_HZ):
-        raise EvalError(f'--rate {args.rate:g} Hz: the control rate must be in (0, '
-                        f'{MAX_RATE_HZ:g}] Hz (no camera or policy ticks faster); pass the rate '
-                        'of vla_node, e.g. --rate 5')
     if not (math.isfinite(args.max_image_age) and args.max_image_age >= 0):
         raise EvalError(f'--max-image-age {args.max_image_age} must be >= 0 s (0: no check)')
-    if args.instruction is not None and not args.instruction.strip():
-        raise EvalError('--instruction is empty; pass the task, e.g. --instruction '
-                        '"put the carrot on the plate"')
     if args.reference == 'ee_pose' and not args.gripper_topic:
         raise EvalError('--reference ee_pose needs the gripper state: pass --gripper-topic T '
                         '(std_msgs/Float64, 1 = open)')
     if not (math.isfinite(args.max_proprio_age) and args.max_proprio_age >= 0):
         raise EvalError(f'--max-proprio-age {args.max_proprio_age} must be >= 0 s (0: no '
                         'check)')
-    if args.camera_topics is not None and not all(t.strip('/ ') for t in args.camera_topics):
-        raise EvalError(f'--camera-topics {args.camera_topics}: a topic name is empty; pass one '
-                        'image topic per camera, the primary camera first')
     return EvalOptions(
-        image_topic=topic_name(args.image_topic) if args.image_topic else '',
-        camera_topics=tuple(topic_name(t) for t in args.camera_topics or ()),
-        compressed=args.compressed,
-        instruction_topic=topic_name(args.instruction_topic),
-        instruction=(args.instruction or '').strip(), reference=args.reference,
-        action_topic=topic_name(args.action_topic),
-        ee_pose_topic=topic_name(args.ee_pose_topic),
+        **data_fields(args), reference=args.reference,
         gripper_topic=topic_name(args.gripper_topic) if args.gripper_topic else '',
-        joint_states_topic=topic_name(args.joint_states_topic), proprio=tuple(args.proprio),
-        action_frame=args.action_frame, rate=args.rate, max_image_age=args.max_image_age,
-        max_camera_skew=args.max_camera_skew, max_proprio_age=args.max_proprio_age,
-        chunk_mode=args.chunk_mode, execute_steps=args.execute_steps,
-        ensemble_decay=args.ensemble_decay)
+        max_image_age=args.max_image_age, max_camera_skew=args.max_camera_skew,
+        max_proprio_age=args.max_proprio_age, chunk_mode=args.chunk_mode,
+        execute_steps=args.execute_steps, ensemble_decay=args.ensemble_decay)
 
 
 def bag_names(paths):
@@ -227,16 +179,25 @@ def _load_policy(args, device):
 
 
 def run(args):
-    from vla_ros.evaluation.report import check_outputs, prepare_out_dir, write_outputs
+    """Check every bag, load the policy, evaluate this process's bags, write (rank 0)."""
+    from vla_ros.evaluation.report import check_outputs, prepare_out_dir
 
     options = options_from_args(args)
     out_dir = prepare_out_dir(args.out)
     paths = [Path(p) for p in args.bags]
-    for path in paths:
-        with Bag(path) as bag:
-            check_bag(bag, options)
-    names = bag_names(paths)
-    check_outputs(out_dir, names, args.write_bag)  # nothing the run needs fails after it
+    with contextlib.ExitStack() as opened:  # each bag is opened once: checked, then evaluated
+        bags = []
+        for path in paths:
+            bags.append(opened.enter_context(Bag(path)))
+            check_bag(bags[-1], options)
+        names = bag_names(paths)
+        check_outputs(out_dir, names, args.write_bag)  # nothing the run needs fails after it
+        return _run(args, options, out_dir, bags, names)
+
+
+def _run(args, options, out_dir, bags, names):
+    from vla_ros.evaluation.report import write_outputs
+
     state = _process_state(args.device)
     device = str(state.device) if args.device == 'auto' and state.num_processes > 1 \
         else args.device
@@ -244,18 +205,22 @@ def run(args):
     check_policy(policy, options)
     rank = f'[{state.process_index}/{state.num_processes}] ' if state.num_processes > 1 else ''
     payloads = []
-    with state.split_between_processes(list(range(len(paths)))) as mine:
+    with state.split_between_processes(list(range(len(bags)))) as mine:
+        for i in sorted(set(range(len(bags))) - set(mine)):
+            bags[i].close()  # another process evaluates it
         if state.num_processes > 1:
             print(f'{PROG}: process {state.process_index}/{state.num_processes} on '
                   f'{policy.device}: bags {", ".join(names[i] for i in mine) or "none"}',
                   file=sys.stderr, flush=True)
         for i in mine:
             try:
-                result = evaluate_bag(paths[i], policy, key, options, name=names[i],
+                result = evaluate_bag(bags[i], policy, key, options, name=names[i],
                                       desc=f'{rank}{names[i]}')
                 payloads.append(json.dumps({'index': i, 'result': result.to_json()}))
-            except EvalError as exc:
+            except (EvalError, RecordingError) as exc:
                 payloads.append(json.dumps({'index': i, 'error': str(exc)}))
+            finally:
+                bags[i].close()
     if state.num_processes > 1:
         from accelerate.utils import gather_object
         payloads = gather_object(payloads)  # JSON text only crosses the process boundary
@@ -381,7 +346,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except EvalError as exc:
+    except (EvalError, RecordingError) as exc:
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 2
 

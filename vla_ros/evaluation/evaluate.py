@@ -20,7 +20,8 @@ It returns a ``BagResult`` (``results``). Reading, deserialising and decoding fr
 assembling the state runs on a background thread one step ahead of ``predict``
 (``prefetch``), so the model never waits on the bag. ``check_bag`` validates a bag's topics and
 size without reading its messages (``options``); the command line calls it for every bag before
-loading a model, and ``check_policy`` once the model is loaded.
+loading a model, and ``check_policy`` once the model is loaded, and hands each bag it opened to
+``evaluate_bag``, so every bag is opened once.
 """
 
 from pathlib import Path
@@ -33,9 +34,10 @@ from tqdm import tqdm
 from vla_ros.control.action_layout import ACTION_DIM
 from vla_ros.control.core import ControlCore, infer
 from vla_ros.evaluation import reference as references
-from vla_ros.evaluation.options import check_bag, check_policy, EvalOptions, REFERENCES, step_count
+from vla_ros.evaluation.options import (check_bag, check_policy, EvalError, EvalOptions,
+                                        REFERENCES, step_count)
 from vla_ros.evaluation.results import BagResult, STATUSES
-from vla_ros.recordings.bags import Bag, EvalError
+from vla_ros.recordings.bags import Bag
 from vla_ros.recordings.steps import as_arrays, decode_frame, Instruction, step_time, StepReader
 
 __all__ = ['BagResult', 'check_bag', 'check_policy', 'EvalError', 'EvalOptions', 'evaluate_bag',
@@ -52,32 +54,32 @@ def make_core(options, emit):
                        max_proprio_age=options.max_proprio_age or None)
 
 
-def evaluate_bag(path, policy, unnorm_key, options, name=None, progress=True, desc=None,
+def evaluate_bag(bag, policy, unnorm_key, options, name=None, progress=True, desc=None,
                  background=True):
     """
-    Run ``policy`` on the control steps of the bag at ``path``; return a ``BagResult``.
+    Run ``policy`` on the control steps of ``bag``; return a ``BagResult``.
 
+    ``bag``: an opened ``recordings.bags.Bag`` (left open), or its path (opened here, once).
     ``policy`` is an ``OpenVLAPolicy`` or ``OpenVLAOFTPolicy`` (or anything with the same
     ``predict``); ``unnorm_key`` must be resolved already. ``background``: read the bag on a
-    thread ahead of ``predict``. Raises ``EvalError`` for bad input.
+    thread ahead of ``predict``. Raises ``EvalError`` or ``RecordingError`` for bad input.
     """
-    path = Path(path)
     check_policy(policy, options)
-    with Bag(path) as bag:
-        check_bag(bag, options)
-        storage = bag.storage
-        estimate = step_count(bag, options.rate)
+    if not isinstance(bag, Bag):
+        with Bag(Path(bag)) as opened:
+            return evaluate_bag(opened, policy, unnorm_key, options, name, progress, desc,
+                                background)
+    check_bag(bag, options)
+    path = Path(bag.path)
     cameras, topics, layout = options.cameras(), options.topics(), options.layout()
     state = {}
 
     def produce():
-        with Bag(path) as bag:
-            reader = StepReader(bag, cameras, topics, options.rate,
-                                compressed=options.compressed, layout=layout,
-                                max_skew=options.max_camera_skew,
-                                pose_frame=options.action_frame)
-            yield from reader
-            state['streams'] = reader.streams
+        reader = StepReader(bag, cameras, topics, options.rate, compressed=options.compressed,
+                            layout=layout, max_skew=options.max_camera_skew,
+                            pose_frame=options.action_frame)
+        yield from reader
+        state['streams'] = reader.streams
 
     emitted = []
     core = make_core(options, emitted.append)
@@ -85,10 +87,11 @@ def evaluate_bag(path, policy, unnorm_key, options, name=None, progress=True, de
     if options.instruction:
         core.set_instruction(options.instruction)
     rows = []
-    bar = tqdm(total=estimate, desc=desc or name or path.name, unit='step', disable=None,
-               leave=False) if progress else None
+    bar = tqdm(total=step_count(bag, options.rate), desc=desc or name or path.name, unit='step',
+               disable=None, leave=False) if progress else None
+    events = prefetch(produce()) if background else produce()
     try:
-        for event in prefetch(produce()) if background else produce():
+        for event in events:
             if isinstance(event, Instruction):
                 if not options.instruction:
                     update = (core.refuse_instruction(event.refused) if event.refused
@@ -100,10 +103,11 @@ def evaluate_bag(path, policy, unnorm_key, options, name=None, progress=True, de
             if bar is not None:
                 bar.update(1)
     finally:
+        events.close()  # the reader stops before the bag may close
         if bar is not None:
             bar.close()
     chunk_len = getattr(policy, 'chunk_len', 1)
-    return _result(name or path.name, path, storage, rows, state['streams'], options,
+    return _result(name or path.name, path, bag.storage, rows, state['streams'], options,
                    bad_instructions, chunk_len)
 
 
@@ -228,7 +232,7 @@ def prefetch(iterable, depth=2):
         finally:
             close = getattr(iterable, 'close', None)
             if close is not None:
-                close()  # on this thread: a sqlite3 connection lives on the thread that opened it
+                close()  # on this thread, the one that runs the iterable
         put(_END)
 
     thread = threading.Thread(target=run, name='vla_eval_reader', daemon=True)

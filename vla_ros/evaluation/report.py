@@ -26,7 +26,8 @@ import tempfile
 import numpy as np
 
 from vla_ros.evaluation import metrics as metric_lib
-from vla_ros.recordings.bags import action_messages, BagWriter, chunk_message, EvalError
+from vla_ros.evaluation.options import EvalError
+from vla_ros.recordings.bags import action_messages, BagWriter, chunk_message
 
 OUTPUT_TOPICS = ('/vla/ee_delta', '/vla/gripper', '/vla/action')
 CHUNK_TOPIC = '/vla/action_chunk'

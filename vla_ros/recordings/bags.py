@@ -1,11 +1,11 @@
 """
-rosbag2 input and output for vla_eval, through ``rosbags`` (pure Python, no rclpy, no ROS graph).
+rosbag2 input and output of vla_eval and vla_finetune through ``rosbags`` (pure Python, no rclpy).
 
 ``Bag`` opens a rosbag2 directory (sqlite3 or MCAP; a single ``.db3``/``.mcap`` file works too),
-checks that the topics vla_eval needs exist with the right types, and streams their messages in
+checks that the topics a tool needs exist with the right types, and streams their messages in
 bag log-time order. ``BagWriter`` writes a new rosbag2 directory in either storage format. Every
-problem a user can cause (a missing or wrong topic, an empty, truncated or foreign bag, an
-unwritable output) raises ``EvalError`` with one line naming the problem and the fix.
+problem a user can cause with a bag (a missing or wrong topic, an empty, truncated or foreign
+bag) raises ``RecordingError`` with one line naming the problem and the fix.
 
 ``action_messages`` and ``chunk_message`` build vla_node's output messages in the typestore's
 own classes, from the layout the live node publishes (``control.action_layout.action_fields`` and
@@ -27,6 +27,7 @@ STRING = 'std_msgs/msg/String'
 FLOAT64 = 'std_msgs/msg/Float64'
 FLOAT64_MULTI_ARRAY = 'std_msgs/msg/Float64MultiArray'
 POSE_STAMPED = 'geometry_msgs/msg/PoseStamped'
+JOINT_STATE = 'sensor_msgs/msg/JointState'
 STORAGES = ('sqlite3', 'mcap')
 _PLUGINS = {'sqlite3': StoragePlugin.SQLITE3, 'mcap': StoragePlugin.MCAP}
 _SUFFIXES = {'.db3': 'sqlite3', '.mcap': 'mcap'}
@@ -42,8 +43,8 @@ READ_ERRORS = (Exception,)
 _TYPESTORE = []
 
 
-class EvalError(Exception):
-    """Bad input to vla_eval; the text names the problem and the fix (exit status 2)."""
+class RecordingError(ValueError):
+    """A bad bag or data option; the text names the problem and the fix (both tools exit 2)."""
 
 
 def typestore():
@@ -89,17 +90,17 @@ class Bag:
     def __enter__(self):
         path = self.path
         if not path.exists():
-            raise EvalError(f'bag {str(path)!r} does not exist; pass a rosbag2 directory '
-                            '(the folder holding metadata.yaml)')
+            raise RecordingError(f'bag {str(path)!r} does not exist; pass a rosbag2 directory '
+                                 '(the folder holding metadata.yaml)')
         if path.is_dir() and not (path / 'metadata.yaml').exists():
             files = sorted(p.name for p in path.iterdir())[:8]
-            raise EvalError(
+            raise RecordingError(
                 f'{str(path)!r} is not a rosbag2 directory: it has no metadata.yaml (it holds '
                 f'{", ".join(files) if files else "nothing"}); pass the directory that '
                 '`ros2 bag record -o` created')
         if path.is_file() and path.suffix not in _SUFFIXES:
-            raise EvalError(f'{str(path)!r} is not a rosbag2 bag; pass a rosbag2 directory or a '
-                            '.db3/.mcap file')
+            raise RecordingError(f'{str(path)!r} is not a rosbag2 bag; pass a rosbag2 directory '
+                                 'or a .db3/.mcap file')
         self.storage = _bag_storage(path)
         try:
             reader = AnyReader([path], default_typestore=typestore())
@@ -107,11 +108,11 @@ class Bag:
         except READ_ERRORS as exc:
             detail = _one_line(exc)
             if 'metadata' in detail.lower():
-                raise EvalError(
+                raise RecordingError(
                     f'cannot read bag {str(path)!r}: its metadata.yaml is damaged '
                     f'({detail[:160]}); restore it from the recording, or rebuild it with '
                     '`ros2 bag reindex`') from None
-            raise EvalError(
+            raise RecordingError(
                 f'cannot read bag {str(path)!r} ({self.storage}): {detail}; the file is '
                 'truncated or corrupt: re-record it, or for sqlite3 try `ros2 bag reindex`'
             ) from None
@@ -122,9 +123,9 @@ class Bag:
                        for name, info in reader.topics.items()}
         if sum(count for _, count in self.topics.values()) == 0:
             self.close()
-            raise EvalError(f'bag {str(path)!r} is empty: it has no messages '
-                            f'(topics: {self.describe_topics()}); record a run with '
-                            '`ros2 bag record` and pass that bag')
+            raise RecordingError(f'bag {str(path)!r} is empty: it has no messages '
+                                 f'(topics: {self.describe_topics()}); record a run with '
+                                 '`ros2 bag record` and pass that bag')
         return self
 
     def __exit__(self, *exc_info):
@@ -161,8 +162,8 @@ class Bag:
         both for the error message.
         """
         if topic not in self.topics:
-            raise EvalError(f'{what} topic {topic} is not in bag {str(self.path)!r}; its topics '
-                            f'are: {self.describe_topics()}; pass {option}')
+            raise RecordingError(f'{what} topic {topic} is not in bag {str(self.path)!r}; its '
+                                 f'topics are: {self.describe_topics()}; pass {option}')
         msgtype, count = self.topics[topic]
         if msgtype not in msgtypes:
             hint = ''
@@ -170,13 +171,14 @@ class Bag:
                 hint = ' (raw images: drop --compressed)'
             elif IMAGE in msgtypes and msgtype == COMPRESSED_IMAGE:
                 hint = ' (compressed images: add --compressed)'
-            raise EvalError(f'{what} topic {topic} in bag {str(self.path)!r} has type {msgtype}, '
-                            f'expected {" or ".join(msgtypes)}{hint}; pass {option} naming a '
-                            f'topic of that type (topics: {self.describe_topics()})')
+            raise RecordingError(f'{what} topic {topic} in bag {str(self.path)!r} has type '
+                                 f'{msgtype}, expected {" or ".join(msgtypes)}{hint}; pass '
+                                 f'{option} naming a topic of that type (topics: '
+                                 f'{self.describe_topics()})')
         if count == 0:
-            raise EvalError(f'{what} topic {topic} in bag {str(self.path)!r} has no messages; '
-                            f'pass {option} naming a recorded topic (topics: '
-                            f'{self.describe_topics()})')
+            raise RecordingError(f'{what} topic {topic} in bag {str(self.path)!r} has no '
+                                 f'messages; pass {option} naming a recorded topic (topics: '
+                                 f'{self.describe_topics()})')
         return msgtype
 
     def messages(self, topics, raw=False):
@@ -188,9 +190,9 @@ class Bag:
             for conn, log_ns, data in self._reader.messages(connections=connections):
                 yield conn.topic, log_ns, data if raw else self.deserialize(data, conn.topic)
         except READ_ERRORS as exc:
-            raise EvalError(f'cannot read bag {str(self.path)!r} ({self.storage}): '
-                            f'{_one_line(exc)}; the file is truncated or corrupt: re-record it'
-                            ) from None
+            raise RecordingError(f'cannot read bag {str(self.path)!r} ({self.storage}): '
+                                 f'{_one_line(exc)}; the file is truncated or corrupt: '
+                                 're-record it') from None
 
     def deserialize(self, data, topic):
         """Turn raw CDR bytes recorded on ``topic`` into a rosbags message."""
@@ -198,8 +200,9 @@ class Bag:
         try:
             return self._reader.deserialize(data, msgtype)
         except READ_ERRORS as exc:
-            raise EvalError(f'cannot decode a {msgtype} message on {topic} in bag '
-                            f'{str(self.path)!r}: {_one_line(exc)}; the bag is corrupt') from None
+            raise RecordingError(f'cannot decode a {msgtype} message on {topic} in bag '
+                                 f'{str(self.path)!r}: {_one_line(exc)}; the bag is '
+                                 'corrupt') from None
 
 
 def stamp_header(stamp_ns, frame_id):
@@ -327,5 +330,5 @@ class BagWriter:
         self._writer.write(self.add_topic(topic, msgtype), int(log_ns), data)
 
 
-__all__ = ['action_messages', 'Bag', 'BagWriter', 'chunk_message', 'EvalError', 'READ_ERRORS',
+__all__ = ['action_messages', 'Bag', 'BagWriter', 'chunk_message', 'READ_ERRORS', 'RecordingError',
            'stamp_header', 'to_rosbags', 'topic_name', 'typestore']

@@ -34,7 +34,7 @@ from vla_ros.control import action_layout, images
 from vla_ros.control.core import Frame, matched_frames, Observation
 from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.control.readers import ns_to_seconds, read_pose, stamp_ns, string_from_cdr
-from vla_ros.recordings.bags import EvalError
+from vla_ros.recordings.bags import RecordingError
 
 # Steps one bag may have (duration x rate): about 11 h at 5 Hz, 1.9 h at 30 Hz.
 MAX_STEPS = 200_000
@@ -201,9 +201,10 @@ class StepReader:
             try:  # NaN or inf is kept: that step has no reference, and is no training sample
                 values = action_layout.multiarray_to_action(msg, finite=False)
             except images.ConversionError as exc:
-                raise EvalError(f'reference action on {self.topics[role]} at log time '
-                                f'{log_ns * 1e-9:.3f} s in bag {str(self.bag.path)!r}: {exc}; '
-                                'use --reference ee_pose or another --action-topic') from None
+                raise RecordingError(f'reference action on {self.topics[role]} at log time '
+                                     f'{log_ns * 1e-9:.3f} s in bag {str(self.bag.path)!r}: '
+                                     f'{exc}; use --reference ee_pose or another '
+                                     '--action-topic') from None
             s.action_times.append(log_ns)
             s.actions.append(values)
         elif role == 'ee_pose':
@@ -211,9 +212,10 @@ class StepReader:
             try:
                 rpy = quaternion_to_rpy(*quaternion)
             except ValueError as exc:
-                raise EvalError(f'ee_pose on {self.topics[role]} at log time '
-                                f'{log_ns * 1e-9:.3f} s in bag {str(self.bag.path)!r}: {exc}; '
-                                'fix the recording or use --reference action') from None
+                raise RecordingError(f'ee_pose on {self.topics[role]} at log time '
+                                     f'{log_ns * 1e-9:.3f} s in bag {str(self.bag.path)!r}: '
+                                     f'{exc}; fix the recording or use --reference action'
+                                     ) from None
             s.pose_times.append(log_ns)
             s.poses.append((*position, *rpy))
         elif role == 'gripper':

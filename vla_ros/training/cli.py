@@ -6,10 +6,11 @@ vla_finetune: fine-tune an OpenVLA(-OFT) checkpoint on rosbag2 recordings with O
                  [--val-bags BAG ... | --val-fraction F] [--steps N] [--batch-size B]
                  [--full | --lora-only] [--lora-rank R] [--resume] [--stats-only] ...
 
-The bags are read with vla_eval's step semantics and options (the same names and defaults:
-``--camera-topics``, ``--proprio``, ``--rate``, the topic options), and the model sees the
-policy's own preprocessing. Every check that needs no model runs first, so bad input fails in a
-second with one line, ``vla_finetune: error: ...`` naming the problem and the fix, exit status 2.
+The bags are read with vla_eval's step semantics and data options (``recordings.options``: the
+same flags, ``--camera-topics``, ``--proprio``, ``--rate``, the topic options), and the model
+sees the policy's own preprocessing. Every check that needs no model runs first, so bad input
+fails in a second with one line, ``vla_finetune: error: ...`` naming the problem and the fix,
+exit status 2.
 
 Data parallel: ``accelerate launch [--multi_gpu] [--num_processes N] -m vla_ros.training.cli
 BAG ... --out DIR`` (``--batch-size`` is per process).
@@ -21,12 +22,11 @@ from pathlib import Path
 import random
 import sys
 
-from vla_ros.evaluation.options import EvalOptions
-from vla_ros.recordings.bags import EvalError, topic_name
+from vla_ros.recordings.bags import RecordingError
+from vla_ros.recordings.options import add_data_arguments, data_fields, DataOptions
 from vla_ros.training.options import FinetuneError, LORA_TARGETS, TrainConfig
 
 PROG = 'vla_finetune'
-MAX_RATE_HZ = 1000.0
 USAGE = ('%(prog)s BAG [BAG ...] --base PATH --out DIR --unnorm-key NEW\n'
          '       [--platform libero|bridge] [--camera-topics T [T ...]] [--compressed]\n'
          '       [--proprio ENTRY [ENTRY ...]] [--rate HZ] [--center-crop]\n'
@@ -60,29 +60,7 @@ def build_parser():
                         help="OFT's constants preset: chunk length, action and state size, "
                         'images (default libero: 8, 7, 8, 2)')
     data = parser.add_argument_group('data (as vla_eval and vla_node)')
-    data.add_argument('--camera-topics', nargs='+', default=['camera/image_raw'], metavar='T',
-                      help='one image topic per policy image, primary first (default '
-                      'camera/image_raw)')
-    data.add_argument('--compressed', action='store_true',
-                      help='the image topics are sensor_msgs/CompressedImage (/compressed is '
-                      'appended to each)')
-    data.add_argument('--proprio', nargs='+', default=[], metavar='ENTRY',
-                      help="the state vector's layout, as vla_node's proprio: ee_position, "
-                      'ee_axis_angle, ee_rpy, ee_quaternion, joint:NAME')
-    data.add_argument('--ee-pose-topic', default='ee_pose', metavar='T',
-                      help='geometry_msgs/PoseStamped end-effector pose (default ee_pose)')
-    data.add_argument('--joint-states-topic', default='joint_states', metavar='T',
-                      help='sensor_msgs/JointState topic (default joint_states)')
-    data.add_argument('--action-frame', default='base_link', metavar='F',
-                      help="as vla_node's action_frame: the frame ee_pose must be in; a step "
-                      'whose pose is in another frame is no sample (default base_link)')
-    data.add_argument('--instruction-topic', default='vla/instruction', metavar='T',
-                      help='std_msgs/String instruction topic (default vla/instruction)')
-    data.add_argument('--action-topic', default='vla/action', metavar='T',
-                      help='recorded std_msgs/Float64MultiArray actions (default vla/action)')
-    data.add_argument('--rate', type=float, default=5.0, metavar='HZ',
-                      help='control rate of the steps: the rate the actions were recorded at '
-                      'and the policy will run at (default 5.0, as vla_node)')
+    add_data_arguments(data, training=True)
     data.add_argument('--center-crop', action='store_true',
                       help="the policy's 0.9-area center crop (then run vla_node with "
                       'center_crop true too)')
@@ -152,10 +130,7 @@ def split_bags(bags, val_bags, fraction, seed):
 
 
 def config_from_args(args):
-    """Validate the arguments argparse cannot; return (``TrainConfig``, ``EvalOptions``)."""
-    if not (math.isfinite(args.rate) and 0 < args.rate <= MAX_RATE_HZ):
-        raise FinetuneError(f'--rate {args.rate:g} Hz must be in (0, {MAX_RATE_HZ:g}]; pass '
-                            'the rate the actions were recorded at, e.g. --rate 10')
+    """Validate the arguments argparse cannot; return (``TrainConfig``, ``DataOptions``)."""
     for flag, value, low in (('--steps', args.steps, 1), ('--batch-size', args.batch_size, 1),
                              ('--lora-rank', args.lora_rank, 1),
                              ('--warmup-steps', args.warmup_steps, 0),
@@ -170,18 +145,7 @@ def config_from_args(args):
         raise FinetuneError(f'--val-fraction {args.val_fraction} must be in [0, 1)')
     if args.val_bags and args.val_fraction:
         raise FinetuneError('pass --val-bags or --val-fraction, not both')
-    if not all(t.strip('/ ') for t in args.camera_topics):
-        raise FinetuneError(f'--camera-topics {args.camera_topics}: a topic name is empty')
-    try:
-        options = EvalOptions(
-            camera_topics=tuple(topic_name(t) for t in args.camera_topics),
-            compressed=args.compressed, instruction_topic=topic_name(args.instruction_topic),
-            reference='action', action_topic=topic_name(args.action_topic),
-            ee_pose_topic=topic_name(args.ee_pose_topic),
-            joint_states_topic=topic_name(args.joint_states_topic),
-            proprio=tuple(args.proprio), action_frame=args.action_frame, rate=args.rate)
-    except EvalError as exc:
-        raise FinetuneError(str(exc)) from None
+    options = DataOptions(**data_fields(args))
     absolute = [str(Path(b).resolve()) for b in args.bags]
     val = [str(Path(b).resolve()) for b in args.val_bags]
     bags, val = split_bags(absolute, val, args.val_fraction, args.seed)
@@ -229,7 +193,7 @@ def main(argv=None):
     try:
         config, options = config_from_args(args)
         summary = finetune(config, options, resume=args.resume, stats_only=args.stats_only)
-    except (FinetuneError, EvalError, PolicyError) as exc:
+    except (FinetuneError, RecordingError, PolicyError) as exc:
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 2
     if summary['main']:

@@ -1,14 +1,13 @@
 """
 Training samples from rosbag2 recordings, with vla_eval's step semantics and the policy's inputs.
 
-A bag is read once (``read_episode``) through ``vla_ros.evaluation``'s ``Bag`` and
+A bag is read once (``read_episode``) through ``vla_ros.recordings``' ``Bag`` and
 ``StepReader``: steps at ``rate`` on bag log time from the primary camera's first frame, each
 with the newest frame of every camera and the newest ``ee_pose`` / ``joint_states`` logged at or
 before it (the state read by vla_node's ``StateLayout.read``), and the newest instruction. Each
 step's action is the recorded ``vla/action`` vla_eval pairs with it: the first one logged in [its
 primary image's log time, the next step's time) that is not an earlier step's or logged with a
-newer image (``reference.recorded_actions``), so each recorded action is the target of at most
-one step.
+newer image (``recordings.actions``), so each recorded action is the target of at most one step.
 
 A step is a training sample when it has an instruction, a frame of every camera (decoded), a
 state (when a layout is given) and an action. Its target chunk is the action of that step and of
@@ -31,12 +30,12 @@ import torch
 
 from vla_ros.control.action_layout import ACTION_LABEL
 from vla_ros.control.core import MAX_INSTRUCTION_CHARS
-from vla_ros.evaluation.options import check_bag
-from vla_ros.evaluation.reference import recorded_actions
 from vla_ros.policy.backbone.processing import build_prompt
 from vla_ros.policy.oft.configuration import Bounds
 from vla_ros.policy.oft.processing import prepare_image, sequence_ids
-from vla_ros.recordings.bags import Bag, FLOAT64_MULTI_ARRAY
+from vla_ros.recordings.actions import recorded_actions
+from vla_ros.recordings.bags import Bag
+from vla_ros.recordings.options import check_bag
 from vla_ros.recordings.steps import Instruction, step_time, StepReader
 from vla_ros.training.options import FinetuneError
 
@@ -49,10 +48,10 @@ NON_FINITE_STATE = 'NaN or inf in the state'
 
 def check_bags(paths, options, action_dim):
     """
-    Raise ``EvalError`` / ``FinetuneError`` unless every bag has what training reads.
+    Raise ``RecordingError`` / ``FinetuneError`` unless every bag has what training reads.
 
-    vla_eval's ``check_bag`` (cameras, instruction, state topics and joints) and the recorded
-    actions: the topic, its type, and the size of its first message against ``action_dim``.
+    The data's ``check_bag`` (cameras, instruction, recorded actions, state topics and joints)
+    and the size of the first recorded action against ``action_dim``.
     Reads at most a message or two per bag; no model is needed. Returns notes (one line each)
     on bags whose actions were recorded at a rate far from ``options.rate``.
     """
@@ -60,9 +59,6 @@ def check_bags(paths, options, action_dim):
     notes = []
     for path in paths:
         with Bag(Path(path)) as bag:
-            bag.require(topic, (FLOAT64_MULTI_ARRAY,), 'action',
-                        '--action-topic T naming the recorded std_msgs/Float64MultiArray '
-                        'actions (vla/action)')
             check_bag(bag, options)
             messages = bag.messages([topic])
             try:

@@ -6,7 +6,8 @@ bag, so bad input fails in a second, before a model is loaded: an output directo
 empty (unless ``--resume``), an unnorm key the base already has, ``--lora-only`` on a base
 without an OFT L1 head, cameras or a state layout that do not fit the platform, and (in
 ``dataset.check_bags``) bags without the needed topics or with actions of another size. Each is
-a ``FinetuneError`` with one line naming the problem and the fix (exit status 2).
+a ``FinetuneError`` (a bag or a data flag: ``RecordingError``) with one line naming the problem
+and the fix (exit status 2).
 """
 
 import dataclasses
@@ -59,7 +60,11 @@ class TrainConfig:
     dtype: str = 'auto'
 
     def fingerprint(self, data_options):
-        """Return the settings a resumed run must share with the run it continues (JSON)."""
+        """
+        Return the settings a resumed run must share with the run it continues (JSON).
+
+        ``data_options``: the run's ``recordings.options.DataOptions``, saved as ``data.*``.
+        """
         data = dataclasses.asdict(self)
         data.update({f'data.{k}': v for k, v in dataclasses.asdict(data_options).items()})
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()
@@ -182,7 +187,9 @@ def read_run(out, config, data_options):
     """Return the saved run of ``out``; raise when the command changes a fixed setting."""
     data = json.loads((Path(out) / STATE_DIR / RUN_FILE).read_text())
     saved, now = data.get('config', {}), config.fingerprint(data_options)
-    changed = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    # A saved setting this version no longer has (a run saved with vla_eval's options, say) is
+    # one no command can change.
+    changed = [k for k in sorted(now) if saved.get(k) != now.get(k)]
     if changed:
         what = '; '.join(f'{k}: was {saved.get(k)!r}, now {now.get(k)!r}' for k in changed[:4])
         raise FinetuneError(f'--resume: the command differs from the run in {out} ({what}); '
