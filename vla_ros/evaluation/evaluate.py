@@ -102,7 +102,7 @@ def evaluate_bag(path, policy, unnorm_key, options, name=None, progress=True, de
     finally:
         if bar is not None:
             bar.close()
-    chunk_len = getattr(policy, 'chunk_len', 1)
+    chunk_len = policy.chunk_len
     return _result(name or path.name, path, storage, rows, state['streams'], options,
                    bad_instructions, chunk_len)
 
