@@ -1,8 +1,9 @@
 """
 Test policies for vla_node, loaded through its ``policy`` parameter ('policies:slow', ...).
 
-Each wraps the real ``OpenVLAPolicy`` on the given checkpoint and changes one thing: it sleeps,
-it raises (or its factory does), or it returns NaN rows. Test code only; the test puts this
+Each wraps the real ``OpenVLAPolicy`` on the given checkpoint behind the ``Policy`` contract and
+changes one thing: it sleeps, it raises (or its factory does), or it returns NaN rows; ``duck``
+returns an object that is not a ``Policy``. Test code only; the test puts this
 folder on the node's PYTHONPATH.
 """
 
@@ -12,7 +13,7 @@ import time
 
 import numpy as np
 
-from vla_ros.policy import OpenVLAPolicy
+from vla_ros.policy import OpenVLAPolicy, Policy
 
 # An instruction that makes ``failing`` raise; any other instruction predicts normally.
 FAIL_INSTRUCTION = 'raise an error'
@@ -20,12 +21,29 @@ FAIL_INSTRUCTION = 'raise an error'
 NAN_INSTRUCTION = 'return nan rows'
 
 
-class _Wrapped:
+class _Wrapped(Policy):
+    """The wrapped policy's contract, unchanged; subclasses change ``predict``."""
+
     def __init__(self, policy):
         self._policy = policy
+        self.device, self.dtype = policy.device, policy.dtype
 
-    def __getattr__(self, name):
-        return getattr(self._policy, name)
+    def predict(self, images, instruction, proprio=None, unnorm_key=None):
+        return self._policy.predict(images, instruction, proprio, unnorm_key=unnorm_key)
+
+    @property
+    def action_dim(self):
+        return self._policy.action_dim
+
+    @property
+    def unnorm_keys(self):
+        return self._policy.unnorm_keys
+
+    def resolve_unnorm_key(self, unnorm_key=None):
+        return self._policy.resolve_unnorm_key(unnorm_key)
+
+    def close(self):
+        self._policy.close()
 
 
 class _Slow(_Wrapped):
@@ -33,10 +51,10 @@ class _Slow(_Wrapped):
         super().__init__(policy)
         self._delay = delay
 
-    def predict(self, image, instruction, unnorm_key=None):
+    def predict(self, images, instruction, proprio=None, unnorm_key=None):
         if instruction != 'warm up':
             time.sleep(self._delay)
-        return self._policy.predict(image, instruction, unnorm_key=unnorm_key)
+        return super().predict(images, instruction, proprio, unnorm_key)
 
 
 class _Failing(_Wrapped):
@@ -44,20 +62,33 @@ class _Failing(_Wrapped):
         super().__init__(policy)
         self._error = error  # a new exception each time
 
-    def predict(self, image, instruction, unnorm_key=None):
+    def predict(self, images, instruction, proprio=None, unnorm_key=None):
         if instruction == FAIL_INSTRUCTION:
             raise self._error()
-        return self._policy.predict(image, instruction, unnorm_key=unnorm_key)
+        return super().predict(images, instruction, proprio, unnorm_key)
 
 
 class _NanRows(_Wrapped):
-    def predict(self, image, instruction, unnorm_key=None):
-        action = self._policy.predict(image, instruction, unnorm_key=unnorm_key)
+    def predict(self, images, instruction, proprio=None, unnorm_key=None):
+        action = super().predict(images, instruction, proprio, unnorm_key)
         if instruction != NAN_INSTRUCTION:
             return action
         nan = np.full((3, action.values.size), np.nan)
         return dataclasses.replace(action, values=np.vstack([action.values, nan]),  # (4, 7)
                                    normalized=np.vstack([action.normalized, nan]))
+
+
+class _Duck:
+    """What a custom policy looked like before the contract: the methods, not the base class."""
+
+    unnorm_keys = ('synth_bridge',)
+    action_dim = 7
+
+    def resolve_unnorm_key(self, unnorm_key=None):
+        return unnorm_key or self.unnorm_keys[0]
+
+    def predict(self, image, instruction, unnorm_key=None):
+        raise AssertionError('a policy that is no Policy must not be used')
 
 
 def slow(model_path, **kwargs):
@@ -86,3 +117,8 @@ def refusing(model_path, **kwargs):
 def nan_rows(model_path, **kwargs):
     """Return a chunk whose rows after the first are NaN for the instruction NAN_INSTRUCTION."""
     return _NanRows(OpenVLAPolicy.from_pretrained(model_path, **kwargs))
+
+
+def duck(model_path, **kwargs):
+    """Return an object with a policy's methods that does not subclass ``Policy``."""
+    return _Duck()

@@ -1,7 +1,6 @@
 """The control core (vla_ros.control.core, .chunks): every decision of a tick, no DDS."""
 
 import threading
-import types
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from vla_ros.control.concurrency import Recent
 from vla_ros.control.core import (ControlCore, Frame, FUTURE_TOLERANCE_S, infer, matched_frames,
                                   MAX_INSTRUCTION_CHARS, Observation, State)
 from vla_ros.control.images import ConversionError
+from vla_ros.policy import Action, base
 
 T = 1000.0  # a node clock time, s
 P = 0.05  # the control period of the chunk tests (20 Hz)
@@ -18,7 +18,13 @@ P = 0.05  # the control period of the chunk tests (20 Hz)
 def action(value, rows=1):
     """Return a policy result whose rows are all ``value`` (a chunk when ``rows`` > 1)."""
     values = np.full((rows, 7), float(value)) if rows > 1 else np.full(7, float(value))
-    return types.SimpleNamespace(values=values, valid=True, token_ids=np.arange(7))
+    return action_of(values, token_ids=np.arange(7))
+
+
+def action_of(values, valid=True, token_ids=()):
+    """Return an ``Action`` with these values (normalised: the same)."""
+    return Action(values=values, valid=valid, token_ids=np.asarray(token_ids, np.int64),
+                  normalized=values)
 
 
 def chunk(first, rows=8):
@@ -26,8 +32,10 @@ def chunk(first, rows=8):
     return (first + np.arange(rows))[:, None] * np.ones(7)
 
 
-class Policy:
+class Policy(base.Policy):
     """Returns ``result``; with ``gate`` set, blocks in ``predict`` until the test releases it."""
+
+    action_dim, unnorm_keys = 7, ('k',)
 
     def __init__(self, result, gate=None):
         self.result = result
@@ -35,8 +43,8 @@ class Policy:
         self.entered = threading.Event()
         self.calls = []
 
-    def predict(self, image, instruction, unnorm_key=None):
-        self.calls.append((image, instruction, unnorm_key))
+    def predict(self, images, instruction, proprio=None, unnorm_key=None):
+        self.calls.append((images, instruction, proprio, unnorm_key))
         self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(5.0), 'the test never released the policy'
@@ -339,17 +347,17 @@ def test_instructions_are_stripped_and_changes_counted(core):
     assert core.set_instruction('x' * MAX_INSTRUCTION_CHARS).refused == ''  # at the limit: fine
 
 
-class ChunkPolicy:
+class ChunkPolicy(base.Policy):
     """An OpenVLA-OFT-like policy: a list of images and a state in."""
 
-    num_images = 2
+    num_images, proprio_dim, chunk_len, action_dim, unnorm_keys = 2, 8, 4, 7, ('k',)
 
     def __init__(self):
         self.calls = []
 
     def predict(self, images, instruction, proprio=None, unnorm_key=None):
         self.calls.append((images, instruction, proprio, unnorm_key))
-        return types.SimpleNamespace(values=chunk(0, 4), valid=True, token_ids=[])
+        return action_of(chunk(0, 4))
 
 
 def test_infer_classifies_bad_frames_invalid_and_non_finite_results(core):
@@ -361,11 +369,11 @@ def test_infer_classifies_bad_frames_invalid_and_non_finite_results(core):
 
     bad = infer(Policy(action(1.0)), ticket, refuse, 'k')
     assert bad.status == 'bad_image' and bad.detail == 'camera: unknown image encoding'
-    invalid = types.SimpleNamespace(values=np.ones(7), valid=False, token_ids=[2] * 7)
+    invalid = action_of(np.ones(7), valid=False, token_ids=[2] * 7)
     result = infer(Policy(invalid), ticket, lambda msg: 'rgb', 'k')
     assert result.status == 'invalid' and 'non-action token' in result.detail
     assert infer(Policy(action(np.nan)), ticket, lambda msg: 'rgb', 'k').status == 'invalid'
-    half = types.SimpleNamespace(values=chunk(0, 3), valid=True, token_ids=[])
+    half = action_of(chunk(0, 3))
     half.values[1, 4] = np.inf  # one bad row refuses the whole chunk
     result = infer(Policy(half), ticket, lambda msg: 'rgb', 'k')
     assert (result.status, result.rows) == ('invalid', None)
@@ -373,7 +381,7 @@ def test_infer_classifies_bad_frames_invalid_and_non_finite_results(core):
     policy = Policy(action(0.25, rows=2))
     ok = infer(policy, ticket, lambda msg: f'rgb of {msg}', 'key')
     assert ok.status == 'ok' and ok.rows.shape == (2, 7) and ok.latency_s >= 0
-    assert policy.calls == [('rgb of frame', 'pick', 'key')]
+    assert policy.calls == [(['rgb of frame'], 'pick', None, 'key')]  # a list of one image
     oft = ChunkPolicy()
     state = State(np.arange(8.0), T)
     both = Observation(two_cameras().frames, ('front', 'wrist'), state, needs_state=True)

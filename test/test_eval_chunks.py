@@ -11,7 +11,6 @@ exactly; the same bag replayed on /clock through the live vla_node must give the
 
 import json
 import time
-import types
 
 from bag_helpers import (FRONT, LIBERO_PROPRIO, libero_state, read_topic, robot_inputs,
                          rosbags_header, SimTimeReplay, T0_NS, WRIST, WRIST_SCENES, write_bag)
@@ -26,6 +25,7 @@ from test_eval_errors import assert_error, run_eval
 from vla_ros.control.action_layout import multiarray_to_chunk
 from vla_ros.evaluation import cli, metrics
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
+from vla_ros.policy import Action, Policy
 from vla_ros.recordings.bags import Bag, JOINT_STATE, typestore
 from vla_ros.recordings.steps import Instruction, StepReader
 from vla_ros.sim.scenes import scene
@@ -219,10 +219,11 @@ def test_sim_time_replay_through_vla_node_equals_vla_eval(ros, launch, oft_check
 
 
 # ---------------------------------------------------------------- cameras and state, stub policy
-class StubChunkPolicy:
+class StubChunkPolicy(Policy):
     """A two-camera, 8-D state policy returning 4-row chunks; records what each call got."""
 
     num_images, proprio_dim, action_dim, chunk_len = 2, 8, 7, 4
+    unnorm_keys = ('k',)
 
     def __init__(self):
         self.calls = []
@@ -233,7 +234,7 @@ class StubChunkPolicy:
                         for image in images)
         self.calls.append((indices, np.array(proprio)))
         rows = len(self.calls) * 10.0 + np.arange(28, dtype=np.float64).reshape(4, 7) * 1e-3
-        return types.SimpleNamespace(values=rows, valid=True, token_ids=np.zeros(0, np.int64))
+        return Action(values=rows, valid=True, token_ids=np.zeros(0, np.int64), normalized=rows)
 
 
 def stub_bag(path):

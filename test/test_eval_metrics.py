@@ -14,6 +14,7 @@ from vla_ros.control.readers import string_from_cdr
 from vla_ros.evaluation import metrics, reference
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
 from vla_ros.evaluation.report import build_metrics
+from vla_ros.policy import Action, Policy
 from vla_ros.recordings import steps
 from vla_ros.recordings.actions import recorded_actions
 from vla_ros.recordings.bags import Bag, BagWriter
@@ -23,19 +24,21 @@ MS = 1_000_000
 RANGE = np.array([0.1, 0.2, 0.0, 0.5, 0.5, 1.0, 1.0])  # q99 - q01; dz has a zero range
 
 
-class StubPolicy:
+class StubPolicy(Policy):
     """Returns a fixed action and records which scene and instruction each call got."""
+
+    action_dim, unnorm_keys = 7, ('k',)
 
     def __init__(self, values, width=64, height=48):
         self.values = np.asarray(values, dtype=np.float64)
         self.calls = []
         self._scenes = [scene(i, width, height) for i in range(8)]
 
-    def predict(self, image, instruction, unnorm_key=None):
-        index = next(i for i, s in enumerate(self._scenes) if np.array_equal(s, image))
+    def predict(self, images, instruction, proprio=None, unnorm_key=None):
+        index = next(i for i, s in enumerate(self._scenes) if np.array_equal(s, images[0]))
         self.calls.append((index, instruction, unnorm_key))
-        return types.SimpleNamespace(values=self.values.copy(), valid=True,
-                                     token_ids=np.arange(7))
+        return Action(values=self.values.copy(), valid=True, token_ids=np.arange(7),
+                      normalized=self.values.copy())
 
 
 def test_metrics_equal_hand_computed_values():

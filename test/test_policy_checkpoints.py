@@ -77,7 +77,8 @@ def test_sharded_checkpoint_predicts_identically(tiny, tmp_path):
         {'metadata': {'total_size': 0}, 'weight_map': weight_map}))
     other = load(sharded)
     image = scene(3)
-    a, b = policy.predict(image, INSTRUCTION, KEY), other.predict(image, INSTRUCTION, KEY)
+    a = policy.predict(image, INSTRUCTION, unnorm_key=KEY)
+    b = other.predict(image, INSTRUCTION, unnorm_key=KEY)
     assert a.generated_ids == b.generated_ids
     assert np.array_equal(a.values, b.values)
 
@@ -101,7 +102,7 @@ def test_bfloat16_on_cpu_gives_the_same_kind_of_action(tiny):
     path, policy, _ = tiny
     half = OpenVLAPolicy.from_pretrained(path, device='cpu', dtype='bfloat16')
     assert half.model.projector.fc1.weight.dtype == torch.bfloat16
-    action = half.predict(scene(5), INSTRUCTION, KEY)
+    action = half.predict(scene(5), INSTRUCTION, unnorm_key=KEY)
     assert action.values.dtype == np.float64 and action.values.shape == (7,)
 
 
@@ -225,13 +226,13 @@ def test_missing_unnorm_key_with_several_lists_them(tiny):
 ])
 def test_bad_images_raise_input_error(tiny, image):
     with pytest.raises(InputError):
-        tiny[1].predict(image, INSTRUCTION, KEY)
+        tiny[1].predict(image, INSTRUCTION, unnorm_key=KEY)
 
 
 def test_bad_instruction(tiny):
     for instruction in ('', '   ', None, 3):
         with pytest.raises(InputError):
-            tiny[1].predict(scene(8), instruction, KEY)
+            tiny[1].predict(scene(8), instruction, unnorm_key=KEY)
 
 
 def test_image_kinds_agree(tiny):
@@ -244,8 +245,9 @@ def test_image_kinds_agree(tiny):
     gray = rgb[:, :, 0]
     assert torch.equal(policy.image_processor(gray),
                        policy.image_processor(np.repeat(gray[:, :, None], 3, axis=2)))
-    for action in (policy.predict(rgba, INSTRUCTION, KEY),
-                   policy.predict(Image.fromarray(gray).convert('P'), INSTRUCTION, KEY)):
+    for action in (policy.predict(rgba, INSTRUCTION, unnorm_key=KEY),
+                   policy.predict(Image.fromarray(gray).convert('P'), INSTRUCTION,
+                                  unnorm_key=KEY)):
         assert action.values.shape == (7,)
 
 
@@ -253,7 +255,7 @@ def test_closed_policy_refuses(tiny):
     policy = OpenVLAPolicy.from_pretrained(tiny[0], device='cpu')
     policy.close()
     with pytest.raises(PolicyError, match='closed'):
-        policy.predict(scene(10), INSTRUCTION, KEY)
+        policy.predict(scene(10), INSTRUCTION, unnorm_key=KEY)
 
 
 # ---- vla_tiny_model -----------------------------------------------------------------------------
@@ -263,7 +265,7 @@ def check_tiny(path, seed):
     rng = np.random.default_rng(seed)
     images = [scene(100 + i, int(rng.integers(120, 480)), int(rng.integers(120, 640)))
               for i in range(10)]
-    actions = [policy.predict(image, INSTRUCTION, KEY) for image in images]
+    actions = [policy.predict(image, INSTRUCTION, unnorm_key=KEY) for image in images]
     assert np.mean([a.valid for a in actions]) >= 0.95
     assert len({a.token_ids.tobytes() for a in actions}) > 1  # image-dependent
 

@@ -308,7 +308,7 @@ def test_too_long_prompt_falls_back_with_a_warning(policy):
     ids = policy.tokenizer.model_input_ids(build_prompt(instruction))
     assert not policy.fast.fits(len(ids), 7)
     with pytest.warns(RuntimeWarning, match='does not fit the static KV cache'):
-        action = policy.predict(image, instruction, 'synth_bridge')
+        action = policy.predict(image, instruction, unnorm_key='synth_bridge')
     assert_same_action(action, predict(policy, None, image, build_prompt(instruction),
                                        'synth_bridge'))
 

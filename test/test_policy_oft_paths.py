@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from vla_ros.policy import InputError
+from vla_ros.policy.backbone.loading import Backbone
 from vla_ros.policy.backbone.processing import build_prompt
+from vla_ros.policy.backbone.timing import PhaseClock
 from vla_ros.policy.oft.fast import OFTFastPath
 from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
-from vla_ros.policy.openvla.policy import Backbone, PhaseClock
 from vla_ros.policy.tiny import write_tiny_oft_checkpoint
 
 pytestmark = pytest.mark.usefixtures('torch_one_thread')

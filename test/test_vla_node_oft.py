@@ -365,9 +365,11 @@ def test_a_wrist_frame_that_arrives_after_the_next_front_frame_is_paired_by_stam
 
 @pytest.mark.parametrize('params, words', [
     (('camera_topics:=[camera/image_raw]',),
-     "'camera_topics' has 1 topic(s) ['camera/image_raw'], but the policy takes 2 image(s)"),
+     "'camera_topics' has 1 topic(s) ['camera/image_raw'], but the policy (OpenVLA-OFT, "
+     'platform libero) takes 2 image(s)'),
     (('proprio:=[ee_position, ee_velocity]',), "unknown proprio entries ['ee_velocity']"),
-    (('proprio:=[ee_position, ee_rpy]',), 'gives 6 values, but the policy needs 8 state values'),
+    (('proprio:=[ee_position, ee_rpy]',), 'gives 6 values, but the policy (OpenVLA-OFT, '
+     'platform libero) needs 8 state values'),
     (('camera_topics:=[camera/image_raw, /camera/image_raw]',),
      "'camera_topics' lists /camera/image_raw more than once; list one topic per camera, the "
      'primary camera first'),

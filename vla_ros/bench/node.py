@@ -100,7 +100,7 @@ def tick_overhead_oft(policy, iterations=200):
             out['gripper'].publish(gripper)
             out['action'].publish(raw)
 
-    inputs = ObservationInputs(node, OFT_CAMERAS, False, OFT_PROPRIO, None, 0.05, 'base_link')
+    inputs = ObservationInputs(node, OFT_CAMERAS, False, OFT_PROPRIO, 0.05, 'base_link')
     period = 0.05
     core = ControlCore(emit, max_image_age=None, period=period, chunk_mode='receding',
                        max_camera_skew=0.05, max_proprio_age=None)

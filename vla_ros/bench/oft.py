@@ -30,10 +30,10 @@ import torch
 from vla_ros.bench import machine
 from vla_ros.bench import openvla as bench
 from vla_ros.policy.backbone.configuration import resolve_device, resolve_dtype
+from vla_ros.policy.backbone.loading import Backbone
 from vla_ros.policy.oft.configuration import OFTConstants
 from vla_ros.policy.oft.modeling import L1RegressionHead, ProprioProjector
 from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
-from vla_ros.policy.openvla.policy import Backbone
 from vla_ros.sim.scenes import scene
 
 PATHS = ('fast', 'eager')

@@ -44,9 +44,9 @@ from vla_ros.policy.backbone.configuration import (openvla_7b_config, OpenVLACon
 from vla_ros.policy.backbone.modeling import OpenVLAModel
 from vla_ros.policy.backbone.processing import build_prompt, ImageProcessor, PromptTokenizer
 from vla_ros.policy.backbone.quantization import import_bitsandbytes, quantize_language_model
+from vla_ros.policy.backbone.timing import PhaseClock
 from vla_ros.policy.backbone.weights import materialize_buffers
 from vla_ros.policy.openvla.fast import generate_baseline
-from vla_ros.policy.openvla.policy import PhaseClock
 from vla_ros.policy.tiny import _init_range, ASSETS
 from vla_ros.sim.scenes import scene
 

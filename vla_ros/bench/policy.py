@@ -62,10 +62,10 @@ def measure(path, runs, threads=0):
     load_s = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     images = [scene(i, 640, 480, noise=8) for i in range(4)]
-    policy.predict(images[0], INSTRUCTION, UNNORM_KEY)  # warm-up, untimed
+    policy.predict(images[0], INSTRUCTION, unnorm_key=UNNORM_KEY)  # warm-up, untimed
     samples = {phase: [] for phase in PHASES}
     for i in range(runs):
-        policy.predict(images[i % len(images)], INSTRUCTION, UNNORM_KEY)
+        policy.predict(images[i % len(images)], INSTRUCTION, unnorm_key=UNNORM_KEY)
         for phase in PHASES:
             samples[phase].append(policy.last_timing[phase])
     latency = {phase: {'p50': float(np.percentile(v, 50)), 'p95': float(np.percentile(v, 95))}

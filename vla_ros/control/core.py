@@ -32,8 +32,8 @@ What the core owns, under one lock:
   enabled, so once a hold has been emitted nothing computed before it can follow it.
 
 ``infer`` is the step between ``ready`` and ``commit`` that both callers share: decode the
-frames, predict (one image for OpenVLA, the list and the state for OpenVLA-OFT), check the
-result.
+frames, predict (every camera's image and the state, through ``vla_ros.policy.Policy``'s one
+``predict``), check the result.
 """
 
 import dataclasses
@@ -431,9 +431,9 @@ def infer(policy, ticket, decode, unnorm_key):
 
     A frame ``decode`` refuses (``ConversionError``) is ``bad_image``; a policy result that is
     not ``valid`` (a non-action token) or not finite is ``invalid``. Errors of the policy itself
-    propagate. OpenVLA gets the one image; a policy with ``num_images`` (OpenVLA-OFT) gets the
-    list and the state. Latency is measured on a steady clock (the node clock may stand still
-    under ``use_sim_time``).
+    propagate. The policy gets the list of images and the state (None when the layout is empty).
+    Latency is measured on a steady clock (the node clock may stand still under
+    ``use_sim_time``).
     """
     observation = ticket.observation
     images = []
@@ -443,18 +443,14 @@ def infer(policy, ticket, decode, unnorm_key):
         except ConversionError as exc:
             return Prediction('bad_image', detail=f'{name}: {exc}')
     start = time.perf_counter()
-    if hasattr(policy, 'num_images'):
-        state = observation.state.values if observation.needs_state else None
-        result = policy.predict(images, ticket.instruction, proprio=state,
-                                unnorm_key=unnorm_key)
-    else:
-        result = policy.predict(images[0], ticket.instruction, unnorm_key=unnorm_key)
+    state = observation.state.values if observation.needs_state else None
+    result = policy.predict(images, ticket.instruction, proprio=state, unnorm_key=unnorm_key)
     latency = time.perf_counter() - start
     if not result.valid:
-        tokens = list(getattr(result, 'token_ids', ()))[:16]
+        tokens = list(result.token_ids)[:16]
         return Prediction('invalid', result=result, latency_s=latency,
                           detail=f'the model produced a non-action token (tokens {tokens})')
-    rows = np.atleast_2d(np.asarray(result.values, dtype=np.float64))  # (K, D)
+    rows = np.asarray(result.rows, dtype=np.float64)  # (K, D)
     finite = np.isfinite(rows).all(axis=1)  # (K,)
     if not finite.all():  # the whole chunk goes: its finite rows were predicted with the others
         bad = np.flatnonzero(~finite).tolist()

@@ -260,8 +260,8 @@ def _write(args, options, policy, key, records, out_dir, write_outputs):
         'camera_topics': list(options.cameras()),
         'transport': 'compressed' if options.compressed else 'raw',
         'policy': args.policy, 'platform': args.platform if args.policy == 'openvla_oft' else None,
-        'action_head': getattr(policy, 'head_kind', None),
-        'chunk_len': getattr(policy, 'chunk_len', 1), 'chunk_mode': options.chunk_mode,
+        'action_head': policy.head_kind,
+        'chunk_len': policy.chunk_len, 'chunk_mode': options.chunk_mode,
         'execute_steps': options.execute_steps, 'ensemble_decay': options.ensemble_decay,
         'proprio': list(options.proprio), 'action_frame': options.action_frame,
         'state_topics': {

@@ -106,7 +106,7 @@ def evaluate_bag(bag, policy, unnorm_key, options, name=None, progress=True, des
         events.close()  # the reader stops before the bag may close
         if bar is not None:
             bar.close()
-    chunk_len = getattr(policy, 'chunk_len', 1)
+    chunk_len = policy.chunk_len
     return _result(name or path.name, path, bag.storage, rows, state['streams'], options,
                    bad_instructions, chunk_len)
 

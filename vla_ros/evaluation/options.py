@@ -87,35 +87,27 @@ def check_bag(bag, options):
 
 
 def check_policy(policy, options):
-    """Raise ``EvalError`` unless the cameras, the state and the actions fit the ``policy``."""
-    cameras = options.cameras()
-    images = getattr(policy, 'num_images', 1)
-    if len(cameras) != images:
-        hint = ('list one topic per image with --camera-topics, the primary camera first'
-                if images > 1 else 'pass one --image-topic (or one --camera-topics topic)')
-        raise EvalError(f'{len(cameras)} camera topic(s) {", ".join(cameras)}, but the policy '
-                        f'({_describe(policy)}) takes {images} image(s); {hint}')
-    layout = options.layout()
-    needed = getattr(policy, 'proprio_dim', 0)
-    if layout.dim != needed:
-        given = f'--proprio {" ".join(layout.entries)}' if layout else 'no --proprio'
-        if needed:
-            fix = (f'needs {needed} state values; pass --proprio with {needed} values, for a '
-                   f'LIBERO-style arm --proprio {LIBERO_PROPRIO}')
-        else:
-            fix = 'takes no state (no proprio projector); drop --proprio'
-        raise EvalError(f'{given} gives {layout.dim} state values, but the policy '
-                        f'({_describe(policy)}) {fix}')
-    dim = getattr(policy, 'action_dim', ACTION_DIM)
-    if dim != ACTION_DIM:
-        raise EvalError(f'the policy ({_describe(policy)}) predicts {dim}-D actions; vla_eval '
-                        f'compares end-effector deltas ({ACTION_DIM} values: dx dy dz droll '
-                        'dpitch dyaw gripper, --platform libero or bridge), not joint positions '
-                        '(aloha)')
+    """
+    Raise ``EvalError`` unless the cameras, the state and the actions fit the ``policy``.
 
-
-def _describe(policy):
-    constants = getattr(policy, 'constants', None)
-    if constants is not None:
-        return f'OpenVLA-OFT, platform {getattr(constants, "platform", "?")}'
-    return type(policy).__name__
+    ``vla_ros.policy.base.mismatches`` finds the problems (as for vla_node) and says the policy's
+    side; here the first gets the options' side and the fix.
+    """
+    from vla_ros.policy.base import mismatches  # torch: only once a policy is loaded
+    cameras, layout = options.cameras(), options.layout()
+    for mismatch in mismatches(policy, len(cameras), layout.dim, ACTION_DIM):
+        if mismatch.kind == 'cameras':
+            hint = ('list one topic per image with --camera-topics, the primary camera first'
+                    if mismatch.needed > 1
+                    else 'pass one --image-topic (or one --camera-topics topic)')
+            raise EvalError(f'{len(cameras)} camera topic(s) {", ".join(cameras)}, but '
+                            f'{mismatch.sentence}; {hint}')
+        if mismatch.kind == 'state':
+            given = f'--proprio {" ".join(layout.entries)}' if layout else 'no --proprio'
+            fix = (f'pass --proprio with {mismatch.needed} values, for a LIBERO-style arm '
+                   f'--proprio {LIBERO_PROPRIO}' if mismatch.needed else 'drop --proprio')
+            raise EvalError(f'{given} gives {layout.dim} state values, but {mismatch.sentence}; '
+                            f'{fix}')
+        raise EvalError(f'{mismatch.sentence}; vla_eval compares end-effector deltas '
+                        f'({ACTION_DIM} values: dx dy dz droll dpitch dyaw gripper, --platform '
+                        'libero or bridge), not joint positions (aloha)')

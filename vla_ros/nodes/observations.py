@@ -28,8 +28,7 @@ class ObservationInputs:
     ``pose_frame``: the frame ee_pose must be in (vla_node's ``action_frame``).
     """
 
-    def __init__(self, node, camera_topics, compressed, proprio, callback_group,
-                 max_camera_skew, pose_frame):
+    def __init__(self, node, camera_topics, compressed, proprio, max_camera_skew, pose_frame):
         self.node = node
         self.max_camera_skew = max_camera_skew
         self.pose_frame = pose_frame
@@ -48,8 +47,7 @@ class ObservationInputs:
             self.callbacks.append((PoseStamped, self.pose_topic, self._pose.put))
         if self.layout.joints:
             self.callbacks.append((JointState, self.joint_topic, self._joints.put))
-        self.subscriptions = [node.create_subscription(kind, topic, callback, qos.SENSOR,
-                                                       callback_group=callback_group)
+        self.subscriptions = [node.create_subscription(kind, topic, callback, qos.SENSOR)
                               for kind, topic, callback in self.callbacks]
 
     @staticmethod

@@ -23,7 +23,6 @@ import threading
 
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from std_msgs.msg import Float64, Float64MultiArray, String
@@ -75,8 +74,6 @@ class VlaNode(LifecycleNode):
         self._no_action = ''  # why the last tick without an action had none
         self._outage = False  # an input is stale: said once, until the inputs are fresh again
         self._log = LogThrottle(self.get_logger())  # once per 5 s per kind of problem
-        self._timer_group = MutuallyExclusiveCallbackGroup()
-        self._io_group = ReentrantCallbackGroup()
         self._loop_subs, self._loop_timers = [], []
         self._out, self._own_services, self._diagnostics_timer = {}, [], None
         initial, problem = params.check(PARAM['instruction'],
@@ -122,7 +119,7 @@ class VlaNode(LifecycleNode):
                 problems += policy_problems(cfg, self.policy)
         if problems:
             report_problems(self.get_logger(), problems, 'configure failed')
-            if self.policy is not None and hasattr(self.policy, 'close'):
+            if self.policy is not None:
                 self.policy.close()
             self.policy = None
             return TransitionCallbackReturn.FAILURE
@@ -146,20 +143,17 @@ class VlaNode(LifecycleNode):
                                                  qos.COMMAND),
         }
         self._own_services = [
-            self.create_service(SetBool, '~/enable', self._on_enable,
-                                callback_group=self._io_group),
-            self.create_service(Trigger, '~/reset', self._on_reset,
-                                callback_group=self._io_group),
+            self.create_service(SetBool, '~/enable', self._on_enable),
+            self.create_service(Trigger, '~/reset', self._on_reset),
         ]
         # From configure on, not only while active: a deactivated node still says how it is.
-        self._diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics,
-                                                    callback_group=self._io_group)
+        self._diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics)
         self._worker = InferenceWorker(self._on_worker_error)
         self._configured = True
         self.get_logger().info(
             f'configured: model={self.cfg.model_path} policy={self.cfg.policy} '
-            f'device={getattr(self.policy, "device", self.cfg.device)} '
-            f'dtype={getattr(self.policy, "dtype", self.cfg.dtype)} '
+            f'device={self.policy.device or self.cfg.device} '
+            f'dtype={self.policy.dtype or self.cfg.dtype} '
             f'rate={self.cfg.control_rate_hz} Hz unnorm_key={self.unnorm_key} '
             f'cameras={list(self.cfg.camera_topics)} transport={self.cfg.image_transport} '
             f'proprio={list(self.cfg.proprio)} chunk_mode={self.cfg.chunk_mode} '
@@ -170,17 +164,16 @@ class VlaNode(LifecycleNode):
     def on_activate(self, state):
         self.inputs = ObservationInputs(self, self.cfg.camera_topics,
                                         self.cfg.image_transport == 'compressed',
-                                        self.cfg.proprio, self._io_group,
-                                        self.cfg.max_camera_skew, self.cfg.action_frame)
+                                        self.cfg.proprio, self.cfg.max_camera_skew,
+                                        self.cfg.action_frame)
         self._loop_subs = [
             *self.inputs.subscriptions,
             # Raw bytes, decoded here strictly: invalid UTF-8 is a counted bad input instead of
             # an instruction with replacement characters.
             self.create_subscription(String, 'vla/instruction', self._on_instruction,
-                                     qos.COMMAND, raw=True, callback_group=self._io_group),
+                                     qos.COMMAND, raw=True),
         ]
-        self._loop_timers = [self.create_timer(1.0 / self.cfg.control_rate_hz, self._tick,
-                                               callback_group=self._timer_group)]
+        self._loop_timers = [self.create_timer(1.0 / self.cfg.control_rate_hz, self._tick)]
         self.get_logger().info(f'active: waiting for images on {", ".join(self.inputs.topics)} '
                                'and an instruction')
         return TransitionCallbackReturn.SUCCESS
@@ -230,7 +223,7 @@ class VlaNode(LifecycleNode):
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
-        if self.policy is not None and hasattr(self.policy, 'close'):
+        if self.policy is not None:
             self.policy.close()
         self.policy = None
         self._configured = False
@@ -280,7 +273,7 @@ class VlaNode(LifecycleNode):
         def once():
             self.destroy_timer(timer)
             self._show_instruction()
-        timer = self.create_timer(0.0, once, callback_group=self._io_group)
+        timer = self.create_timer(0.0, once)
 
     def _on_set_parameters(self, changes):
         values, reason = params.check_changes(PARAMS, changes, self._configured, RESTART_HINT)

@@ -4,9 +4,9 @@ vla_node's parameters (config/vla.yaml holds the defaults) and the checks that n
 ``PARAMS`` declares every parameter once, with its type, default, description and allowed
 values; ``layout_problems`` checks the camera topics and the ``proprio`` entries before the
 model loads;
-``policy_problems`` checks what only the loaded policy can tell: the number of cameras against
-its images, the state layout against its proprio dimension, its action dimension against the
-end-effector delta convention.
+``policy_problems`` words what only the loaded policy can tell (``vla_ros.policy.base.mismatches``,
+the check vla_eval shares): the number of cameras against its images, the state layout against
+its proprio dimension, its action dimension against the end-effector delta convention.
 """
 
 from vla_ros.control.action_layout import ACTION_DIM
@@ -102,24 +102,28 @@ def layout_problems(cfg, resolve):
 
 
 def policy_problems(cfg, policy):
-    """Return the problems of the configuration that only the loaded ``policy`` reveals."""
+    """
+    Return the problems of the configuration that only the loaded ``policy`` reveals.
+
+    ``vla_ros.policy.base.mismatches`` finds them (as for vla_eval) and says the policy's side;
+    here each gets the parameter's side and the fix.
+    """
+    # Here, not at the top: vla_ros.policy imports torch, which the parameter checks do without.
+    from vla_ros.policy.base import mismatches
     problems = []
-    images = getattr(policy, 'num_images', 1)
-    if len(cfg.camera_topics) != images:
-        problems.append(f"parameter 'camera_topics' has {len(cfg.camera_topics)} topic(s) "
-                        f'{list(cfg.camera_topics)}, but the policy takes {images} image(s): '
-                        'list one topic per image, the primary camera first')
-    layout = StateLayout(cfg.proprio)
-    needed = getattr(policy, 'proprio_dim', 0)
-    if layout.dim != needed:
-        what = (f'needs {needed} state values' if needed
-                else 'takes no state (no proprio projector)')
-        problems.append(f"parameter 'proprio' {list(cfg.proprio)} gives {layout.dim} values, "
-                        f'but the policy {what}; for a LIBERO-style arm: [ee_position, '
-                        'ee_axis_angle, joint:<left finger>, joint:<right finger>]')
-    dim = getattr(policy, 'action_dim', ACTION_DIM)
-    if dim != ACTION_DIM:
-        problems.append(f'the policy predicts {dim}-D actions; vla_node publishes end-effector '
-                        f'deltas [{ACTION_DIM} values: dx dy dz droll dpitch dyaw gripper] '
-                        '(LIBERO and Bridge platforms), not joint positions (ALOHA)')
+    for mismatch in mismatches(policy, len(cfg.camera_topics), StateLayout(cfg.proprio).dim,
+                               ACTION_DIM):
+        if mismatch.kind == 'cameras':
+            problems.append(f"parameter 'camera_topics' has {len(cfg.camera_topics)} topic(s) "
+                            f'{list(cfg.camera_topics)}, but {mismatch.sentence}: list one '
+                            'topic per image, the primary camera first')
+        elif mismatch.kind == 'state':
+            problems.append(f"parameter 'proprio' {list(cfg.proprio)} gives {mismatch.given} "
+                            f'values, but {mismatch.sentence}; for a LIBERO-style arm: '
+                            '[ee_position, ee_axis_angle, joint:<left finger>, joint:<right '
+                            'finger>]')
+        else:
+            problems.append(f'{mismatch.sentence}; vla_node publishes end-effector deltas '
+                            f'[{ACTION_DIM} values: dx dy dz droll dpitch dyaw gripper] (LIBERO '
+                            'and Bridge platforms), not joint positions (ALOHA)')
     return problems

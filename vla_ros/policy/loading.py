@@ -4,7 +4,7 @@ Load a policy ready for its first control step: one function for the node, evalu
     policy, unnorm_key = load_policy('/models/openvla-7b', unnorm_key='bridge_orig')
 
 ``load_policy`` builds the policy named by ``policy`` (``'openvla'``, ``'openvla_oft'``, or
-``'module:callable'`` for a custom policy object with the same ``predict``), resolves the unnorm
+``'module:callable'``, a callable returning a ``vla_ros.policy.Policy``), resolves the unnorm
 key (a wrong one raises with the list of valid keys) and warms it up with one prediction, so the
 first real prediction pays for no lazy initialisation (allocators, kernels, CUDA graphs). Errors
 are ``PolicyError``s with one line naming the problem and the fix.
@@ -15,6 +15,7 @@ import importlib
 
 import numpy as np
 
+from vla_ros.policy.base import Policy
 from vla_ros.policy.errors import ConfigError, PolicyError
 
 POLICIES = ('openvla', 'openvla_oft')
@@ -70,12 +71,9 @@ def custom_errors(name, what, fix):
 def warm_up(policy, unnorm_key):
     """Run one prediction on grey 224x224 images (and a zero state) (results discarded)."""
     grey = np.full((224, 224, 3), 128, np.uint8)
-    if hasattr(policy, 'num_images'):  # OpenVLA-OFT: every camera, and the state
-        state = np.zeros(policy.proprio_dim) if policy.proprio_dim else None
-        policy.predict([grey] * policy.num_images, WARMUP_INSTRUCTION, proprio=state,
-                       unnorm_key=unnorm_key)
-    else:
-        policy.predict(grey, WARMUP_INSTRUCTION, unnorm_key=unnorm_key)
+    state = np.zeros(policy.proprio_dim) if policy.proprio_dim else None
+    policy.predict([grey] * policy.num_images, WARMUP_INSTRUCTION, proprio=state,
+                   unnorm_key=unnorm_key)
 
 
 def load_policy(model_path, policy='openvla', unnorm_key='', device='auto', dtype='auto',
@@ -96,14 +94,16 @@ def load_policy(model_path, policy='openvla', unnorm_key='', device='auto', dtyp
     with custom_errors(policy, 'to load', f'fix {policy} (called as factory(model_path, '
                        f'{", ".join(f"{k}=..." for k in kwargs)}))'):
         loaded = factory(str(model_path), **kwargs)
+    if not isinstance(loaded, Policy):
+        raise ConfigError(f'policy {policy!r} returned a {type(loaded).__name__}, not a '
+                          'vla_ros.policy.Policy; make it return an instance of a subclass of '
+                          'vla_ros.policy.Policy (predict, action_dim, unnorm_keys)')
     try:
-        with custom_errors(policy, 'its warm-up', 'the policy needs resolve_unnorm_key(key) and '
-                           'predict(image, instruction, unnorm_key=key) as OpenVLAPolicy has'):
+        with custom_errors(policy, 'its warm-up', 'fix its predict(images, instruction, '
+                           'proprio=None, unnorm_key=None) or unnorm_keys'):
             key = loaded.resolve_unnorm_key(unnorm_key or None)
             warm_up(loaded, key)
     except PolicyError:
-        close = getattr(loaded, 'close', None)
-        if close is not None:
-            close()
+        loaded.close()
         raise
     return loaded, key

@@ -100,7 +100,7 @@ def calibrate_action_rows(policy, images, instructions, unnorm_key, start=1.5, s
             rows.copy_(base * value)
 
     def check():
-        actions = [[policy.predict(image, text, unnorm_key) for image in images]
+        actions = [[policy.predict(image, text, unnorm_key=unnorm_key) for image in images]
                    for text in instructions]
         valid = all(a.valid for row in actions for a in row)
         varies = all(len({a.token_ids.tobytes() for a in row}) > 1 for row in actions)

@@ -15,8 +15,9 @@ the next ``chunk_len - 1`` steps; past the bag's last step, or at a step without
 row before it is repeated (OFT pads the end of a trajectory by repeating its last action).
 
 Inputs are what ``OpenVLAOFTPolicy.inputs`` makes of the same frames, instruction and state,
-computed on the CPU by the same functions (``prepare_image``, the processor's ``crops`` and
-``normalize``, ``build_prompt``, ``Bounds.normalize``), so training sees what inference sees.
+computed on the CPU by the same processor (``oft.processing.OFTProcessor``: frame crops, pixel
+values, prompt ids, the token layout) and ``Bounds.normalize``, so training sees what inference
+sees.
 ``prepare_image`` (OFT's JPEG round trip and TensorFlow resize, ~8 ms a frame) runs once per frame:
 each frame's crops (uint8 (K, 224, 224, 3)) are kept, and a sample only looks them up.
 """
@@ -30,16 +31,14 @@ import torch
 
 from vla_ros.control.action_layout import ACTION_LABEL
 from vla_ros.control.core import MAX_INSTRUCTION_CHARS
-from vla_ros.policy.backbone.processing import build_prompt
 from vla_ros.policy.oft.configuration import Bounds
-from vla_ros.policy.oft.processing import prepare_image, sequence_ids
+from vla_ros.policy.oft.processing import OFTProcessor, token_layout
 from vla_ros.recordings.actions import recorded_actions
 from vla_ros.recordings.bags import Bag
 from vla_ros.recordings.options import check_bag
 from vla_ros.recordings.steps import Instruction, step_time, StepReader
 from vla_ros.training.options import FinetuneError
 
-PAD_ID = 0  # padded positions are masked out as attention keys: any id works
 # A step whose recorded action or state holds NaN or inf is no sample, counted under its reason
 # (``Episode.skipped``) so that vla_finetune reports how many it dropped.
 NON_FINITE_ACTION = 'NaN or inf in the recorded action'
@@ -88,32 +87,8 @@ def check_bags(paths, options, action_dim):
     return notes
 
 
-class Preprocessor:
-    """The policy's input pipeline on the CPU, split where a frame's cost can be cached."""
-
-    def __init__(self, image_processor, tokenizer, constants, center_crop):
-        self.image_processor = image_processor
-        self.tokenizer = tokenizer
-        self.constants = constants
-        self.center_crop = bool(center_crop)
-        self._prompts = {}
-
-    def frame_crops(self, rgb, camera):
-        """Return camera image ``camera``'s crops: uint8 (K, 224, 224, 3), as ``inputs``."""
-        return self.image_processor.crops(prepare_image(rgb, self.center_crop, camera))
-
-    def pixel_values(self, crops):
-        """Return (6N, 224, 224) float32 from each camera's crops (primary first)."""
-        return torch.cat([self.image_processor.normalize(torch.from_numpy(c)) for c in crops],
-                         dim=1)[0]
-
-    def prompt_ids(self, instruction):
-        """Return the prompt's ids (with the 29871 rule), cached per instruction."""
-        ids = self._prompts.get(instruction)
-        if ids is None:
-            ids = self._prompts[instruction] = tuple(self.tokenizer.model_input_ids(
-                build_prompt(instruction)))
-        return list(ids)
+# The policy's input pipeline on the CPU, split where a frame's cost can be cached.
+Preprocessor = OFTProcessor
 
 
 @dataclasses.dataclass
@@ -242,7 +217,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         e, k = self.index[i]
         episode = self.episodes[e]
         crops = [episode.frames[key] for key in episode.frame_keys[k]]
-        sample = {'pixel_values': self.preprocessor.pixel_values(crops),  # (6N, 224, 224)
+        sample = {'pixel_values': self.preprocessor.pixel_values(crops)[0],  # (6N, 224, 224)
                   'prompt_ids': self.preprocessor.prompt_ids(episode.instructions[k]),
                   'actions': torch.tensor(self.normalize(episode.chunk(k, self.chunk_len),
                                                          self.stats), dtype=torch.float32)}
@@ -260,18 +235,11 @@ def collate(samples, num_slots):
     action slots), 'prompt_len' (B,), 'seq_len' (B,), 'actions' (B, chunk, A), 'proprio'
     (B, P) when given}.
     """
-    seqs = [sequence_ids(s['prompt_ids'], num_slots) for s in samples]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
-    keep = torch.ones((len(seqs), width, 1))
-    for b, (seq, sample) in enumerate(zip(seqs, samples)):
-        ids[b, :len(seq)] = torch.tensor(seq)
-        start = len(sample['prompt_ids'])
-        keep[b, start:start + num_slots] = 0
+    ids, keep, seq_len = token_layout([s['prompt_ids'] for s in samples], num_slots)
     batch = {'pixel_values': torch.stack([s['pixel_values'] for s in samples]),
              'ids': ids, 'keep': keep,
              'prompt_len': torch.tensor([len(s['prompt_ids']) for s in samples]),
-             'seq_len': torch.tensor([len(s) for s in seqs]),
+             'seq_len': seq_len,
              'actions': torch.stack([s['actions'] for s in samples])}
     if 'proprio' in samples[0]:
         batch['proprio'] = torch.stack([s['proprio'] for s in samples])

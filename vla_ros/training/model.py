@@ -24,10 +24,10 @@ with its adapters unmerged.
 import torch
 from torch import nn
 
+from vla_ros.policy.backbone.loading import load_backbone
 from vla_ros.policy.oft.modeling import (L1RegressionHead, load_component, load_into,
                                          ProprioProjector)
 from vla_ros.policy.oft.policy import OFTForward
-from vla_ros.policy.openvla.policy import load_backbone
 
 LORA_MARK = 'lora_'
 

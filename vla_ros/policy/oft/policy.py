@@ -25,14 +25,15 @@ import numpy as np
 import torch
 
 from vla_ros.policy.actions import Action, action_token_range, normalized_from_tokens
-from vla_ros.policy.backbone.processing import build_prompt
+from vla_ros.policy.backbone.loading import load_backbone
+from vla_ros.policy.backbone.timing import PhaseClock
+from vla_ros.policy.base import Policy
 from vla_ros.policy.errors import CheckpointError, ConfigError, InputError, PolicyError
 from vla_ros.policy.oft.configuration import check_proprio, dataset_bounds, OFTConstants
 from vla_ros.policy.oft.modeling import (ACTION_HEAD, find_component, L1RegressionHead,
                                          load_component, load_into, PROPRIO_PROJECTOR,
                                          ProprioProjector, refuse_unsupported)
-from vla_ros.policy.oft.processing import prepare_image, sequence_ids
-from vla_ros.policy.openvla.policy import load_backbone, PhaseClock, StatsKeys
+from vla_ros.policy.oft.processing import OFTProcessor
 
 HEADS = ('auto', 'l1', 'discrete')
 
@@ -87,7 +88,7 @@ class OFTForward:
         return self.model.language_model.lm_head(hidden).argmax(dim=-1)
 
 
-class OpenVLAOFTPolicy(StatsKeys):
+class OpenVLAOFTPolicy(Policy):
     """An OpenVLA-OFT checkpoint ready to predict chunks (batch 1); see the module docstring."""
 
     def __init__(self, backbone, constants, action_head=None, proprio_projector=None,
@@ -99,7 +100,8 @@ class OpenVLAOFTPolicy(StatsKeys):
         self.device, self.dtype = backbone.device, backbone.dtype
         self.quantization, self.weight_bytes = backbone.quantization, backbone.weight_bytes
         self.constants = constants
-        self.center_crop = bool(center_crop)
+        self.processor = OFTProcessor(self.image_processor, self.tokenizer, constants,
+                                      center_crop)
         self.head_kind = 'l1' if action_head is not None else 'discrete'
         self.forward = OFTForward(self.model, constants, action_head, proprio_projector)
         source = self.config.norm_stats_source
@@ -178,11 +180,37 @@ class OpenVLAOFTPolicy(StatsKeys):
     # ---- the API of DESIGN.md -------------------------------------------------------------------
     @property
     def chunk_len(self):
+        """Return the number of actions of each chunk."""
         return self.constants.chunk_len
 
     @property
     def action_dim(self):
+        """Return the length of one action."""
         return self.constants.action_dim
+
+    @property
+    def center_crop(self):
+        """Return whether frames get the 0.9-area center crop (the processor's setting)."""
+        return self.processor.center_crop
+
+    @center_crop.setter
+    def center_crop(self, value):
+        self.processor.center_crop = bool(value)
+
+    @property
+    def unnorm_keys(self):
+        """Return the keys of the dataset statistics to un-normalise with, sorted."""
+        return sorted(self._stats)
+
+    @property
+    def stats_source(self):
+        """Return the file the dataset statistics were read from."""
+        return self.config.norm_stats_source
+
+    @property
+    def description(self):
+        """Return 'OpenVLA-OFT, platform <platform>'."""
+        return f'OpenVLA-OFT, platform {self.constants.platform}'
 
     @property
     def proprio_dim(self):
@@ -191,6 +219,7 @@ class OpenVLAOFTPolicy(StatsKeys):
 
     @property
     def num_images(self):
+        """Return the number of camera images ``predict`` takes, primary first."""
         return self.constants.num_images
 
     def predict(self, images, instruction, proprio=None, unnorm_key=None, *, timing=False):
@@ -234,7 +263,7 @@ class OpenVLAOFTPolicy(StatsKeys):
             bounds = self._stats[key][1]
             normalized = bounds.normalize(check_proprio(proprio, self.proprio_dim))
             state = torch.tensor(normalized[None], dtype=torch.float32, device=self.device)
-        prompt_ids = self.tokenizer.model_input_ids(build_prompt(instruction))
+        prompt_ids = self.processor.prompt_ids(instruction)
         slots = self.constants.num_action_slots
         positions = self.model.llama_config.max_position_embeddings
         limit = positions - self.forward.num_patches - slots - 1  # the sequence fills them all
@@ -242,14 +271,11 @@ class OpenVLAOFTPolicy(StatsKeys):
             raise InputError(f'the instruction gives a prompt of {len(prompt_ids)} token ids; '
                              f'this model takes at most {limit} (its {positions} positions less '
                              'the image patches and action slots): shorten the instruction.')
-        ids = torch.tensor([sequence_ids(prompt_ids, slots)], device=self.device)  # (1, L + K + 1)
-        keep = torch.ones((1, ids.shape[1], 1), device=self.device)
-        keep[:, len(prompt_ids):len(prompt_ids) + slots] = 0  # the action slots become zeros
+        ids, keep, _ = self.processor.layout([prompt_ids], self.device)  # (1, L + K + 1)
         resize_on = self.device if self.device.type == 'cuda' else None  # the same bits
-        pixel_values = torch.cat([self.image_processor.normalize(
-            torch.from_numpy(self.image_processor.crops(
-                prepare_image(image, self.center_crop, i, resize_on))).to(self.device))
-            for i, image in enumerate(images)], dim=1)  # (1, 6N, 224, 224)
+        pixel_values = self.processor.pixel_values(
+            [self.processor.frame_crops(image, i, resize_on) for i, image in enumerate(images)],
+            self.device)  # (1, 6N, 224, 224)
         return pixel_values, ids, keep, state
 
     def _run_plain(self, pixel_values, ids, keep, proprio, clock):

@@ -14,7 +14,8 @@ Images (``prepare_images_for_vla`` in OFT's ``openvla_utils``), each on its own:
    with OpenVLA's optional crop;
 3. OpenVLA's processor on the 224 x 224 result (its resize is then the identity).
 
-Prompt: OpenVLA's, with the 29871 rule; then K placeholder ids (1) and the stop id (2).
+Prompt: OpenVLA's, with the 29871 rule; then K placeholder ids (1) and the stop id (2)
+(``token_layout``). ``OFTProcessor`` puts it together for inference and fine-tuning alike.
 """
 
 import ctypes
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image
 import torch
 
-from vla_ros.policy.backbone.processing import center_crop_and_resize
+from vla_ros.policy.backbone.processing import build_prompt, center_crop_and_resize
 from vla_ros.policy.errors import InputError
 from vla_ros.policy.oft.configuration import PLACEHOLDER_ID, STOP_ID
 
@@ -36,6 +37,7 @@ JPEG_QUALITY = 95
 _F32 = np.float32
 _PI = _F32(3.14159265359)  # TF's kPI, as a float
 _RADIUS = _F32(3)
+PROMPT_CACHE = 256  # prompts kept tokenized
 
 
 def _c_sinf():
@@ -190,12 +192,70 @@ def prepare_image(image, center_crop, index=0, device=None):
     return center_crop_and_resize(pil) if center_crop else pil
 
 
-def sequence_ids(prompt_ids, num_slots):
-    """
-    Return the ids OFT's forward pass sees: the prompt, K placeholder ids, the stop id.
+PAD_ID = 0  # a batch's padding after the stop id; masked out as attention keys: any id works
 
-    The one statement of the rule: inference (``OpenVLAOFTPolicy.inputs``) and fine-tuning
-    (``training.dataset.collate``) both build their sequences here; the K action slots start
-    at ``len(prompt_ids)``.
+
+def token_layout(prompt_ids, num_slots, device=None):
     """
-    return list(prompt_ids) + [PLACEHOLDER_ID] * num_slots + [STOP_ID]
+    Return the ids OFT's forward pass sees, for a batch of prompts: ``(ids, keep, seq_len)``.
+
+    The one statement of the rule: each sequence is its prompt, ``num_slots`` placeholder ids
+    (``PLACEHOLDER_ID``) and the stop id (``STOP_ID``), right-padded with ``PAD_ID`` to the
+    longest; the action slots start at the prompt's length. ``ids`` (B, T) long; ``keep``
+    (B, T, 1) float32: 0 at the action slots (their embeddings become exact zeros), 1 elsewhere;
+    ``seq_len`` (B,) long, each sequence's length before padding.
+    """
+    seqs = [list(p) + [PLACEHOLDER_ID] * num_slots + [STOP_ID] for p in prompt_ids]
+    width = max(len(seq) for seq in seqs)
+    ids = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
+    keep = torch.ones((len(seqs), width, 1))
+    for b, (seq, prompt) in enumerate(zip(seqs, prompt_ids)):
+        ids[b, :len(seq)] = torch.tensor(seq)
+        keep[b, len(prompt):len(prompt) + num_slots] = 0
+    return ids.to(device), keep.to(device), torch.tensor([len(seq) for seq in seqs])
+
+
+class OFTProcessor:
+    """
+    OFT's inputs from camera frames and an instruction: what inference and fine-tuning both call.
+
+    Split where a frame's cost can be cached (fine-tuning keeps each frame's crops): a frame's
+    crops (``frame_crops``: ``prepare_image`` and the processor's crops), the pixel values of
+    one observation's crops (``pixel_values``), the prompt's ids (``prompt_ids``) and their
+    layout with the action slots (``layout``, ``token_layout``).
+    """
+
+    def __init__(self, image_processor, tokenizer, constants, center_crop):
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.constants = constants
+        self.center_crop = bool(center_crop)
+        self._prompts = {}
+
+    def frame_crops(self, image, camera, resize_on=None):
+        """
+        Return camera image ``camera``'s crops: uint8 (K, 224, 224, 3).
+
+        ``resize_on``: the device of OFT's resize (the same bits on every device).
+        """
+        return self.image_processor.crops(prepare_image(image, self.center_crop, camera,
+                                                        resize_on))
+
+    def pixel_values(self, crops, device=None):
+        """Return (1, 6N, 224, 224) float32 from each camera's crops (primary first)."""
+        return torch.cat([self.image_processor.normalize(torch.from_numpy(c).to(device))
+                          for c in crops], dim=1)
+
+    def prompt_ids(self, instruction):
+        """Return the prompt's ids (with the 29871 rule), cached per instruction."""
+        ids = self._prompts.get(instruction)
+        if ids is None:
+            if len(self._prompts) >= PROMPT_CACHE:
+                self._prompts.clear()  # a live node's instructions are a few; keep it bounded
+            ids = self._prompts[instruction] = tuple(self.tokenizer.model_input_ids(
+                build_prompt(instruction)))
+        return list(ids)
+
+    def layout(self, prompt_ids, device=None):
+        """Return ``token_layout`` of a batch of prompts with this model's action slots."""
+        return token_layout(prompt_ids, self.constants.num_action_slots, device)

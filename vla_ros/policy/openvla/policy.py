@@ -8,103 +8,22 @@ Loading checks everything that can be checked before the first prediction (files
 and shapes, dtype/device arguments), so a bad checkpoint fails at start-up with one clear error.
 """
 
-import dataclasses
 import gc
-from pathlib import Path
-import time
 import warnings
 
 import numpy as np
 import torch
 
 from vla_ros.policy.actions import action_from_generation, ActionStats
-from vla_ros.policy.backbone import weights
-from vla_ros.policy.backbone.configuration import (OpenVLAConfig, read_json, resolve_device,
-                                                   resolve_dtype, resolve_quantization)
-from vla_ros.policy.backbone.modeling import OpenVLAModel
-from vla_ros.policy.backbone.processing import build_prompt, ImageProcessor, PromptTokenizer
-from vla_ros.policy.backbone.quantization import (import_bitsandbytes, is_quantized_weight,
-                                                  quantize_language_model)
+from vla_ros.policy.backbone.loading import load_backbone
+from vla_ros.policy.backbone.processing import build_prompt
+from vla_ros.policy.backbone.timing import PhaseClock
+from vla_ros.policy.base import Policy
 from vla_ros.policy.errors import ConfigError, InputError, PolicyError
 from vla_ros.policy.openvla.fast import FAST_MAX_SEQ, FastPath
 
-GENERATION_CONFIG_FILE = 'generation_config.json'
 
-
-@dataclasses.dataclass
-class Backbone:
-    """What every OpenVLA-family policy loads: the network, config, processor and tokenizer."""
-
-    model: OpenVLAModel
-    config: OpenVLAConfig
-    image_processor: ImageProcessor
-    tokenizer: PromptTokenizer
-    device: torch.device
-    dtype: torch.dtype
-    quantization: object
-    weight_bytes: int
-    eos_token_id: int
-
-
-def load_backbone(path, device='auto', dtype='auto', quantization=None, center_crop=False):
-    """
-    Load the OpenVLA backbone of a checkpoint folder (safetensors only); return a ``Backbone``.
-
-    Checks everything that can be checked before the first prediction (files, tensor names and
-    shapes, the dtype/device arguments); raises ``CheckpointError`` or ``ConfigError``.
-    """
-    path = Path(path)
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    quantization = resolve_quantization(quantization, device)
-    if quantization:
-        import_bitsandbytes(quantization)  # fail before reading gigabytes
-    config = OpenVLAConfig.from_pretrained(path)
-    image_processor = ImageProcessor.from_pretrained(path, center_crop=center_crop)
-    tokenizer = PromptTokenizer.from_pretrained(path)
-    found = weights.read_headers(weights.find_weight_files(path))
-    with torch.device('meta'):
-        model = OpenVLAModel(config)
-    weights.check_tensors(model, found)
-    keep_on_cpu = is_quantized_weight if quantization else None
-    weight_bytes = weights.load_into(model, found, device, dtype, keep_on_cpu=keep_on_cpu)
-    weights.materialize_buffers(model, device)
-    if quantization:
-        quantize_language_model(model, quantization, dtype, device)
-    return Backbone(model.eval(), config, image_processor, tokenizer, device, dtype,
-                    quantization, weight_bytes, _eos_token_id(path))
-
-
-class StatsKeys:
-    """Dataset-statistics keys of a policy (``self._stats``): listing and resolving them."""
-
-    @property
-    def unnorm_keys(self):
-        """Return the keys of the dataset statistics to un-normalise with, sorted."""
-        return sorted(self._stats)
-
-    def resolve_unnorm_key(self, unnorm_key=None):
-        """
-        Return the statistics key to use for ``unnorm_key``.
-
-        None or '' is allowed only when the checkpoint has exactly one key; an unknown key raises
-        ``ConfigError`` listing the valid ones.
-        """
-        keys = self.unnorm_keys
-        if unnorm_key is None or unnorm_key == '':
-            if len(keys) == 1:
-                return keys[0]
-            raise ConfigError(f'unnorm_key is required: this checkpoint has {len(keys)} dataset '
-                              f'statistics ({self.config.norm_stats_source}); pass one of: '
-                              f'{", ".join(keys)}.')
-        if unnorm_key not in self._stats:
-            raise ConfigError(f'unnorm_key={unnorm_key!r} is not in the dataset statistics of '
-                              f'this checkpoint ({self.config.norm_stats_source}); valid keys: '
-                              f'{", ".join(keys)}.')
-        return unnorm_key
-
-
-class OpenVLAPolicy(StatsKeys):
+class OpenVLAPolicy(Policy):
     """An OpenVLA checkpoint ready to predict actions (batch size 1, greedy, as the reference)."""
 
     def __init__(self, model, config, image_processor, tokenizer, device, dtype,
@@ -163,6 +82,16 @@ class OpenVLAPolicy(StatsKeys):
         return self.fast
 
     # ---- dataset statistics ---------------------------------------------------------------------
+    @property
+    def unnorm_keys(self):
+        """Return the keys of the dataset statistics to un-normalise with, sorted."""
+        return sorted(self._stats)
+
+    @property
+    def stats_source(self):
+        """Return the file the dataset statistics were read from."""
+        return self.config.norm_stats_source
+
     def action_dim_for(self, unnorm_key=None):
         """Return the number of action dimensions (tokens generated) for ``unnorm_key``."""
         return self._stats[self.resolve_unnorm_key(unnorm_key)].dim
@@ -177,16 +106,27 @@ class OpenVLAPolicy(StatsKeys):
         return dims.pop()
 
     # ---- prediction ---------------------------------------------------------------------------
-    def predict(self, image, instruction, unnorm_key=None, *, timing=False):
+    def predict(self, images, instruction, proprio=None, unnorm_key=None, *, timing=False):
         """
-        Predict one action for ``image`` and the task ``instruction``.
+        Predict one action for the image and the task ``instruction``.
 
-        ``image``: a ``PIL.Image`` of any mode, or a uint8 numpy array (H, W, 3) RGB, (H, W, 4)
-        RGBA or (H, W) grayscale. Returns an ``Action``; ``Action.values`` equal OpenVLA's
-        ``predict_action``. ``policy.last_timing`` gets seconds per phase (preprocess, vision,
-        prefill, decode, total); on CUDA the phases are synchronised only when ``timing`` is True.
+        ``images``: the image, or a list of that one image: a ``PIL.Image`` of any mode, or a
+        uint8 numpy array (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) grayscale. OpenVLA takes no
+        state: ``proprio`` must be None (pass ``unnorm_key`` by keyword). Returns an ``Action``;
+        ``Action.values`` (7,) equal OpenVLA's ``predict_action``, ``Action.rows`` is its one-row
+        chunk. ``policy.last_timing`` gets seconds per phase (preprocess, vision, prefill,
+        decode, total); on CUDA the phases are synchronised only when ``timing`` is True.
         """
-        return self.predict_prompt(image, build_prompt(instruction), unnorm_key, timing=timing)
+        if proprio is not None:
+            raise InputError(f'OpenVLA takes no state, got proprio={proprio!r}; pass the '
+                             'unnorm key by keyword: predict(image, instruction, '
+                             'unnorm_key=...).')
+        if isinstance(images, (list, tuple)):
+            if len(images) != 1:
+                raise InputError(f'OpenVLA takes one image (or a list of one), got a list of '
+                                 f'{len(images)}.')
+            images = images[0]
+        return self.predict_prompt(images, build_prompt(instruction), unnorm_key, timing=timing)
 
     def predict_prompt(self, image, prompt, unnorm_key=None, *, timing=False):
         """Like ``predict`` with a ready prompt string (the 29871 rule still applies)."""
@@ -272,35 +212,3 @@ class OpenVLAPolicy(StatsKeys):
     def __repr__(self):
         return (f'OpenVLAPolicy(device={self.device}, dtype={self.dtype}, '
                 f'quantization={self.quantization}, unnorm_keys={self.unnorm_keys})')
-
-
-class PhaseClock:
-    """Wall time per phase; on CUDA it synchronises the device at each mark when ``exact``."""
-
-    def __init__(self, device, exact):
-        self._device = device
-        self._cuda = device.type == 'cuda'
-        self._exact = exact
-        self._start = self._last = time.perf_counter()
-        self._phases = {}
-
-    def mark(self, phase):
-        if self._cuda and self._exact:
-            torch.cuda.synchronize(self._device)
-        now = time.perf_counter()
-        self._phases[phase] = now - self._last
-        self._last = now
-
-    def result(self):
-        total = self._last - self._start
-        if self._exact:
-            return dict(self._phases, total=total)
-        return {'preprocess': self._phases.get('preprocess', 0.0), 'total': total}
-
-
-def _eos_token_id(path):
-    file = Path(path) / GENERATION_CONFIG_FILE
-    eos = read_json(file).get('eos_token_id', 2) if file.is_file() else 2
-    if isinstance(eos, list):
-        eos = eos[0] if eos else 2
-    return int(eos)
