@@ -7,10 +7,10 @@ from policy_helpers import scene
 import pytest
 
 from vla_ros.evaluation.options import check_policy, EvalOptions
+from vla_ros.evaluation.options import EvalError
 from vla_ros.nodes.vla_node_config import policy_problems
 from vla_ros.policy import ConfigError, InputError, OpenVLAPolicy, Policy
 from vla_ros.policy.loading import load_policy
-from vla_ros.recordings.bags import EvalError
 
 
 class TwoCameras(Policy):
