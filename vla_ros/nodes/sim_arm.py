@@ -86,7 +86,6 @@ import time
 from geometry_msgs.msg import PoseStamped, TwistStamped
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.time import Time
@@ -185,8 +184,6 @@ class SimArmNode(Node):
         self._ee_schedule = loop.Schedule(cfg.ee_pose_rate_hz)
         self._camera_schedule = loop.Schedule(cfg.camera_rate_hz)
         self._task_schedule = loop.Schedule(TASK_RATE_HZ)
-        io_group = ReentrantCallbackGroup()
-        loop_group = MutuallyExclusiveCallbackGroup()  # the tick and reset never overlap
         self._pubs = {
             'image': self.create_publisher(Image, 'camera/image_raw', qos.SENSOR),
             'wrist_image': (self.create_publisher(Image, 'wrist_camera/image_raw', qos.SENSOR)
@@ -201,18 +198,15 @@ class SimArmNode(Node):
         if cfg.publish_clock:
             self._pubs['clock'] = self.create_publisher(ClockMsg, '/clock', qos.CLOCK)
         self.create_subscription(TwistStamped, 'servo_node/delta_twist_cmds', self._on_twist,
-                                 qos.COMMAND, callback_group=io_group)
-        self.create_subscription(PoseStamped, 'target_pose', self._on_pose, qos.COMMAND,
-                                 callback_group=io_group)
-        self.create_subscription(Float64, 'gripper/command', self._on_gripper, qos.COMMAND,
-                                 callback_group=io_group)
-        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=loop_group)
+                                 qos.COMMAND)
+        self.create_subscription(PoseStamped, 'target_pose', self._on_pose, qos.COMMAND)
+        self.create_subscription(Float64, 'gripper/command', self._on_gripper, qos.COMMAND)
+        # One thread runs every callback (nodes.startup), so the tick and a reset never overlap.
+        self.create_service(Trigger, '~/reset', self._on_reset)
         # With /clock published by this node, its own timers must not wait on that clock.
         loop_clock = self._steady if cfg.publish_clock else self.get_clock()
-        self.create_timer(1.0 / cfg.physics_rate_hz, self._tick, callback_group=loop_group,
-                          clock=loop_clock)
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=io_group,
-                          clock=loop_clock)
+        self.create_timer(1.0 / cfg.physics_rate_hz, self._tick, clock=loop_clock)
+        self.create_timer(1.0, self._publish_diagnostics, clock=loop_clock)
         self.get_logger().info(
             f'started: camera {cfg.camera_width}x{cfg.camera_height} at {cfg.camera_rate_hz} Hz '
             f'(MUJOCO_GL egl unless set), wrist camera '
