@@ -3,8 +3,8 @@ Test harness: real executables in their own processes, talking to the test over 
 
 Every test that touches ROS gets its own ``ROS_DOMAIN_ID`` with discovery kept on localhost, its
 own rclpy context (never the global one), and a clean process table when it ends. Those tests
-(the ones that use the ``ros``, ``ros_env`` or ``launch`` fixture) are marked ``dds``, so
-``-m 'not dds'`` runs the rest (``make test-python``).
+are marked ``dds`` (marker_rules.py checks it), so ``-m 'not dds'`` runs the rest
+(``make test-python``).
 
 Under ``CI=true`` a test that skips because something it needs is missing fails instead, naming
 it (``pytest_runtest_makereport`` below): CI cannot go green by skipping.
@@ -33,20 +33,12 @@ BIN_DIR = Path(sys.executable).parent
 _DOMAIN_BASE = int(os.environ.get('VLA_TEST_DOMAIN_BASE', 1 + (os.getpid() % 23) * 10))
 _DOMAIN_IDS = itertools.cycle(range(_DOMAIN_BASE, _DOMAIN_BASE + 10))
 
-# The fixtures that put a test on a ROS graph; a test that uses one is marked `dds`.
-DDS_FIXTURES = frozenset({'ros', 'ros_env', 'launch'})
+# A test that starts a process or talks DDS says so with a mark: marker_rules.py.
+pytest_plugins = ('marker_rules',)
 CI = os.environ.get('CI', '').lower() in ('true', '1', 'yes')
 # The only skips CI may take: what its machines cannot have by design, not what an install step
 # forgot. No GPU; ROS from PyPI wheels, not a ROS install (cv_bridge comes only with one).
 CI_MAY_SKIP = re.compile(r"needs (two )?CUDA( devices)?$|could not import 'cv_bridge'")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Mark `dds` every test that uses a fixture of the ROS graph (before -m selects)."""
-    for item in items:
-        if DDS_FIXTURES & set(getattr(item, 'fixturenames', ())):
-            item.add_marker(pytest.mark.dds)
 
 
 def _skip_reason(report):
