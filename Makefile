@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-python demo demo-policy sim-eval gpu-check gpu-wheels clean
+.PHONY: setup test test-fast test-python demo demo-policy sim-eval gpu-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,14 @@ $(STAMP): setup.py requirements.txt requirements-sim.txt requirements-eval.txt r
 test: $(STAMP)
 	@$(PY) -m pytest test -ra $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests; that is a failure here'; exit 1; fi; \
+	exit $$rc
+
+# The tests that stay in this process and are quick (under a minute on 2 cores): not the ones
+# that talk DDS or start processes (test/marker_rules.py keeps those marked), nor slow or gpu.
+test-fast: $(STAMP)
+	@$(PY) -m pytest test -m 'not dds and not process and not slow and not gpu' -q \
+	  -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo 'make test-fast: pytest collected no tests; that is a failure here'; exit 1; fi; \
 	exit $$rc
 
 # The tests that need no DDS (pytest -m 'not dds') on another Python, in a venv of its own:

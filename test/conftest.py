@@ -1,8 +1,10 @@
 """
 The tests' shared fixtures; the DDS harness (``ros_env``, ``ros``, ``launch``) is dds_harness.py.
 
-The tests that use a fixture of the harness are marked ``dds``, so ``-m 'not dds'`` runs the rest
-(``make test-python``). Every test ends with a clean process table.
+Every test that touches ROS gets its own ``ROS_DOMAIN_ID`` with discovery kept on localhost, its
+own rclpy context (never the global one), and a clean process table when it ends. Those tests
+are marked ``dds`` (marker_rules.py checks it), so ``-m 'not dds'`` runs the rest
+(``make test-python``).
 
 Under ``CI=true`` a test that skips because something it needs is missing fails instead, naming
 it (``pytest_runtest_makereport`` below): CI cannot go green by skipping.
@@ -23,23 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get('VLA_SHARED_DIR', REPO.parent / 'shared'))
 # Console scripts live beside the interpreter running the tests (the .venv, or a ROS install).
 BIN_DIR = Path(sys.executable).parent
-# The harness's fixtures, seen by every test here (a plugin: the tests sit in one folder).
-pytest_plugins = ('dds_harness',)
-
-# The fixtures that put a test on a ROS graph; a test that uses one is marked `dds`.
-DDS_FIXTURES = frozenset({'ros', 'ros_env', 'launch'})
+# The DDS harness's fixtures (dds_harness.py), and the rule that a test which starts a process
+# or talks DDS says so with a mark (marker_rules.py): plugins, seen by every test folder.
+pytest_plugins = ('dds_harness', 'marker_rules')
 CI = os.environ.get('CI', '').lower() in ('true', '1', 'yes')
 # The only skips CI may take: what its machines cannot have by design, not what an install step
 # forgot. No GPU; ROS from PyPI wheels, not a ROS install (cv_bridge comes only with one).
 CI_MAY_SKIP = re.compile(r"needs (two )?CUDA( devices)?$|could not import 'cv_bridge'")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Mark `dds` every test that uses a fixture of the ROS graph (before -m selects)."""
-    for item in items:
-        if DDS_FIXTURES & set(getattr(item, 'fixturenames', ())):
-            item.add_marker(pytest.mark.dds)
 
 
 def _skip_reason(report):

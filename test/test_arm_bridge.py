@@ -148,6 +148,7 @@ def handshake(send, diag, key):
     wait_until(counted, 15.0, interval=0.0, message=f'arm_bridge to count {key}')
 
 
+@pytest.mark.dds
 def test_servo_twist_streams_clamps_drops_and_watchdog(ros, launch):
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
     diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
@@ -250,6 +251,7 @@ class Stream(Background):
 SPEED_TOL = 0.2
 
 
+@pytest.mark.dds
 def test_servo_twist_learns_the_step_period_of_a_5hz_policy(ros, launch):
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
     diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
@@ -281,6 +283,7 @@ def test_servo_twist_learns_the_step_period_of_a_5hz_policy(ros, launch):
     assert 'not below command_timeout' not in output
 
 
+@pytest.mark.dds
 def test_servo_twist_learns_a_20hz_chunked_policy_and_bounds_every_row(ros, launch):
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
     diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
@@ -356,6 +359,7 @@ def counted(diag, key, count, timeout=5.0):
         safety_status(diag)), timeout, interval=0.0, message=f'{count} {key}')
 
 
+@pytest.mark.dds
 @pytest.mark.parametrize('mode', MODES)
 def test_equal_rows_of_a_chunk_each_move_one_step_at_20_and_10_hz(ros, launch, mode):
     # A chunk of equal rows (one image stamp, a policy holding a direction) published one per
@@ -430,6 +434,7 @@ FAST = [((0.05, 0.05, 0.05), (0.25, 0.0, 0.0), 0.0)] * 30
 MAX_LINEAR, MAX_ANGULAR = PARAM_DEFAULTS['max_linear_speed'], PARAM_DEFAULTS['max_angular_speed']
 
 
+@pytest.mark.dds
 def test_servo_deltas_at_60hz_never_stream_faster_than_the_speed_limit(ros, launch):
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
     diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
@@ -454,6 +459,7 @@ def test_servo_deltas_at_60hz_never_stream_faster_than_the_speed_limit(ros, laun
     assert bridge.output().count('step slowed to the speed limit') == 1  # throttled
 
 
+@pytest.mark.dds
 def test_pose_target_at_60hz_never_moves_faster_than_the_speed_limit(ros, launch):
     targets = ros.subscribe(PoseStamped, 'target_pose', QOS)
     diag = ros.subscribe(DiagnosticArray, '/diagnostics', QOS)
@@ -485,6 +491,7 @@ def test_pose_target_at_60hz_never_moves_faster_than_the_speed_limit(ros, launch
     assert bridge.output().count('step slowed to the speed limit') == 1
 
 
+@pytest.mark.dds
 @pytest.mark.parametrize('mode', MODES)
 def test_a_chunk_of_nan_rows_and_rows_stamped_in_the_future_move_nothing(ros, launch, mode):
     out = watch_output(ros, mode)
@@ -525,6 +532,7 @@ def test_a_chunk_of_nan_rows_and_rows_stamped_in_the_future_move_nothing(ros, la
     assert bridge.alive
 
 
+@pytest.mark.dds
 def test_enable_false_stops_at_once(ros, launch):
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
     start_bridge(launch, 'output_mode:=servo_twist', 'step_duration:=0.5',
@@ -600,6 +608,7 @@ class SimClockArm(Background):
             step += 1
 
 
+@pytest.mark.dds
 def test_a_backward_clock_jump_stops_the_stream_at_once_counted_and_logged(ros, launch):
     """use_sim_time with a clock that jumps back 30 s in the middle of a step (a looping bag)."""
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
@@ -644,6 +653,7 @@ def test_a_backward_clock_jump_stops_the_stream_at_once_counted_and_logged(ros, 
     assert bridge.alive
 
 
+@pytest.mark.dds
 def test_pose_target_waits_for_ee_pose_then_composes_inside_the_box(ros, launch):
     targets = ros.subscribe(PoseStamped, 'target_pose', QOS)
     commands = ros.subscribe(Float64, 'gripper/command', QOS)
@@ -702,6 +712,7 @@ def test_pose_target_waits_for_ee_pose_then_composes_inside_the_box(ros, launch)
     assert bridge.output().count('ee_pose received') == 1
 
 
+@pytest.mark.dds
 def test_gripper_moves_only_with_a_fresh_accepted_delta_of_its_step(ros, launch):
     commands = ros.subscribe(Float64, 'gripper/command', QOS)
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
@@ -764,6 +775,7 @@ def get_param(ros, node, name):
     return parameter_value_to_python(response.values[0])
 
 
+@pytest.mark.dds
 def test_run_time_changes_tighten_limits_or_are_refused(ros, launch):
     twists = ros.subscribe(TwistStamped, TWIST, QOS)
     bridge = start_bridge(launch, 'output_mode:=servo_twist', 'step_duration:=0.2')
@@ -814,6 +826,7 @@ def _position(msg):
     return np.array([p.x, p.y, p.z])
 
 
+@pytest.mark.dds
 @pytest.mark.parametrize('params, expected', [
     (['stream_rate_hz:=0'], "parameter 'stream_rate_hz' is 0.0; allowed: (0, 1000] Hz"),
     (['max_step_translation:=-1'], "parameter 'max_step_translation' is -1.0; allowed range "
@@ -833,6 +846,7 @@ def test_out_of_range_parameters_are_refused_at_start(launch, params, expected):
     assert 'cannot start' in output
 
 
+@pytest.mark.dds
 def test_step_duration_not_below_command_timeout_is_warned_at_start(launch):
     bridge = start_bridge(launch, 'step_duration:=0.5', 'command_timeout:=0.4')
     bridge.wait_for_output('waiting for ee_pose')

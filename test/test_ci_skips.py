@@ -11,6 +11,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.process  # each test runs pytest in a subprocess
+
 TESTS = """
 import pytest
 

@@ -18,6 +18,8 @@ from vla_ros.closed_loop import processes
 from vla_ros.nodes import diagnostics
 from vla_ros.sim import tasks
 
+pytestmark = pytest.mark.dds  # every test here talks DDS
+
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
 CONFIG = str(REPO / 'config' / 'vla.yaml')

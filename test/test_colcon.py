@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 
 from colcon_helpers import PACKAGE, site_packages
+import pytest
+
+pytestmark = pytest.mark.process  # colcon_install runs colcon build
 
 
 def console_scripts(setup_py):

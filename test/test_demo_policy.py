@@ -126,6 +126,7 @@ def heading_hits(policy, key, layout):
     return hits
 
 
+@pytest.mark.slow  # 12 simulated reach rollouts of two policies
 def test_the_first_steps_head_for_the_named_object_unlike_the_untrained_base(rebuilt, tmp_path):
     from vla_ros.policy.loading import load_policy
     from vla_ros.policy.tiny import write_tiny_oft_checkpoint

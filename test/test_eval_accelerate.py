@@ -12,6 +12,8 @@ import pytest
 from vla_ros.evaluation import cli
 from vla_ros.evaluation.metrics import strip_latency
 
+pytestmark = pytest.mark.process  # accelerate launch starts two processes
+
 MS = 1_000_000
 
 

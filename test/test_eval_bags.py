@@ -217,6 +217,7 @@ def run_without(pattern, probe, *args):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.process
 def test_write_bag_needs_no_ros(expected, tiny_checkpoint, tmp_path):
     """--write-bag with the eval extra alone: the bag holds the live node's bytes, CDR for CDR."""
     bag = write_bag(tmp_path / 'run', 'mcap', images=IMAGES, instructions=INSTRUCTIONS)

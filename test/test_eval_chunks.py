@@ -176,6 +176,7 @@ def test_command_line_metrics_and_predictions_bag(run, oft_checkpoint, tmp_path,
         step_ns(source(k)) for k in range(STEPS)]  # the front frame its chunk came from
 
 
+@pytest.mark.dds
 def test_sim_time_replay_through_vla_node_equals_vla_eval(ros, launch, oft_checkpoint, run,
                                                           evaluated):
     """The live node on /clock, fed the bag's cameras, state and instruction, tick by tick."""

@@ -117,6 +117,7 @@ def test_unknown_unnorm_key_lists_the_valid_ones(capsys, tmp_path, tiny_checkpoi
     assert_error(status, err, "unnorm_key='bridge_orig'", 'synth_bridge, synth_kitchen')
 
 
+@pytest.mark.process
 def test_exit_status_and_message_from_the_command(tmp_path):
     """As a user runs it: a separate process, status 2, one line on stderr, no traceback."""
     bag = good_bag(tmp_path / 'bag', image_topic='/front/image_raw')
@@ -152,6 +153,7 @@ def test_damaged_metadata_yaml_is_one_line(capsys, tmp_path):
     assert_error(status, err, 'its metadata.yaml is damaged', 'ros2 bag reindex')
 
 
+@pytest.mark.process
 def test_what_the_outputs_need_is_checked_before_the_run(capsys, tmp_path):
     """A predictions path taken by something else, or no matplotlib: refused before the model."""
     bag = good_bag(tmp_path / 'bag')
@@ -222,6 +224,7 @@ def test_a_damaged_bag_is_a_recording_error_wherever_it_is_damaged(tmp_path, sto
     assert not escaped, f'{len(escaped)} damaged bags gave a traceback: {escaped[:6]}'
 
 
+@pytest.mark.process
 @pytest.mark.parametrize('where', ['header', 'message'])
 def test_a_damaged_mcap_bag_is_one_line_from_the_command(where, tmp_path, tiny_checkpoint):
     """As a user runs it: the header is read before the model loads, a message after."""

@@ -12,11 +12,14 @@ from bag_helpers import frames, NS, SimTimeReplay, T0_NS, write_bag
 from conftest import REPO
 from geometry_msgs.msg import PoseStamped
 import numpy as np
+import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64MultiArray
 
 from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
 from vla_ros.policy import OpenVLAPolicy
+
+pytestmark = pytest.mark.dds  # every test here talks DDS
 
 CONFIG = REPO / 'config' / 'vla.yaml'
 COMMANDS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)

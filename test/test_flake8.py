@@ -9,6 +9,7 @@ PATHS = [REPO / 'vla_ros', REPO / 'launch', REPO / 'test', REPO / 'setup.py']
 
 
 @pytest.mark.flake8
+@pytest.mark.process  # flake8 forks its workers
 @pytest.mark.linter
 def test_flake8():
     main_with_errors = pytest.importorskip('ament_flake8.main').main_with_errors

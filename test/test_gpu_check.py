@@ -42,6 +42,7 @@ def dry_run(out, *extra):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_dry_run_writes_every_step_under_out_and_a_failed_step_does_not_stop_the_rest(tmp_path):
     # A checkpoint that does not exist: the profile and the OpenVLA benchmark raise.
@@ -67,6 +68,7 @@ def test_dry_run_writes_every_step_under_out_and_a_failed_step_does_not_stop_the
     assert (REPO / 'docs' / 'PERFORMANCE.md').read_text() == doc  # nothing outside --out
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_dry_run_passes_and_its_reports_become_gpu_rows(tmp_path):
     out = tmp_path / 'out'
@@ -113,6 +115,7 @@ def test_dry_run_passes_and_its_reports_become_gpu_rows(tmp_path):
     assert doc.read_text().count(gpu_check.START) == 1
 
 
+@pytest.mark.process
 def test_the_gpu_tests_take_no_fixture_that_reads_outside_the_working_tree():
     """Only the working tree travels to the GPU machine: ../shared's golden files do not."""
     done = subprocess.run([sys.executable, '-m', 'pytest', 'test/test_policy_fast.py', '-m', 'gpu',

@@ -8,6 +8,7 @@ import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 import numpy as np
+import pytest
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from test_conversions import oversized_jpeg, radiance_hdr
@@ -17,6 +18,8 @@ from vla_ros.control import images
 from vla_ros.nodes import diagnostics
 from vla_ros.nodes.messages import rgb_to_compressed
 from vla_ros.sim.scenes import scene
+
+pytestmark = pytest.mark.dds  # every test here talks DDS
 
 
 def test_raw_and_compressed_images_from_another_process(ros, launch):

@@ -148,6 +148,7 @@ def stop_with_sigint(proc):
     check_clean_shutdown(proc.output(), returncode, group=proc.popen.pid)
 
 
+@pytest.mark.dds
 def test_every_vla_launch_argument_reaches_vla_node_typed(ros, ros2_launch, tiny_checkpoint):
     declared = launch_arguments(ast.parse((REPO / 'launch' / 'vla.launch.py').read_text()))
     assert set(declared) == {'model_path', *EVERY_ARGUMENT}, 'a launch argument is not tested'
@@ -162,6 +163,7 @@ def test_every_vla_launch_argument_reaches_vla_node_typed(ros, ros2_launch, tiny
     stop_with_sigint(proc)
 
 
+@pytest.mark.dds
 def test_vla_launch_defaults_typed_and_image_topic_remaps(ros, ros2_launch, tiny_checkpoint):
     proc = ros2_launch('vla.launch.py', model_path=tiny_checkpoint, unnorm_key='synth_bridge',
                        image_topic='front_camera/image_raw')
@@ -176,6 +178,7 @@ def test_vla_launch_defaults_typed_and_image_topic_remaps(ros, ros2_launch, tiny
     stop_with_sigint(proc)
 
 
+@pytest.mark.dds
 def test_demo_launch_closes_the_loop_and_stops_on_sigint(ros, ros2_launch, tiny_checkpoint):
     declared = launch_arguments(ast.parse((REPO / 'launch' / 'demo.launch.py').read_text()))
     assert set(declared) == {'model_path', 'unnorm_key', 'control_rate_hz'}

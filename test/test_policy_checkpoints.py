@@ -279,6 +279,7 @@ def test_vla_tiny_model_main(tmp_path, capsys):
     assert tiny_main([str(out / 'config.json')]) == 1  # a file, not a directory
 
 
+@pytest.mark.process
 def test_vla_tiny_model_subprocess(tmp_path):
     out = tmp_path / 'ckpt'
     env = dict(os.environ, OMP_NUM_THREADS='1')

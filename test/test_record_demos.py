@@ -18,6 +18,7 @@ def stamp_ns(msg):
     return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
 
 
+@pytest.mark.dds
 def test_records_two_successful_expert_episodes_that_vla_eval_replays(launch, tmp_path):
     out = tmp_path / 'demos'
     rec = launch('vla_record_demos', '--episodes', '2', '--seconds', '10', '--seed', '3',

@@ -199,6 +199,7 @@ def test_pacer_runs_whole_steps_to_the_clock_and_skips_a_stall():
 
 
 # ---------------------------------------------------------------- the node over DDS
+@pytest.mark.dds
 def test_publishes_both_cameras_ee_pose_and_joint_states(ros, launch):
     images = ros.subscribe(Image, 'camera/image_raw', qos_profile_sensor_data)
     wrist = ros.subscribe(Image, 'wrist_camera/image_raw', qos_profile_sensor_data)
@@ -251,6 +252,7 @@ def test_publishes_both_cameras_ee_pose_and_joint_states(ros, launch):
         ('reach', 0, tasks.episode(0).instruction)
 
 
+@pytest.mark.dds
 def test_twist_stream_moves_by_speed_times_duration_and_stops(ros, launch):
     poses = ros.subscribe(PoseStamped, 'ee_pose', STATE)
     diags = ros.subscribe(DiagnosticArray, '/diagnostics', RELIABLE)
@@ -283,6 +285,7 @@ def test_twist_stream_moves_by_speed_times_duration_and_stops(ros, launch):
     assert np.linalg.norm(after - before) < 0.002, (before, after)
 
 
+@pytest.mark.dds
 def test_stale_nan_and_foreign_frame_twists_do_not_move_and_are_counted(ros, launch):
     poses = ros.subscribe(PoseStamped, 'ee_pose', STATE)
     diags = ros.subscribe(DiagnosticArray, '/diagnostics', RELIABLE)
@@ -304,6 +307,7 @@ def test_stale_nan_and_foreign_frame_twists_do_not_move_and_are_counted(ros, lau
     wait_until(counted, 5.0, message='the rejected twists counted in /diagnostics')
 
 
+@pytest.mark.dds
 def test_target_pose_is_reached_within_the_speed_limit(ros, launch):
     poses = ros.subscribe(PoseStamped, 'ee_pose', STATE)
     diags = ros.subscribe(DiagnosticArray, '/diagnostics', RELIABLE)
@@ -325,6 +329,7 @@ def test_target_pose_is_reached_within_the_speed_limit(ros, launch):
     assert max(speeds) >= 0.1 * 0.8, 'the move should run at about the speed limit'
 
 
+@pytest.mark.dds
 def test_gripper_closes_and_opens_on_joint_states_and_in_the_wrist_view(ros, launch):
     joints = ros.subscribe(JointState, 'joint_states', STATE)
     wrist = ros.subscribe(Image, 'wrist_camera/image_raw', qos_profile_sensor_data)
@@ -343,6 +348,7 @@ def test_gripper_closes_and_opens_on_joint_states_and_in_the_wrist_view(ros, lau
     wait_until(lambda: min(command(1.0)) > 0.037, 5.0, interval=0.1, message='open fingers')
 
 
+@pytest.mark.dds
 def test_wrist_camera_moves_with_the_gripper(ros, launch):
     poses = ros.subscribe(PoseStamped, 'ee_pose', STATE)
     scene = ros.subscribe(Image, 'camera/image_raw', qos_profile_sensor_data)
@@ -358,6 +364,7 @@ def test_wrist_camera_moves_with_the_gripper(ros, launch):
     assert difference(before, after) > max(5.0, 3 * difference(scene_before, scene_after))
 
 
+@pytest.mark.dds
 def test_wrist_camera_false_publishes_the_scene_camera_only(ros, launch):
     images = ros.subscribe(Image, 'camera/image_raw', qos_profile_sensor_data)
     wrist = ros.subscribe(Image, 'wrist_camera/image_raw', qos_profile_sensor_data)
@@ -376,6 +383,7 @@ def set_parameters(ros, *params):
     return ros.call(SetParameters, 'sim_arm/set_parameters', request).results
 
 
+@pytest.mark.dds
 def test_lift_episode_succeeds_on_sim_task_and_a_seed_change_starts_at_reset(ros, launch):
     poses = ros.subscribe(PoseStamped, 'ee_pose', STATE)
     task = ros.subscribe(String, 'sim/task', RELIABLE)
@@ -424,6 +432,7 @@ def test_lift_episode_succeeds_on_sim_task_and_a_seed_change_starts_at_reset(ros
     assert np.allclose(latest_position(poses, after=time.monotonic()), HOME_POSITION, atol=0.002)
 
 
+@pytest.mark.dds
 def test_out_of_range_parameter_exits_naming_it(launch):
     sim = launch('sim_arm', '--ros-args', '-p', 'camera_rate_hz:=-1.0')
     assert sim.wait_exit(timeout=30.0) == 1, sim.output()
@@ -431,6 +440,7 @@ def test_out_of_range_parameter_exits_naming_it(launch):
     assert "'camera_rate_hz'" in out and '0 < rate <= 60' in out, out
 
 
+@pytest.mark.dds
 def test_publish_clock_publishes_advancing_sim_time(ros, launch):
     clock = ros.subscribe(Clock, '/clock', QoSProfile(depth=10,
                                                       reliability=ReliabilityPolicy.BEST_EFFORT))
@@ -448,6 +458,7 @@ def test_publish_clock_publishes_advancing_sim_time(ros, launch):
 
 
 # ---------------------------------------------------------------- with arm_bridge
+@pytest.mark.dds
 def test_arm_bridge_deltas_move_by_the_clamped_step_and_enable_false_stops(ros, launch):
     poses = ros.subscribe(PoseStamped, 'ee_pose', STATE)
     diags = ros.subscribe(DiagnosticArray, '/diagnostics', RELIABLE)

@@ -146,6 +146,7 @@ def test_vla_node_parameters_and_rclpy_ones_are_accepted(tmp_path):
     assert args.node_params[-2:] == ['chunk_mode:=receding', 'use_sim_time:=true']
 
 
+@pytest.mark.dds
 @pytest.mark.parametrize('bad', [['--seed', str(2**64)], ['-p', 'chunk_mod:=receding']])
 def test_bad_input_starts_no_node(bad, ros_env, tmp_path):
     """As a user runs it: refused at once, one line, exit 2, and no node was started."""
@@ -158,6 +159,7 @@ def test_bad_input_starts_no_node(bad, ros_env, tmp_path):
     assert not list(out.glob('*.log')), 'a node was started'
 
 
+@pytest.mark.dds
 def test_two_episodes_end_to_end_over_dds(launch, tiny_checkpoint, tmp_path):
     """The runner starts the three nodes, resets between episodes and writes every file."""
     out = tmp_path / 'eval'

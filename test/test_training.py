@@ -238,6 +238,7 @@ def test_merged_lora_weights_give_the_adapted_model(base, bags):
 TRAIN = ('--batch-size', '8', '--lr', '2e-3', '--val-every', '3', '--seed', '1')  # full batch
 
 
+@pytest.mark.slow  # trains the miniature for 6 steps
 def test_finetuning_lowers_the_loss_and_writes_a_loadable_checkpoint(base, bags, tmp_path):
     from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
 
@@ -270,6 +271,7 @@ def test_finetuning_lowers_the_loss_and_writes_a_loadable_checkpoint(base, bags,
     assert 'language_model.lm_head.weight' not in changed
 
 
+@pytest.mark.slow  # trains the miniature: 12 steps in five runs
 def test_resume_continues_the_step_count_and_equals_one_run(base, bags, tmp_path):
     from safetensors.torch import load_file
 

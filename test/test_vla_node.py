@@ -27,6 +27,8 @@ from vla_ros.nodes.messages import rgb_to_image
 from vla_ros.policy import OpenVLAPolicy
 from vla_ros.sim.scenes import scene
 
+pytestmark = pytest.mark.dds  # every test here talks DDS
+
 COMMANDS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 CONFIG = REPO / 'config' / 'vla.yaml'
 UNNORM_KEY = 'synth_bridge'

@@ -24,6 +24,8 @@ from std_srvs.srv import SetBool, Trigger
 from test_vla_node import (COMMANDS, is_hold, latest_diagnostics, reference,  # noqa: F401
                            send_instruction, set_param, start_acting, start_camera, start_node)
 
+pytestmark = pytest.mark.dds  # every test here talks DDS
+
 # Lines a clean run or a clean stop must not print (rclpy's own tracebacks included).
 ERROR_LINE = re.compile(r'error|traceback|exception|failed', re.IGNORECASE)
 

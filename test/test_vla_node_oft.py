@@ -26,6 +26,8 @@ from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.nodes.messages import rgb_to_image
 from vla_ros.sim.scenes import scene
 
+pytestmark = pytest.mark.dds  # every test here talks DDS
+
 UNNORM_KEY = 'synth_oft_libero'
 FEED_HZ = 10.0
 SIZE = 128  # camera images, pixels (OFT resizes each to 224)
