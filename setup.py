@@ -53,6 +53,7 @@ setup(
         'dev': [
             'pytest>=7',
             'pytest-timeout>=2',
+            'pytest-xdist>=3',  # make test-fast: the in-process tests on every core
             'hypothesis>=6',
             'psutil>=5.9',
             # What Jazzy's launch and launch_ros need beside rclpy: test_launch.py runs the launch

@@ -265,6 +265,7 @@ sys.exit(status)
 """
 
 
+@pytest.mark.process
 def test_vla_eval_opens_each_bag_once(tiny_checkpoint, tmp_path):
     """Checked before the model loads, then evaluated: one open of each bag's storage file."""
     bags = [write_bag(tmp_path / name, 'mcap', images=IMAGES, instructions=INSTRUCTIONS)

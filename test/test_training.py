@@ -382,6 +382,7 @@ def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path
         assert not out.exists()
 
 
+@pytest.mark.process
 def test_training_reads_bags_without_evaluation(bags):
     """A bad bag is a RecordingError, and vla_finetune imports nothing of vla_ros.evaluation."""
     side = DataOptions(camera_topics=(FRONT, '/cam_side/image_raw'), proprio=LIBERO_PROPRIO,
