@@ -28,7 +28,12 @@ ROS_SUFFIXES = ('_msgs', '_srvs')
 # Where the miniature-checkpoint writer (a tool, not part of any runtime path) may be used:
 # the demo, the benchmarks, and the demo policy (rebuilt on the miniature base it was trained on).
 TINY_USERS = ('vla_ros.closed_loop.demo', 'vla_ros.bench', 'vla_ros.training.demo_policy')
-TEST_MODULES = ('conftest', 'policies', 'policy_helpers', 'bag_helpers')
+TEST_DIR = REPO / 'test'
+TEST_MODULES = tuple(p.stem for p in TEST_DIR.glob('*.py') if not p.name.startswith('test_'))
+# The tests of the package as a whole stay at test/'s root; the rest sit in the folder of the
+# package folder they test (test/policy/ for vla_ros/policy/, ...).
+PACKAGE_TESTS = ('test_ci_skips', 'test_colcon', 'test_docs', 'test_flake8', 'test_launch',
+                 'test_markers', 'test_pep257', 'test_structure')
 MAX_LINES = 500
 
 
@@ -183,3 +188,12 @@ def test_console_scripts_point_at_main_functions():
         defined = {n.name for n in ast.parse(MODULES[module].read_text()).body
                    if isinstance(n, ast.FunctionDef)}
         assert function in defined, script
+
+
+def test_the_tests_mirror_the_package():
+    folders = {p.name for p in TEST_DIR.iterdir() if p.is_dir() and any(p.glob('test_*.py'))}
+    assert folders <= set(FLOORS), f'test folders with no package folder: {folders - set(FLOORS)}'
+    assert sorted(p.stem for p in TEST_DIR.glob('test_*.py')) == sorted(PACKAGE_TESTS), \
+        'a test of one package folder goes into test/<folder>/'
+    names = [p.name for p in TEST_DIR.rglob('test_*.py')]
+    assert len(names) == len(set(names)), 'test files need unique names (rootdir imports)'

@@ -9,7 +9,7 @@ the repository's working tree. Its steps:
 0. ``wheels``: the wheels in ``--wheels`` (what the machine lacks: ``make gpu-wheels`` downloads
    them on the development machine) installed into a folder of its own;
 1. ``environment``: the machine, CUDA, the driver, the host CPU, the versions;
-2. ``tests``: ``pytest test/test_policy_fast.py`` (its CUDA-only tests run there);
+2. ``tests``: ``pytest test/policy/test_policy_fast.py`` (its CUDA-only tests run there);
 3. ``profile``: the kernels one decode step of OpenVLA-7B (random weights, bf16) launches, with
    the GPU time per kernel class, and the time of one replay of the captured step;
 4. ``openvla``: ``python -m vla_ros.bench.openvla --random 7b`` (fast path, plain, ``generate()``);
@@ -366,7 +366,7 @@ def main(argv=None):
     parser.add_argument('--model', help='an OpenVLA checkpoint for the profile and benchmark '
                         'instead of the random one')
     parser.add_argument('--n', type=int, default=50, help='timed predictions per path')
-    parser.add_argument('--tests', nargs='+', default=['test/test_policy_fast.py'],
+    parser.add_argument('--tests', nargs='+', default=['test/policy/test_policy_fast.py'],
                         help='what pytest runs in the tests step')
     parser.add_argument('--tests-timeout', type=float, default=180.0, metavar='S',
                         help='seconds the tests step may take (default 180)')

@@ -18,7 +18,7 @@ from vla_ros.bench import gpu_check
 
 STEPS = ['wheels', 'environment', 'tests', 'profile', 'openvla', 'oft', 'preprocess', 'table']
 DRY_RUN = ['--device', 'cpu', '--random', 'tiny', '--n', '2',
-           '--tests', 'test/test_gpu_check.py::test_kernel_classes']
+           '--tests', 'test/bench/test_gpu_check.py::test_kernel_classes']
 
 
 def documented_gpu_command():
@@ -118,7 +118,8 @@ def test_dry_run_passes_and_its_reports_become_gpu_rows(tmp_path):
 @pytest.mark.process
 def test_the_gpu_tests_take_no_fixture_that_reads_outside_the_working_tree():
     """Only the working tree travels to the GPU machine: ../shared's golden files do not."""
-    done = subprocess.run([sys.executable, '-m', 'pytest', 'test/test_policy_fast.py', '-m', 'gpu',
+    done = subprocess.run([sys.executable, '-m', 'pytest', 'test/policy/test_policy_fast.py',
+                           '-m', 'gpu',
                            '--fixtures-per-test', '-q', '-p', 'no:cacheprovider'], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.dds  # every test here talks DDS
 COMMANDS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 CONFIG = REPO / 'config' / 'vla.yaml'
 UNNORM_KEY = 'synth_bridge'
-TEST_DIR = str(Path(__file__).resolve().parent)
+TEST_DIR = str(Path(__file__).resolve().parents[1])
 
 
 @pytest.fixture(scope='module')
