@@ -62,7 +62,7 @@ test-python: $(PYVER_STAMP)
 demo: $(STAMP)
 	$(PY) -m vla_ros.closed_loop.demo $(DEMO_ARGS)
 
-# The demo's trained policy from scratch (about 105 min on 2 CPU cores, see the README): 1080
+# The demo's trained policy from scratch (about 105 min on 2 CPU cores; docs/closed_loop.md): 1080
 # expert reach episodes (360 layouts x the 3 objects, seeded starts) recorded as bags by two
 # recorders side by side (own ROS domains), the miniature OpenVLA-OFT fully fine-tuned on 1050
 # of them (the last 30 of the first recorder, 10 unseen layouts, validate), and the trained
@@ -89,7 +89,7 @@ demo-policy: $(STAMP)
 	  --decay-after 8000 --val-every 1000 --save-every 1000
 	$(PY) -m vla_ros.training.demo_policy --ship $(DEMO_POLICY_OUT)/trained
 
-# The success rates of the README: the trained and the random miniature policy, 50 seeded reach
+# The success rates in docs/closed_loop.md: the trained and the random miniature, 50 seeded reach
 # episodes each through the live nodes (about 2 x 10 min).
 sim-eval: $(STAMP)
 	$(PY) -m vla_ros.training.demo_policy out/sim-eval/trained --force
@@ -103,7 +103,7 @@ sim-eval: $(STAMP)
 
 # On the lent GPU machine as it is: its own python3 (no venv, no network, no ROS), the working tree
 # and the wheels in .whl/ (`make gpu-wheels`, here): GPU tests, decode-step profile, OpenVLA-7B and
-# OpenVLA-OFT-7B benchmarks, all into GPU_OUT (see vla_ros/bench/gpu_check.py and the README).
+# OpenVLA-OFT-7B benchmarks, all into GPU_OUT (vla_ros/bench/gpu_check.py, docs/benchmarks.md).
 GPU_PY ?= python3
 GPU_OUT ?= out/gpu-check
 gpu-check:

@@ -77,7 +77,7 @@ def test_a_missing_asset_is_a_clear_error(monkeypatch, tmp_path):
 
 
 # Seeds of sim_arm's reach task (start at home) on which the shipped policy's first steps head
-# for the named object: 18 of seeds 0-29 do (chance is 1 in 3; README, "The demo policy"), and
+# for the named object: 18 of seeds 0-29 do (chance is 1 in 3; docs/closed_loop.md), and
 # these are the first twelve of them. They pin what the demo shows; a rebuild that loads the
 # wrong weights, feeds other images or ignores the instruction loses them.
 HEADING_SEEDS = (1, 2, 3, 5, 7, 8, 9, 11, 13, 14, 15, 16)

@@ -81,7 +81,7 @@ class SafetyLimits:
     future_tolerance: float = 0.05
     pose_timeout: float = 0.5
     reseed_distance: float = 0.05
-    # 5 Hz steps at the per-step clips on every axis at once: 0.43 m/s, 2.2 rad/s (see README).
+    # 5 Hz steps at the clips on all axes at once: 0.43 m/s, 2.2 rad/s (docs/arm_bridge.md).
     max_linear_speed: float = 0.5
     max_angular_speed: float = 2.5
 

@@ -7,8 +7,8 @@ regenerated exactly by ``vla_tiny_model --oft libero`` (seed 0). So ``assets/rea
 
 * ``trainable.safetensors``: the parameters ``vla_finetune`` trained (fully fine-tuned: every
   backbone weight but ``lm_head``, the L1 head and the proprio projector), stored as float16
-  (about 6 MB; the rebuilt checkpoint is float32, and the README's success rate is measured on
-  it);
+  (about 6 MB; the rebuilt checkpoint is float32, and docs/closed_loop.md's success rate is
+  measured on it);
 * ``run.json``: that run's settings and data options (as ``vla_finetune`` wrote them);
 * ``dataset_statistics.json``: the demonstrations' statistics under ``sim_reach``;
 * ``base.sha256``: the hash of the regenerated base's ``model.safetensors``, so a torch whose
@@ -19,7 +19,7 @@ regenerated exactly by ``vla_tiny_model --oft libero`` (seed 0). So ``assets/rea
 settings, loads the trained parameters and saves the merged checkpoint exactly as
 ``vla_finetune`` saves its own (``checkpoint.save_checkpoint``), its run record in
 ``training_state/run.json`` (the demo reads the state layout there). ``make demo-policy`` records
-the demonstrations and trains anew (the README gives the commands and their wall time);
+the demonstrations and trains anew (docs/closed_loop.md gives the commands and their wall time);
 ``python -m vla_ros.training.demo_policy --ship DIR`` copies a ``vla_finetune`` output's
 trained parameters back into ``assets/reach/``.
 """
