@@ -109,32 +109,14 @@ class DataOptions:
         return roles
 
 
-# vla_finetune's words for the flags whose help says what they mean to training.
-_TRAINING_HELP = {
-    'compressed': 'the image topics are sensor_msgs/CompressedImage (/compressed is appended to '
-                  'each)',
-    'rate': 'control rate of the steps: the rate the actions were recorded at and the policy '
-            'will run at (default 5.0, as vla_node)',
-    'ee_pose_topic': 'geometry_msgs/PoseStamped end-effector pose (default ee_pose)',
-    'joint_states_topic': 'sensor_msgs/JointState topic (default joint_states)',
-    'proprio': "the state vector's layout, as vla_node's proprio: ee_position, ee_axis_angle, "
-               'ee_rpy, ee_quaternion, joint:NAME',
-    'action_frame': "as vla_node's action_frame: the frame ee_pose must be in; a step whose pose "
-                    'is in another frame is no sample (default base_link)',
-}
-
-
 def add_data_arguments(parser, training=False):
     """
     Add the data flags to ``parser`` (or an argument group); ``data_fields`` reads them back.
 
     vla_eval's form (the default) also offers ``--image-topic`` (one camera, the default) and
     ``--instruction TEXT``; ``training`` (vla_finetune) reads ``--camera-topics`` (default
-    camera/image_raw) and the instruction topic, and some helps say what a flag means to it.
+    camera/image_raw) and the instruction topic. Each flag has one help, for both tools.
     """
-    def helped(dest, text):
-        return _TRAINING_HELP.get(dest, text) if training else text
-
     if training:
         parser.add_argument('--camera-topics', nargs='+', default=['camera/image_raw'],
                             metavar='T', help='one image topic per policy image, primary first '
@@ -148,31 +130,34 @@ def add_data_arguments(parser, training=False):
                              help="one image topic per policy image, primary first (vla_node's "
                              'camera_topics; with --compressed, /compressed is appended to '
                              'each)')
-    parser.add_argument('--compressed', action='store_true', help=helped(
-        'compressed', 'the image topic is sensor_msgs/CompressedImage (jpeg, png)'))
+    parser.add_argument('--compressed', action='store_true',
+                        help='the image topics are sensor_msgs/CompressedImage (jpeg, png; '
+                        '/compressed is appended to each)')
     instruction = parser if training else parser.add_mutually_exclusive_group()
     instruction.add_argument('--instruction-topic', default='vla/instruction', metavar='T',
                              help='std_msgs/String instruction topic (default vla/instruction)')
     if not training:
         instruction.add_argument('--instruction', default=None, metavar='TEXT',
                                  help='use this instruction at every step instead of a topic')
-    parser.add_argument('--rate', type=float, default=5.0, metavar='HZ', help=helped(
-        'rate', 'control rate of the steps, Hz (default 5.0, as vla_node)'))
+    parser.add_argument('--rate', type=float, default=5.0, metavar='HZ',
+                        help='control rate of the steps, Hz: the rate the actions were recorded '
+                        'at and the policy runs at (default 5.0, as vla_node)')
     parser.add_argument('--action-topic', default='vla/action', metavar='T',
                         help='recorded std_msgs/Float64MultiArray actions (default vla/action)')
-    parser.add_argument('--ee-pose-topic', default='ee_pose', metavar='T', help=helped(
-        'ee_pose_topic', 'geometry_msgs/PoseStamped end-effector pose in the base frame '
-        '(default ee_pose)'))
+    parser.add_argument('--ee-pose-topic', default='ee_pose', metavar='T',
+                        help='geometry_msgs/PoseStamped end-effector pose in the base frame '
+                        '(default ee_pose)')
     parser.add_argument('--joint-states-topic', default='joint_states', metavar='T',
-                        help=helped('joint_states_topic', 'sensor_msgs/JointState topic of the '
-                                    'joint:NAME --proprio entries (default joint_states)'))
-    parser.add_argument('--proprio', nargs='+', default=[], metavar='ENTRY', help=helped(
-        'proprio', "the state vector's layout, as vla_node's proprio: ee_position, "
-        'ee_axis_angle, ee_rpy, ee_quaternion (from --ee-pose-topic), joint:NAME (from '
-        '--joint-states-topic); default none'))
-    parser.add_argument('--action-frame', default='base_link', metavar='F', help=helped(
-        'action_frame', "as vla_node's action_frame: the base frame of the deltas; a step whose "
-        'ee_pose (--proprio) is in another frame has no usable state (default base_link)'))
+                        help='sensor_msgs/JointState topic of the joint:NAME --proprio '
+                        'entries (default joint_states)')
+    parser.add_argument('--proprio', nargs='+', default=[], metavar='ENTRY',
+                        help="the state vector's layout, as vla_node's proprio: ee_position, "
+                        'ee_axis_angle, ee_rpy, ee_quaternion (from --ee-pose-topic), joint:NAME '
+                        '(from --joint-states-topic); default none')
+    parser.add_argument('--action-frame', default='base_link', metavar='F',
+                        help="as vla_node's action_frame: the base frame of the deltas; a step "
+                        'whose ee_pose (--proprio) is in another frame has no usable state '
+                        '(default base_link)')
 
 
 def data_fields(args):
