@@ -221,3 +221,34 @@ def libero_state(inputs, t_ns):
     positions = newest(inputs['joint_states'], t_ns)[2]
     return np.array([*xyz, *quaternion_to_axis_angle(*rpy_to_quaternion(*rpy)),
                      positions['finger_left'], positions['finger_right']])
+
+
+def mcap_records(data, start=8, end=None):
+    """Yield (opcode, offset) of the MCAP records in data[start:end], and of those in chunks."""
+    end = len(data) - 8 if end is None else end  # the file ends with its 8-byte magic
+    while start + 9 <= end:
+        opcode, length = data[start], int.from_bytes(data[start + 1:start + 9], 'little')
+        yield opcode, start
+        if opcode == 0x06:  # a chunk: 3 uint64 and a crc, the compression string, its records
+            body = start + 9
+            name = int.from_bytes(data[body + 28:body + 32], 'little')
+            if not data[body + 32:body + 32 + name]:  # uncompressed: its records are readable
+                yield from mcap_records(data, body + 32 + name + 8, start + 9 + length)
+        start += 9 + length
+
+
+def corruptions(data, storage, count=24):
+    """
+    Yield (what, damaged bytes), as a bad disk or a half-copied file leaves a bag.
+
+    Cut, 0xff-filled and zero-filled at ``count`` offsets, and (MCAP) each record's length set
+    to 2**64 - 1.
+    """
+    for i in range(count):
+        at = 8 + (len(data) - 16) * i // count
+        yield f'truncated at {at}', data[:at]
+        yield f'8 bytes 0xff at {at}', data[:at] + b'\xff' * 8 + data[at + 8:]
+        yield f'64 zero bytes at {at}', data[:at] + bytes(64) + data[at + 64:]
+    for opcode, at in mcap_records(data) if storage == 'mcap' else ():
+        yield f'record 0x{opcode:02x} at {at} of length 2**64 - 1', \
+            data[:at + 1] + b'\xff' * 8 + data[at + 9:]

@@ -5,15 +5,13 @@ from pathlib import Path
 import subprocess
 import sys
 
-from bag_helpers import frames, T0_NS, write_bag
+from bag_helpers import frames, mcap_records, T0_NS, write_bag
 from conftest import REPO
 import pytest
 from test_eval_bags import run_without
 
 from vla_ros.evaluation import cli
-from vla_ros.evaluation.options import check_bag, EvalOptions
-from vla_ros.recordings.bags import Bag, RecordingError, typestore
-from vla_ros.recordings.steps import StepReader
+from vla_ros.recordings.bags import typestore
 
 MS = 1_000_000
 INSTRUCTION = [(T0_NS, 'pick up the red cup')]
@@ -168,60 +166,6 @@ def test_what_the_outputs_need_is_checked_before_the_run(capsys, tmp_path):
                        'unused-model-dir', '--out', tmp_path / 'out2')
     assert_error(proc.returncode, proc.stderr, 'the plots need matplotlib',
                  "pip install 'vla_ros[eval]'")
-
-
-def mcap_records(data, start=8, end=None):
-    """Yield (opcode, offset) of the MCAP records in data[start:end], and of those in chunks."""
-    end = len(data) - 8 if end is None else end  # the file ends with its 8-byte magic
-    while start + 9 <= end:
-        opcode, length = data[start], int.from_bytes(data[start + 1:start + 9], 'little')
-        yield opcode, start
-        if opcode == 0x06:  # a chunk: 3 uint64 and a crc, the compression string, its records
-            body = start + 9
-            name = int.from_bytes(data[body + 28:body + 32], 'little')
-            if not data[body + 32:body + 32 + name]:  # uncompressed: its records are readable
-                yield from mcap_records(data, body + 32 + name + 8, start + 9 + length)
-        start += 9 + length
-
-
-def corruptions(data, storage, count=24):
-    """
-    Yield (what, damaged bytes), as a bad disk or a half-copied file leaves a bag.
-
-    Cut, 0xff-filled and zero-filled at ``count`` offsets, and (MCAP) each record's length set
-    to 2**64 - 1.
-    """
-    for i in range(count):
-        at = 8 + (len(data) - 16) * i // count
-        yield f'truncated at {at}', data[:at]
-        yield f'8 bytes 0xff at {at}', data[:at] + b'\xff' * 8 + data[at + 8:]
-        yield f'64 zero bytes at {at}', data[:at] + bytes(64) + data[at + 64:]
-    for opcode, at in mcap_records(data) if storage == 'mcap' else ():
-        yield f'record 0x{opcode:02x} at {at} of length 2**64 - 1', \
-            data[:at + 1] + b'\xff' * 8 + data[at + 9:]
-
-
-@pytest.mark.parametrize('storage, suffix', [('sqlite3', '.db3'), ('mcap', '.mcap')])
-def test_a_damaged_bag_is_a_recording_error_wherever_it_is_damaged(tmp_path, storage, suffix):
-    """Opening, checking and reading every step of a damaged bag: a RecordingError, or it works."""
-    bag = good_bag(tmp_path / 'bag', storage)
-    (file,) = bag.glob('*' + suffix)
-    data = file.read_bytes()
-    options = EvalOptions(reference='none')
-    escaped = []
-    for what, damaged in corruptions(data, storage):
-        file.write_bytes(damaged)
-        try:
-            with Bag(bag) as opened:
-                check_bag(opened, options)
-            with Bag(bag) as opened:
-                for _ in StepReader(opened, options.cameras(), options.topics(), options.rate):
-                    pass
-        except RecordingError as exc:
-            assert '\n' not in str(exc), what
-        except Exception as exc:  # noqa: B902 - what the test is for: nothing else escapes
-            escaped.append(f'{what}: {type(exc).__name__}')
-    assert not escaped, f'{len(escaped)} damaged bags gave a traceback: {escaped[:6]}'
 
 
 @pytest.mark.process

@@ -3,7 +3,7 @@
 import math
 import types
 
-from bag_helpers import NS, T0_NS, write_bag
+from bag_helpers import T0_NS, write_bag
 import numpy as np
 import pytest
 from rclpy.serialization import serialize_message
@@ -16,7 +16,6 @@ from vla_ros.evaluation.evaluate import EvalOptions, evaluate_bag
 from vla_ros.evaluation.report import build_metrics
 from vla_ros.policy import Action, Policy
 from vla_ros.recordings import steps
-from vla_ros.recordings.actions import recorded_actions
 from vla_ros.recordings.bags import Bag, BagWriter
 from vla_ros.sim.scenes import scene
 
@@ -126,35 +125,6 @@ def test_ee_pose_relabelling_equals_hand_computed():
     assert np.isnan(late[:2]).all() and np.isfinite(late[2]).all()
 
 
-def test_recorded_actions_pair_by_log_time():
-    actions = np.arange(6)[:, None] * np.ones(7)  # action i has value i everywhere
-    ref = recorded_actions(
-        image_log_ns=np.array([0, 150, 400]) * MS, next_step_ns=np.array([200, 400, 600]) * MS,
-        action_times=np.array([0, 50, 120, 390, 400, 650]) * MS, actions=actions)
-    # The window is [image log time, next step time): an action logged with its image counts
-    # (a dataset converted to a bag), as does one logged later but before the next step.
-    np.testing.assert_array_equal(ref, [np.full(7, 0.0), np.full(7, 3.0), np.full(7, 4.0)])
-    late = recorded_actions(np.array([0]), np.array([200 * MS]), np.array([200 * MS]),
-                            actions[:1])
-    assert np.isnan(late).all()  # logged at the next step time: that step's, not this one's
-
-
-def test_each_recorded_action_is_the_reference_of_at_most_one_step():
-    actions = np.arange(8)[:, None] * np.ones(7)
-    # Camera 10 Hz, steps 20 Hz: steps 2j and 2j + 1 use image j; a live node logs each
-    # step's action 5 ms after its tick.
-    step_ns = np.arange(8) * 50 * MS
-    image_ns = step_ns // (100 * MS) * (100 * MS)
-    live = recorded_actions(image_ns, step_ns + 50 * MS, step_ns + 5 * MS, actions)
-    np.testing.assert_array_equal(live, actions)  # not 0, 0, 2, 2, ...
-    # A 10 Hz dataset (each action logged with its image, 1 ms before the step) at --rate 20:
-    # a step that reuses an image has no action of its own.
-    image_ns = np.maximum(image_ns - MS, 0)
-    dataset = recorded_actions(image_ns, step_ns + 50 * MS, image_ns[::2], actions[:4])
-    np.testing.assert_array_equal(dataset[::2], actions[:4])
-    assert np.isnan(dataset[1::2]).all()
-
-
 def test_steps_follow_the_live_node(tmp_path):
     images = [(T0_NS, 0, T0_NS), (T0_NS + 500 * MS, 1, T0_NS + 500 * MS),
               (T0_NS + 1000 * MS, 2, T0_NS + 1100 * MS)]  # stamped 0.1 s in the future
@@ -244,7 +214,3 @@ def test_ee_pose_reference_through_a_bag(tmp_path):
     cos = (0.02 * 0.01) / (0.02 * math.hypot(0.01, 0.02))
     assert m['translation_cosine'] == pytest.approx(cos, abs=1e-12)
     assert m['gripper_agreement'] == pytest.approx(1 / 3)  # predicted closed (0.0) agrees once
-
-
-def test_step_time():
-    assert steps.step_time(T0_NS, 3, 3.0) == T0_NS + NS
