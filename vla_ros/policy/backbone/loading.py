@@ -4,7 +4,8 @@ Loading the backbone both families share, from a checkpoint folder: ``load_backb
     backbone = load_backbone('/models/openvla-7b', device='auto', dtype='auto')
 
 ``Backbone`` holds what ``OpenVLAPolicy``, ``OpenVLAOFTPolicy`` and fine-tuning build on: the
-network, its config, the image processor, the prompt tokenizer, where it lives and the EOS id.
+network, its config, the image processor, the prompt tokenizer, where it lives and the EOS id;
+``BackbonePolicy`` is what both policies read of it alike (the dataset statistics' keys).
 """
 
 import dataclasses
@@ -19,8 +20,23 @@ from vla_ros.policy.backbone.modeling import OpenVLAModel
 from vla_ros.policy.backbone.processing import ImageProcessor, PromptTokenizer
 from vla_ros.policy.backbone.quantization import (import_bitsandbytes, is_quantized_weight,
                                                   quantize_language_model)
+from vla_ros.policy.base import Policy
 
 GENERATION_CONFIG_FILE = 'generation_config.json'
+
+
+class BackbonePolicy(Policy):
+    """A policy on this backbone: dataset statistics by unnorm key (``_stats``) from its config."""
+
+    @property
+    def unnorm_keys(self):
+        """Return the keys of the dataset statistics to un-normalise with, sorted."""
+        return sorted(self._stats)
+
+    @property
+    def stats_source(self):
+        """Return the file the dataset statistics were read from."""
+        return self.config.norm_stats_source
 
 
 @dataclasses.dataclass

@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from vla_ros.policy.actions import Action, action_token_range, normalized_from_tokens
-from vla_ros.policy.backbone.loading import load_backbone
+from vla_ros.policy.backbone.loading import BackbonePolicy, load_backbone
 from vla_ros.policy.backbone.timing import PhaseClock
-from vla_ros.policy.base import Policy
 from vla_ros.policy.errors import CheckpointError, ConfigError, InputError, PolicyError
 from vla_ros.policy.oft.configuration import check_proprio, dataset_bounds, OFTConstants
 from vla_ros.policy.oft.modeling import (ACTION_HEAD, find_component, L1RegressionHead,
@@ -88,7 +87,7 @@ class OFTForward:
         return self.model.language_model.lm_head(hidden).argmax(dim=-1)
 
 
-class OpenVLAOFTPolicy(Policy):
+class OpenVLAOFTPolicy(BackbonePolicy):
     """An OpenVLA-OFT checkpoint ready to predict chunks (batch 1); see the module docstring."""
 
     def __init__(self, backbone, constants, action_head=None, proprio_projector=None,
@@ -196,16 +195,6 @@ class OpenVLAOFTPolicy(Policy):
     @center_crop.setter
     def center_crop(self, value):
         self.processor.center_crop = bool(value)
-
-    @property
-    def unnorm_keys(self):
-        """Return the keys of the dataset statistics to un-normalise with, sorted."""
-        return sorted(self._stats)
-
-    @property
-    def stats_source(self):
-        """Return the file the dataset statistics were read from."""
-        return self.config.norm_stats_source
 
     @property
     def description(self):

@@ -15,15 +15,14 @@ import numpy as np
 import torch
 
 from vla_ros.policy.actions import action_from_generation, ActionStats
-from vla_ros.policy.backbone.loading import load_backbone
+from vla_ros.policy.backbone.loading import BackbonePolicy, load_backbone
 from vla_ros.policy.backbone.processing import build_prompt
 from vla_ros.policy.backbone.timing import PhaseClock
-from vla_ros.policy.base import Policy
 from vla_ros.policy.errors import ConfigError, InputError, PolicyError
 from vla_ros.policy.openvla.fast import FAST_MAX_SEQ, FastPath
 
 
-class OpenVLAPolicy(Policy):
+class OpenVLAPolicy(BackbonePolicy):
     """An OpenVLA checkpoint ready to predict actions (batch size 1, greedy, as the reference)."""
 
     def __init__(self, model, config, image_processor, tokenizer, device, dtype,
@@ -82,16 +81,6 @@ class OpenVLAPolicy(Policy):
         return self.fast
 
     # ---- dataset statistics ---------------------------------------------------------------------
-    @property
-    def unnorm_keys(self):
-        """Return the keys of the dataset statistics to un-normalise with, sorted."""
-        return sorted(self._stats)
-
-    @property
-    def stats_source(self):
-        """Return the file the dataset statistics were read from."""
-        return self.config.norm_stats_source
-
     def action_dim_for(self, unnorm_key=None):
         """Return the number of action dimensions (tokens generated) for ``unnorm_key``."""
         return self._stats[self.resolve_unnorm_key(unnorm_key)].dim
