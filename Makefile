@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FAST_WORKERS ?= 2
 # Isolated, localhost-only DDS for everything make starts.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
@@ -29,9 +30,11 @@ test: $(STAMP)
 
 # The tests that stay in this process and are quick (under a minute on 2 cores): not the ones
 # that talk DDS or start processes (test/marker_rules.py keeps those marked), nor slow or gpu.
+# One pytest-xdist worker per core, each with one torch thread (two threads each oversubscribe
+# the cores), a test module per worker (its module fixtures load once).
 test-fast: $(STAMP)
-	@$(PY) -m pytest test -m 'not dds and not process and not slow and not gpu' -q \
-	  -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	@OMP_NUM_THREADS=1 $(PY) -m pytest test -m 'not dds and not process and not slow and not gpu' \
+	  -q -p no:cacheprovider -n $(FAST_WORKERS) --dist loadscope $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'make test-fast: pytest collected no tests; that is a failure here'; exit 1; fi; \
 	exit $$rc
 
