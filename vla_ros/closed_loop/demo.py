@@ -2,8 +2,7 @@
 The README's main job: a closed loop of sim_arm, vla_node and arm_bridge, on a miniature model.
 
     python -m vla_ros.closed_loop.demo [--policy reach|openvla|openvla_oft] [--seed N]
-        [--seconds 20]
-                                 [--rate HZ] [--chunk-mode MODE] [--model PATH --unnorm-key KEY]
+        [--seconds 20] [--rate HZ] [--chunk-mode MODE] [--model PATH --unnorm-key KEY]
 
 It writes the policy's checkpoint (unless ``--model`` names a real one), starts ``sim_arm``
 (MuJoCo arm, table, objects, scene and wrist cameras) on the reach episode of ``--seed``,
@@ -146,12 +145,12 @@ def run_proprio(model=None):
     demo's checkpoint carries the shipped one; without ``model``, the shipped record itself.
     """
     from vla_ros.training import demo_policy
-    from vla_ros.training.options import RUN_FILE, STATE_DIR
+    from vla_ros.training.options import RUN_FILE, split_settings, STATE_DIR
 
     record = (demo_policy.ASSETS / RUN_FILE if model is None
               else Path(model) / STATE_DIR / RUN_FILE)
     try:
-        return list(json.loads(record.read_text())['config']['data.proprio'])
+        return list(split_settings(json.loads(record.read_text())['config'])[1]['proprio'])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f'{record}: no state layout (config "data.proprio") in a vla_finetune '
                          f'run record ({type(exc).__name__}: {exc}); pass the output of '

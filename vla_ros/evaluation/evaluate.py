@@ -37,6 +37,7 @@ from vla_ros.evaluation import reference as references
 from vla_ros.evaluation.options import (check_bag, check_policy, EvalError, EvalOptions,
                                         REFERENCES, step_count)
 from vla_ros.evaluation.results import BagResult, STATUSES
+from vla_ros.recordings.actions import recorded_actions
 from vla_ros.recordings.bags import Bag
 from vla_ros.recordings.steps import as_arrays, decode_frame, Instruction, step_time, StepReader
 
@@ -175,7 +176,7 @@ def _result(name, path, storage, rows, streams, options, bad_instructions, chunk
     if options.reference == 'action' and k:
         t0 = int(time_ns[0])
         next_ns = np.array([step_time(t0, s[0] + 1, options.rate) for s in steps], np.int64)
-        reference = references.recorded_actions(image_log_ns, next_ns, *arrays['action'])
+        reference = recorded_actions(image_log_ns, next_ns, *arrays['action'])
     elif options.reference == 'ee_pose' and k:
         reference = references.relabel_ee_pose(time_ns, *arrays['ee_pose'], *arrays['gripper'])
     else:

@@ -30,9 +30,6 @@ import numpy as np
 
 from vla_ros.control.action_layout import ACTION_DIM
 from vla_ros.control.geometry import wrap_angle
-from vla_ros.recordings.actions import recorded_actions
-
-__all__ = ['newest_at_or_before', 'recorded_actions', 'relabel_ee_pose']
 
 
 def newest_at_or_before(times, queries):

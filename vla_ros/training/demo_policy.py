@@ -69,7 +69,7 @@ def write_demo_policy(out, force=False):
     from vla_ros.training import checkpoint
     from vla_ros.training.model import (build_model, head_state, merged_state_dict,
                                         trainable_parameters)
-    from vla_ros.training.options import RUN_FILE, STATE_DIR, TrainConfig
+    from vla_ros.training.options import RUN_FILE, split_settings, STATE_DIR, TrainConfig
 
     missing = [name for name in SHIPPED if not (ASSETS / name).is_file()]
     if missing:
@@ -83,7 +83,7 @@ def write_demo_policy(out, force=False):
                 'the miniature OFT base regenerated here differs from the one the demo policy '
                 'was trained on (another torch random generator?); train it anew with '
                 '`make demo-policy`')
-        fields = {k: v for k, v in run['config'].items() if '.' not in k}
+        fields, _ = split_settings(run['config'])
         fields.update(base=str(base), out=str(out), bags=(), val_bags=(), device='cpu',
                       dtype='float32')
         config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v

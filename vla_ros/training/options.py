@@ -23,6 +23,7 @@ MODES = ('lora', 'lora_only', 'full')
 LORA_TARGETS = ('all', 'llm')
 STATE_DIR = 'training_state'
 RUN_FILE = 'run.json'
+DATA_PREFIX = 'data.'  # a run record's data options, beside the TrainConfig fields
 # Options that may differ when a run is resumed; any other difference is refused.
 RESUMABLE = ('steps', 'val_every', 'save_every', 'device')
 
@@ -66,9 +67,16 @@ class TrainConfig:
         ``data_options``: the run's ``recordings.options.DataOptions``, saved as ``data.*``.
         """
         data = dataclasses.asdict(self)
-        data.update({f'data.{k}': v for k, v in dataclasses.asdict(data_options).items()})
+        data.update({DATA_PREFIX + k: v for k, v in dataclasses.asdict(data_options).items()})
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()
                 if k not in RESUMABLE}
+
+
+def split_settings(saved):
+    """Return ``(train, data)``: a run record's ``TrainConfig`` and ``DataOptions`` fields."""
+    train = {k: v for k, v in saved.items() if not k.startswith(DATA_PREFIX)}
+    data = {k.removeprefix(DATA_PREFIX): v for k, v in saved.items() if k.startswith(DATA_PREFIX)}
+    return train, data
 
 
 def check_out_dir(out, resume):
