@@ -1,14 +1,17 @@
 """vla_record_demos end to end: the expert through arm_bridge and sim_arm; vla_eval reads it."""
 
+import bisect
 import json
 
 import numpy as np
 import pytest
 
 from vla_ros.closed_loop import record_demos
+from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.recordings.bags import Bag
 from vla_ros.sim import tasks
 from vla_ros.sim.arm import HOME_POSITION
+from vla_ros.sim.expert import ScriptedExpert
 
 TOPICS = ('/camera/image_raw', '/wrist_camera/image_raw', '/ee_pose', '/joint_states',
           '/vla/instruction', '/vla/action', '/vla/ee_delta', '/vla/gripper', '/sim/task')
@@ -76,8 +79,67 @@ def test_bad_options_are_refused_before_anything_starts(tmp_path, capsys):
                         (['--episodes', '0'], '--episodes must be >= 1'),
                         (['--start-spread', '0.5'], '--start-spread must be in [0, 0.1]'),
                         (['--task', 'push'], "invalid choice: 'push'"),
-                        (['--sim-param', 'camera_width=64'], 'NAME:=VALUE')):
+                        (['--sim-param', 'camera_width=64'], 'NAME:=VALUE'),
+                        (['--takeover', '0.3'], 'go with --policy-model'),
+                        (['--policy-model', str(tmp_path / 'nowhere')],
+                         'no such checkpoint directory'),
+                        (['--policy-model', str(tmp_path), '--takeover', '1.5'],
+                         '--takeover must be in [0, 1]')):
         with pytest.raises(SystemExit) as exc:
             record_demos.parse_args(argv)
         assert exc.value.code == 2
         assert words in capsys.readouterr().err
+
+
+def newest_before(logged, t):
+    """Return the message of ``logged`` ((log time, msg), sorted) logged last at or before t."""
+    times = [lt for lt, _ in logged]
+    return logged[bisect.bisect_right(times, t) - 1][1]
+
+
+@pytest.mark.dds
+def test_corrections_label_the_policy_driven_steps_with_the_expert(launch, tmp_path):
+    """Record corrections: the policy drives, each vla/action is the expert's label, trainable."""
+    model, out = tmp_path / 'oft', tmp_path / 'corrections'
+    assert launch('vla_tiny_model', '--oft', 'libero', model).wait_exit(timeout=120.0) == 0
+    rec = launch('vla_record_demos', '--policy-model', model, '--policy', 'openvla_oft',
+                 '--takeover', '0.5', '--episodes', '1', '--seconds', '3', '--seed', '7',
+                 '--out', out)
+    assert rec.wait_exit(timeout=240.0) == 0, rec.output()
+    [entry] = json.loads((out / 'episodes.json').read_text())
+    assert entry['bag'] == str(out / 'episode_0000'), 'kept, succeeded or not'
+    with Bag(out / 'episode_0000') as bag:
+        topics = TOPICS + ('/vla/policy_action',)
+        logged = {t: [(lt, m) for _, lt, m in bag.messages([t])] for t in topics}
+    labels, proposed = logged['/vla/action'], logged['/vla/policy_action']
+    assert len(labels) == entry['actions'] >= 10, entry
+    episode = tasks.episode(7, 'reach')
+    expert = ScriptedExpert('reach', episode.object)
+    for t, label in labels:  # the expert's action on the newest state the bag logged before it
+        pose = newest_before(logged['/ee_pose'], t).pose
+        status = json.loads(newest_before(logged['/sim/task'], t).data)
+        q = pose.orientation
+        expected = expert.act((pose.position.x, pose.position.y, pose.position.z),
+                              status['object_position'], quaternion_to_rpy(q.x, q.y, q.z, q.w),
+                              status['object_yaw'], None, status['object_top'])
+        assert np.asarray(label.data) == pytest.approx(expected, abs=1e-12)
+    # What arm_bridge got: the policy's action, or on a takeover step the expert's label.
+    executed = [np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
+                for _, m in logged['/vla/ee_delta']]
+    assert len(executed) == len(proposed)
+    policy_rows = [np.asarray(m.data)[:3] for _, m in proposed]
+    label_rows = {round(lt): np.asarray(m.data)[:3] for lt, m in labels}
+    took = [not np.allclose(e, p) for e, p in zip(executed, policy_rows)]
+    assert sum(took) == entry['takeovers'] and 0 < sum(took) < len(took), entry
+    for (lt, _), e, over in zip(proposed, executed, took):
+        if over:
+            assert e == pytest.approx(label_rows[round(lt)])
+    # vla_finetune trains on the labels as on expert demonstrations.
+    stats = launch('vla_finetune', out / 'episode_0000', '--base', model, '--out',
+                   tmp_path / 'trained', '--unnorm-key', 'corrections', '--camera-topics',
+                   'camera/image_raw', 'wrist_camera/image_raw', '--proprio', 'ee_position',
+                   'ee_axis_angle', 'joint:left_finger_joint', 'joint:right_finger_joint',
+                   '--rate', '10', '--center-crop', '--stats-only')
+    assert stats.wait_exit(timeout=180.0) == 0, stats.output()
+    written = json.loads((tmp_path / 'trained' / 'dataset_statistics.json').read_text())
+    assert written['corrections']['num_transitions'] >= 10

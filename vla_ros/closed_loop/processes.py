@@ -34,10 +34,14 @@ def executable(name):
     return str(beside) if beside.exists() else name
 
 
-def node_argv(name, *params):
-    """Return the command of node ``name`` with config/vla.yaml, then each ``NAME:=VALUE``."""
+def node_argv(name, *params, remaps=()):
+    """
+    Return the command of node ``name`` with config/vla.yaml, then each ``NAME:=VALUE``.
+
+    ``remaps`` are ``FROM:=TO`` topic remappings (``-r``), e.g. ``vla/action:=vla/policy_action``.
+    """
     return [executable(name), '--ros-args', '--params-file', str(config_file()),
-            *[a for p in params for a in ('-p', p)]]
+            *[a for p in params for a in ('-p', p)], *[a for r in remaps for a in ('-r', r)]]
 
 
 def list_param(name, values):

@@ -4,6 +4,7 @@ vla_record_demos: a scripted expert's demonstrations in sim_arm, one rosbag2 (MC
     vla_record_demos [--episodes 10] [--task reach|lift] [--seed 0] [--seconds 10] [--rate 10]
                      [--out out/demos] [--keep-failures] [--after-success 1.0]
                      [--start-spread 0.08] [--sim-param NAME:=VALUE ...]
+                     [--policy-model PATH [--policy reach|openvla_oft] [--takeover P]]
 
 It starts ``sim_arm`` and ``arm_bridge`` as their own processes with ``config/vla.yaml`` (as
 the demo does) and plays the expert (``vla_ros.sim.expert``) as a ROS participant in this
@@ -23,6 +24,20 @@ is its own bag ``OUT/episode_0000`` ... with what a real robot records: ``/camer
 receive time on the node clock, as ``ros2 bag record`` logs it. Messages stamped before the
 episode's reset are left out. Failed episodes are deleted unless ``--keep-failures``.
 ``OUT/episodes.json`` lists every episode (seed, instruction, success, time to success, bag).
+
+**Corrections** (``--policy-model``; DAgger's data): ``vla_node`` runs that checkpoint too, with
+its ``vla/ee_delta``, ``vla/gripper`` and ``vla/action`` remapped to ``vla/policy_ee_delta``,
+``vla/policy_gripper`` and ``vla/policy_action``, and the policy drives the arm: on each action
+it publishes, the expert labels the same moment (the newest image, pose and ``sim/task``) with
+what it would do, the label goes out and into the bag as ``vla/action``, and the executed
+command, the policy's action (or, on a ``--takeover`` share of steps drawn from the seed, the
+expert's), goes to arm_bridge on ``vla/ee_delta`` and ``vla/gripper`` and into the bag beside
+it; the policy's own action is logged as ``vla/policy_action``. So the bags have the expert's
+layout, ``vla_finetune`` trains on the labels unchanged, and they hold the states the policy
+drifts into, which expert demonstrations never visit. Every episode is kept (a failed one is
+the most useful). On a real robot the same path records corrections by teleoperation: the
+policy drives, the operator's device publishes ``vla/action`` (the label), and
+``ros2 bag record`` logs the topics above.
 """
 
 import argparse
@@ -35,6 +50,7 @@ import threading
 import time
 
 from geometry_msgs.msg import PoseStamped
+import numpy as np
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -44,6 +60,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
+from vla_ros.closed_loop.demo import node_params, POLICIES
 from vla_ros.closed_loop.processes import (node_argv, Participant, ProcessError, start, stop,
                                            wait_until)
 from vla_ros.control.geometry import quaternion_to_rpy
@@ -67,6 +84,10 @@ PUBLISHED = {
     'vla/gripper': (Float64, 'std_msgs/msg/Float64'),
     'vla/action': (Float64MultiArray, 'std_msgs/msg/Float64MultiArray'),
 }
+# Corrections: the policy's topics (vla_node remapped), and what of them the bag logs.
+POLICY_REMAPS = ('vla/ee_delta:=vla/policy_ee_delta', 'vla/gripper:=vla/policy_gripper',
+                 'vla/action:=vla/policy_action')
+POLICY_ACTION = ('vla/policy_action', 'std_msgs/msg/Float64MultiArray')
 STAMPED = ('camera/image_raw', 'wrist_camera/image_raw', 'ee_pose', 'joint_states')
 # Best effort (matches the cameras' publisher) but a few deep, so a busy moment drops no frame.
 CAMERA_QOS = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
@@ -74,7 +95,7 @@ CAMERA_QOS = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
 STATE_QOS = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST,
                        reliability=ReliabilityPolicy.RELIABLE)
 MAX_IMAGE_AGE = 0.5  # s: the expert acts only on a fresh image, as vla_node does
-START_TIMEOUT = 60.0  # s for sim_arm and arm_bridge to come up
+START_TIMEOUT = 120.0  # s for sim_arm, arm_bridge (and vla_node, loading its model) to come up
 RESET_TIMEOUT = 10.0  # s for a reset to show on sim/task and the camera
 
 
@@ -85,23 +106,28 @@ class RecordError(ProcessError):
 class ExpertRecorder(Participant):
     """The expert as a ROS participant, and the recorder of the current episode's bag."""
 
-    def __init__(self, rate):
+    def __init__(self, rate, corrections=False, takeover=0.0):
         super().__init__('vla_record_demos')
-        self.rate = rate
+        self.rate, self.corrections, self.takeover = rate, corrections, takeover
+        self._rng = None  # the episode's takeover draws
         self._lock = threading.Lock()  # the bag, the episode and the newest state
         self._bag = None
         self._episode = None  # (Episode, ScriptedExpert, start ns)
         self._since_ns = None  # messages stamped before this belong to the previous episode
         self.state = {}  # topic -> newest message (or stamp, for images)
         self.status = None  # newest sim/task of the current episode
-        self.actions = 0
+        self.actions = self.takeovers = 0
         self._pubs = {name: self.node.create_publisher(cls, name, qos.COMMAND)
                       for name, (cls, _) in PUBLISHED.items()}
         for name, (cls, _) in RECORDED.items():
             self.node.create_subscription(
                 cls, name, self._recorder(name), CAMERA_QOS if 'image' in name else STATE_QOS,
                 raw=True)
-        self.node.create_timer(1.0 / rate, self._act)
+        if corrections:  # the policy's actions pace the steps
+            self.node.create_subscription(Float64MultiArray, POLICY_ACTION[0], self._on_policy,
+                                          STATE_QOS)
+        else:
+            self.node.create_timer(1.0 / rate, self._act)
 
     def topic(self, name):
         return self.node.resolve_topic_name(name)
@@ -153,7 +179,8 @@ class ExpertRecorder(Participant):
         bag = BagWriter(bag_path, 'mcap').__enter__()
         with self._lock:
             self._bag = bag
-            self.actions = 0
+            self.actions = self.takeovers = 0
+            self._rng = np.random.default_rng([episode.seed, 21])
             self.state.pop('camera/image_raw', None)  # act only on images that are in the bag
             now = self.now_ns()
             self._publish('vla/instruction', String(data=episode.instruction), now)
@@ -180,39 +207,86 @@ class ExpertRecorder(Participant):
         return bool(status.get('success')), status.get('time_to_success')
 
     # ---------------------------------------------------------------- the expert
+    def _label(self, now):
+        """
+        Return (the expert's action on the newest state, its image's stamp) or None.
+
+        None before the episode's state is complete or when the newest image is stale (as
+        vla_node, the expert acts only on a fresh image). Called under the lock.
+        """
+        expert = self._episode[1] if self._episode else None
+        image_ns = self.state.get('camera/image_raw')
+        pose, joints, status = self.state.get('ee_pose'), self.state.get('joint_states'), \
+            self.status
+        if expert is None or None in (image_ns, pose, joints, status):
+            return None
+        if (now - image_ns) * 1e-9 > MAX_IMAGE_AGE:
+            return None
+        p, q = pose.pose.position, pose.pose.orientation
+        try:
+            fingers = sum(joints.position[joints.name.index(n)]
+                          for n in ('left_finger_joint', 'right_finger_joint'))
+            action = expert.act((p.x, p.y, p.z), status['object_position'],
+                                quaternion_to_rpy(q.x, q.y, q.z, q.w), status['object_yaw'],
+                                fingers, status['object_top'])
+        except (KeyError, ValueError) as exc:  # a sim_arm of another version: say so, skip
+            self.node.get_logger().warning(f'no expert action: {type(exc).__name__}: {exc}',
+                                           throttle_duration_sec=5.0)
+            return None
+        return action, image_ns
+
+    def _command(self, action, image_ns, now):
+        """Send ``action`` to arm_bridge (``vla/ee_delta``, ``vla/gripper``) and the bag."""
+        stamp = Time(nanoseconds=image_ns).to_msg()
+        delta, gripper, raw = messages.action_to_messages(action, stamp, 'base_link')
+        self._publish('vla/ee_delta', delta, now)
+        self._publish('vla/gripper', gripper, now)
+        return raw
+
     def _act(self):
         """Run at ``rate``: one expert action on the newest image, pose and task state."""
         with self._lock:
             now = self.now_ns()
-            expert = self._episode[1] if self._episode else None
-            image_ns = self.state.get('camera/image_raw')
-            pose, joints, status = self.state.get('ee_pose'), self.state.get('joint_states'), \
-                self.status
-            if expert is None or None in (image_ns, pose, joints, status):
+            labelled = self._label(now)
+            if labelled is None:
                 return
-            if (now - image_ns) * 1e-9 > MAX_IMAGE_AGE:
-                return  # as vla_node: no action from a stale image
-            p, q = pose.pose.position, pose.pose.orientation
-            try:
-                fingers = sum(joints.position[joints.name.index(n)]
-                              for n in ('left_finger_joint', 'right_finger_joint'))
-                action = expert.act((p.x, p.y, p.z), status['object_position'],
-                                    quaternion_to_rpy(q.x, q.y, q.z, q.w), status['object_yaw'],
-                                    fingers, status['object_top'])
-            except (KeyError, ValueError) as exc:  # a sim_arm of another version: say so, skip
-                self.node.get_logger().warning(f'no expert action: {type(exc).__name__}: {exc}',
-                                               throttle_duration_sec=5.0)
-                return
-            stamp = Time(nanoseconds=image_ns).to_msg()
-            delta, gripper, raw = messages.action_to_messages(action, stamp, 'base_link')
-            self._publish('vla/ee_delta', delta, now)
-            self._publish('vla/gripper', gripper, now)
-            self._publish('vla/action', raw, now)
+            self._publish('vla/action', self._command(*labelled, now), now)
             self.actions += 1
+
+    def _on_policy(self, msg):
+        """Label a step the policy took; execute the policy's action (or the expert's)."""
+        with self._lock:
+            now = self.now_ns()
+            image_ns = self.state.get('camera/image_raw')
+            if self._episode is None or self._episode[1] is None or image_ns is None:
+                return  # between episodes (the policy is being reset): nothing reaches the arm
+            proposed = np.asarray(msg.data, dtype=np.float64)
+            if proposed.shape != (7,) or not np.all(np.isfinite(proposed)):
+                self.node.get_logger().warning(
+                    f'{POLICY_ACTION[0]}: not a finite 7-D action; skipped',
+                    throttle_duration_sec=5.0)
+                return
+            if self._bag is not None:
+                self._bag.write_raw(self.topic(POLICY_ACTION[0]), POLICY_ACTION[1], now,
+                                    serialize_message(msg))
+            labelled = self._label(now)
+            takeover = labelled is not None and self._rng.random() < self.takeover
+            self._command(labelled[0] if takeover else proposed, image_ns, now)
+            if labelled is not None:
+                stamp = Time(nanoseconds=image_ns).to_msg()
+                _, _, label = messages.action_to_messages(labelled[0], stamp, 'base_link')
+                self._publish('vla/action', label, now)
+                self.actions += 1
+            self.takeovers += takeover
 
     def bridge_listening(self):
         return all(self._pubs[n].get_subscription_count() > 0
                    for n in ('vla/ee_delta', 'vla/gripper'))
+
+    def policy_up(self):
+        """Return True when vla_node listens for the instruction and publishes its actions."""
+        return (self._pubs['vla/instruction'].get_subscription_count() > 0
+                and self.node.count_publishers(self.topic(POLICY_ACTION[0])) > 0)
 
     def close(self):
         self.finish()
@@ -235,6 +309,8 @@ def run_episode(rec, args, k, procs):
     if not rec.call_service(Trigger, '/sim_arm/reset', Trigger.Request()).success:
         raise RecordError('sim_arm refused ~/reset')
     rec.call_service(Trigger, '/arm_bridge/reset', Trigger.Request())
+    if args.policy_model:
+        reset_policy(rec)  # idle until this episode's instruction
     bag = Path(args.out) / f'episode_{k:04d}'
     rec.begin(episode, rec.now_ns())
     wait_until(rec.ready, RESET_TIMEOUT,
@@ -250,16 +326,40 @@ def run_episode(rec, args, k, procs):
             raise RecordError('a node exited during the episode')
         time.sleep(0.02)
     success, time_to_success = rec.result()
-    actions = rec.actions
+    actions, takeovers = rec.actions, rec.takeovers
     rec.finish()
-    kept = success or args.keep_failures
+    if args.policy_model:
+        reset_policy(rec)  # the policy stops; arm_bridge's watchdog holds the arm
+    kept = success or args.keep_failures or bool(args.policy_model)
     if not kept:
         shutil.rmtree(bag, ignore_errors=True)
     return {'episode': k, 'seed': seed, 'task': args.task, 'object': episode.object,
             'instruction': episode.instruction, 'success': success,
             'time_to_success': time_to_success, 'actions': actions,
+            **({'takeovers': takeovers} if args.policy_model else {}),
             'wall_s': round(time.monotonic() - wall_start, 3),
             'bag': str(bag) if kept else None}
+
+
+def reset_policy(rec):
+    """Reset vla_node to idle (no instruction, nothing queued)."""
+    if not rec.call_service(Trigger, '/vla_node/reset', Trigger.Request()).success:
+        raise RecordError('vla_node refused ~/reset')
+
+
+def node_commands(args):
+    """Return {name: argv} of the nodes to start: sim_arm, arm_bridge (and vla_node)."""
+    argvs = {'sim_arm': node_argv('sim_arm', f'task:={args.task}', f'seed:={args.seed}',
+                                  f'start_spread:={args.start_spread:g}', *args.sim_param),
+             'arm_bridge': node_argv('arm_bridge')}
+    if args.policy_model:
+        preset = POLICIES[args.policy]
+        argvs['vla_node'] = node_argv(
+            'vla_node', f'model_path:={args.policy_model}',
+            f'unnorm_key:={args.unnorm_key or preset["unnorm_key"]}',
+            f'control_rate_hz:={args.rate:g}', *node_params(args.policy, args.policy_model),
+            remaps=POLICY_REMAPS)
+    return argvs
 
 
 def parse_args(argv):
@@ -283,6 +383,17 @@ def parse_args(argv):
                         'that instead of looking)')
     parser.add_argument('--sim-param', action='append', default=[], metavar='NAME:=VALUE',
                         help="an extra sim_arm parameter, e.g. 'camera_width:=640'")
+    parser.add_argument('--policy-model', metavar='PATH',
+                        help='record corrections: this checkpoint drives the arm through '
+                        "vla_node, the expert labels every step (DAgger's data)")
+    parser.add_argument('--policy', choices=('reach', 'openvla_oft'), default='reach',
+                        help="--policy-model's kind: vla_node's parameters as the demo's "
+                        '(default reach: the trained demo policy and its state layout)')
+    parser.add_argument('--unnorm-key', default='', metavar='K',
+                        help="--policy-model's statistics key (default: --policy's)")
+    parser.add_argument('--takeover', type=float, default=0.0, metavar='P',
+                        help="with --policy-model: the share of steps on which the expert's "
+                        "action is executed instead of the policy's (default 0)")
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.seed < 0:
         parser.error('--episodes must be >= 1 and --seed >= 0')
@@ -292,6 +403,19 @@ def parse_args(argv):
         parser.error(f'--start-spread must be in [0, {tasks.START_SPREAD_MAX}] m')
     if any(':=' not in p for p in args.sim_param):
         parser.error('--sim-param takes NAME:=VALUE')
+    if not 0.0 <= args.takeover <= 1.0:
+        parser.error(f'--takeover must be in [0, 1] (a share of steps), got {args.takeover}')
+    if args.policy_model is None and (args.takeover or args.unnorm_key):
+        parser.error('--takeover and --unnorm-key go with --policy-model (the policy that '
+                     'drives while the expert labels)')
+    if args.policy_model is not None:
+        if not Path(args.policy_model).is_dir():
+            parser.error(f'--policy-model {args.policy_model}: no such checkpoint directory')
+        args.policy_model = str(Path(args.policy_model).resolve())
+        try:
+            node_params(args.policy, args.policy_model)
+        except ValueError as exc:
+            parser.error(f'--policy-model {args.policy_model}: {exc}')
     out = Path(args.out)
     if out.is_file() or any(out.glob('episode_*')):
         parser.error(f'--out {out} already holds episodes (or is a file); pass a new folder')
@@ -302,22 +426,27 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f'starting sim_arm and arm_bridge (logs in {out}/); {args.episodes} {args.task} '
-          f'episodes from seed {args.seed}, expert at {args.rate} Hz')
-    procs = {'sim_arm': start(node_argv('sim_arm', f'task:={args.task}', f'seed:={args.seed}',
-                                        f'start_spread:={args.start_spread:g}', *args.sim_param),
-                              out / 'sim_arm.log'),
-             'arm_bridge': start(node_argv('arm_bridge'), out / 'arm_bridge.log')}
-    rec = ExpertRecorder(args.rate)
+    argvs = node_commands(args)
+    who = (f'{args.policy_model} drives at {args.rate} Hz (expert takes over {args.takeover:.0%} '
+           'of steps), the expert labels' if args.policy_model else
+           f'expert at {args.rate} Hz')
+    print(f'starting {", ".join(argvs)} (logs in {out}/); {args.episodes} {args.task} '
+          f'episodes from seed {args.seed}, {who}')
+    procs = {name: start(argv, out / f'{name}.log') for name, argv in argvs.items()}
+    rec = ExpertRecorder(args.rate, bool(args.policy_model), args.takeover)
     results = []
     code = 0
     try:
         wait_until(rec.bridge_listening, START_TIMEOUT,
                    'arm_bridge to subscribe to vla/ee_delta', procs)
-        for name in ('/sim_arm/reset', '/arm_bridge/reset'):
+        for name in ('/sim_arm/reset', '/arm_bridge/reset') + (
+                ('/vla_node/reset',) if args.policy_model else ()):
             client = rec.node.create_client(Trigger, name)
             wait_until(lambda c=client: c.service_is_ready(), START_TIMEOUT, name, procs)
             rec.node.destroy_client(client)
+        if args.policy_model:
+            wait_until(rec.policy_up, START_TIMEOUT, 'vla_node to load the policy and subscribe '
+                       'to vla/instruction', procs)
         for k in range(args.episodes):
             result = run_episode(rec, args, k, procs)
             results.append(result)
