@@ -99,7 +99,7 @@ demo-policy: $(STAMP)
 	$(PY) -m vla_ros.training.demo_policy --ship $(DEMO_POLICY_OUT)/trained
 
 # The success rates in docs/closed_loop.md: the trained and the random miniature, 50 seeded reach
-# episodes each through the live nodes (about 2 x 10 min).
+# episodes each through the live nodes (about 2 x 10 min), then compared (out/sim-eval/comparison.md).
 sim-eval: $(STAMP)
 	$(PY) -m vla_ros.training.demo_policy out/sim-eval/trained --force
 	$(VENV)/bin/vla_tiny_model --oft libero out/sim-eval/random --force
@@ -109,6 +109,8 @@ sim-eval: $(STAMP)
 	$(VENV)/bin/vla_sim_eval --model out/sim-eval/random --unnorm-key synth_oft_libero \
 	  --policy openvla_oft --episodes 50 --seed 0 --task reach --seconds 10 \
 	  --out out/sim-eval/random-results
+	$(VENV)/bin/vla_sim_eval --compare out/sim-eval/trained-results out/sim-eval/random-results \
+	  --out out/sim-eval
 
 # On the lent GPU machine as it is: its own python3 (no venv, no network, no ROS), the working tree
 # and the wheels in .whl/ (`make gpu-wheels`, here): GPU tests, decode-step profile, OpenVLA-7B and

@@ -56,6 +56,7 @@ setup(
             'pytest-xdist>=3',  # make test-fast: the in-process tests on every core
             'hypothesis>=6',
             'psutil>=5.9',
+            'scipy',  # the tests check sim_report.fisher_exact against scipy.stats; no import else
             # What Jazzy's launch and launch_ros need beside rclpy: test_launch.py runs the launch
             # files with their sources (shared/vendor/ros2_launch_jazzy; no PyPI wheel has them).
             'osrf-pycommon',

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vla_ros.closed_loop import sim_report
-from vla_ros.sim import tasks
+from vla_ros.sim import outcomes, tasks
 
 Z95 = 1.959963984540054  # the normal quantile of 0.975
 
@@ -179,6 +179,8 @@ def test_two_episodes_end_to_end_over_dds(launch, tiny_checkpoint, tmp_path):
         assert (e['closest_approach'] == 0.0) == e['success'] and e['closest_approach'] >= 0.0
         assert e['actions'] > 0 and e['path_length'] > 0.0
         assert set(e['clamps']) == set(sim_report.CLAMPS)
+        assert e['failure'] in outcomes.CATEGORIES, e
+        assert (e['failure'] == 'success') == e['success'] and isinstance(e['failure_detail'], str)
         assert all(isinstance(v, int) and v >= 0 for v in e['clamps'].values())
         strip = cv2.imread(str(out / e['frame_strip']))
         assert strip is not None and strip.shape[1] > 3 * strip.shape[0], e['frame_strip']
@@ -187,6 +189,8 @@ def test_two_episodes_end_to_end_over_dds(launch, tiny_checkpoint, tmp_path):
     assert summary['success_rate_interval'] == pytest.approx(
         sim_report.wilson_interval(summary['successes'], 2), abs=1e-4)
     assert (out / 'summary.md').read_text().count('| reach the ') == 2
+    assert sum(summary['outcomes'].values()) == 2 and sum(
+        n for _, n in summary['per_object'].values()) == 2
     for name in ('sim_arm.log', 'vla_node.log', 'arm_bridge.log'):
         assert (out / name).is_file()
     assert 'vla_sim_eval: success ' in runner.output()

@@ -4,6 +4,7 @@ vla_sim_eval: a checkpoint's success rate in closed loop, through the live nodes
     vla_sim_eval --model PATH [--unnorm-key K] [--policy openvla|openvla_oft]
                  [-p NAME:=VALUE ...] --episodes N --seed S --task reach|lift --seconds T
                  [--rate HZ] [--frames F] --out DIR
+    vla_sim_eval --compare A B [--out DIR]
 
 It starts ``sim_arm``, ``vla_node`` (the model, ``control_rate_hz`` = ``--rate``, the vla_node
 parameters of ``--policy`` as ``python -m vla_ros.closed_loop.demo`` uses them, then every ``-p``)
@@ -16,25 +17,28 @@ ends at the first ``sim/task`` reporting success or after T seconds, and the pol
 
 Per episode: success, time to success (sim time since the reset), end-effector path length from
 ``ee_pose``, ``vla/action`` messages, the commands arm_bridge clamped (its ``/diagnostics``
-counters before and after) and a frame strip of ``camera/image_raw``. Files (``sim_report``):
-DIR/results.json, DIR/summary.md, DIR/episode_NNNN.png, DIR/{sim_arm,vla_node,arm_bridge}.log.
+counters before and after), why it failed (``vla_ros.sim.outcomes``: from the path, the objects'
+places and the closest approach) and a frame strip of ``camera/image_raw``. Files
+(``sim_report``): DIR/results.json, DIR/summary.md, DIR/episode_NNNN.png,
+DIR/{sim_arm,vla_node,arm_bridge}.log. ``--compare A B`` runs no episode: it prints two runs'
+rates, Fisher's exact test between them, per object and per outcome (``sim_compare``).
 
-Exit status: 0 when the episodes ran (whatever the success rate), 1 when a node failed or died,
-2 for bad input (one ``vla_sim_eval: error: ...`` line).
+Exit status: 0 when the episodes ran (whatever the success rate) or the runs were compared, 1 when
+a node failed or died, 2 for bad input or a result file that cannot be compared (one
+``vla_sim_eval: error: ...`` line).
 """
 
 import argparse
 import difflib
-import json
 import math
 from pathlib import Path
 import signal
 import sys
-import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
+import numpy as np
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -42,20 +46,20 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from vla_ros.closed_loop import sim_report
+from vla_ros.closed_loop import sim_compare, sim_report
 from vla_ros.closed_loop.demo import node_params, POLICIES
 from vla_ros.closed_loop.processes import node_argv, Participant, ProcessError, start, stop
+from vla_ros.closed_loop.sim_recorder import Recorder
 from vla_ros.control.images import image_to_rgb
-from vla_ros.control.readers import stamp_ns
-from vla_ros.nodes import diagnostics, qos
+from vla_ros.nodes import qos
 from vla_ros.nodes.vla_node_config import PARAMS as NODE_PARAMS
-from vla_ros.sim.tasks import reach_miss, TASKS
+from vla_ros.sim import outcomes
+from vla_ros.sim.tasks import TASKS
 
 PROG = 'vla_sim_eval'
 SERVICE_TIMEOUT = 15.0
 EPISODE_START_TIMEOUT = 15.0  # from the reset to the first sim/task message of the episode
 DIAGNOSTICS_SETTLE = 0.2  # s after the stop before arm_bridge's counters are read
-KEEP_FRAMES = 64  # frames kept per episode (thinned to every other one, interval doubled)
 # ee_pose (50 Hz) and vla/action: every message counts (path length, actions), so reliable.
 RELIABLE_DEEP = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 MAX_SEED = 2**63 - 1  # sim_arm's seed is a ROS integer parameter (int64)
@@ -76,8 +80,12 @@ class Parser(argparse.ArgumentParser):
 def parse_args(argv):
     parser = Parser(prog=PROG, description=__doc__.strip().splitlines()[0],
                     epilog='Exit status: 0 the episodes ran, 1 a node failed, 2 bad input.')
-    parser.add_argument('--model', required=True, metavar='PATH',
+    parser.add_argument('--model', metavar='PATH',
                         help='checkpoint directory vla_node loads (OpenVLA or OpenVLA-OFT)')
+    parser.add_argument('--compare', nargs=2, metavar=('A', 'B'),
+                        help='run no episode: compare two runs (results.json or its DIR): '
+                        "rates, Fisher's exact test, per object and per outcome; with --out, "
+                        f'also DIR/{sim_compare.OUT_NAME}')
     parser.add_argument('--unnorm-key', default='', metavar='K',
                         help='dataset statistics to unnormalise with (needed when the '
                         'checkpoint has several)')
@@ -99,9 +107,16 @@ def parse_args(argv):
                         help='frames per episode strip (default 5)')
     parser.add_argument('--startup-timeout', type=float, default=300.0, metavar='S',
                         help='seconds the nodes may take to come up (default 300)')
-    parser.add_argument('--out', default='out/sim_eval', metavar='DIR',
+    parser.add_argument('--out', metavar='DIR',
                         help='results, frame strips and node logs (default out/sim_eval)')
     args = parser.parse_args(argv)
+    if args.compare:
+        if args.model is not None:
+            parser.error('--compare A B runs no episode: leave out --model')
+        return writable(parser, args) if args.out else args
+    if args.model is None:
+        parser.error('the following arguments are required: --model (or --compare A B)')
+    args.out = args.out or 'out/sim_eval'
     args.rate = POLICIES[args.policy]['rate'] if args.rate is None else args.rate
     problems = []
     if not Path(args.model).is_dir():
@@ -124,17 +139,23 @@ def parse_args(argv):
     problems += [param_problem(p) for p in args.params if param_problem(p)]
     if problems:
         parser.error(problems[0])
+    writable(parser, args)
+    args.model = str(Path(args.model).resolve())
+    try:
+        args.node_params = node_params(args.policy, args.model) + args.params
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def writable(parser, args):
+    """Return ``args`` once ``--out`` DIR exists and takes a file; a parser error otherwise."""
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / '.vla_sim_eval_write_test').write_text('')
         (Path(args.out) / '.vla_sim_eval_write_test').unlink()
     except OSError as exc:
         parser.error(f'--out {args.out}: cannot write there ({exc})')
-    args.model = str(Path(args.model).resolve())
-    try:
-        args.node_params = node_params(args.policy, args.model) + args.params
-    except ValueError as exc:
-        parser.error(str(exc))
     return args
 
 
@@ -157,87 +178,6 @@ def param_problem(param):
     return f'-p {param}: vla_node has no parameter {name!r} ({hint})'
 
 
-class Recorder:
-    """What the runner watches, stored by the callbacks; one episode recorded at a time."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.task, self.task_time = {}, 0.0  # newest sim/task (parsed) and its receipt time
-        self.frames_seen = 0
-        self.bridge = (0.0, {})  # (receipt time, values) of arm_bridge's newest diagnostics
-        self.recording = False
-
-    def begin(self, t0, since_ns):
-        """
-        Start recording an episode whose instruction goes out at ``t0`` (monotonic).
-
-        ``ee_pose`` and camera frames stamped before ``since_ns`` (ROS time; the reset's answer)
-        show the scene before the reset, delivered late: they are left out.
-        """
-        with self.lock:
-            self.t0, self.since_ns, self.recording = t0, since_ns, True
-            self.poses, self.actions, self.frames = [], 0, []
-            self.interval, self.last_frame, self.success = 0.0, None, None
-            self.closest = math.inf
-
-    def end(self):
-        with self.lock:
-            self.recording = False
-            frames = list(self.frames)
-            if self.last_frame is not None and (not frames or frames[-1] is not
-                                                self.last_frame):
-                frames.append(self.last_frame)
-            return self.poses, self.actions, frames, self.success, self.closest
-
-    def on_task(self, msg):
-        try:
-            task = json.loads(msg.data)
-        except ValueError:
-            return
-        with self.lock:
-            self.task, self.task_time = task, time.monotonic()
-            if self.recording and self.success is None and task.get('success'):
-                self.success = task
-            if self.recording and self.success is None:
-                try:
-                    self.closest = min(self.closest,
-                                       reach_miss(*task['fingertip_distance']))
-                except (KeyError, TypeError, ValueError):
-                    pass
-
-    def on_pose(self, msg):
-        p = msg.pose.position
-        with self.lock:
-            if self.recording and stamp_ns(msg.header.stamp) >= self.since_ns:
-                self.poses.append((p.x, p.y, p.z))
-
-    def on_action(self, msg):
-        with self.lock:
-            if self.recording:
-                self.actions += 1
-
-    def on_image(self, msg):
-        now = time.monotonic()
-        with self.lock:
-            self.frames_seen += 1
-            if not self.recording or stamp_ns(msg.header.stamp) < self.since_ns:
-                return
-            frame = (now - self.t0, msg)
-            self.last_frame = frame
-            if self.frames and now - self.t0 - self.frames[-1][0] < self.interval:
-                return
-            self.frames.append(frame)
-            if len(self.frames) >= KEEP_FRAMES:  # thin out: long episodes keep ~KEEP/2..KEEP
-                self.frames = self.frames[::2]
-                self.interval = max(2 * self.interval, self.frames[1][0] - self.frames[0][0])
-
-    def on_diagnostics(self, msg):
-        for status in msg.status:
-            if status.name.startswith('arm_bridge'):
-                with self.lock:
-                    self.bridge = (time.monotonic(), diagnostics.values_of(status))
-
-
 class Runner(Participant):
     """The runner's ROS participant: watches the topics, calls the nodes' services."""
 
@@ -245,6 +185,9 @@ class Runner(Participant):
         super().__init__('vla_sim_eval')
         self.procs, self.out = procs, out
         self.rec = Recorder()
+        # sim_arm's own box (narrower than arm_bridge's) holds an arm that arm_bridge lets pass.
+        from vla_ros.sim.arm import WORKSPACE_HIGH, WORKSPACE_LOW  # mujoco, only to run episodes
+        self.workspace = (WORKSPACE_LOW, WORKSPACE_HIGH)
         node, rec = self.node, self.rec
         node.create_subscription(String, 'sim/task', rec.on_task, qos.COMMAND)
         node.create_subscription(PoseStamped, 'ee_pose', rec.on_pose, RELIABLE_DEEP)
@@ -365,8 +308,17 @@ class Runner(Participant):
         self.reset('vla_reset')  # stop the policy
         self.reset('bridge_reset')  # and the arm (zero twist)
         stopped = time.monotonic()
-        poses, actions, frames, success, closest = self.rec.end()
+        seen = self.rec.end()
+        success, closest, frames = seen['success'], seen['closest'], seen['frames']
         counters = self.bridge_counters(stopped + DIAGNOSTICS_SETTLE)
+        clamps = {c: counters[c] - baseline[c] for c in sim_report.CLAMPS}
+        track = np.asarray(seen['poses'], dtype=np.float64).reshape(-1, 4)  # (N, t x y z)
+        name = task.get('object', '')
+        outcome = outcomes.classify(
+            success=success is not None, path=track[:, 1:], times=track[:, 0], target=name,
+            objects=outcomes.scene_objects(seed, name, seen['task'].get('object_position')),
+            box_clamps=clamps['clamped_box'], workspace=self.workspace,
+            closest=seen['closest_offset'] if args.task == 'reach' else None)
         tts = None
         if success is not None:
             tts = success.get('time_to_success')
@@ -380,13 +332,13 @@ class Runner(Participant):
             [(f't={t:.1f} s', image_to_rgb(msg)) for t, msg in picked], title, self.out / strip)
         result = sim_report.Episode(
             index=index, seed=seed, task=task.get('task', args.task),
-            object_name=task.get('object', ''), instruction=instruction,
+            object_name=name, instruction=instruction,
             success=success is not None, time_to_success=tts, instruction_time=instruction_time,
-            duration=stopped - t0, path_length=sim_report.path_length(poses), actions=actions,
-            closest_approach=0.0 if success is not None else (
-                None if math.isinf(closest) else closest),
-            clamps={c: counters[c] - baseline[c] for c in sim_report.CLAMPS},
-            frame_strip=strip if written else '', wall_time=time.monotonic() - wall0)
+            duration=stopped - t0, path_length=sim_report.path_length(track[:, 1:]),
+            actions=seen['actions'], closest_approach=0.0 if success is not None else (
+                None if math.isinf(closest) else closest), clamps=clamps,
+            frame_strip=strip if written else '', wall_time=time.monotonic() - wall0,
+            failure=outcome.category, failure_detail=outcome.detail)
         return result, counters
 
 
@@ -431,7 +383,9 @@ def run(args, out):
                                             'cm from the reach region)'))
             print(f'  episode {k} seed {episode.seed} "{episode.instruction}": {outcome}, '
                   f'path {episode.path_length:.3f} m, {episode.actions} actions, clamped '
-                  f'{sum(episode.clamps.values())}, {episode.wall_time:.1f} s wall', flush=True)
+                  f'{sum(episode.clamps.values())}, {episode.wall_time:.1f} s wall'
+                  + ('' if episode.success else f'; {episode.failure}: {episode.failure_detail}'),
+                  flush=True)
     except RunError as exc:
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 1
@@ -458,6 +412,8 @@ def _interrupt(signum, frame):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.compare:
+        return sim_compare.main(args.compare, args.out)
     signal.signal(signal.SIGTERM, _interrupt)
     return run(args, Path(args.out))
 

@@ -1,6 +1,10 @@
 """
 vla_sim_eval's results: per-episode records, the success rate's Wilson interval, the files.
 
+Each episode carries its ``failure`` category and ``failure_detail`` (``vla_ros.sim.outcomes``);
+the summary counts them (``outcomes``) and the successes per named object (``per_object``).
+``fisher_exact`` is the exact test ``sim_compare`` puts between two runs.
+
 ROS-free (the runner is ``vla_ros.closed_loop.sim_eval``). ``results.json`` is ``{'config': {...},
 'episodes': [{...}, ...], 'summary': {...}}`` with sorted keys; ``summary.md`` is the same as a
 table; ``episode_NNNN.png`` is one frame strip per episode (camera frames across the episode, side
@@ -16,6 +20,7 @@ import statistics
 import cv2
 import numpy as np
 
+from vla_ros.sim.outcomes import CATEGORIES
 from vla_ros.sim.tasks import REACH_REGION
 
 CLAMPS = ('clamped_translation', 'clamped_rotation', 'clamped_box')
@@ -36,6 +41,32 @@ def wilson_interval(successes, trials, confidence=0.95):
     center = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     return max(0.0, center - half), min(1.0, center + half)
+
+
+def fisher_exact(a_successes, a_trials, b_successes, b_trials):
+    """
+    Return the two-sided p-value of Fisher's exact test of two success counts.
+
+    The 2x2 table [[a_successes, a_failures], [b_successes, b_failures]] with its margins fixed
+    follows the hypergeometric distribution; the p-value sums the probabilities of every table
+    no more probable than the observed one, as ``scipy.stats.fisher_exact`` does (a table counts
+    when its probability is at most the observed one times 1 + 1e-14, scipy's tolerance).
+    Integer arithmetic: the hypergeometric weights are exact binomial-coefficient products.
+    """
+    counts = (a_successes, a_trials, b_successes, b_trials)
+    if any(int(c) != c for c in counts) or not (0 <= a_successes <= a_trials
+                                                and 0 <= b_successes <= b_trials):
+        raise ValueError(f'need integer counts 0 <= successes <= trials, got {a_successes}/'
+                         f'{a_trials} and {b_successes}/{b_trials}')
+    a_successes, a_trials, b_successes, b_trials = map(int, counts)
+    successes = a_successes + b_successes
+    # The tables with these margins: k successes in a, successes - k in b.
+    weights = {k: math.comb(a_trials, k) * math.comb(b_trials, successes - k)
+               for k in range(max(0, successes - b_trials), min(a_trials, successes) + 1)}
+    observed = weights[a_successes]
+    scale = 10 ** 14  # w <= observed * (1 + 1e-14), exactly
+    tail = sum(w for w in weights.values() if w * scale <= observed * (scale + 1))
+    return min(1.0, tail / sum(weights.values()))
 
 
 def path_length(points):
@@ -67,6 +98,8 @@ class Episode:
     clamps: dict = None  # {counter: arm_bridge diagnostics delta} (None: no diagnostics)
     frame_strip: str = ''  # file name beside results.json
     wall_time: float = 0.0  # wall seconds of the whole episode, resets included
+    failure: str = ''  # outcomes.CATEGORIES: 'success' or why it failed ('' not classified)
+    failure_detail: str = ''  # the numbers behind the category
 
     def to_dict(self):
         """Return a JSON-ready dict (rounded floats)."""
@@ -87,6 +120,11 @@ def summarize(episodes, confidence=0.95):
     closest = [e.closest_approach for e in episodes if e.closest_approach is not None]
     low, high = wilson_interval(len(wins), n, confidence) if n else (None, None)
     clamps = {name: sum(e.clamps[name] for e in episodes if e.clamps) for name in CLAMPS}
+    per_object = {}
+    for e in episodes:
+        per_object.setdefault(e.object_name, [0, 0])
+        per_object[e.object_name][0] += int(e.success)
+        per_object[e.object_name][1] += 1
 
     def mean(values):
         return round(float(np.mean(values)), 4) if values else None
@@ -105,7 +143,50 @@ def summarize(episodes, confidence=0.95):
         'mean_actions': mean([e.actions for e in episodes]),
         'clamps': clamps,
         'mean_wall_time_per_episode': mean([e.wall_time for e in episodes]),
+        'outcomes': outcome_counts([e.failure for e in episodes]),
+        'per_object': dict(sorted(per_object.items())),  # {object: [successes, episodes]}
     }
+
+
+def outcome_counts(categories):
+    """Return ``{category: count}`` in ``CATEGORIES`` order (every one), then any other seen."""
+    counts = dict.fromkeys(CATEGORIES, 0)
+    for c in categories:
+        counts[c or 'unclassified'] = counts.get(c or 'unclassified', 0) + 1
+    return counts
+
+
+def rate_cell(successes, trials):
+    """Return 'k/n = r% (low .. high%)' with the 95% Wilson interval; '-' for no trial."""
+    if not trials:
+        return '-'
+    low, high = wilson_interval(successes, trials)
+    return (f'{successes}/{trials} = {successes / trials * 100:.1f}% '
+            f'({low * 100:.1f} .. {high * 100:.1f}%)')
+
+
+def breakdown_markdown(summaries, names):
+    """
+    Return the per-object and per-category tables of one or more summaries, side by side.
+
+    ``summaries``: summary dicts (``summarize``'s ``per_object`` and ``outcomes``); ``names``:
+    a column title for each.
+    """
+    head = ' | '.join(names)
+    objects = sorted({o for s in summaries for o in s.get('per_object', {})})
+    lines = ['| object | ' + head + ' |', '|---|' + '---:|' * len(names)]
+    for o in objects:
+        cells = [rate_cell(*s.get('per_object', {}).get(o, (0, 0))) for s in summaries]
+        lines.append(f'| {o} | ' + ' | '.join(cells) + ' |')
+    categories = list(dict.fromkeys(c for s in summaries for c in s.get('outcomes', {})))
+    lines += ['', '| outcome | ' + head + ' |', '|---|' + '---:|' * len(names)]
+    for c in categories:
+        cells = []
+        for s in summaries:
+            count, n = s.get('outcomes', {}).get(c, 0), s.get('episodes') or 0
+            cells.append(f'{count} ({count / n * 100:.0f}%)' if n else '-')
+        lines.append(f'| {c} | ' + ' | '.join(cells) + ' |')
+    return lines
 
 
 def _fmt(value, digits=2):
@@ -134,8 +215,8 @@ def summary_markdown(config, episodes, summary):
         + ' / '.join(str(summary['clamps'][c]) for c in CLAMPS) + '.',
         '',
         '| episode | seed | instruction | success | time to success (s) | path (m) '
-        '| closest (m) | actions | clamped t / r / box | frames |',
-        '|---:|---:|---|:---:|---:|---:|---:|---:|---:|---|',
+        '| closest (m) | actions | clamped t / r / box | outcome | frames |',
+        '|---:|---:|---|:---:|---:|---:|---:|---:|---:|---|---|',
     ]
     for e in episodes:
         clamps = ' / '.join(str(e.clamps[c]) for c in CLAMPS) if e.clamps else '-'
@@ -143,11 +224,14 @@ def summary_markdown(config, episodes, summary):
             f'| {e.index} | {e.seed} | {e.instruction} | {"yes" if e.success else "no"} '
             f'| {_fmt(e.time_to_success)} | {e.path_length:.3f} '
             f'| {_fmt(e.closest_approach, 3)} | {e.actions} | {clamps} '
+            f'| {e.failure or "-"}{f": {e.failure_detail}" if e.failure_detail else ""} '
             f'| [{e.frame_strip}]({e.frame_strip}) |')
     lines += ['', 'Time to success: simulated seconds from the reset to the first success '
               '(the instruction goes out a fraction of a second after the reset). Closest: the '
               f"fingertips' smallest distance from the reach success region ({REACH_REGION}), "
-              '0 on success.', '']
+              '0 on success. Outcome: why an episode failed (docs/closed_loop.md, '
+              '"Failure categories").', '', '## Per object and per outcome', '']
+    lines += breakdown_markdown([summary], ['this run']) + ['']
     return '\n'.join(lines)
 
 

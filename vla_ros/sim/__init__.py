@@ -4,7 +4,8 @@ The simulator core behind ``sim_arm`` (ROS-free): MuJoCo scene, arm, cameras; sy
 Files: ``arm`` (the floating gripper, table and objects, commanded like a real arm), ``camera``
 (offscreen rendering of the scene and wrist cameras on any thread), ``loop`` (physics time and
 output schedules), ``scenes`` (seeded synthetic camera images, numpy only), ``tasks`` (seeded
-episodes, instructions, success), ``expert`` (the scripted expert), ``scene.xml``.
+episodes, instructions, success), ``expert`` (the scripted expert), ``outcomes`` (why a reach
+episode failed), ``scene.xml``.
 
 MuJoCo reads ``MUJOCO_GL`` once, when it is first imported. This package sets it to ``egl``
 (headless offscreen rendering) unless the environment already chose a back end, here and nowhere
