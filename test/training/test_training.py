@@ -6,6 +6,7 @@ finger joints, an instruction, one ``vla/action`` per 100 ms step), the base is 
 OpenVLA-OFT LIBERO checkpoint (two cameras, 8-D state, chunks of 8).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -200,6 +201,72 @@ def test_samples_and_batched_forward_equal_the_policy(base, bags, tmp_path):
     assert np.array_equal(episodes[0].chunk(6, 8)[2:], np.repeat(episodes[0].actions[7:8], 6, 0))
 
 
+def test_image_aug_augments_training_draws_and_leaves_validation_the_policys(base, bags):
+    """--image-aug: fresh, seeded crops and colours per draw; validation as OpenVLAOFTPolicy."""
+    from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
+    from vla_ros.training.finetune import datasets, read_data
+    from vla_ros.training.options import TrainConfig
+
+    policy = OpenVLAOFTPolicy.from_pretrained(base, platform='libero', device='cpu',
+                                              dtype='float32', center_crop=True)
+    preprocessor = Preprocessor(policy.image_processor, policy.tokenizer, policy.constants,
+                                center_crop=True)
+    config = TrainConfig(base=str(base), out='', unnorm_key=KEY, bags=(str(bags[0][0]),),
+                         val_bags=(str(bags[1][0]),), center_crop=True, image_aug=True, seed=4)
+    train_eps, val_eps = read_data(config, options(), preprocessor)
+    entry = statistics_of(train_eps)
+    train, val = datasets(config, train_eps, val_eps, preprocessor, entry, normalize_actions)
+    for k in (0, 5):  # validation: bit for bit the policy's inputs of the same frames
+        images = [scene(k, 64, 48), scene(WRIST_SCENES + k, 64, 48)]
+        state = libero_state(bags[1][1], T0_NS + k * PERIOD_NS)
+        pixels = policy.inputs(images, INSTRUCTIONS[1], state, 'synth_oft_libero')[0]
+        assert torch.equal(val[k]['pixel_values'], pixels[0])
+
+    values = policy.image_processor.table  # (6, 256): every normalised byte value
+    draws = [train[3]['pixel_values']]
+    train.set_epoch(1)
+    draws.append(train[3]['pixel_values'])
+    train.set_epoch(0)
+    draws.append(train[3]['pixel_values'])
+    same_seed = datasets(config, train_eps, val_eps, preprocessor, entry, normalize_actions)[0]
+    other_seed = datasets(dataclasses.replace(config, seed=5), train_eps, val_eps, preprocessor,
+                          entry, normalize_actions)[0]
+    images = [scene(3, 64, 48), scene(WRIST_SCENES + 3, 64, 48)]
+    state = libero_state(bags[0][1], T0_NS + 3 * PERIOD_NS)
+    plain = policy.inputs(images, INSTRUCTIONS[0], state, 'synth_oft_libero')[0][0]
+    for draw in draws:
+        assert draw.shape == plain.shape == (12, 224, 224) and draw.dtype == torch.float32
+        for channel in range(12):  # still normalised bytes
+            assert torch.isin(draw[channel], values[channel % 6]).all()
+        assert (draw - plain).abs().mean() > 0.02  # not the policy's center crop
+    assert not torch.equal(draws[0], draws[1])  # each epoch draws anew
+    assert torch.equal(draws[0], draws[2])  # the same (seed, epoch, sample): the same draw
+    assert torch.equal(same_seed[3]['pixel_values'], draws[0])
+    assert not torch.equal(other_seed[3]['pixel_values'], draws[0])
+    assert not torch.equal(train[4]['pixel_values'][:6], train[3]['pixel_values'][:6])
+
+
+def test_augment_keeps_uint8_frames_and_its_centred_neutral_draw_is_the_policys_crop():
+    from PIL import Image
+
+    from vla_ros.policy.backbone.processing import center_crop_and_resize
+    from vla_ros.policy.oft.processing import prepare_image
+    from vla_ros.training import augment
+
+    frames = np.stack([np.asarray(prepare_image(scene(k, 64, 48), False)) for k in (1, 2)])
+
+    class Neutral:  # centred box, no brightness, contrast, saturation or hue change
+        def random(self, shape):
+            return np.full(shape, 0.5)
+
+    out = augment.augment(torch.from_numpy(frames), Neutral()).numpy()
+    crops = np.stack([np.asarray(center_crop_and_resize(Image.fromarray(f))) for f in frames])
+    assert out.dtype == np.uint8 and out.shape == frames.shape
+    assert np.abs(out.astype(int) - crops).max() <= 1  # HSV round trip: one level at most
+    first = augment.augment(torch.from_numpy(frames), augment.rng(0, 0, 0)).numpy()
+    assert not np.array_equal(first[0], out[0]) and not np.array_equal(first[0], first[1])
+
+
 def test_merged_lora_weights_give_the_adapted_model(base, bags):
     from vla_ros.policy.backbone.processing import ImageProcessor, PromptTokenizer
     from vla_ros.policy.oft.configuration import OFTConstants
@@ -339,7 +406,7 @@ def bad_action_bag(path):
 
 
 @pytest.mark.parametrize('case', ['topics', 'key', 'out', 'lora_only', 'action_dim',
-                                  'out_under_a_file', 'out_read_only'])
+                                  'out_under_a_file', 'out_read_only', 'image_aug'])
 def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path, capsys):
     bag, out, args = bags[0][0], tmp_path / 'out', []
     if case == 'out_under_a_file':
@@ -356,6 +423,9 @@ def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path
     elif case == 'topics':
         args = ['--camera-topics', FRONT, '/cam_side/image_raw']
         expect = ['/cam_side/image_raw is not in bag', '/cam_wrist/image_raw (sensor_msgs']
+    elif case == 'image_aug':
+        args = ['--image-aug']
+        expect = ['--image-aug trains on random 0.9-area crops', 'pass --center-crop too']
     elif case == 'key':
         args = ['--unnorm-key', 'synth_oft_libero']
         expect = ["'synth_oft_libero' already exists in the base", 'pass a new key']

@@ -3,7 +3,8 @@ Fine-tuning from rosbag2 recordings (``vla_finetune``), ROS-free: OpenVLA-OFT's 
 
 It reads the bags through ``vla_ros.recordings`` and takes its data options (``DataOptions``).
 Files: ``options`` (the run's settings and the checks before training), ``dataset`` (bags to
-samples with vla_eval's step semantics and the policy's own preprocessing), ``stats`` (the new
+samples with vla_eval's step semantics and the policy's own preprocessing), ``augment``
+(OFT's training image augmentation, ``--image-aug``), ``stats`` (the new
 dataset statistics and the normalised targets), ``model`` (the forward pass on a batch, LoRA,
 merged weights), ``checkpoint`` (the output folder and the state to resume from), ``finetune``
 (the run and its training loop under ``accelerate``), ``cli`` (the command line),

@@ -29,7 +29,7 @@ from vla_ros.training.options import FinetuneError, LORA_TARGETS, TrainConfig
 PROG = 'vla_finetune'
 USAGE = ('%(prog)s BAG [BAG ...] --base PATH --out DIR --unnorm-key NEW\n'
          '       [--platform libero|bridge] [--camera-topics T [T ...]] [--compressed]\n'
-         '       [--proprio ENTRY [ENTRY ...]] [--rate HZ] [--center-crop]\n'
+         '       [--proprio ENTRY [ENTRY ...]] [--rate HZ] [--center-crop [--image-aug]]\n'
          '       [--val-bags BAG [BAG ...] | --val-fraction F] [--steps N] [--batch-size B]\n'
          '       [--lr LR] [--warmup-steps N] [--decay-after N] [--full | --lora-only]\n'
          '       [--lora-rank R] [--lora-alpha A] [--lora-target all|llm] [--val-every N]\n'
@@ -64,6 +64,10 @@ def build_parser():
     data.add_argument('--center-crop', action='store_true',
                       help="the policy's 0.9-area center crop (then run vla_node with "
                       'center_crop true too)')
+    data.add_argument('--image-aug', action='store_true',
+                      help="OFT's training augmentation, fresh at every draw of a training "
+                      'sample: a random square crop of 0.9 of the area resized back to 224, then '
+                      'random brightness, contrast, saturation and hue (needs --center-crop)')
     data.add_argument('--val-bags', nargs='+', default=[], metavar='BAG',
                       help='held-out bags for the validation L1')
     data.add_argument('--val-fraction', type=float, default=0.0, metavar='F',
@@ -145,6 +149,9 @@ def config_from_args(args):
         raise FinetuneError(f'--val-fraction {args.val_fraction} must be in [0, 1)')
     if args.val_bags and args.val_fraction:
         raise FinetuneError('pass --val-bags or --val-fraction, not both')
+    if args.image_aug and not args.center_crop:
+        raise FinetuneError('--image-aug trains on random 0.9-area crops, which the policy sees '
+                            'centred only with --center-crop; pass --center-crop too')
     options = DataOptions(**data_fields(args))
     absolute = [str(Path(b).resolve()) for b in args.bags]
     val = [str(Path(b).resolve()) for b in args.val_bags]
@@ -154,7 +161,8 @@ def config_from_args(args):
     config = TrainConfig(
         base=str(Path(args.base).resolve()), out=str(Path(args.out).resolve()),
         unnorm_key=args.unnorm_key, bags=tuple(bags), val_bags=tuple(val),
-        platform=args.platform, center_crop=args.center_crop, mode=mode,
+        platform=args.platform, center_crop=args.center_crop, image_aug=args.image_aug,
+        mode=mode,
         lora_rank=args.lora_rank, lora_alpha=alpha, lora_dropout=args.lora_dropout,
         lora_target=args.lora_target, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,

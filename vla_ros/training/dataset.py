@@ -19,7 +19,11 @@ computed on the CPU by the same processor (``oft.processing.OFTProcessor``: fram
 values, prompt ids, the token layout) and ``Bounds.normalize``, so training sees what inference
 sees.
 ``prepare_image`` (OFT's JPEG round trip and TensorFlow resize, ~8 ms a frame) runs once per frame:
-each frame's crops (uint8 (K, 224, 224, 3)) are kept, and a sample only looks them up.
+each frame's crops (uint8 (K, 224, 224, 3)) are kept, and a sample only looks them up. With
+``--image-aug`` the training bags keep each frame as OFT prepares it before the center crop
+(uint8 (224, 224, 3): the same 150 528 bytes as one crop), and every draw of a sample augments
+its frames anew (``augment``) before the processor's crops and normalisation; validation bags
+keep their crops, so their inputs stay the policy's.
 """
 
 import collections
@@ -37,6 +41,7 @@ from vla_ros.recordings.actions import recorded_actions
 from vla_ros.recordings.bags import Bag
 from vla_ros.recordings.options import check_bag
 from vla_ros.recordings.steps import Instruction, step_time, StepReader
+from vla_ros.training import augment
 from vla_ros.training.options import FinetuneError
 
 # A step whose recorded action or state holds NaN or inf is no sample, counted under its reason
@@ -101,7 +106,7 @@ class Episode:
     instructions: list  # (S,) str, '' without one
     frame_keys: list  # (S,) tuple of (camera, frame index) per camera, or None
     usable: np.ndarray  # (S,) bool: the step is a sample
-    frames: dict  # (camera, frame index) -> uint8 crops (K, 224, 224, 3)
+    frames: dict  # (camera, frame index) -> uint8 crops (K, 224, 224, 3), or (224, 224, 3)
     skipped: dict  # reason -> number of steps
 
     @property
@@ -118,11 +123,12 @@ class Episode:
         return np.stack(rows)
 
 
-def read_episode(path, options, preprocessor=None):
+def read_episode(path, options, preprocessor=None, uncropped=False):
     """
     Read one bag into an ``Episode`` (see the module docstring).
 
-    Without a ``preprocessor`` no frame is preprocessed (the statistics need none).
+    Without a ``preprocessor`` no frame is preprocessed (the statistics need none). With
+    ``uncropped`` each frame is kept as OFT prepares it before any crop (``--image-aug``).
     """
     cameras, topics, layout = options.cameras(), options.topics(), options.layout()
     instruction = ''
@@ -146,7 +152,8 @@ def read_episode(path, options, preprocessor=None):
                 else:
                     key = (camera, frame.index)
                     if preprocessor is not None and key not in frames:
-                        frames[key] = preprocessor.frame_crops(frame.rgb, camera)
+                        frames[key] = preprocessor.prepared_frame(frame.rgb, camera) \
+                            if uncropped else preprocessor.frame_crops(frame.rgb, camera)
                     keys.append(key)
             state = np.full(layout.dim, np.nan)
             if layout and not problem:
@@ -194,11 +201,14 @@ class ChunkDataset(torch.utils.data.Dataset):
     The samples of ``episodes`` as the policy's inputs and normalised target chunks.
 
     ``stats``: the new ``dataset_statistics.json`` entry; ``normalize`` turns raw actions into
-    the head's targets (``stats.normalize_actions``).
+    the head's targets (``stats.normalize_actions``). ``aug_seed``: augment every draw
+    (``augment``, from the seed, the epoch (``set_epoch``) and the sample); the episodes are then
+    read ``uncropped``.
     """
 
-    def __init__(self, episodes, preprocessor, stats, normalize):
+    def __init__(self, episodes, preprocessor, stats, normalize, aug_seed=None):
         self.episodes = episodes
+        self.aug_seed, self.epoch = aug_seed, 0
         self.preprocessor = preprocessor
         constants = preprocessor.constants
         self.chunk_len = constants.chunk_len
@@ -213,10 +223,18 @@ class ChunkDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.index)
 
+    def set_epoch(self, epoch):
+        """Draw the augmentation of ``epoch`` from now on."""
+        self.epoch = int(epoch)
+
     def __getitem__(self, i):
         e, k = self.index[i]
         episode = self.episodes[e]
         crops = [episode.frames[key] for key in episode.frame_keys[k]]
+        if self.aug_seed is not None:
+            frames = augment.augment(torch.from_numpy(np.stack(crops)),  # (N, 224, 224, 3)
+                                     augment.rng(self.aug_seed, self.epoch, i)).numpy()
+            crops = [self.preprocessor.image_processor.crops(frame) for frame in frames]
         sample = {'pixel_values': self.preprocessor.pixel_values(crops)[0],  # (6N, 224, 224)
                   'prompt_ids': self.preprocessor.prompt_ids(episode.instructions[k]),
                   'actions': torch.tensor(self.normalize(episode.chunk(k, self.chunk_len),

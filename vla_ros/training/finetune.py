@@ -70,7 +70,7 @@ def check(config, options, resume=False):
     return constants, head_file, projector_file
 
 
-def read_episodes(paths, options, preprocessor, show, desc):
+def read_episodes(paths, options, preprocessor, show, desc, uncropped=False):
     """
     Read the bags; fail naming the reasons when they give no sample.
 
@@ -78,13 +78,28 @@ def read_episodes(paths, options, preprocessor, show, desc):
     counted by reason (``skipped``): the summary and run.json report them.
     """
     bar = tqdm(paths, desc=desc, unit='bag', disable=None if show else True, leave=False)
-    episodes = [read_episode(path, options, preprocessor) for path in bar]
+    episodes = [read_episode(path, options, preprocessor, uncropped) for path in bar]
     if paths and not sum(len(e.samples) for e in episodes):
         why = ', '.join(f'{count} steps: {reason}' for reason, count in skipped(episodes).items())
         raise FinetuneError(f'the {desc.split()[-1]} bags give no sample ({why or "no steps"}) '
                             f'at --rate {options.rate:g} Hz; check the topics, the '
                             'instruction and --rate')
     return episodes
+
+
+def read_data(config, options, preprocessor, show=False):
+    """Return (training, validation) episodes; with --image-aug the training frames uncropped."""
+    return (read_episodes(config.bags, options, preprocessor, show, 'reading training',
+                          uncropped=config.image_aug),
+            read_episodes(config.val_bags, options, preprocessor, show, 'reading validation'))
+
+
+def datasets(config, train_eps, val_eps, preprocessor, entry, normalize):
+    """Return (training set, validation set or None): only training draws are augmented."""
+    train = ChunkDataset(train_eps, preprocessor, entry, normalize,
+                         config.seed if config.image_aug else None)
+    val = ChunkDataset(val_eps, preprocessor, entry, normalize) if val_eps else None
+    return train, val
 
 
 def skipped(episodes):
@@ -149,8 +164,7 @@ def finetune(config, options, resume=False, stats_only=False, progress=True):
     preprocessor = Preprocessor(ImageProcessor.from_pretrained(config.base),
                                 PromptTokenizer.from_pretrained(config.base), constants,
                                 config.center_crop)
-    train_eps = read_episodes(config.bags, options, preprocessor, show, 'reading training')
-    val_eps = read_episodes(config.val_bags, options, preprocessor, show, 'reading validation')
+    train_eps, val_eps = read_data(config, options, preprocessor, show)
     entry = statistics.read_statistics(out, config.unnorm_key) if resume else None
     entry = entry or statistics_of(train_eps)
     dtypes = checkpoint.weight_layout(config.base)
@@ -158,7 +172,7 @@ def finetune(config, options, resume=False, stats_only=False, progress=True):
     def normalize(chunk, entry):
         return statistics.normalize_actions(chunk, entry, constants.normalization)
 
-    train_set = ChunkDataset(train_eps, preprocessor, entry, normalize)
+    train_set, val_set = datasets(config, train_eps, val_eps, preprocessor, entry, normalize)
     sampler = EpochSampler(len(train_set), config.seed)
     slots = constants.num_action_slots
 
@@ -190,8 +204,8 @@ def finetune(config, options, resume=False, stats_only=False, progress=True):
         checkpoint.copy_base_files(config.base, out)
         statistics.write_statistics(out, config.unnorm_key, entry)
     loaders = [batches(train_set, sampler=sampler)]
-    if val_eps:
-        loaders.append(batches(ChunkDataset(val_eps, preprocessor, entry, normalize)))
+    if val_set is not None:
+        loaders.append(batches(val_set))
     model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
     train_loader, val_loader = loaders[0], (loaders[1] if len(loaders) > 1 else None)
     if main:
@@ -229,6 +243,7 @@ class Loop:
             while step < config.steps:
                 sampler.set_epoch(epoch)
                 loader.set_epoch(epoch)
+                loader.dataset.set_epoch(epoch)  # the augmentation's draws
                 batches = accelerator.skip_first_batches(loader, skip) if skip else loader
                 skip = 0
                 for batch in batches:

@@ -43,6 +43,7 @@ class TrainConfig:
     val_bags: tuple = ()
     platform: str = 'libero'
     center_crop: bool = False
+    image_aug: bool = False  # OFT's random crop and colour jitter per draw (``augment``)
     mode: str = 'lora'  # 'lora' (LoRA + heads), 'lora_only' (LoRA, the base's heads), 'full'
     lora_rank: int = 32
     lora_alpha: float = 16.0
@@ -197,7 +198,10 @@ def read_run(out, config, data_options):
     saved, now = data.get('config', {}), config.fingerprint(data_options)
     # A saved setting this version no longer has (a run saved with vla_eval's options, say) is
     # one no command can change.
-    changed = [k for k in sorted(now) if saved.get(k) != now.get(k)]
+    # A setting added since the run was saved has its default there (e.g. image_aug: False).
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    changed = [k for k in sorted(now) if saved.get(k, defaults.get(k)) != now.get(k)]
     if changed:
         what = '; '.join(f'{k}: was {saved.get(k)!r}, now {now.get(k)!r}' for k in changed[:4])
         raise FinetuneError(f'--resume: the command differs from the run in {out} ({what}); '

@@ -222,7 +222,8 @@ class OFTProcessor:
     Split where a frame's cost can be cached (fine-tuning keeps each frame's crops): a frame's
     crops (``frame_crops``: ``prepare_image`` and the processor's crops), the pixel values of
     one observation's crops (``pixel_values``), the prompt's ids (``prompt_ids``) and their
-    layout with the action slots (``layout``, ``token_layout``).
+    layout with the action slots (``layout``, ``token_layout``). ``prepared_frame``: the frame
+    before any crop, which fine-tuning with ``--image-aug`` keeps and crops at random.
     """
 
     def __init__(self, image_processor, tokenizer, constants, center_crop):
@@ -240,6 +241,10 @@ class OFTProcessor:
         """
         return self.image_processor.crops(prepare_image(image, self.center_crop, camera,
                                                         resize_on))
+
+    def prepared_frame(self, image, camera):
+        """Return camera image ``camera`` as OFT prepares it before the center crop (uint8)."""
+        return np.asarray(prepare_image(image, False, camera))  # (224, 224, 3)
 
     def pixel_values(self, crops, device=None):
         """Return (1, 6N, 224, 224) float32 from each camera's crops (primary first)."""
