@@ -71,31 +71,49 @@ test-python: $(PYVER_STAMP)
 demo: $(STAMP)
 	$(PY) -m vla_ros.closed_loop.demo $(DEMO_ARGS)
 
-# The demo's trained policy from scratch (about 105 min on 2 CPU cores; docs/closed_loop.md): 1080
-# expert reach episodes (360 layouts x the 3 objects, seeded starts) recorded as bags by two
-# recorders side by side (own ROS domains), the miniature OpenVLA-OFT fully fine-tuned on 1050
-# of them (the last 30 of the first recorder, 10 unseen layouts, validate), and the trained
-# parameters copied into vla_ros/training/assets/reach/ (what `make demo` rebuilds it from). The
-# state layout is the shipped run record's (the one place it is written; the demo reads it too):
-# where the gripper is (its position twice, from ee_pose and from the virtual joints: OFT's LIBERO
-# state has 8 values) and the fingers; the orientation, constant in the demonstrations, would only
-# feed noise stretched to [-1, 1].
+# The demo's trained policy from scratch, in two rounds (DAgger; docs/closed_loop.md has each
+# stage's wall time on 2 CPU cores):
+# 1. demonstrations: 1080 expert reach episodes (360 layouts x the 3 objects, seeded starts),
+#    recorded as bags by two recorders side by side (own ROS domains);
+# 2. round 1: the miniature OpenVLA-OFT fully fine-tuned on 1050 of them (the last 30 of the
+#    first recorder, 10 unseen layouts, validate), statistics under sim_reach_demos;
+# 3. corrections: round 1 drives the arm through vla_node in 300 new episodes (100 more
+#    layouts), the expert labels every step and takes over 30% of them;
+# 4. round 2: from round 1, on the demonstrations and the corrections, with OFT's image
+#    augmentation, statistics under sim_reach; its trained parameters are copied into
+#    vla_ros/training/assets/reach/ (what `make demo` rebuilds it from).
+# The state layout is the shipped run record's (the one place it is written; the demo reads it
+# too): where the gripper is (its position twice, from ee_pose and from the virtual joints:
+# OFT's LIBERO state has 8 values) and the fingers; the orientation, constant in the
+# demonstrations, would only feed noise stretched to [-1, 1].
 DEMO_POLICY_OUT ?= out/demo-policy
-RECORD = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(VENV)/bin/vla_record_demos --episodes 540 \
+RECORD = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(CURDIR)/$(VENV)/bin/vla_record_demos \
   --task reach --seconds 10
+CORRECT = $(RECORD) --episodes 150 --policy-model round1 --policy reach \
+  --unnorm-key sim_reach_demos --takeover 0.3
+FINETUNE = $(CURDIR)/$(VENV)/bin/vla_finetune --val-bags demos-a/episode_05[1-3]* \
+  --camera-topics camera/image_raw wrist_camera/image_raw --rate 10 --center-crop --full \
+  --batch-size 8 --warmup-steps 200 --val-every 1000 --save-every 1000
+DEMOS = demos-a/episode_0[0-4]* demos-a/episode_050* demos-b/episode_*
 demo-policy: $(STAMP)
 	rm -rf $(DEMO_POLICY_OUT)
-	ROS_DOMAIN_ID=41 $(RECORD) --seed 1239 --out $(DEMO_POLICY_OUT)/demos-a & a=$$!; \
-	ROS_DOMAIN_ID=42 $(RECORD) --seed 1779 --out $(DEMO_POLICY_OUT)/demos-b & b=$$!; \
-	wait $$a && wait $$b
+	mkdir -p $(DEMO_POLICY_OUT)
+	cd $(DEMO_POLICY_OUT) && \
+	{ ROS_DOMAIN_ID=41 $(RECORD) --episodes 540 --seed 1239 --out demos-a & a=$$!; \
+	  ROS_DOMAIN_ID=42 $(RECORD) --episodes 540 --seed 1779 --out demos-b & b=$$!; \
+	  wait $$a && wait $$b; }
 	$(VENV)/bin/vla_tiny_model --oft libero $(DEMO_POLICY_OUT)/base
-	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && \
-	cd $(DEMO_POLICY_OUT) && $(CURDIR)/$(VENV)/bin/vla_finetune demos-a/episode_0[0-4]* \
-	  demos-a/episode_050* demos-b/episode_* --val-bags demos-a/episode_05[1-3]* \
-	  --base base --out trained --unnorm-key sim_reach \
-	  --camera-topics camera/image_raw wrist_camera/image_raw --proprio $$proprio \
-	  --rate 10 --center-crop --full --steps 10000 --batch-size 8 --warmup-steps 200 \
-	  --decay-after 8000 --val-every 1000 --save-every 1000
+	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
+	$(FINETUNE) $(DEMOS) --base base --out round1 --unnorm-key sim_reach_demos \
+	  --proprio $$proprio --steps 10000 --decay-after 8000
+	cd $(DEMO_POLICY_OUT) && \
+	{ ROS_DOMAIN_ID=41 $(CORRECT) --seed 5000 --out corrections-a & a=$$!; \
+	  ROS_DOMAIN_ID=42 $(CORRECT) --seed 5150 --out corrections-b & b=$$!; \
+	  wait $$a && wait $$b; }
+	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
+	$(FINETUNE) $(DEMOS) corrections-a/episode_* corrections-b/episode_* --base round1 \
+	  --out trained --unnorm-key sim_reach --proprio $$proprio --image-aug \
+	  --steps 6000 --decay-after 4500
 	$(PY) -m vla_ros.training.demo_policy --ship $(DEMO_POLICY_OUT)/trained
 
 # The success rates in docs/closed_loop.md: the trained and the random miniature, 50 seeded reach

@@ -12,6 +12,7 @@ import pytest
 
 from vla_ros.closed_loop import sim_report
 from vla_ros.sim import outcomes, tasks
+from vla_ros.sim.arm import HOME_POSITION
 
 Z95 = 1.959963984540054  # the normal quantile of 0.975
 
@@ -126,6 +127,7 @@ def test_frame_strip_puts_the_frames_side_by_side(tmp_path):
      "-p chunk_mod:=receding: vla_node has no parameter 'chunk_mod' (did you mean chunk_mode?)"),
     (['--model', '.', '-p', 'frobnicate:=1'], 'its parameters: model_path, unnorm_key'),
     (['--model', '.', '--seed', str(2**64)], 'sim_arm takes seeds up to 9223372036854775807'),
+    (['--model', '.', '--start-spread', '0.2'], '--start-spread 0.2: give 0 .. 0.1 m'),
     (['--model', '.', '--seed', str(2**63 - 1), '--episodes', '2'],
      'the episode seeds go up to 9223372036854775808'),
 ])
@@ -166,7 +168,7 @@ def test_two_episodes_end_to_end_over_dds(launch, tiny_checkpoint, tmp_path):
     runner = launch(sys.executable, '-m', 'vla_ros.closed_loop.sim_eval',
                     '--model', tiny_checkpoint,
                     '--unnorm-key', 'synth_bridge', '--episodes', '2', '--seed', '7', '--task',
-                    'reach', '--seconds', '4', '--out', str(out))
+                    'reach', '--seconds', '4', '--start-spread', '0.06', '--out', str(out))
     assert runner.wait_exit(timeout=150.0) == 0, runner.output()
     data = json.loads((out / 'results.json').read_text())
     assert [e['seed'] for e in data['episodes']] == [7, 8], runner.output()
@@ -178,6 +180,10 @@ def test_two_episodes_end_to_end_over_dds(launch, tiny_checkpoint, tmp_path):
         assert isinstance(e['success'], bool)
         assert (e['closest_approach'] == 0.0) == e['success'] and e['closest_approach'] >= 0.0
         assert e['actions'] > 0 and e['path_length'] > 0.0
+        # sim_arm started the gripper at the seed's place within --start-spread of home.
+        start = HOME_POSITION + tasks.start_offset(e['seed'], 0.06)
+        assert np.allclose(e['start_position'], start, atol=0.01), e['start_position']
+        assert np.linalg.norm(start - HOME_POSITION) > 0.02
         assert set(e['clamps']) == set(sim_report.CLAMPS)
         assert e['failure'] in outcomes.CATEGORIES, e
         assert (e['failure'] == 'success') == e['success'] and isinstance(e['failure_detail'], str)

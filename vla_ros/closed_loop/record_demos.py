@@ -96,7 +96,7 @@ STATE_QOS = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST,
                        reliability=ReliabilityPolicy.RELIABLE)
 MAX_IMAGE_AGE = 0.5  # s: the expert acts only on a fresh image, as vla_node does
 START_TIMEOUT = 120.0  # s for sim_arm, arm_bridge (and vla_node, loading its model) to come up
-RESET_TIMEOUT = 10.0  # s for a reset to show on sim/task and the camera
+RESET_TIMEOUT = 30.0  # s for a reset to show on sim/task and the camera (a busy CPU is slow)
 
 
 class RecordError(ProcessError):

@@ -3,15 +3,17 @@ vla_sim_eval: a checkpoint's success rate in closed loop, through the live nodes
 
     vla_sim_eval --model PATH [--unnorm-key K] [--policy openvla|openvla_oft]
                  [-p NAME:=VALUE ...] --episodes N --seed S --task reach|lift --seconds T
-                 [--rate HZ] [--frames F] --out DIR
+                 [--rate HZ] [--start-spread M] [--frames F] --out DIR
     vla_sim_eval --compare A B [--out DIR]
 
 It starts ``sim_arm``, ``vla_node`` (the model, ``control_rate_hz`` = ``--rate``, the vla_node
 parameters of ``--policy`` as ``python -m vla_ros.closed_loop.demo`` uses them, then every ``-p``)
 and ``arm_bridge`` as their own processes with ``config/vla.yaml`` (logs in DIR), waits until they
-are up, and runs N episodes. Episode k: vla_node reset (idle), sim_arm ``seed`` = S + k and
-``task`` by SetParameters, ``/sim_arm/reset``, ``/arm_bridge/reset``; the first ``sim/task``
-message of that episode gives the instruction, which goes out on ``vla/instruction``; the episode
+are up, and runs N episodes (the gripper starting at home, or with ``--start-spread M`` at a
+seeded place within M of it: sim_arm's ``start_spread``). Episode k: vla_node reset (idle),
+sim_arm ``seed`` = S + k and ``task`` by SetParameters, ``/sim_arm/reset``,
+``/arm_bridge/reset``; the first ``sim/task`` message of that episode gives the instruction,
+which goes out on ``vla/instruction``; the episode
 ends at the first ``sim/task`` reporting success or after T seconds, and the policy is stopped
 (``/vla_node/reset``, ``/arm_bridge/reset``) before the next one.
 
@@ -54,7 +56,7 @@ from vla_ros.control.images import image_to_rgb
 from vla_ros.nodes import qos
 from vla_ros.nodes.vla_node_config import PARAMS as NODE_PARAMS
 from vla_ros.sim import outcomes
-from vla_ros.sim.tasks import TASKS
+from vla_ros.sim.tasks import START_SPREAD_MAX, TASKS
 
 PROG = 'vla_sim_eval'
 SERVICE_TIMEOUT = 15.0
@@ -103,6 +105,9 @@ def parse_args(argv):
     parser.add_argument('--rate', type=float, metavar='HZ',
                         help="vla_node's control_rate_hz (default: 5 for openvla, 10 for the "
                         'OFT policies)')
+    parser.add_argument('--start-spread', type=float, default=0.0, metavar='M',
+                        help="sim_arm's start_spread: each seed starts the gripper up to M "
+                        'metres (per axis) from home (default 0: every episode from home)')
     parser.add_argument('--frames', type=int, default=5, metavar='F',
                         help='frames per episode strip (default 5)')
     parser.add_argument('--startup-timeout', type=float, default=300.0, metavar='S',
@@ -129,6 +134,8 @@ def parse_args(argv):
                         ('--startup-timeout', args.startup_timeout)):
         if not 0 < value < float('inf'):
             problems.append(f'{name} {value}: give a positive number')
+    if not 0 <= args.start_spread <= START_SPREAD_MAX:
+        problems.append(f'--start-spread {args.start_spread}: give 0 .. {START_SPREAD_MAX} m')
     if not 1 <= args.frames <= 12:
         problems.append(f'--frames {args.frames}: give 1 .. 12')
     last_seed = args.seed + args.episodes - 1
@@ -338,7 +345,8 @@ class Runner(Participant):
             actions=seen['actions'], closest_approach=0.0 if success is not None else (
                 None if math.isinf(closest) else closest), clamps=clamps,
             frame_strip=strip if written else '', wall_time=time.monotonic() - wall0,
-            failure=outcome.category, failure_detail=outcome.detail)
+            failure=outcome.category, failure_detail=outcome.detail,
+            start_position=[round(float(v), 4) for v in track[0, 1:]] if len(track) else None)
         return result, counters
 
 
@@ -348,7 +356,7 @@ def run(args, out):
           f'arm_bridge; logs in {out}/', flush=True)
     argvs = {
         'sim_arm': node_argv('sim_arm', f'seed:={args.seed}', f'task:={args.task}',
-                             'publish_clock:=false'),
+                             'publish_clock:=false', f'start_spread:={args.start_spread:g}'),
         'vla_node': node_argv('vla_node', f'model_path:={args.model}',
                               # '' (default): the checkpoint's only key; rcl refuses an empty -p
                               *([f'unnorm_key:={args.unnorm_key}'] if args.unnorm_key else []),
@@ -357,7 +365,8 @@ def run(args, out):
     }
     config = {'model': args.model, 'policy': args.policy, 'unnorm_key': args.unnorm_key,
               'vla_node_params': args.node_params, 'task': args.task, 'seed': args.seed,
-              'episodes': args.episodes, 'seconds': args.seconds, 'rate': args.rate}
+              'episodes': args.episodes, 'seconds': args.seconds, 'rate': args.rate,
+              'start_spread': args.start_spread}
     runner, procs, episodes = None, {}, []
     try:
         for name, argv in argvs.items():

@@ -100,6 +100,7 @@ class Episode:
     wall_time: float = 0.0  # wall seconds of the whole episode, resets included
     failure: str = ''  # outcomes.CATEGORIES: 'success' or why it failed ('' not classified)
     failure_detail: str = ''  # the numbers behind the category
+    start_position: list = None  # the end effector's first ee_pose of the episode (x, y, z), m
 
     def to_dict(self):
         """Return a JSON-ready dict (rounded floats)."""
