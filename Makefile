@@ -117,18 +117,20 @@ demo-policy: $(STAMP)
 	$(PY) -m vla_ros.training.demo_policy --ship $(DEMO_POLICY_OUT)/trained
 
 # The success rates in docs/closed_loop.md: the trained and the random miniature, 50 seeded reach
-# episodes each through the live nodes (about 2 x 10 min), then compared (out/sim-eval/comparison.md).
+# episodes each through the live nodes (seeds 0-49: layouts no training or correction episode
+# used), from home and from seeded starts (up to 8 cm per axis, as the demonstrations), each
+# pair compared with Fisher's exact test (about 4 x 10 min).
+SIM_EVAL = $(VENV)/bin/vla_sim_eval --episodes 50 --seed 0 --task reach --seconds 10
 sim-eval: $(STAMP)
 	$(PY) -m vla_ros.training.demo_policy out/sim-eval/trained --force
 	$(VENV)/bin/vla_tiny_model --oft libero out/sim-eval/random --force
-	$(VENV)/bin/vla_sim_eval --model out/sim-eval/trained --unnorm-key sim_reach \
-	  --policy reach --episodes 50 --seed 0 --task reach --seconds 10 \
-	  --out out/sim-eval/trained-results
-	$(VENV)/bin/vla_sim_eval --model out/sim-eval/random --unnorm-key synth_oft_libero \
-	  --policy openvla_oft --episodes 50 --seed 0 --task reach --seconds 10 \
-	  --out out/sim-eval/random-results
-	$(VENV)/bin/vla_sim_eval --compare out/sim-eval/trained-results out/sim-eval/random-results \
-	  --out out/sim-eval
+	for start in home spread; do spread=$$([ $$start = spread ] && echo 0.08 || echo 0); \
+	  $(SIM_EVAL) --model out/sim-eval/trained --unnorm-key sim_reach --policy reach \
+	    --start-spread $$spread --out out/sim-eval/trained-$$start && \
+	  $(SIM_EVAL) --model out/sim-eval/random --unnorm-key synth_oft_libero \
+	    --policy openvla_oft --start-spread $$spread --out out/sim-eval/random-$$start && \
+	  $(VENV)/bin/vla_sim_eval --compare out/sim-eval/trained-$$start \
+	    out/sim-eval/random-$$start --out out/sim-eval/$$start || exit 1; done
 
 # On the lent GPU machine as it is: its own python3 (no venv, no network, no ROS), the working tree
 # and the wheels in .whl/ (`make gpu-wheels`, here): GPU tests, decode-step profile, OpenVLA-7B and
