@@ -200,3 +200,4 @@ def test_two_episodes_end_to_end_over_dds(launch, tiny_checkpoint, tmp_path):
     for name in ('sim_arm.log', 'vla_node.log', 'arm_bridge.log'):
         assert (out / name).is_file()
     assert 'vla_sim_eval: success ' in runner.output()
+    assert 'Traceback' not in runner.output(), 'its ROS participant stops cleanly'

@@ -139,6 +139,8 @@ class Participant:
         import rclpy
 
         self.executor.shutdown(timeout_sec=2.0)
+        # The spin thread out of its wait before the node goes: destroying the node under it
+        # raised in that thread ("'NoneType' object has no attribute 'handle'") at exit.
+        self._thread.join(timeout=5.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=5.0)

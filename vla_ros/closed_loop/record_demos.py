@@ -114,6 +114,7 @@ class ExpertRecorder(Participant):
         self._bag = None
         self._episode = None  # (Episode, ScriptedExpert, start ns)
         self._since_ns = None  # messages stamped before this belong to the previous episode
+        self._called_ns = None  # the reset was asked for then: no later than the reset itself
         self.state = {}  # topic -> newest message (or stamp, for images)
         self.status = None  # newest sim/task of the current episode
         self.actions = self.takeovers = 0
@@ -148,7 +149,7 @@ class ExpertRecorder(Participant):
                                                                                          cls)
                 else:
                     status = json.loads(deserialize_message(raw, cls).data)
-                    since = (now - self._since_ns) * 1e-9 if self._since_ns else math.inf
+                    since = (now - self._called_ns) * 1e-9 if self._called_ns else math.inf
                     if self._episode is None or status.get('seed') != self._episode[0].seed \
                             or status.get('time_since_reset', math.inf) > since + 0.5:
                         return  # another episode's, or from before the reset
@@ -165,10 +166,17 @@ class ExpertRecorder(Participant):
                                 serialize_message(msg))
 
     # ---------------------------------------------------------------- episodes
-    def begin(self, episode, reset_ns):
-        """Follow ``episode``, reset at ``reset_ns``: older stamps and states are left out."""
+    def begin(self, episode, called_ns, reset_ns):
+        """
+        Follow ``episode``, whose reset was asked for at ``called_ns`` and answered by ``reset_ns``.
+
+        Stamps before ``reset_ns`` are the previous episode's; a ``sim/task`` of this seed that
+        counts more time since its reset than has passed since ``called_ns`` (plus 0.5 s) is
+        from before the reset. (Measured from the answer, a reply slower than 0.5 s on a busy
+        CPU left every status of the episode out, and the recorder gave up.)
+        """
         with self._lock:
-            self._since_ns = reset_ns
+            self._since_ns, self._called_ns = reset_ns, called_ns
             self.state.clear()
             self.status = None
             self._episode = (episode, None, None)
@@ -305,14 +313,14 @@ def run_episode(rec, args, k, procs):
     if refused:
         raise RecordError(f'sim_arm refused seed {seed} / task {args.task}: {refused[0]}')
     rec.finish()
-    wall_start = time.monotonic()
+    wall_start, called_ns = time.monotonic(), rec.now_ns()
     if not rec.call_service(Trigger, '/sim_arm/reset', Trigger.Request()).success:
         raise RecordError('sim_arm refused ~/reset')
     rec.call_service(Trigger, '/arm_bridge/reset', Trigger.Request())
     if args.policy_model:
         reset_policy(rec)  # idle until this episode's instruction
     bag = Path(args.out) / f'episode_{k:04d}'
-    rec.begin(episode, rec.now_ns())
+    rec.begin(episode, called_ns, rec.now_ns())
     wait_until(rec.ready, RESET_TIMEOUT,
                f'episode {k} (seed {seed}) on sim/task and the cameras', procs)
     rec.start(bag)
