@@ -2,8 +2,10 @@
 
 import bisect
 import json
+import signal
 
 import numpy as np
+import psutil
 import pytest
 
 from vla_ros.closed_loop import record_demos
@@ -143,3 +145,23 @@ def test_corrections_label_the_policy_driven_steps_with_the_expert(launch, tmp_p
     assert stats.wait_exit(timeout=180.0) == 0, stats.output()
     written = json.loads((tmp_path / 'trained' / 'dataset_statistics.json').read_text())
     assert written['corrections']['num_transitions'] >= 8
+
+
+@pytest.mark.dds
+def test_sigterm_stops_the_nodes_and_keeps_the_finished_episodes(launch, tmp_path):
+    """Kill (a stopped make target) ends the run as Ctrl-C does: list written, nodes stopped."""
+    out = tmp_path / 'demos'
+    rec = launch('vla_record_demos', '--episodes', '50', '--seconds', '10', '--seed', '3',
+                 '--out', out)
+    rec.wait_for_output('episode 0: ', timeout=120.0)
+    nodes = psutil.Process(rec.popen.pid).children(recursive=True)
+    assert len(nodes) >= 2, 'sim_arm and arm_bridge'
+    rec.popen.send_signal(signal.SIGTERM)
+    assert rec.wait_exit(timeout=60.0) == 130, rec.output()
+    listed = json.loads((out / 'episodes.json').read_text())
+    assert listed and [e['episode'] for e in listed] == list(range(len(listed)))
+    bags = sorted(p.name for p in out.glob('episode_*'))
+    assert bags == [f'episode_{e["episode"]:04d}' for e in listed if e['bag']], \
+        'the cut episode leaves no bag'
+    gone, alive = psutil.wait_procs(nodes, timeout=5.0)
+    assert not alive, [p.cmdline() for p in alive]

@@ -73,6 +73,22 @@ def stop(proc, timeout=10.0):
     return proc.returncode
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def stop_like_ctrl_c():
+    """
+    Make SIGTERM and SIGINT raise KeyboardInterrupt in this (main) thread, as Ctrl-C does.
+
+    So ``kill``, a stopped make target or a timeout stops the program's nodes and writes what it
+    has. A program started in the background by a shell inherits SIGINT ignored (and Python
+    then keeps it ignored); SIGTERM would kill it outright, leaving its nodes running.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
 def wait_until(predicate, timeout, what, procs=None, interval=0.02):
     """Poll ``predicate`` until truthy and return it; ProcessError when a proc dies or on time."""
     deadline = time.monotonic() + timeout

@@ -62,7 +62,7 @@ from std_srvs.srv import Trigger
 
 from vla_ros.closed_loop.demo import node_params, POLICIES
 from vla_ros.closed_loop.processes import (node_argv, Participant, ProcessError, start, stop,
-                                           wait_until)
+                                           stop_like_ctrl_c, wait_until)
 from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.control.readers import header_stamp_ns_from_cdr
 from vla_ros.nodes import messages, qos
@@ -168,7 +168,7 @@ class ExpertRecorder(Participant):
     # ---------------------------------------------------------------- episodes
     def begin(self, episode, called_ns, reset_ns):
         """
-        Follow ``episode``, whose reset was asked for at ``called_ns`` and answered by ``reset_ns``.
+        Follow ``episode``, its reset asked for at ``called_ns`` and answered by ``reset_ns``.
 
         Stamps before ``reset_ns`` are the previous episode's; a ``sim/task`` of this seed that
         counts more time since its reset than has passed since ``called_ns`` (plus 0.5 s) is
@@ -326,13 +326,18 @@ def run_episode(rec, args, k, procs):
     rec.start(bag)
     end = time.monotonic() + args.seconds
     success_at = None
-    while time.monotonic() < end:
-        if success_at is None and rec.result()[0]:
-            success_at = time.monotonic()
-            end = min(end, success_at + args.after_success)
-        if any(p.poll() is not None for p in procs.values()):
-            raise RecordError('a node exited during the episode')
-        time.sleep(0.02)
+    try:
+        while time.monotonic() < end:
+            if success_at is None and rec.result()[0]:
+                success_at = time.monotonic()
+                end = min(end, success_at + args.after_success)
+            if any(p.poll() is not None for p in procs.values()):
+                raise RecordError('a node exited during the episode')
+            time.sleep(0.02)
+    except (KeyboardInterrupt, ProcessError):
+        rec.finish()  # a cut episode is no demonstration: its bag would train as one
+        shutil.rmtree(bag, ignore_errors=True)
+        raise
     success, time_to_success = rec.result()
     actions, takeovers = rec.actions, rec.takeovers
     rec.finish()
@@ -432,6 +437,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    stop_like_ctrl_c()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     argvs = node_commands(args)

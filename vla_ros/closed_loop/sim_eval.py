@@ -34,7 +34,6 @@ import argparse
 import difflib
 import math
 from pathlib import Path
-import signal
 import sys
 import time
 
@@ -50,7 +49,8 @@ from std_srvs.srv import Trigger
 
 from vla_ros.closed_loop import sim_compare, sim_report
 from vla_ros.closed_loop.demo import node_params, POLICIES
-from vla_ros.closed_loop.processes import node_argv, Participant, ProcessError, start, stop
+from vla_ros.closed_loop.processes import (node_argv, Participant, ProcessError, start, stop,
+                                           stop_like_ctrl_c)
 from vla_ros.closed_loop.sim_recorder import Recorder
 from vla_ros.control.images import image_to_rgb
 from vla_ros.nodes import qos
@@ -415,15 +415,11 @@ def run(args, out):
     return 0
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the nodes are stopped, not left behind
-
-
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.compare:
         return sim_compare.main(args.compare, args.out)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_like_ctrl_c()
     return run(args, Path(args.out))
 
 
