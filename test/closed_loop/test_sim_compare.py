@@ -27,7 +27,7 @@ def test_fisher_exact_against_a_table_and_bad_counts():
             sim_report.fisher_exact(*bad)
 
 
-def results(tmp_path, name, seed, outcomes_by_object):
+def results(tmp_path, name, seed, outcomes_by_object, start_spread=0.0):
     """Write DIR/results.json with one episode per (object, failure) given; return DIR."""
     episodes = [sim_report.Episode(index=i, seed=seed + i, task='reach', object_name=obj,
                                    instruction=f'reach the {obj}', success=failure == 'success',
@@ -35,7 +35,8 @@ def results(tmp_path, name, seed, outcomes_by_object):
                 for i, (obj, failure) in enumerate(outcomes_by_object)]
     out = tmp_path / name
     out.mkdir()
-    sim_report.write_results(out, {'model': f'/models/{name}', 'seed': seed}, episodes)
+    sim_report.write_results(out, {'model': f'/models/{name}', 'seed': seed,
+                                   'start_spread': start_spread}, episodes)
     return out
 
 
@@ -43,13 +44,15 @@ def test_compare_prints_both_rates_the_p_value_per_object_and_outcome(tmp_path, 
     trained = results(tmp_path, 'trained', 0, [('red cube', 'success')] * 9
                       + [('green cylinder', 'stopped_short')] * 3)
     random = results(tmp_path, 'random', 0, [('red cube', 'never_moved')] * 9
-                     + [('green cylinder', 'wandered')] * 2 + [('green cylinder', 'success')])
+                     + [('green cylinder', 'wandered')] * 2 + [('green cylinder', 'success')],
+                     start_spread=0.08)
     assert sim_eval.main(['--compare', str(trained / 'results.json'), str(random),
                           '--out', str(tmp_path / 'cmp')]) == 0
     text = capsys.readouterr().out
     p = stats.fisher_exact([[9, 3], [1, 11]]).pvalue
     assert f"Fisher's exact test (two-sided), A vs B: p = {p:.4g}" in text
-    assert '| A | `' in text and '9/12 = 75.0% (46.8 .. 91.1%)' in text
+    assert '| A | `' in text and '| 0-11 | home | 9/12 = 75.0% (46.8 .. 91.1%)' in text
+    assert '| 0-11 | within 0.08 m of home | 1/12' in text
     assert '1/12 = 8.3% (1.5 .. 35.4%)' in text
     assert '| green cylinder | 0/3 = 0.0% (0.0 .. 56.1%) | 1/3 = 33.3% (6.1 .. 79.2%) |' in text
     assert '| stopped_short | 3 (25%) | 0 (0%) |' in text

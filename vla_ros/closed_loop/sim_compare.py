@@ -55,14 +55,15 @@ def compare(a, b):
     sa, sb = a['summary'], b['summary']
     p = sim_report.fisher_exact(sa['successes'], sa['episodes'], sb['successes'],
                                 sb['episodes'])
-    lines = ['# vla_sim_eval: two runs compared', '', '| run | file | model | seeds | success |',
-             '|---|---|---|---|---:|']
+    lines = ['# vla_sim_eval: two runs compared', '',
+             '| run | file | model | seeds | start | success |', '|---|---|---|---|---|---:|']
     for name, run in (('A', a), ('B', b)):
         s, config = run['summary'], run['config']
-        seed = config.get('seed')
+        seed, spread = config.get('seed'), config.get('start_spread', 0.0)
         seeds = f'{seed}-{seed + s["episodes"] - 1}' if isinstance(seed, int) else '?'
+        start = f'within {spread:g} m of home' if spread else 'home'
         lines.append(f'| {name} | `{run["path"]}` | `{config.get("model", "?")}` | {seeds} '
-                     f'| {sim_report.rate_cell(s["successes"], s["episodes"])} |')
+                     f'| {start} | {sim_report.rate_cell(s["successes"], s["episodes"])} |')
     lines += ['', f"**Fisher's exact test (two-sided), A vs B: p = {p:.4g}**", '',
               'Rates with 95% Wilson intervals.', '']
     lines += sim_report.breakdown_markdown([sa, sb], ['A', 'B']) + ['']
