@@ -37,7 +37,8 @@ from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from vla_ros.closed_loop.processes import list_param, node_argv, Participant, start, stop
+from vla_ros.closed_loop.processes import (list_param, node_argv, Participant, start, stop,
+                                           stop_like_ctrl_c)
 from vla_ros.control.images import image_to_rgb
 from vla_ros.control.readers import stamp_seconds
 from vla_ros.nodes import diagnostics
@@ -259,6 +260,7 @@ def main(argv=None):
     if args.print_proprio:  # the one line `make demo-policy` reads
         print(' '.join(run_proprio(args.model)))
         return 0
+    stop_like_ctrl_c()  # a kill stops the nodes too
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = args.model

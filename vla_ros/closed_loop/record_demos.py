@@ -4,7 +4,8 @@ vla_record_demos: a scripted expert's demonstrations in sim_arm, one rosbag2 (MC
     vla_record_demos [--episodes 10] [--task reach|lift] [--seed 0] [--seconds 10] [--rate 10]
                      [--out out/demos] [--keep-failures] [--after-success 1.0]
                      [--start-spread 0.08] [--sim-param NAME:=VALUE ...]
-                     [--policy-model PATH [--policy reach|openvla_oft] [--takeover P]]
+                     [--policy-model PATH [--policy reach|openvla_oft] [--unnorm-key K]
+                      [--takeover P]]
 
 It starts ``sim_arm`` and ``arm_bridge`` as their own processes with ``config/vla.yaml`` (as
 the demo does) and plays the expert (``vla_ros.sim.expert``) as a ROS participant in this
@@ -64,7 +65,7 @@ from vla_ros.closed_loop.demo import node_params, POLICIES
 from vla_ros.closed_loop.processes import (node_argv, Participant, ProcessError, start, stop,
                                            stop_like_ctrl_c, wait_until)
 from vla_ros.control.geometry import quaternion_to_rpy
-from vla_ros.control.readers import header_stamp_ns_from_cdr
+from vla_ros.control.readers import header_stamp_ns_from_cdr, stamp_ns
 from vla_ros.nodes import messages, qos
 from vla_ros.recordings.bags import BagWriter
 from vla_ros.sim import tasks
@@ -88,6 +89,7 @@ PUBLISHED = {
 POLICY_REMAPS = ('vla/ee_delta:=vla/policy_ee_delta', 'vla/gripper:=vla/policy_gripper',
                  'vla/action:=vla/policy_action')
 POLICY_ACTION = ('vla/policy_action', 'std_msgs/msg/Float64MultiArray')
+POLICY_DELTA = 'vla/policy_ee_delta'  # only its stamp is used
 STAMPED = ('camera/image_raw', 'wrist_camera/image_raw', 'ee_pose', 'joint_states')
 # Best effort (matches the cameras' publisher) but a few deep, so a busy moment drops no frame.
 CAMERA_QOS = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
@@ -124,8 +126,11 @@ class ExpertRecorder(Participant):
             self.node.create_subscription(
                 cls, name, self._recorder(name), CAMERA_QOS if 'image' in name else STATE_QOS,
                 raw=True)
+        self._policy_stamp = None  # the newest vla/policy_ee_delta's: the policy's image
         if corrections:  # the policy's actions pace the steps
             self.node.create_subscription(Float64MultiArray, POLICY_ACTION[0], self._on_policy,
+                                          STATE_QOS)
+            self.node.create_subscription(PoseStamped, POLICY_DELTA, self._on_policy_delta,
                                           STATE_QOS)
         else:
             self.node.create_timer(1.0 / rate, self._act)
@@ -188,6 +193,7 @@ class ExpertRecorder(Participant):
         with self._lock:
             self._bag = bag
             self.actions = self.takeovers = 0
+            self._policy_stamp = None
             self._rng = np.random.default_rng([episode.seed, 21])
             self.state.pop('camera/image_raw', None)  # act only on images that are in the bag
             now = self.now_ns()
@@ -261,8 +267,20 @@ class ExpertRecorder(Participant):
             self._publish('vla/action', self._command(*labelled, now), now)
             self.actions += 1
 
+    def _on_policy_delta(self, msg):
+        """Keep the stamp vla_node gave its command (its chunk's image), as arm_bridge gets it."""
+        with self._lock:
+            self._policy_stamp = msg.header.stamp
+
     def _on_policy(self, msg):
-        """Label a step the policy took; execute the policy's action (or the expert's)."""
+        """
+        Label a step the policy took; execute the policy's action (or the expert's).
+
+        The policy's action keeps vla_node's stamp (its ``ee_delta``, published just before),
+        so arm_bridge ages a chunk's later rows as it does live; the expert's is stamped with
+        the image it acted on. The takeover draw is one per policy action, so a seed gives the
+        same draws whatever the timing.
+        """
         with self._lock:
             now = self.now_ns()
             image_ns = self.state.get('camera/image_raw')
@@ -278,8 +296,11 @@ class ExpertRecorder(Participant):
                 self._bag.write_raw(self.topic(POLICY_ACTION[0]), POLICY_ACTION[1], now,
                                     serialize_message(msg))
             labelled = self._label(now)
-            takeover = labelled is not None and self._rng.random() < self.takeover
-            self._command(labelled[0] if takeover else proposed, image_ns, now)
+            takeover = self._rng.random() < self.takeover and labelled is not None
+            if takeover or self._policy_stamp is None:
+                self._command(labelled[0] if takeover else proposed, image_ns, now)
+            else:
+                self._command(proposed, stamp_ns(self._policy_stamp), now)
             if labelled is not None:
                 stamp = Time(nanoseconds=image_ns).to_msg()
                 _, _, label = messages.action_to_messages(labelled[0], stamp, 'base_link')
@@ -334,15 +355,15 @@ def run_episode(rec, args, k, procs):
             if any(p.poll() is not None for p in procs.values()):
                 raise RecordError('a node exited during the episode')
             time.sleep(0.02)
+        success, time_to_success = rec.result()
+        actions, takeovers = rec.actions, rec.takeovers
+        rec.finish()
+        if args.policy_model:
+            reset_policy(rec)  # the policy stops; arm_bridge's watchdog holds the arm
     except (KeyboardInterrupt, ProcessError):
         rec.finish()  # a cut episode is no demonstration: its bag would train as one
         shutil.rmtree(bag, ignore_errors=True)
         raise
-    success, time_to_success = rec.result()
-    actions, takeovers = rec.actions, rec.takeovers
-    rec.finish()
-    if args.policy_model:
-        reset_policy(rec)  # the policy stops; arm_bridge's watchdog holds the arm
     kept = success or args.keep_failures or bool(args.policy_model)
     if not kept:
         shutil.rmtree(bag, ignore_errors=True)
@@ -399,7 +420,7 @@ def parse_args(argv):
     parser.add_argument('--policy-model', metavar='PATH',
                         help='record corrections: this checkpoint drives the arm through '
                         "vla_node, the expert labels every step (DAgger's data)")
-    parser.add_argument('--policy', choices=('reach', 'openvla_oft'), default='reach',
+    parser.add_argument('--policy', choices=('reach', 'openvla_oft'),
                         help="--policy-model's kind: vla_node's parameters as the demo's "
                         '(default reach: the trained demo policy and its state layout)')
     parser.add_argument('--unnorm-key', default='', metavar='K',
@@ -418,9 +439,14 @@ def parse_args(argv):
         parser.error('--sim-param takes NAME:=VALUE')
     if not 0.0 <= args.takeover <= 1.0:
         parser.error(f'--takeover must be in [0, 1] (a share of steps), got {args.takeover}')
-    if args.policy_model is None and (args.takeover or args.unnorm_key):
-        parser.error('--takeover and --unnorm-key go with --policy-model (the policy that '
-                     'drives while the expert labels)')
+    if args.policy_model is None and (args.takeover or args.unnorm_key or args.policy):
+        parser.error('--policy, --takeover and --unnorm-key go with --policy-model (the policy '
+                     'that drives while the expert labels)')
+    if args.policy_model is not None and args.task != 'reach':
+        parser.error(f'--policy-model records reach corrections only: the {args.task} expert '
+                     'runs phases that follow its own commands, so it cannot label steps '
+                     'another policy took')
+    args.policy = args.policy or 'reach'
     if args.policy_model is not None:
         if not Path(args.policy_model).is_dir():
             parser.error(f'--policy-model {args.policy_model}: no such checkpoint directory')

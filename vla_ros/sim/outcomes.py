@@ -12,8 +12,9 @@ objects' vertical axes. A successful episode is ``success``; a failed one gets t
 1. ``never_moved``: the path is shorter than ``NEVER_MOVED_PATH`` (2 cm).
 2. ``pinned_at_edge``: arm_bridge cut at least ``PINNED_BOX_CLAMPS`` (5) commands at its workspace
    box, or the end position lies within ``EDGE_MARGIN`` (1 cm) of a side or the top of the
-   workspace (the floor is left out: pressing down on the table is judged by the rules below). The
-   clamps catch pushing into arm_bridge's box; the margin catches an arm held at a box that cuts
+   workspace (for the end position the floor is left out: resting on the table is judged by the
+   rules below). The clamps catch pushing into arm_bridge's box, whose floor is the table plane,
+   so pushing down into the table counts too; the margin catches an arm held at a box that cuts
    nothing in arm_bridge (sim_arm clips its own, narrower workspace).
 3. ``went_for_another_object``: the object nearest the end position is not the named one, and it is
    within ``ANOTHER_OBJECT_RADIUS`` (6 cm) of it.
