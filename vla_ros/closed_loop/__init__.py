@@ -3,7 +3,9 @@ The programs that start the nodes and close the loop: demo, expert recorder, sim
 
 Files: ``processes`` (the process kit they and the tests' DDS harness share: config file,
 executables, start, stop, a private participant spun on a thread), ``demo`` (sim_arm + vla_node +
-arm_bridge with a policy), ``record_demos`` (the scripted expert recorded as rosbag2 episodes),
-``sim_eval`` (a checkpoint's success rate in closed loop), ``sim_recorder`` (what it watches),
-``sim_report`` (its report), ``sim_compare`` (two runs compared, with an exact test).
+arm_bridge with a policy), ``record_demos`` (the scripted expert's episodes, or a policy's
+corrections, recorded as rosbag2 bags), ``expert_recorder`` (its participant: the expert or the
+labeller, and the bag), ``sim_eval`` (a checkpoint's success rate in closed loop),
+``sim_recorder`` (what it watches), ``sim_report`` (its report), ``sim_compare`` (two runs
+compared, with an exact test).
 """
