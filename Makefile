@@ -77,7 +77,7 @@ demo: $(STAMP)
 #    recorded as bags by two recorders side by side (own ROS domains);
 # 2. round 1: the miniature OpenVLA-OFT fully fine-tuned on 1050 of them (the last 30 of the
 #    first recorder, 10 unseen layouts, validate), statistics under sim_reach_demos;
-# 3. corrections: round 1 drives the arm through vla_node in 300 new episodes (100 more
+# 3. corrections: round 1 drives the arm through vla_node in 300 new episodes (about 100 more
 #    layouts), the expert labels every step and takes over 30% of them;
 # 4. round 2: from round 1, on 600 of the demonstrations and the corrections, with OFT's image
 #    augmentation, statistics under sim_reach; its trained parameters are copied into
