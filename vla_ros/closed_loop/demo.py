@@ -158,6 +158,17 @@ def run_proprio(model=None):
                          'vla_finetune, or a --policy other than reach') from None
 
 
+def vla_node_argv(model, unnorm_key, rate, params, remaps=()):
+    """
+    Return vla_node's command on ``model`` at ``rate`` Hz with ``params`` (``NAME:=VALUE``).
+
+    ``unnorm_key`` '' leaves the key to the checkpoint (its only one): rcl refuses an empty -p.
+    """
+    return node_argv('vla_node', f'model_path:={model}',
+                     *([f'unnorm_key:={unnorm_key}'] if unnorm_key else []),
+                     f'control_rate_hz:={float(rate)}', *params, remaps=remaps)
+
+
 def node_params(policy, model):
     """Return vla_node's parameters of ``policy`` on sim_arm (reach's state: ``model``'s)."""
     params = list(POLICIES[policy]['params'])
@@ -277,9 +288,7 @@ def main(argv=None):
     procs = {
         'sim_arm': start(node_argv('sim_arm', 'task:=reach', f'seed:={args.seed}'),
                          out / 'sim_arm.log'),
-        'vla_node': start(node_argv('vla_node', f'model_path:={model}',
-                                    f'unnorm_key:={args.unnorm_key}',
-                                    f'control_rate_hz:={args.rate}', *vla_params),
+        'vla_node': start(vla_node_argv(model, args.unnorm_key, args.rate, vla_params),
                           out / 'vla_node.log'),
         'arm_bridge': start(node_argv('arm_bridge'), out / 'arm_bridge.log'),
     }

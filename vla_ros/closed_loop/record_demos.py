@@ -52,7 +52,7 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
-from vla_ros.closed_loop.demo import node_params, POLICIES
+from vla_ros.closed_loop.demo import node_params, POLICIES, vla_node_argv
 from vla_ros.closed_loop.expert_recorder import ExpertRecorder, POLICY_REMAPS
 from vla_ros.closed_loop.processes import (node_argv, ProcessError, start, stop,
                                            stop_like_ctrl_c, wait_until)
@@ -132,11 +132,9 @@ def node_commands(args):
              'arm_bridge': node_argv('arm_bridge')}
     if args.policy_model:
         preset = POLICIES[args.policy]
-        argvs['vla_node'] = node_argv(
-            'vla_node', f'model_path:={args.policy_model}',
-            f'unnorm_key:={args.unnorm_key or preset["unnorm_key"]}',
-            f'control_rate_hz:={args.rate:g}', *node_params(args.policy, args.policy_model),
-            remaps=POLICY_REMAPS)
+        argvs['vla_node'] = vla_node_argv(
+            args.policy_model, args.unnorm_key or preset['unnorm_key'], args.rate,
+            node_params(args.policy, args.policy_model), remaps=POLICY_REMAPS)
     return argvs
 
 

@@ -39,13 +39,9 @@ def load(path):
     if not episodes or not isinstance(episodes, list) or not all(
             isinstance(e, dict) and isinstance(e.get('success'), bool) for e in episodes):
         raise ResultsError(f'{file}: no episodes with a success field; {fix}')
-    per_object = {}
-    for e in episodes:
-        counts = per_object.setdefault(str(e.get('object', '?')), [0, 0])
-        counts[0] += e['success']
-        counts[1] += 1
     summary = {'episodes': len(episodes), 'successes': sum(e['success'] for e in episodes),
-               'per_object': dict(sorted(per_object.items())),
+               'per_object': sim_report.per_object((str(e.get('object', '?')), e['success'])
+                                                   for e in episodes),
                'outcomes': sim_report.outcome_counts(e.get('failure', '') for e in episodes)}
     return {'path': str(file), 'config': data.get('config') or {}, 'summary': summary}
 

@@ -48,7 +48,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from vla_ros.closed_loop import sim_compare, sim_report
-from vla_ros.closed_loop.demo import node_params, POLICIES
+from vla_ros.closed_loop.demo import node_params, POLICIES, vla_node_argv
 from vla_ros.closed_loop.processes import (node_argv, Participant, ProcessError, start, stop,
                                            stop_like_ctrl_c)
 from vla_ros.closed_loop.sim_recorder import Recorder
@@ -357,10 +357,7 @@ def run(args, out):
     argvs = {
         'sim_arm': node_argv('sim_arm', f'seed:={args.seed}', f'task:={args.task}',
                              'publish_clock:=false', f'start_spread:={args.start_spread:g}'),
-        'vla_node': node_argv('vla_node', f'model_path:={args.model}',
-                              # '' (default): the checkpoint's only key; rcl refuses an empty -p
-                              *([f'unnorm_key:={args.unnorm_key}'] if args.unnorm_key else []),
-                              f'control_rate_hz:={args.rate}', *args.node_params),
+        'vla_node': vla_node_argv(args.model, args.unnorm_key, args.rate, args.node_params),
         'arm_bridge': node_argv('arm_bridge'),
     }
     config = {'model': args.model, 'policy': args.policy, 'unnorm_key': args.unnorm_key,

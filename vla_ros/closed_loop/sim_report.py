@@ -113,6 +113,16 @@ class Episode:
         return out
 
 
+def per_object(pairs):
+    """Return ``{object: [successes, episodes]}``, sorted by name, of (object, success) pairs."""
+    counts = {}
+    for name, success in pairs:
+        counts.setdefault(name, [0, 0])
+        counts[name][0] += int(success)
+        counts[name][1] += 1
+    return dict(sorted(counts.items()))
+
+
 def summarize(episodes, confidence=0.95):
     """Return the summary of a list of ``Episode``: success rate and interval, means, totals."""
     n = len(episodes)
@@ -121,11 +131,6 @@ def summarize(episodes, confidence=0.95):
     closest = [e.closest_approach for e in episodes if e.closest_approach is not None]
     low, high = wilson_interval(len(wins), n, confidence) if n else (None, None)
     clamps = {name: sum(e.clamps[name] for e in episodes if e.clamps) for name in CLAMPS}
-    per_object = {}
-    for e in episodes:
-        per_object.setdefault(e.object_name, [0, 0])
-        per_object[e.object_name][0] += int(e.success)
-        per_object[e.object_name][1] += 1
 
     def mean(values):
         return round(float(np.mean(values)), 4) if values else None
@@ -145,7 +150,7 @@ def summarize(episodes, confidence=0.95):
         'clamps': clamps,
         'mean_wall_time_per_episode': mean([e.wall_time for e in episodes]),
         'outcomes': outcome_counts([e.failure for e in episodes]),
-        'per_object': dict(sorted(per_object.items())),  # {object: [successes, episodes]}
+        'per_object': per_object((e.object_name, e.success) for e in episodes),
     }
 
 
