@@ -135,3 +135,13 @@ def test_stop_ends_the_whole_process_group_even_when_its_leader_goes_at_ctrl_c(t
                     if p.info['status'] != psutil.STATUS_ZOMBIE
                     and process_group(p.pid) == proc.pid]
     wait_until(group_gone, 5.0, message='the group to end')
+
+
+def test_a_participant_does_not_read_the_programs_command_line_as_ros_arguments(monkeypatch):
+    """vla_sim_eval's ``-p NAME:=VALUE`` is vla_node's: rcl took it as a remap of its own node."""
+    monkeypatch.setattr(sys, 'argv', ['vla_sim_eval', '-p', 'vla/action:=elsewhere'])
+    participant = processes.Participant('vla_test_argv')
+    try:
+        assert participant.node.resolve_topic_name('vla/action') == '/vla/action'
+    finally:
+        participant.close()

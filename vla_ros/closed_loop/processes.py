@@ -108,8 +108,10 @@ class Participant:
     """
     This process's ROS node: a private rclpy context, the node, an executor spun on a thread.
 
-    Not the global context, so tests and programs never meet another participant's state;
-    rclpy's signal handlers are left out, so Ctrl-C is a KeyboardInterrupt of the main thread
+    Not the global context, so tests and programs never meet another participant's state; not
+    the program's command line (``args=[]``): rcl would read ``-p NAME:=VALUE`` (vla_node's
+    parameter in vla_sim_eval's) as a deprecated remap rule of this node; rclpy's signal
+    handlers are left out, so Ctrl-C is a KeyboardInterrupt of the main thread
     and the program stops its nodes itself. Not the MultiThreadedExecutor: its dispatch thread
     holds the GIL most of the time, which delays the main thread that stamps and publishes.
     """
@@ -120,7 +122,8 @@ class Participant:
         from rclpy.signals import SignalHandlerOptions
 
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
+        rclpy.init(args=[], context=self.context,
+                   signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
