@@ -29,7 +29,8 @@ from vla_ros.sim.scenes import scene
 from vla_ros.training import cli
 from vla_ros.training.checkpoint import read_log
 from vla_ros.training.dataset import (check_bags, ChunkDataset, collate, NON_FINITE_ACTION,
-                                      NON_FINITE_STATE, Preprocessor, read_episode, sample_arrays)
+                                      NON_FINITE_STATE, object_standardisation, Preprocessor,
+                                      read_episode, sample_arrays)
 from vla_ros.training.finetune import statistics_of
 from vla_ros.training.stats import normalize_actions
 
@@ -396,6 +397,54 @@ def test_nan_and_inf_steps_are_no_sample_and_are_reported(base, tmp_path, capsys
     assert run_file['skipped'] == {NON_FINITE_ACTION: 2, NON_FINITE_STATE: 1}
 
 
+# ---- the auxiliary target: the named object's position (--aux-object) ------------------------
+def task_message(position):
+    status = {'task': 'reach', 'object': 'red_cube', 'success': False}
+    if position is not None:
+        status['object_position'] = position
+    return typestore().types['std_msgs/msg/String'](data=json.dumps(status))
+
+
+def task_statuses(times_ms_positions):
+    return [('/sim/task', T0_NS + ms * MS_NS, task_message(p)) for ms, p in times_ms_positions]
+
+
+def test_aux_object_targets_are_the_newest_sim_task_position_at_each_step(tmp_path):
+    a, b, c = [0.4, 0.1, 0.02], [0.45, -0.05, 0.03], [0.5, 0.0, 0.025]
+    bag, _ = make_bag(tmp_path / 'task', raw_messages=task_statuses(
+        [(50, a), (300, b), (420, None), (500, c), (700, 'not a position')]))
+    episode = read_episode(bag, options(), objects=True)
+    # Steps every 100 ms from the first frame (T0); a status at the step's time is its own.
+    expected = [math.nan, a, a, b, b, c, c, math.nan]
+    for k, want in enumerate(expected):
+        assert np.array_equal(episode.objects[k], np.full(3, math.nan) if want is math.nan
+                              else np.array(want), equal_nan=True), (k, episode.objects[k])
+    assert episode.objects.shape == (8, 3) and read_episode(bag, options()).objects is None
+    mean, std = object_standardisation([episode])
+    known = np.array([a, a, b, b, c, c])[[k - 1 for k in episode.samples if 0 < k < 7]]
+    assert np.allclose(mean, known.mean(axis=0)) and np.allclose(std, known.std(axis=0))
+
+
+@pytest.mark.slow  # trains the miniature for 6 steps
+def test_aux_object_trains_its_head_beside_the_policys_and_the_checkpoint_loads(base, tmp_path):
+    from safetensors.torch import load_file
+
+    from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
+
+    bag, _ = make_bag(tmp_path / 'task', raw_messages=task_statuses(
+        [(-20, [0.4, 0.1, 0.02]), (330, [0.45, -0.05, 0.03]), (610, [0.5, 0.0, 0.025])]))
+    out = tmp_path / 'run'
+    assert run(*data_args(bag), '--base', base, '--out', out, '--unnorm-key', KEY, '--steps', '6',
+               '--save-every', '0', '--aux-object', '1', *TRAIN) == 0
+    object_l1 = [r['object_l1'] for r in read_log(out) if 'loss' in r]
+    assert len(object_l1) == 6 and object_l1[-1] < 0.8 * object_l1[0], object_l1
+    trained = load_file(out / 'training_state' / 'trainable.safetensors')
+    assert {'object_head.weight', 'object_head.bias'} <= set(trained)
+    policy = OpenVLAOFTPolicy.from_pretrained(out, platform='libero', device='cpu',
+                                              dtype='float32')  # no place for that head
+    assert policy.unnorm_keys == [KEY]
+
+
 # ---- bad input: one line, exit status 2, before any training -----------------------------------
 def bad_action_bag(path):
     ts = typestore()
@@ -406,7 +455,8 @@ def bad_action_bag(path):
 
 
 @pytest.mark.parametrize('case', ['topics', 'key', 'out', 'lora_only', 'action_dim',
-                                  'out_under_a_file', 'out_read_only', 'image_aug'])
+                                  'out_under_a_file', 'out_read_only', 'image_aug',
+                                  'aux_object_without_sim_task', 'aux_object_negative'])
 def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path, capsys):
     bag, out, args = bags[0][0], tmp_path / 'out', []
     if case == 'out_under_a_file':
@@ -426,6 +476,12 @@ def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path
     elif case == 'image_aug':
         args = ['--image-aug']
         expect = ['--image-aug trains on random 0.9-area crops', 'pass --center-crop too']
+    elif case == 'aux_object_without_sim_task':  # a real robot's bag: no simulator status
+        args = ['--aux-object', '0.5']
+        expect = [f"--aux-object: bag '{bag}' has no /sim/task", 'or leave it out']
+    elif case == 'aux_object_negative':
+        args = ['--aux-object', '-1']
+        expect = ['--aux-object -1.0 must be a weight >= 0']
     elif case == 'key':
         args = ['--unnorm-key', 'synth_oft_libero']
         expect = ["'synth_oft_libero' already exists in the base", 'pass a new key']

@@ -30,6 +30,7 @@ PROG = 'vla_finetune'
 USAGE = ('%(prog)s BAG [BAG ...] --base PATH --out DIR --unnorm-key NEW\n'
          '       [--platform libero|bridge] [--camera-topics T [T ...]] [--compressed]\n'
          '       [--proprio ENTRY [ENTRY ...]] [--rate HZ] [--center-crop [--image-aug]]\n'
+         '       [--aux-object W]\n'
          '       [--val-bags BAG [BAG ...] | --val-fraction F] [--steps N] [--batch-size B]\n'
          '       [--lr LR] [--warmup-steps N] [--decay-after N] [--full | --lora-only]\n'
          '       [--lora-rank R] [--lora-alpha A] [--lora-target all|llm] [--val-every N]\n'
@@ -68,6 +69,11 @@ def build_parser():
                       help="OFT's training augmentation, fresh at every draw of a training "
                       'sample: a random square crop of 0.9 of the area resized back to 224, then '
                       'random brightness, contrast, saturation and hue (needs --center-crop)')
+    data.add_argument('--aux-object', type=float, default=0.0, metavar='W',
+                      help="also train a head that regresses the named object's position "
+                      "(the simulator's sim/task, in every training bag) from the action "
+                      'slots, its L1 loss weighted W (default 0: off); the policy never runs '
+                      'that head')
     data.add_argument('--val-bags', nargs='+', default=[], metavar='BAG',
                       help='held-out bags for the validation L1')
     data.add_argument('--val-fraction', type=float, default=0.0, metavar='F',
@@ -145,6 +151,8 @@ def config_from_args(args):
             raise FinetuneError(f'{flag} {value} must be >= {low}')
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise FinetuneError(f'--lr {args.lr} must be a positive number, e.g. 5e-4')
+    if not (math.isfinite(args.aux_object) and args.aux_object >= 0):
+        raise FinetuneError(f'--aux-object {args.aux_object} must be a weight >= 0, e.g. 0.5')
     if not 0 <= args.val_fraction < 1:
         raise FinetuneError(f'--val-fraction {args.val_fraction} must be in [0, 1)')
     if args.val_bags and args.val_fraction:
@@ -162,7 +170,7 @@ def config_from_args(args):
         base=str(Path(args.base).resolve()), out=str(Path(args.out).resolve()),
         unnorm_key=args.unnorm_key, bags=tuple(bags), val_bags=tuple(val),
         platform=args.platform, center_crop=args.center_crop, image_aug=args.image_aug,
-        mode=mode,
+        aux_object=args.aux_object, mode=mode,
         lora_rank=args.lora_rank, lora_alpha=alpha, lora_dropout=args.lora_dropout,
         lora_target=args.lora_target, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,

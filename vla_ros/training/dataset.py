@@ -24,10 +24,16 @@ each frame's crops (uint8 (K, 224, 224, 3)) are kept, and a sample only looks th
 (uint8 (224, 224, 3): the same 150 528 bytes as one crop), and every draw of a sample augments
 its frames anew (``augment``) before the processor's crops and normalisation; validation bags
 keep their crops, so their inputs stay the policy's.
+
+With ``--aux-object`` each training step also carries where the named object is: the
+``object_position`` of the newest ``sim/task`` (sim_arm's episode status, which
+``vla_record_demos`` records) logged at or before it, the target of the auxiliary head
+(``model.TrainModel``); a step before the first status has none (NaN, left out of that loss).
 """
 
 import collections
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +44,7 @@ from vla_ros.control.core import MAX_INSTRUCTION_CHARS
 from vla_ros.policy.oft.configuration import Bounds
 from vla_ros.policy.oft.processing import OFTProcessor, token_layout
 from vla_ros.recordings.actions import recorded_actions
-from vla_ros.recordings.bags import Bag
+from vla_ros.recordings.bags import Bag, STRING, topic_name
 from vla_ros.recordings.options import check_bag
 from vla_ros.recordings.steps import Instruction, step_time, StepReader
 from vla_ros.training import augment
@@ -48,6 +54,7 @@ from vla_ros.training.options import FinetuneError
 # (``Episode.skipped``) so that vla_finetune reports how many it dropped.
 NON_FINITE_ACTION = 'NaN or inf in the recorded action'
 NON_FINITE_STATE = 'NaN or inf in the state'
+SIM_TASK = topic_name('sim/task')  # sim_arm's episode status: the named object's position
 
 
 def check_bags(paths, options, action_dim):
@@ -92,6 +99,42 @@ def check_bags(paths, options, action_dim):
     return notes
 
 
+def check_object_topic(paths):
+    """Raise ``FinetuneError`` unless every bag records ``sim/task`` (``--aux-object``)."""
+    for path in paths:
+        with Bag(Path(path)) as bag:
+            msgtype, count = bag.topics.get(SIM_TASK, (None, 0))
+            if msgtype != STRING or not count:
+                raise FinetuneError(
+                    f'--aux-object: bag {str(path)!r} has no {SIM_TASK} ({STRING}: '
+                    "sim_arm's episode status, which holds the named object's position); use "
+                    "--aux-object only on the simulator's recordings (vla_record_demos), or "
+                    'leave it out')
+
+
+def object_positions(bag, times_ns):
+    """
+    Return (S, 3) float64: the newest ``sim/task`` ``object_position`` at or before each time.
+
+    NaN before the first status, and where that status has no usable position.
+    """
+    logged, values = [], []
+    for _, log_ns, msg in bag.messages([SIM_TASK]):
+        try:
+            value = np.asarray(json.loads(msg.data)['object_position'], dtype=np.float64)
+        except (ValueError, KeyError, TypeError):
+            value = np.full(3, np.nan)
+        logged.append(log_ns)
+        values.append(value if value.shape == (3,) else np.full(3, np.nan))
+    out = np.full((len(times_ns), 3), np.nan)
+    if logged:
+        index = np.searchsorted(np.asarray(logged, dtype=np.int64),
+                                np.asarray(times_ns, dtype=np.int64), side='right') - 1
+        found = index >= 0
+        out[found] = np.asarray(values)[index[found]]
+    return out
+
+
 # The policy's input pipeline on the CPU, split where a frame's cost can be cached.
 Preprocessor = OFTProcessor
 
@@ -108,6 +151,7 @@ class Episode:
     usable: np.ndarray  # (S,) bool: the step is a sample
     frames: dict  # (camera, frame index) -> uint8 crops (K, 224, 224, 3), or (224, 224, 3)
     skipped: dict  # reason -> number of steps
+    objects: np.ndarray = None  # (S, 3) float64: the named object's position (``--aux-object``)
 
     @property
     def samples(self):
@@ -123,12 +167,13 @@ class Episode:
         return np.stack(rows)
 
 
-def read_episode(path, options, preprocessor=None, uncropped=False):
+def read_episode(path, options, preprocessor=None, uncropped=False, objects=False):
     """
     Read one bag into an ``Episode`` (see the module docstring).
 
     Without a ``preprocessor`` no frame is preprocessed (the statistics need none). With
-    ``uncropped`` each frame is kept as OFT prepares it before any crop (``--image-aug``).
+    ``uncropped`` each frame is kept as OFT prepares it before any crop (``--image-aug``); with
+    ``objects`` each step's named-object position is read too (``--aux-object``).
     """
     cameras, topics, layout = options.cameras(), options.topics(), options.layout()
     instruction = ''
@@ -168,6 +213,7 @@ def read_episode(path, options, preprocessor=None, uncropped=False):
             steps.append((event.index, event.time_ns, event.image_log_ns, instruction,
                           None if problem else tuple(keys), state, problem))
         streams = reader.streams
+        positions = object_positions(bag, [s[1] for s in steps]) if objects else None
     actions = np.full((len(steps), 7), np.nan)
     if steps:
         t0 = steps[0][1]
@@ -186,7 +232,17 @@ def read_episode(path, options, preprocessor=None, uncropped=False):
     frames = {key: crops for key, crops in frames.items() if key in used}  # samples' only
     proprio = np.array([s[5] for s in steps], dtype=np.float64).reshape(len(steps), layout.dim)
     return Episode(str(path), actions, proprio, [s[3] for s in steps], keys, usable, frames,
-                   dict(skipped))
+                   dict(skipped), positions)
+
+
+def object_standardisation(episodes):
+    """Return (mean, std) (3,) of the named object's known positions over the samples."""
+    positions = np.concatenate([e.objects[e.usable] for e in episodes])
+    positions = positions[np.all(np.isfinite(positions), axis=1)]
+    if not len(positions):
+        raise FinetuneError("--aux-object: no training sample has the named object's position "
+                            '(sim/task object_position); leave --aux-object out')
+    return positions.mean(axis=0), np.maximum(positions.std(axis=0), 1e-3)
 
 
 def sample_arrays(episodes):
@@ -203,11 +259,14 @@ class ChunkDataset(torch.utils.data.Dataset):
     ``stats``: the new ``dataset_statistics.json`` entry; ``normalize`` turns raw actions into
     the head's targets (``stats.normalize_actions``). ``aug_seed``: augment every draw
     (``augment``, from the seed, the epoch (``set_epoch``) and the sample); the episodes are then
-    read ``uncropped``.
+    read ``uncropped``. ``objects``: (mean, std) of the named object's position: each sample
+    carries it standardised (``object_position``, NaN where unknown; episodes read with
+    ``objects``).
     """
 
-    def __init__(self, episodes, preprocessor, stats, normalize, aug_seed=None):
+    def __init__(self, episodes, preprocessor, stats, normalize, aug_seed=None, objects=None):
         self.episodes = episodes
+        self.objects = objects
         self.aug_seed, self.epoch = aug_seed, 0
         self.preprocessor = preprocessor
         constants = preprocessor.constants
@@ -242,6 +301,10 @@ class ChunkDataset(torch.utils.data.Dataset):
         if self.proprio_bounds is not None:
             sample['proprio'] = torch.tensor(self.proprio_bounds.normalize(episode.proprio[k]),
                                              dtype=torch.float32)  # (P,)
+        if self.objects is not None:
+            mean, std = self.objects
+            sample['object_position'] = torch.tensor((episode.objects[k] - mean) / std,
+                                                     dtype=torch.float32)  # (3,)
         return sample
 
 
@@ -251,7 +314,7 @@ def collate(samples, num_slots):
 
     Returns {'pixel_values' (B, 6N, 224, 224), 'ids' (B, T) long, 'keep' (B, T, 1) (0 at the
     action slots), 'prompt_len' (B,), 'seq_len' (B,), 'actions' (B, chunk, A), 'proprio'
-    (B, P) when given}.
+    (B, P) and 'object_position' (B, 3) when given}.
     """
     ids, keep, seq_len = token_layout([s['prompt_ids'] for s in samples], num_slots)
     batch = {'pixel_values': torch.stack([s['pixel_values'] for s in samples]),
@@ -259,8 +322,9 @@ def collate(samples, num_slots):
              'prompt_len': torch.tensor([len(s['prompt_ids']) for s in samples]),
              'seq_len': seq_len,
              'actions': torch.stack([s['actions'] for s in samples])}
-    if 'proprio' in samples[0]:
-        batch['proprio'] = torch.stack([s['proprio'] for s in samples])
+    for key in ('proprio', 'object_position'):
+        if key in samples[0]:
+            batch[key] = torch.stack([s[key] for s in samples])
     return batch
 
 

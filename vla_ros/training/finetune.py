@@ -10,9 +10,10 @@ One fine-tuning run: checks, data, statistics, OFT's training loop under ``accel
 3. loads the base and sets it up for the mode (``model``): a base that does not load fails here,
    before anything is written; then copies the base's files and writes the statistics into the
    output, and trains with AdamW on the L1 loss between the head's chunks and the normalised
-   target chunks (OFT's loss; the batch size is OFT's 8 by default). The learning rate is
-   OFT's: constant, optionally warmed up from 10 % over ``warmup_steps`` and divided by 10 from
-   ``decay_after``; a pure function of the step, so a resumed run continues it exactly;
+   target chunks (OFT's loss; the batch size is OFT's 8 by default), plus, with ``aux_object``,
+   that weight times the L1 of the named object's standardised position (``model``). The
+   learning rate is OFT's: constant, optionally warmed up from 10 % over ``warmup_steps`` and
+   divided by 10 from ``decay_after``; a pure function of the step, so a resumed run continues it exactly;
 4. every ``val_every`` steps the mean L1 on the validation bags, every ``save_every`` steps (and
    at the end) the checkpoint and the training state (``checkpoint``).
 
@@ -35,8 +36,9 @@ from vla_ros.policy.backbone.configuration import resolve_dtype
 from vla_ros.policy.backbone.processing import ImageProcessor, PromptTokenizer
 from vla_ros.policy.oft.configuration import OFTConstants
 from vla_ros.training import checkpoint, stats as statistics
-from vla_ros.training.dataset import (check_bags, ChunkDataset, collate, EpochSampler,
-                                      Preprocessor, read_episode, sample_arrays)
+from vla_ros.training.dataset import (check_bags, check_object_topic, ChunkDataset, collate,
+                                      EpochSampler, object_standardisation, Preprocessor,
+                                      read_episode, sample_arrays)
 from vla_ros.training.model import build_model, head_state, merged_state_dict, trainable_parameters
 from vla_ros.training.options import (check_base, check_inputs, check_out_dir, FinetuneError,
                                       read_run, write_run)
@@ -65,12 +67,14 @@ def check(config, options, resume=False):
         raise FinetuneError(f'{", ".join(overlap)} is both a training and a validation bag; '
                             'pass each bag once, as BAG or in --val-bags')
     notes = check_bags(list(config.bags) + list(config.val_bags), options, constants.action_dim)
+    if config.aux_object:
+        check_object_topic(config.bags)
     for note in notes if os.environ.get('RANK', '0') == '0' else ():  # once, not per process
         print(f'{PROG}: note: {note}', file=sys.stderr)
     return constants, head_file, projector_file
 
 
-def read_episodes(paths, options, preprocessor, show, desc, uncropped=False):
+def read_episodes(paths, options, preprocessor, show, desc, uncropped=False, objects=False):
     """
     Read the bags; fail naming the reasons when they give no sample.
 
@@ -78,7 +82,7 @@ def read_episodes(paths, options, preprocessor, show, desc, uncropped=False):
     counted by reason (``skipped``): the summary and run.json report them.
     """
     bar = tqdm(paths, desc=desc, unit='bag', disable=None if show else True, leave=False)
-    episodes = [read_episode(path, options, preprocessor, uncropped) for path in bar]
+    episodes = [read_episode(path, options, preprocessor, uncropped, objects) for path in bar]
     if paths and not sum(len(e.samples) for e in episodes):
         why = ', '.join(f'{count} steps: {reason}' for reason, count in skipped(episodes).items())
         raise FinetuneError(f'the {desc.split()[-1]} bags give no sample ({why or "no steps"}) '
@@ -88,16 +92,22 @@ def read_episodes(paths, options, preprocessor, show, desc, uncropped=False):
 
 
 def read_data(config, options, preprocessor, show=False):
-    """Return (training, validation) episodes; with --image-aug the training frames uncropped."""
+    """
+    Return (training, validation) episodes.
+
+    With --image-aug the training frames are kept uncropped, with --aux-object the training
+    steps have the named object's position.
+    """
     return (read_episodes(config.bags, options, preprocessor, show, 'reading training',
-                          uncropped=config.image_aug),
+                          uncropped=config.image_aug, objects=bool(config.aux_object)),
             read_episodes(config.val_bags, options, preprocessor, show, 'reading validation'))
 
 
 def datasets(config, train_eps, val_eps, preprocessor, entry, normalize):
     """Return (training set, validation set or None): only training draws are augmented."""
     train = ChunkDataset(train_eps, preprocessor, entry, normalize,
-                         config.seed if config.image_aug else None)
+                         config.seed if config.image_aug else None,
+                         object_standardisation(train_eps) if config.aux_object else None)
     val = ChunkDataset(val_eps, preprocessor, entry, normalize) if val_eps else None
     return train, val
 
@@ -230,6 +240,7 @@ class Loop:
         self.model, self.optimizer = model, optimizer
         self.out, self.dtypes, self.show = out, dtypes, show
         self.losses, self.val_l1 = [], None
+        self.object_l1 = None  # the auxiliary head's last L1 (--aux-object)
 
     def run(self, loader, sampler, val_loader, step, data):
         config, accelerator = self.config, self.accelerator
@@ -251,7 +262,9 @@ class Loop:
                     step += 1
                     self.losses.append(loss)
                     self.log({'step': step, 'loss': loss, 'lr': lr_at(config, step - 1),
-                              'epoch': epoch, 'time_s': time.perf_counter() - start})
+                              'epoch': epoch, 'time_s': time.perf_counter() - start,
+                              **({} if self.object_l1 is None
+                                 else {'object_l1': self.object_l1})})
                     if val_loader is not None and config.val_every and \
                             step % config.val_every == 0:
                         self.validate(val_loader, step)
@@ -285,9 +298,19 @@ class Loop:
         for group in self.optimizer.param_groups:
             group['lr'] = lr_at(self.config, step)
         self.model.train()
-        predicted = self.model(**batch)  # (B, chunk, A)
+        predicted = self.model(**batch)  # (B, chunk, A), or with the object head a pair
+        if isinstance(predicted, tuple):
+            predicted, objects = predicted
         loss = torch.nn.functional.l1_loss(predicted, batch['actions'])
-        self.accelerator.backward(loss)
+        total = loss
+        if self.config.aux_object:  # masked mean: a step before the first sim/task has none
+            target = batch['object_position']
+            known = torch.isfinite(target)
+            error = (objects - target.nan_to_num()).abs() * known
+            object_l1 = error.sum() / known.sum().clamp(min=1)
+            total = loss + self.config.aux_object * object_l1
+            self.object_l1 = float(object_l1.detach())
+        self.accelerator.backward(total)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss = loss.detach()
@@ -301,7 +324,10 @@ class Loop:
         total, count = 0.0, 0
         with torch.no_grad():
             for batch in loader:
-                error = (self.model(**batch) - batch['actions']).abs().mean(dim=(1, 2))  # (B,)
+                predicted = self.model(**batch)
+                if isinstance(predicted, tuple):  # the object head's output: not the policy's
+                    predicted = predicted[0]
+                error = (predicted - batch['actions']).abs().mean(dim=(1, 2))  # (B,)
                 error = self.accelerator.gather_for_metrics(error)
                 total += float(error.sum())
                 count += error.numel()

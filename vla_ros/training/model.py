@@ -15,6 +15,12 @@ Modes (``TrainConfig.mode``), OFT's recipe:
 - ``lora_only``: the adapters only; the base's head and projector stay as they are;
 - ``full``: every backbone weight (but the unused ``lm_head``), the head and the projector.
 
+``aux_object`` (``--aux-object``) adds the auxiliary head: a linear map from the action slots'
+mean hidden state to the named object's (standardised) position, trained beside the L1 loss so
+that the backbone learns where the instruction's object is (the simulator knows; a real VLA
+brings that grounding from pretraining). It is training's only: the checkpoint has no place for
+it and the policy never runs it.
+
 ``merged_state_dict`` returns the backbone's weights with each adapter folded in
 (``W + B A * scaling``, peft's ``get_delta_weight``) under the checkpoint's own tensor names,
 so the output folder loads with ``load_backbone`` like any checkpoint; the model keeps training
@@ -35,18 +41,22 @@ LORA_MARK = 'lora_'
 class TrainModel(nn.Module):
     """Backbone, L1 head and proprio projector; ``forward(**batch)`` -> normalised chunks."""
 
-    def __init__(self, vla, constants, action_head, proprio_projector=None):
+    def __init__(self, vla, constants, action_head, proprio_projector=None, object_head=None):
         super().__init__()
         self.vla = vla
         self.action_head = action_head
         self.proprio_projector = proprio_projector
+        self.object_head = object_head
         self.constants = constants
 
-    def forward(self, pixel_values, ids, keep, prompt_len, seq_len, proprio=None, actions=None):
+    def forward(self, pixel_values, ids, keep, prompt_len, seq_len, proprio=None, actions=None,
+                object_position=None):
         """
         Return normalised chunks (B, chunk, A) float32 for a ``dataset.collate`` batch.
 
-        ``actions`` (the targets) is accepted and ignored, so a whole batch can be passed.
+        With an ``object_head``, return (chunks, the named object's position (B, 3)). The
+        targets (``actions``, ``object_position``) are accepted and ignored, so a whole batch
+        can be passed.
         """
         forward = OFTForward(self.vla, self.constants, self.action_head, self.proprio_projector)
         patches = forward.patches(pixel_values)  # (B, 256 N, D)
@@ -63,7 +73,10 @@ class TrainModel(nn.Module):
         start = prefix + prompt_len - 1  # (B,): from the prompt's last token (OFT's off-by-one)
         index = start[:, None] + torch.arange(slots, device=embeds.device)[None]  # (B, K)
         hidden = hidden.gather(1, index[..., None].expand(batch, slots, width))  # (B, K, D)
-        return forward.head(hidden)  # (B, chunk, A)
+        chunks = forward.head(hidden)  # (B, chunk, A)
+        if self.object_head is None:
+            return chunks
+        return chunks, self.object_head(hidden.float().mean(dim=1))  # (B, 3)
 
 
 def load_heads(width, constants, head_file, projector_file, with_projector):
@@ -116,7 +129,10 @@ def build_model(config, constants, device, dtype, head_file, projector_file, wit
         if module is not None:
             module.to(device=backbone.device, dtype=torch.float32)
             module.requires_grad_(heads_train)
-    return TrainModel(vla, constants, head, projector), backbone
+    objects = None
+    if config.aux_object:
+        objects = nn.Linear(width, 3).to(device=backbone.device, dtype=torch.float32)
+    return TrainModel(vla, constants, head, projector, objects), backbone
 
 
 def trainable_parameters(model):

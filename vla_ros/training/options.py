@@ -44,6 +44,7 @@ class TrainConfig:
     platform: str = 'libero'
     center_crop: bool = False
     image_aug: bool = False  # OFT's random crop and colour jitter per draw (``augment``)
+    aux_object: float = 0.0  # weight of the named object's position loss (0: no such head)
     mode: str = 'lora'  # 'lora' (LoRA + heads), 'lora_only' (LoRA, the base's heads), 'full'
     lora_rank: int = 32
     lora_alpha: float = 16.0
