@@ -13,7 +13,8 @@ One fine-tuning run: checks, data, statistics, OFT's training loop under ``accel
    target chunks (OFT's loss; the batch size is OFT's 8 by default), plus, with ``aux_object``,
    that weight times the L1 of the named object's standardised position (``model``). The
    learning rate is OFT's: constant, optionally warmed up from 10 % over ``warmup_steps`` and
-   divided by 10 from ``decay_after``; a pure function of the step, so a resumed run continues it exactly;
+   divided by 10 from ``decay_after``; a pure function of the step, so a resumed run continues
+   it exactly;
 4. every ``val_every`` steps the mean L1 on the validation bags, every ``save_every`` steps (and
    at the end) the checkpoint and the training state (``checkpoint``).
 
