@@ -9,5 +9,8 @@ hysteresis, pairing a command with its step), ``geometry`` (every rotation, fini
 ``concurrency`` (newest-input slots, the inference worker), ``stats`` (diagnostics figures),
 ``chunks`` (which row of which chunk a tick publishes), ``clock`` (a node clock that jumps back),
 ``readers`` (one reader per message field), ``state`` (the state vector from pose and joints),
-``step_period`` (one policy step's length, learned from arrivals).
+``step_period`` (one policy step's length, learned from arrivals), ``joints`` (joint-space
+actions: the joint of each action dimension, limits from parameters or URDF, the joint safety
+checks), ``trajectory`` (joint trajectories for ros2_control's joint_trajectory_controller and
+the checks it applies).
 """
