@@ -58,6 +58,10 @@ def test_compare_prints_both_rates_the_p_value_per_object_and_outcome(tmp_path, 
     assert '| stopped_short | 3 (25%) | 0 (0%) |' in text
     assert '| never_moved | 0 (0%) | 9 (75%) |' in text
     assert (tmp_path / 'cmp' / 'comparison.md').read_text() == text
+    assert 'Note: the runs differ in start_spread (0.0 and 0.08), so they are not the same ' \
+        'episodes.' in text
+    assert sim_eval.main(['--compare', str(trained), str(trained)]) == 0
+    assert 'Note:' not in capsys.readouterr().out
 
 
 def test_summary_counts_outcomes_and_per_object(tmp_path):

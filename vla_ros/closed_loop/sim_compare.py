@@ -13,6 +13,9 @@ import sys
 from vla_ros.closed_loop import sim_report
 
 OUT_NAME = 'comparison.md'
+# The settings that make the episodes what they are: runs that differ in one compare two
+# policies on different episodes (still a valid test of the rates, but say so).
+EPISODE_SETTINGS = ('task', 'seed', 'episodes', 'seconds', 'start_spread')
 
 
 class ResultsError(ValueError):
@@ -62,6 +65,11 @@ def compare(a, b):
                      f'| {start} | {sim_report.rate_cell(s["successes"], s["episodes"])} |')
     lines += ['', f"**Fisher's exact test (two-sided), A vs B: p = {p:.4g}**", '',
               'Rates with 95% Wilson intervals.', '']
+    differ = [f'{key} ({a["config"].get(key)!r} and {b["config"].get(key)!r})'
+              for key in EPISODE_SETTINGS if a['config'].get(key) != b['config'].get(key)]
+    if differ:
+        lines += [f'Note: the runs differ in {", ".join(differ)}, so they are not the same '
+                  'episodes.', '']
     lines += sim_report.breakdown_markdown([sa, sb], ['A', 'B']) + ['']
     return '\n'.join(lines), p
 
