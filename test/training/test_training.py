@@ -445,6 +445,23 @@ def test_aux_object_trains_its_head_beside_the_policys_and_the_checkpoint_loads(
     assert policy.unnorm_keys == [KEY]
 
 
+def test_resuming_with_another_setting_names_it_as_saved_then_and_as_given_now(tmp_path):
+    from vla_ros.training.options import FinetuneError, read_run, TrainConfig, write_run
+
+    config = TrainConfig(base='base', out=str(tmp_path), unnorm_key=KEY, bags=('a',),
+                         lr=1e-3)
+    write_run(tmp_path, config, options(), 5, {})
+    run_file = tmp_path / 'training_state' / 'run.json'
+    saved = json.loads(run_file.read_text())
+    del saved['config']['image_aug']  # a run saved before the flag existed
+    run_file.write_text(json.dumps(saved))
+    assert read_run(tmp_path, dataclasses.replace(config, steps=10), options())['step'] == 5
+    changed = dataclasses.replace(config, steps=10, image_aug=True, lr=5e-4)
+    with pytest.raises(FinetuneError, match='image_aug: was False, now True; lr: was 0.001, '
+                       'now 0.0005'):
+        read_run(tmp_path, changed, options())
+
+
 # ---- bad input: one line, exit status 2, before any training -----------------------------------
 def bad_action_bag(path):
     ts = typestore()

@@ -204,7 +204,8 @@ def read_run(out, config, data_options):
                 if f.default is not dataclasses.MISSING}
     changed = [k for k in sorted(now) if saved.get(k, defaults.get(k)) != now.get(k)]
     if changed:
-        what = '; '.join(f'{k}: was {saved.get(k)!r}, now {now.get(k)!r}' for k in changed[:4])
+        what = '; '.join(f'{k}: was {saved.get(k, defaults.get(k))!r}, now {now.get(k)!r}'
+                         for k in changed[:4])
         raise FinetuneError(f'--resume: the command differs from the run in {out} ({what}); '
                             'resume with the same bags and options (only '
                             f'{", ".join("--" + k.replace("_", "-") for k in RESUMABLE)} may '
