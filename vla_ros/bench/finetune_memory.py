@@ -5,9 +5,9 @@ vla_finetune's memory while it reads the bags: the frames it keeps against what 
 
 Each of two child processes reads the training bags as ``vla_finetune`` does (its parser, its
 checks, ``finetune.read_data``), one with glibc's mmap threshold as glibc leaves it and one
-fixed as ``vla_finetune`` fixes it (``cli.steady_malloc``), and prints the bytes of the frames
-kept for training and how much the resident size grew while reading. ``--out`` is not written;
-any path will do.
+fixed as ``vla_finetune`` fixes it while reading (``training.memory``), and prints the bytes
+of the frames kept for training and how much the resident size grew while reading. ``--out``
+is not written; any path will do.
 """
 
 import subprocess
@@ -28,11 +28,11 @@ def read_once(argv, fixed):
     """Read the training bags of ``argv`` (vla_finetune's flags); print kept and grown bytes."""
     from vla_ros.policy.backbone.processing import ImageProcessor, PromptTokenizer
     from vla_ros.policy.oft.configuration import OFTConstants
-    from vla_ros.training import cli, finetune
+    from vla_ros.training import cli, finetune, memory
     from vla_ros.training.dataset import Preprocessor
 
     if fixed:
-        cli.steady_malloc()
+        memory.mallopt(memory.M_MMAP_THRESHOLD, memory.READING_THRESHOLD)
     config, options = cli.config_from_args(cli.build_parser().parse_args(argv))
     preprocessor = Preprocessor(ImageProcessor.from_pretrained(config.base),
                                 PromptTokenizer.from_pretrained(config.base),

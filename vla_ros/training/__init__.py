@@ -7,7 +7,8 @@ samples with vla_eval's step semantics and the policy's own preprocessing), ``au
 (OFT's training image augmentation, ``--image-aug``), ``stats`` (the new
 dataset statistics and the normalised targets), ``model`` (the forward pass on a batch, LoRA,
 merged weights), ``checkpoint`` (the output folder and the state to resume from), ``finetune``
-(the run and its training loop under ``accelerate``), ``cli`` (the command line),
+(the run and its training loop under ``accelerate``), ``memory`` (glibc's malloc kept compact
+while the bags are read), ``cli`` (the command line),
 ``demo_policy`` (the demo's trained policy, rebuilt from the assets the package ships).
 """
 

@@ -17,7 +17,6 @@ BAG ... --out DIR`` (``--batch-size`` is per process).
 """
 
 import argparse
-import ctypes
 import math
 from pathlib import Path
 import random
@@ -201,30 +200,9 @@ def report(config, summary, stats_only):
           f'{config.platform} -p model_path:={config.out} -p unnorm_key:={config.unnorm_key}')
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def steady_malloc(threshold=256 * 1024):
-    """
-    Fix glibc's mmap threshold for this process; return whether it took (False off glibc).
-
-    glibc raises the threshold after each large free (up to 32 MB), so once the first decoded
-    camera frame is freed, the next ones come from the heap, between the 150 kB frames that
-    training keeps, and the heap cannot give that memory back: reading 40 correction bags
-    (2131 samples, 0.46 GB of kept frames) grew the process by 1.54 GB; with the threshold
-    fixed, by 0.57 GB (docs/vla_finetune.md).
-    """
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
-
-
 def main(argv=None):
     """Console entry point of ``vla_finetune``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    steady_malloc()
     from vla_ros.policy.errors import PolicyError
     from vla_ros.training.finetune import finetune
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from vla_ros.policy.backbone.configuration import resolve_dtype
 from vla_ros.policy.backbone.processing import ImageProcessor, PromptTokenizer
 from vla_ros.policy.oft.configuration import OFTConstants
-from vla_ros.training import checkpoint, stats as statistics
+from vla_ros.training import checkpoint, memory, stats as statistics
 from vla_ros.training.dataset import (check_bags, check_object_topic, ChunkDataset, collate,
                                       EpochSampler, object_standardisation, Preprocessor,
                                       read_episode, sample_arrays)
@@ -162,8 +162,9 @@ def finetune(config, options, resume=False, stats_only=False, progress=True):
     accelerator = make_accelerator(config.device)
     main = accelerator.is_main_process
     if stats_only:
-        episodes = read_episodes(config.bags, options, None, progress and main,
-                                 'reading training')
+        with memory.compact_reading():
+            episodes = read_episodes(config.bags, options, None, progress and main,
+                                     'reading training')
         entry = statistics_of(episodes)
         path = out / statistics.DATASET_STATISTICS_FILE
         if main:
@@ -175,7 +176,8 @@ def finetune(config, options, resume=False, stats_only=False, progress=True):
     preprocessor = Preprocessor(ImageProcessor.from_pretrained(config.base),
                                 PromptTokenizer.from_pretrained(config.base), constants,
                                 config.center_crop)
-    train_eps, val_eps = read_data(config, options, preprocessor, show)
+    with memory.compact_reading():
+        train_eps, val_eps = read_data(config, options, preprocessor, show)
     entry = statistics.read_statistics(out, config.unnorm_key) if resume else None
     entry = entry or statistics_of(train_eps)
     dtypes = checkpoint.weight_layout(config.base)
