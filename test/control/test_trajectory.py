@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vla_ros.control.trajectory import (bridge_refusal, chunk_trajectory, FLOAT_EPSILON,
-                                        jtc_refusal, JtcOptions, Point, Trajectory)
+                                        Follower, jtc_refusal, JtcOptions, Point, Trajectory)
 
 ARM = ('waist', 'shoulder', 'elbow', 'forearm_roll', 'wrist_angle', 'wrist_rotate')
 NOW_NS = 50 * 10**9
@@ -126,3 +126,25 @@ def test_the_bridge_also_refuses_what_jtc_would_take_and_must_not_move_the_arm(b
     doubled = dataclasses.replace(good, joint_names=ARM[:5] + ('waist',))
     assert jtc_refusal(doubled, ARM, NOW_NS) == ''  # six names, each the controller's
     assert bridge_refusal(doubled, ARM, NOW_NS) == "joint 'waist' is named twice"
+
+
+def test_the_follower_moves_from_where_the_arm_is_through_each_point_at_its_time():
+    follower = Follower()
+    assert follower.sample(NOW_NS, (0.0, 0.0)) is None  # nothing taken yet: JTC holds
+    rows = np.array([[0.1, -0.1], [0.2, -0.2], [0.4, -0.2]])
+    follower.take(chunk_trajectory(('a', 'b'), rows, 0.04))  # stamp 0: starts when sampled
+    assert follower.sample(NOW_NS, (0.0, 0.0)) == pytest.approx((0.0, 0.0))
+    ms = 1_000_000
+    assert follower.sample(NOW_NS + 20 * ms, (9.0, 9.0)) == pytest.approx((0.05, -0.05))
+    for k, row in enumerate(rows):  # each row at its time, (k + 1) periods after the start
+        assert follower.sample(NOW_NS + (k + 1) * 40 * ms, None) == pytest.approx(tuple(row))
+    assert follower.sample(NOW_NS + 100 * ms, None) == pytest.approx((0.3, -0.2))
+    assert follower.sample(NOW_NS + 10**9, None) == pytest.approx((0.4, -0.2))  # held at the end
+    # A new trajectory replaces it, from where the arm is when it is first sampled; a stamp
+    # in the future starts it then, moving toward its first point from now.
+    later = dataclasses.replace(chunk_trajectory(('a', 'b'), [[1.0, 1.0]], 0.1),
+                                stamp_ns=NOW_NS + 2 * 10**9 - 100 * ms)
+    follower.take(later)
+    assert follower.sample(NOW_NS + 10**9, (0.4, -0.2)) == pytest.approx((0.4, -0.2))
+    assert follower.sample(NOW_NS + 1500 * ms, None) == pytest.approx((0.7, 0.4))
+    assert follower.sample(NOW_NS + 2 * 10**9, None) == pytest.approx((1.0, 1.0))

@@ -27,6 +27,9 @@ the bridge refuses it first and counts it. The rules:
    name), unless ``allow_integration_in_goal_trajectories``; efforts only for an effort
    interface (the bridge never sends velocities, accelerations or efforts).
 
+``Follower`` is how JTC then follows a positions-only trajectory (``Trajectory::sample``), for
+the simulated arm.
+
 JTC itself accepts two things the bridge must not send, so ``bridge_refusal`` adds them: a name
 given twice (JTC's name check passes it and its reordering then reads one column twice) and a
 position that is NaN or inf (JTC does not look at the values).
@@ -134,3 +137,50 @@ def bridge_refusal(trajectory, controller_joints, now_ns, options=JtcOptions()):
         if not all(math.isfinite(v) for v in point.positions):
             return f'point {i} has a NaN or inf position'
     return jtc_refusal(trajectory, controller_joints, now_ns, options)
+
+
+class Follower:
+    """
+    How JTC follows a positions-only trajectory (its ``Trajectory::sample``), for the simulator.
+
+    ``take`` replaces the trajectory being followed (JTC's topic: the newest message wins). The
+    first ``sample`` after it fixes its start (``header.stamp``, or that sample's time when the
+    stamp is 0) and the point before it (the positions at that sample); then positions are
+    interpolated linearly (JTC's spline with positions only) from that point to the first
+    point at start + its ``time_from_start``, between consecutive points, and held at the last
+    point after it. ``sample`` returns None while no trajectory was taken.
+    """
+
+    def __init__(self):
+        self.trajectory = None
+        self._start_ns = self._before_ns = None
+        self._before = None
+
+    def take(self, trajectory):
+        """Follow ``trajectory`` (already checked: ``bridge_refusal`` is '') from now on."""
+        self.trajectory = trajectory
+        self._start_ns = self._before_ns = None
+
+    def sample(self, now_ns, current):
+        """Return the commanded positions at ``now_ns``; ``current``: the measured ones."""
+        trajectory = self.trajectory
+        if trajectory is None:
+            return None
+        if self._start_ns is None:
+            self._start_ns = trajectory.stamp_ns or now_ns
+            self._before_ns, self._before = now_ns, tuple(float(v) for v in current)
+        times = [self._start_ns + p.time_from_start_ns for p in trajectory.points]
+        if now_ns < times[0]:
+            return _between(self._before_ns, self._before, times[0],
+                            trajectory.points[0].positions, now_ns)
+        for i in range(len(times) - 1):
+            if times[i] <= now_ns < times[i + 1]:
+                return _between(times[i], trajectory.points[i].positions, times[i + 1],
+                                trajectory.points[i + 1].positions, now_ns)
+        return tuple(trajectory.points[-1].positions)
+
+
+def _between(t0, a, t1, b, t):
+    """Return positions linearly between ``a`` at ``t0`` and ``b`` at ``t1`` (clamped)."""
+    share = 1.0 if t1 <= t0 else min(max((t - t0) / (t1 - t0), 0.0), 1.0)
+    return tuple(x + share * (y - x) for x, y in zip(a, b))
