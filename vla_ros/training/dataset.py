@@ -57,20 +57,24 @@ NON_FINITE_STATE = 'NaN or inf in the state'
 SIM_TASK = topic_name('sim/task')  # sim_arm's episode status: the named object's position
 
 
-def check_bags(paths, options, action_dim):
+def check_bags(paths, options, action_dim, object_paths=()):
     """
     Raise ``RecordingError`` / ``FinetuneError`` unless every bag has what training reads.
 
-    The data's ``check_bag`` (cameras, instruction, recorded actions, state topics and joints)
-    and the size of the first recorded action against ``action_dim``.
+    The data's ``check_bag`` (cameras, instruction, recorded actions, state topics and joints),
+    the size of the first recorded action against ``action_dim``, and ``sim/task`` in the bags
+    of ``object_paths`` (``--aux-object``'s training bags).
     Reads at most a message or two per bag; no model is needed. Returns notes (one line each)
     on bags whose actions were recorded at a rate far from ``options.rate``.
     """
     topic = options.topics()['action']
     notes = []
+    object_paths = set(object_paths)
     for path in paths:
         with Bag(Path(path)) as bag:
             check_bag(bag, options)
+            if path in object_paths:
+                check_object_topic(bag, path)
             messages = bag.messages([topic])
             try:
                 _, _, msg = next(messages)
@@ -99,17 +103,15 @@ def check_bags(paths, options, action_dim):
     return notes
 
 
-def check_object_topic(paths):
-    """Raise ``FinetuneError`` unless every bag records ``sim/task`` (``--aux-object``)."""
-    for path in paths:
-        with Bag(Path(path)) as bag:
-            msgtype, count = bag.topics.get(SIM_TASK, (None, 0))
-            if msgtype != STRING or not count:
-                raise FinetuneError(
-                    f'--aux-object: bag {str(path)!r} has no {SIM_TASK} ({STRING}: '
-                    "sim_arm's episode status, which holds the named object's position); use "
-                    "--aux-object only on the simulator's recordings (vla_record_demos), or "
-                    'leave it out')
+def check_object_topic(bag, path):
+    """Raise ``FinetuneError`` unless ``bag`` (at ``path``) records ``sim/task``."""
+    msgtype, count = bag.topics.get(SIM_TASK, (None, 0))
+    if msgtype != STRING or not count:
+        raise FinetuneError(
+            f'--aux-object: bag {str(path)!r} has no {SIM_TASK} ({STRING}: '
+            "sim_arm's episode status, which holds the named object's position); use "
+            "--aux-object only on the simulator's recordings (vla_record_demos), or "
+            'leave it out')
 
 
 def object_positions(bag, times_ns):

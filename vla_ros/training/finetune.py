@@ -37,8 +37,8 @@ from vla_ros.policy.backbone.configuration import resolve_dtype
 from vla_ros.policy.backbone.processing import ImageProcessor, PromptTokenizer
 from vla_ros.policy.oft.configuration import OFTConstants
 from vla_ros.training import checkpoint, memory, stats as statistics
-from vla_ros.training.dataset import (check_bags, check_object_topic, ChunkDataset, collate,
-                                      EpochSampler, object_standardisation, Preprocessor,
+from vla_ros.training.dataset import (check_bags, ChunkDataset, collate, EpochSampler,
+                                      object_standardisation, Preprocessor,
                                       read_episode, sample_arrays)
 from vla_ros.training.model import build_model, head_state, merged_state_dict, trainable_parameters
 from vla_ros.training.options import (check_base, check_inputs, check_out_dir, FinetuneError,
@@ -67,9 +67,8 @@ def check(config, options, resume=False):
     if overlap:
         raise FinetuneError(f'{", ".join(overlap)} is both a training and a validation bag; '
                             'pass each bag once, as BAG or in --val-bags')
-    notes = check_bags(list(config.bags) + list(config.val_bags), options, constants.action_dim)
-    if config.aux_object:
-        check_object_topic(config.bags)
+    notes = check_bags(list(config.bags) + list(config.val_bags), options, constants.action_dim,
+                       config.bags if config.aux_object else ())
     for note in notes if os.environ.get('RANK', '0') == '0' else ():  # once, not per process
         print(f'{PROG}: note: {note}', file=sys.stderr)
     return constants, head_file, projector_file
