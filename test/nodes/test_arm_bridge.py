@@ -487,7 +487,10 @@ def test_pose_target_at_60hz_never_moves_faster_than_the_speed_limit(ros, launch
     speed = sum(step for _, step in moves[1:]) / (times[-1] - times[0])
     assert 0.8 * MAX_LINEAR <= speed <= 1.05 * MAX_LINEAR, speed
     assert int(values['accepted']) == len(FAST), values
-    assert int(values['clamped_speed']) == len(FAST) - 1, values
+    # A 0.087 m delta is within the limit after 0.17 s: the first one (the target had not moved
+    # for command_timeout) and any that the bridge handles that long after the one before (a
+    # loaded machine stalls a 60 Hz stream now and then) go whole; the rest are slowed.
+    assert len(FAST) - 3 <= int(values['clamped_speed']) <= len(FAST) - 1, values
     assert bridge.output().count('step slowed to the speed limit') == 1
 
 
