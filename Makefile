@@ -8,6 +8,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# sim_arm's ALOHA scene (robot: aloha) is gym-aloha's MJCF and meshes, read from its package
+# folder and never imported: --no-deps, as its pins (mujoco < 3.9, dm-control) are not ours.
+ALOHA_ASSETS := 'gym-aloha==0.1.5'
 FAST_WORKERS ?= 2
 # Isolated, localhost-only DDS for everything make starts.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
@@ -21,6 +24,7 @@ $(STAMP): setup.py requirements.txt requirements-sim.txt requirements-eval.txt r
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[ros,dev,sim,eval,train]'
+	$(PY) -m pip install --quiet --no-deps $(ALOHA_ASSETS)
 	touch $(STAMP)
 
 # Every test, in two runs: those that stay in this process on both cores (as test-fast, with the
@@ -60,6 +64,7 @@ $(PYVER_STAMP): setup.py requirements.txt requirements-sim.txt requirements-eval
 	$(PYVER_PYTHON) -m venv $(PYVER_VENV)
 	$(PYVER_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(PYVER_VENV)/bin/python -m pip install --quiet -e '.[ros,dev,sim,eval,train]'
+	$(PYVER_VENV)/bin/python -m pip install --quiet --no-deps $(ALOHA_ASSETS)
 	touch $(PYVER_STAMP)
 
 test-python: $(PYVER_STAMP)
