@@ -23,10 +23,10 @@ ROW = re.compile(r'^\| `(\w+)` \| `([^`]*)` \|')
 LINK = re.compile(r'\]\(([^)\s]+)\)')
 
 
-def declared(node):
+def declared(node, module=None):
     """Return [(name, typed default)] of the node's parameters, as the code declares them."""
     return [(p.name, typed(list(p.default) if isinstance(p.default, tuple) else p.default))
-            for p in importlib.import_module(TABLES[node]).PARAMS]
+            for p in importlib.import_module(module or TABLES[node]).PARAMS]
 
 
 def typed(value):
@@ -36,10 +36,10 @@ def typed(value):
     return (type(value).__name__, value)
 
 
-def documented(node):
-    """Return [(name, typed default)] of the rows of the Parameters table of docs/NODE.md."""
+def documented(node, heading='## Parameters'):
+    """Return [(name, typed default)] of the rows of the ``heading`` table of docs/NODE.md."""
     text = (REPO / 'docs' / f'{node}.md').read_text()
-    section = text.split('\n## Parameters\n', 1)[1].split('\n#', 1)[0]
+    section = text.split(f'\n{heading}\n', 1)[1].split('\n#', 1)[0]
     return [(m.group(1), typed(yaml.safe_load(m.group(2) or "''")))
             for m in map(ROW.match, section.splitlines()) if m]
 
@@ -47,6 +47,11 @@ def documented(node):
 @pytest.mark.parametrize('node', TABLES)
 def test_docs_table_lists_every_declared_parameter_with_the_code_default(node):
     assert documented(node) == declared(node)
+
+
+def test_docs_table_of_the_joint_trajectory_mode_lists_its_parameters():
+    assert documented('arm_bridge', '### Joint trajectory parameters') == \
+        declared('arm_bridge', 'vla_ros.nodes.joint_bridge')
 
 
 @pytest.mark.parametrize('node', TABLES)

@@ -82,7 +82,7 @@ def test_a_urdf_that_cannot_bound_a_commanded_joint_is_one_clear_error(urdf, nam
 
 
 def test_limits_from_parameters_must_have_one_value_per_joint():
-    with pytest.raises(JointError, match='joint_upper_limits has 2 value'):
+    with pytest.raises(JointError, match='joint_upper has 2 value'):
         limits_from_parameters(NAMES, [0, 0, 0], [1, 1], [1, 1, 1])
     with pytest.raises(JointError, match='no limits for joint.s. wrist'):
         JointSafety(('waist', 'wrist'), LIMITS)

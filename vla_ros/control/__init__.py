@@ -12,5 +12,7 @@ hysteresis, pairing a command with its step), ``geometry`` (every rotation, fini
 ``step_period`` (one policy step's length, learned from arrivals), ``joints`` (joint-space
 actions: the joint of each action dimension, limits from parameters or URDF, the joint safety
 checks), ``trajectory`` (joint trajectories for ros2_control's joint_trajectory_controller and
-the checks it applies).
+the checks it applies), ``stamps`` (the stamp rules of every bridge: stale, future, reordered),
+``joint_bridge`` (arm_bridge's joint_trajectory mode: commands and chunks to trajectories per
+controller, the watchdog and enable holds).
 """

@@ -119,8 +119,8 @@ class JointLimit:
 
 def limits_from_parameters(names, lower, upper, velocity):
     """Return ``{name: JointLimit}`` from parallel lists; raise ``JointError`` naming the fix."""
-    lists = {'joint_lower_limits': lower, 'joint_upper_limits': upper,
-             'joint_velocity_limits': velocity}
+    lists = {'joint_lower': lower, 'joint_upper': upper,
+             'joint_velocity': velocity}
     for key, values in lists.items():
         if len(values) != len(names):
             raise JointError(f'{key} has {len(values)} value(s) for {len(names)} joint(s) '

@@ -10,7 +10,8 @@ Order of the checks for one delta (``check_delta``, then the mode's ``offer``):
 1. NaN or inf anywhere (delta or stamp): rejected.
 2. Stamp older than ``command_timeout`` or more than ``future_tolerance`` ahead of now: dropped
    (stale; future, or stale when the clock has since jumped back from a time after it).
-3. Stamp older than the last accepted stamp (reordered), or than the last enable: dropped. An
+3. Stamp older than the last accepted stamp (reordered), or than the last enable: dropped
+   (2 and 3: ``vla_ros.control.stamps``, shared with the joint bridge). An
    equal stamp is accepted: vla_node publishes the rows of one chunk with one image stamp, and
    equal rows (a discrete head, a saturated or all-zero chunk, a policy holding still) are
    steps like any other. Only a *repeat* is not: the same stamp and values as the last accepted
@@ -59,9 +60,9 @@ import math
 
 import numpy as np
 
-from vla_ros.control.clock import before_jump
 from vla_ros.control.geometry import (compose_pose, is_finite_number, matrix_to_rpy,
                                       rotation_from_vector, rotation_vector, rpy_to_matrix)
+from vla_ros.control.stamps import stamp_refusal
 from vla_ros.control.step_period import same_burst, StepPeriod
 
 EVENTS = ('accepted', 'clamped_translation', 'clamped_rotation', 'clamped_box', 'dropped_stale',
@@ -144,22 +145,12 @@ def check_delta(delta, stamp, now, limits, last_stamp=-math.inf, jumped_from=-ma
     accepted (or the last enable time); ``jumped_from``: when the clock last jumped back from.
     """
     values = np.asarray(delta, dtype=np.float64).reshape(6)
-    if not (np.all(np.isfinite(values)) and math.isfinite(stamp)):
-        return Verdict(None, ('rejected_nan',), f'non-finite delta {values.tolist()} or stamp '
-                       f'{stamp}')
-    age = now - stamp
-    if age > limits.command_timeout:
-        return Verdict(None, ('dropped_stale',), f'delta stamped {age:.3f} s ago (command_timeout '
-                       f'{limits.command_timeout} s)')
-    if -age > limits.future_tolerance:
-        if before_jump(stamp, jumped_from, limits.future_tolerance):
-            return Verdict(None, ('dropped_stale',), f'delta stamped {-age:.3f} s ahead of the '
-                           'clock, from before it jumped back')
-        return Verdict(None, ('dropped_future',), f'delta stamped {-age:.3f} s in the future '
-                       f'(future_tolerance {limits.future_tolerance} s); check the clocks')
-    if stamp < last_stamp:
-        return Verdict(None, ('dropped_reordered',), f'delta stamped {last_stamp - stamp:.3f} s '
-                       'before the last accepted one (or the last enable)')
+    if not np.all(np.isfinite(values)):
+        return Verdict(None, ('rejected_nan',), f'non-finite delta {values.tolist()}')
+    refusal = stamp_refusal(stamp, now, limits.command_timeout, limits.future_tolerance,
+                            last_stamp, jumped_from, 'delta')
+    if refusal is not None:
+        return Verdict(None, (refusal[0],), refusal[1])
     events = ['accepted']
     clipped = values.copy()
     clipped[:3] = np.clip(values[:3], -limits.max_step_translation, limits.max_step_translation)

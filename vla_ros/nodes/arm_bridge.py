@@ -2,7 +2,8 @@
 arm_bridge: the policy's end-effector deltas in, commands an arm driver accepts out, bounded.
 
 Inputs: ``vla/ee_delta`` (PoseStamped delta), ``vla/gripper`` (Float64), ``ee_pose`` (the arm's
-measured end-effector pose in ``base_frame``). Outputs, by ``output_mode``:
+measured end-effector pose in ``base_frame``). Outputs, by ``output_mode`` (``joint_trajectory``:
+``main`` runs ``vla_ros.nodes.joint_bridge`` instead, joint-space policies to ros2_control):
 
 * ``servo_twist``: ``servo_node/delta_twist_cmds`` (TwistStamped, m/s and rad/s in
   ``base_frame``, streamed at ``stream_rate_hz`` with fresh stamps). Configure MoveIt Servo with
@@ -18,9 +19,8 @@ check lives in ``vla_ros.control.safety`` and ``vla_ros.control.gripper``; this 
 messages in and out. Callbacks store, in arrival order; one timer on the node clock processes
 everything, so ``use_sim_time`` works and all state is touched by one thread.
 
-Run-time parameter changes: a safety limit may be tightened while the bridge runs (it applies at
-the next tick); loosening one, or changing any other parameter, is refused with the reason:
-restart the bridge with the new value.
+Run-time parameter changes: a safety limit may be tightened while the bridge runs (at the next
+tick); loosening one, or changing another parameter, is refused: restart the bridge with it.
 """
 
 import collections
@@ -39,18 +39,18 @@ from vla_ros.control import clock, geometry, readers, safety
 from vla_ros.control.gripper import GripperConfig, GripperHysteresis, PAIRINGS, StepPairing
 from vla_ros.control.images import ConversionError
 from vla_ros.control.stats import Counters, RateMeter
-from vla_ros.nodes import diagnostics, params, qos
+from vla_ros.nodes import diagnostics, joint_bridge, params, qos
 from vla_ros.nodes.logs import LogThrottle
 from vla_ros.nodes.startup import report_problems, run
 
-MODES = ('servo_twist', 'pose_target')
+MODES = ('servo_twist', 'pose_target', joint_bridge.MODE)
 MAX_PENDING = 64           # deltas and gripper values waiting for the next tick
 
 _L = safety.SafetyLimits()
 _G = GripperConfig()
 PARAMS = (
     params.NodeParam('output_mode', 'servo_twist', "'servo_twist' (TwistStamped to MoveIt "
-                     "Servo) or 'pose_target' (absolute PoseStamped target).",
+                     "Servo), 'pose_target' (absolute PoseStamped target) or 'joint_trajectory'.",
                      check=lambda v: v in MODES, allowed=', '.join(MODES)),
     params.NodeParam('base_frame', 'base_link', 'Frame of ee_pose and of the deltas; deltas in '
                      'another frame are rejected.', check=lambda v: bool(v.strip('/')),
@@ -493,7 +493,7 @@ class ArmBridge(Node):
 
 
 def main(args=None):
-    return run(ArmBridge, args)
+    return run(lambda: joint_bridge.for_mode(ArmBridge()), args)
 
 
 if __name__ == '__main__':
