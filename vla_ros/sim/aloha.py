@@ -38,9 +38,9 @@ import numpy as np
 from vla_ros.control.joints import ALOHA_ARM, ALOHA_GRIPPER, GripperRange
 from vla_ros.control.trajectory import Follower, jtc_refusal
 from vla_ros.sim.camera import SimCamera
+from vla_ros.sim.tasks import ALOHA_TASKS as TASKS
 
 SCENE_FILE = 'bimanual_viperx_transfer_cube.xml'
-TASKS = ('transfer_cube',)
 SIDES = ('left', 'right')
 CUBE_LOW = (0.0, 0.4, 0.05)  # ACT's sample_box_pose range (x, y, z), m
 CUBE_HIGH = (0.2, 0.6, 0.05)
