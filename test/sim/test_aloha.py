@@ -2,7 +2,6 @@
 
 import math
 
-import mujoco
 import numpy as np
 import pytest
 
@@ -176,6 +175,7 @@ def test_transfer_stage_is_acts_reward_from_contacts():
 
 def grip_in_air(sim, at):
     """Put the cube at ``at`` between the left gripper's closed fingers; return the status."""
+    import mujoco  # after vla_ros.sim, which picks MuJoCo's OpenGL back end (MUJOCO_GL)
     kin = Kinematics(sim.model)
     q = kin.solve('left', sim.positions(aloha.arm_joints('left')), np.asarray(at), LEFT_MEET)
     for name, value in zip(aloha.arm_joints('left'), q):
