@@ -220,3 +220,12 @@ def test_the_expert_transfers_the_cube(sim):
     status = rollout(sim, 5)
     assert status['success'] and status['success_now']
     assert status['cube_position'][0] < -0.05  # carried off to the left arm's side
+
+
+def test_the_three_cameras_show_three_views(fresh):
+    images = fresh.render()
+    assert [image.shape for image in images] == [(24, 32, 3)] * 3
+    assert all(image.std() > 5 for image in images), 'a scene, not one colour'
+    top, left, right = (image.astype(np.int16) for image in images)
+    # (the wrist views mirror each other at the symmetric start pose)
+    assert np.abs(top - left).mean() > 5 and np.abs(top - right).mean() > 5
