@@ -16,7 +16,7 @@ FAST_WORKERS ?= 2
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast test-python demo demo-policy sim-eval gpu-check gpu-wheels clean
+.PHONY: setup test test-fast test-python demo demo-policy sim-eval aloha-expert gpu-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -140,6 +140,11 @@ sim-eval: $(STAMP)
 	    --policy openvla_oft --start-spread $$spread --out out/sim-eval/random-$$start && \
 	  $(VENV)/bin/vla_sim_eval --compare out/sim-eval/trained-$$start \
 	    out/sim-eval/random-$$start --out out/sim-eval/$$start || exit 1; done
+
+# The simulated ALOHA's scripted expert on 20 seeded transfer_cube episodes (ROS-free, < 1 min):
+# it prints each episode and the success count.
+aloha-expert: $(STAMP)
+	$(PY) -m vla_ros.sim.aloha_expert --episodes 20
 
 # On the lent GPU machine as it is: its own python3 (no venv, no network, no ROS), the working tree
 # and the wheels in .whl/ (`make gpu-wheels`, here): GPU tests, decode-step profile, OpenVLA-7B and

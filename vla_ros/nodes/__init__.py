@@ -2,8 +2,9 @@
 The thin ROS 2 nodes and what only they need: message building, QoS, parameters, diagnostics.
 
 Executables: ``vla_node`` (policy), ``arm_bridge`` (safety bridge; ``joint_bridge`` is its node
-for ``output_mode: joint_trajectory``), ``sim_arm`` (MuJoCo arm), ``camera_stream`` (synthetic
-camera); their settings: ``vla_node_config``, ``sim_arm_config``;
+for ``output_mode: joint_trajectory``), ``sim_arm`` (MuJoCo arm; ``sim_aloha`` is its ``robot:
+aloha``), ``camera_stream`` (synthetic camera); their settings: ``vla_node_config``,
+``sim_arm_config``;
 vla_node's inputs: ``observations`` (camera, state and instruction subscriptions), ``lifecycle``
 (invalid transitions refused, not fatal). Shared pieces: ``messages`` (ROS messages from numpy),
 ``qos``, ``params`` (typed declarations, one check), ``startup`` (the one start-up pattern),

@@ -47,6 +47,8 @@ topic                             type                         notes
                                   DiagnosticArray
 ================================  ===========================  ====================================
 
+With ``robot: aloha`` the node is the simulated ALOHA of ``vla_ros.nodes.sim_aloha`` instead.
+
 Service ``~/reset`` (std_srvs/Trigger) starts a new episode from the parameters ``task`` and
 ``seed`` (both may change at run time and take effect there): the gripper at its start (home,
 or within ``start_spread`` of it, drawn from the seed), the objects at their seeded places, the
@@ -99,7 +101,7 @@ from vla_ros.control.geometry import is_finite_number
 from vla_ros.control.stats import Counters, RateMeter, Window
 from vla_ros.nodes import diagnostics, messages, params, qos
 from vla_ros.nodes.logs import LogThrottle
-from vla_ros.nodes.sim_arm_config import PARAMS, RESTART_HINT
+from vla_ros.nodes.sim_arm_config import check_changes, PARAMS, task_problems
 from vla_ros.nodes.startup import report_problems, run
 from vla_ros.sim import tasks
 
@@ -147,8 +149,12 @@ class SimArmNode(Node):
     # ---------------------------------------------------------------- start-up and shutdown
     def start(self):
         """Check parameters, build the sim and renderer, start I/O; False if a problem was said."""
+        if self.get_parameter('robot').value == 'aloha':
+            from vla_ros.nodes.sim_aloha import AlohaSim
+            return AlohaSim(self).start()
         self.cfg, problems = params.read(self, PARAMS)
         cfg = self.cfg
+        problems += [] if problems else task_problems(cfg.robot, cfg.task)
         if not problems and cfg.ee_pose_rate_hz > cfg.physics_rate_hz:
             problems.append(f"parameter 'ee_pose_rate_hz' is {cfg.ee_pose_rate_hz}; allowed: "
                             f'0 < rate <= physics_rate_hz ({cfg.physics_rate_hz}) Hz')
@@ -238,7 +244,7 @@ class SimArmNode(Node):
         return [f'cannot start the renderer: {reason}; try MUJOCO_GL=egl (headless) or glfw']
 
     def _on_set_parameters(self, changes):
-        _, reason = params.check_changes(PARAMS, changes, self.arm is not None, RESTART_HINT)
+        reason = check_changes(self.get_parameter('robot').value, changes, self.arm is not None)
         return SetParametersResult(successful=reason is None, reason=reason or '')
 
     def close(self):

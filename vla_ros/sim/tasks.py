@@ -40,6 +40,7 @@ import math
 import numpy as np
 
 TASKS = ('reach', 'lift')
+ALOHA_TASKS = ('transfer_cube',)  # the simulated ALOHA's (``vla_ros.sim.aloha``)
 INSTRUCTIONS = {'reach': 'reach the {object}', 'lift': 'pick up the {object}'}
 REACH_RADIUS = 0.03  # m, horizontal distance of the fingertip midpoint from the object's axis
 REACH_HEIGHT = 0.03  # m, band above the object's top that the fingertip midpoint must be in
