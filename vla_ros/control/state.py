@@ -67,7 +67,7 @@ class StateLayout:
         if unknown:
             raise ValueError(f'unknown proprio entries {unknown}; allowed: '
                              f'{", ".join(POSE_ENTRIES)}, joint:NAME, gripper:NAME and the '
-                             f'presets {", ".join(STATE_PRESETS)}')
+                             f'preset {" or ".join(STATE_PRESETS)}')
         self.entries = entries
         self.gripper = gripper
         self.joints = [_joint_of(e) for e in entries if e not in POSE_ENTRIES]
