@@ -49,6 +49,7 @@ setup(
             'ros-jazzy-diagnostic-msgs',
             'ros-jazzy-lifecycle-msgs',
             'ros-jazzy-rosgraph-msgs',
+            'ros-jazzy-trajectory-msgs',
         ],
         'dev': [
             'pytest>=7',

@@ -161,13 +161,15 @@ def test_one_row_chunks_publish_as_before(core):
     assert tick.verdict == 'ready' and tick.emitted is None  # no repeat, infer again
 
 
-def schedule(mode, arrivals, ticks, execute_steps=0, decay=0.01, rows=8, latency=0.6):
+def schedule(mode, arrivals, ticks, execute_steps=0, decay=0.01, rows=8, latency=0.6,
+             plans=None):
     """
     Drive a core at 20 Hz for ``ticks`` ticks; ``arrivals`` = {tick: chunk first value}.
 
     The chunk predicted from the observation of that tick (stamped at the tick) commits
     ``latency`` periods later; the other ready ticks' predictions are dropped. Return the
-    published actions as (time in periods after the first tick, first value).
+    published actions as (time in periods after the first tick, first value). ``plans``: a
+    list that gets (time, the first values of the plan's rows) of each action with a plan.
     """
     core = make_core(period=P, chunk_mode=mode, execute_steps=execute_steps,
                      ensemble_decay=decay)
@@ -178,6 +180,9 @@ def schedule(mode, arrivals, ticks, execute_steps=0, decay=0.01, rows=8, latency
     def record(at):
         published.extend((round(at, 3), round(float(e.values[0]), 6)) for e in core.out
                          if e.kind == 'action')
+        if plans is not None:
+            plans.extend((round(at, 3), [float(v) for v in e.plan[:, 0]]) for e in core.out
+                         if e.kind == 'action' and e.plan is not None)
         core.out.clear()
 
     while events:
@@ -208,6 +213,20 @@ def test_open_loop_executes_the_chunk_then_infers_again():
 def test_a_late_chunk_is_trimmed_not_replayed():
     # Committed 2.4 periods after its tick: rows 0 and 1 belonged to steps that have passed.
     assert schedule('open_loop', {0: 100}, 5, latency=2.4) == [(2.4, 102), (3, 103), (4, 104)]
+
+
+def test_open_loop_gives_the_first_action_of_each_chunk_the_rows_it_will_execute():
+    """The plan vla/joint_chunk carries: from the row emitted on, up to execute_steps rows."""
+    plans = []
+    schedule('open_loop', {0: 100, 3: 200}, 6, execute_steps=4, plans=plans)
+    assert plans == [(0.6, [100, 101, 102, 103]), (4, [200, 201, 202, 203])]
+    plans.clear()  # a late chunk: the rows whose step passed are in neither the plan nor output
+    schedule('open_loop', {0: 100}, 5, latency=2.4, plans=plans)
+    assert plans == [(2.4, [102 + k for k in range(6)])]
+    for mode in ('receding', 'ensemble'):  # their rows may be replaced: no plan
+        plans.clear()
+        schedule(mode, {0: 100, 3: 200}, 6, plans=plans)
+        assert plans == []
 
 
 def test_receding_switches_to_the_new_chunk_at_its_step():

@@ -15,6 +15,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from vla_ros.control.images import ConversionError
+from vla_ros.control.joints import ALOHA_ARM, ALOHA_GRIPPER, GripperRange
 from vla_ros.control.readers import (header_stamp_ns_from_cdr, ns_to_seconds, read_joints,
                                      read_pose, stamp_ns, stamp_seconds, string_from_cdr)
 from vla_ros.control.state import StateLayout
@@ -135,6 +136,42 @@ def test_the_state_is_read_alike_and_a_refused_message_is_its_problem():
             state = layout.read(p, j, '/ee_pose', '/joint_states', 'base_link')
             assert problem in state.problem
             assert (state.values is not None) == assembled
+
+
+ALOHA_POSITIONS = {f'vx300s_{side}/{joint}': 0.1 * i + (0.05 if side == 'right' else 0.0)
+                   for side in ('left', 'right') for i, joint in enumerate(ALOHA_ARM)}
+
+
+def test_the_aloha_preset_reads_both_arms_and_normalises_the_grippers():
+    """``aloha``: 6 joints then the gripper (0 closed .. 1 open) per arm, from joint_states."""
+    layout = StateLayout(['aloha'])
+    assert layout.dim == 14 and layout.entries[6] == 'gripper:vx300s_left/left_finger'
+    closed, opened = ALOHA_GRIPPER
+    positions = {**ALOHA_POSITIONS, 'vx300s_left/left_finger': closed,
+                 'vx300s_left/right_finger': -closed,
+                 'vx300s_right/left_finger': closed + 0.25 * (opened - closed)}
+    expected = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.0, 0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.25]
+    for joints in both(joint_message(list(positions), list(positions.values()))):
+        state = layout.read(None, joints, joint_source='/joint_states')
+        assert not state.problem
+        np.testing.assert_allclose(state.values, expected, rtol=0, atol=1e-12)
+    # gripper:NAME alone, with another range; a joint:NAME of the same finger reads metres.
+    other = StateLayout(['gripper:finger', 'joint:finger'], gripper=GripperRange(0.0, 0.08))
+    state = other.read(None, joint_message(['finger'], [0.06]))
+    np.testing.assert_allclose(state.values, [0.75, 0.06])
+
+
+def test_a_missing_gripper_joint_is_a_bad_state_naming_it():
+    layout = StateLayout(['aloha'])
+    names = list(ALOHA_POSITIONS) + ['vx300s_left/left_finger']  # no right gripper
+    for joints in both(joint_message(names, [0.0] * len(names))):
+        state = layout.read(None, joints, joint_source='/joint_states')
+        assert state.values is None
+        assert state.problem.startswith('/joint_states has no joint vx300s_right/left_finger')
+        assert 'fix the proprio parameter' in state.problem
+    for bad in (['gripper:'], ['alohaa'], ['joint:']):
+        with pytest.raises(ValueError, match='unknown proprio entries .* gripper:NAME'):
+            StateLayout(bad)
 
 
 @pytest.mark.parametrize('text', ['', 'pick up the red cup', 'grüne Tasse ✓', 'x' * 5000])

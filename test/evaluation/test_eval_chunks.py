@@ -421,7 +421,8 @@ def test_bad_state_options_fail_before_the_model_loads(capsys, tmp_path):
     status, err = run_eval(capsys, bag, *cameras, '--proprio', 'ee_position', 'gripper',
                            out=out)
     assert_error(status, err, "--proprio: unknown proprio entries ['gripper']",
-                 'ee_quaternion and joint:NAME', 'e.g. --proprio ee_position ee_axis_angle')
+                 'ee_quaternion, joint:NAME, gripper:NAME and the preset aloha',
+                 'e.g. --proprio ee_position ee_axis_angle')
     no_joints = robot_bag(tmp_path / 'no_joints', joint_states=())
     status, err = run_eval(capsys, no_joints, *cameras, '--proprio', *LIBERO_PROPRIO, out=out)
     assert_error(status, err, 'joint states (the state of --proprio joint:finger_left '

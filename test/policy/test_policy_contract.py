@@ -41,7 +41,8 @@ def test_vla_node_and_vla_eval_state_a_mismatch_in_the_same_sentence(cameras, pr
                                                                      action_dim, sentence):
     """One check, two front ends: each says the configuration's side in its own terms."""
     policy = TwoCameras(action_dim)
-    node = policy_problems(types.SimpleNamespace(camera_topics=cameras, proprio=proprio), policy)
+    node = policy_problems(types.SimpleNamespace(camera_topics=cameras, proprio=proprio,
+                                                 action_space='ee_delta'), policy)
     with pytest.raises(EvalError) as raised:
         check_policy(policy, EvalOptions(camera_topics=cameras, proprio=proprio))
     assert len(node) == 1 and sentence in node[0], node

@@ -88,3 +88,29 @@ def test_a_prompt_past_the_models_positions_is_refused_by_name(policy):
                 policy.predict(IMAGES, instruction, STATE, KEY)
         finally:
             policy.fast = None
+
+
+def test_vla_tiny_model_writes_an_aloha_checkpoint_that_predicts_joint_chunks(tmp_path):
+    """``vla_tiny_model --oft aloha``: min/max statistics of 14 joints, chunks of 25 rows."""
+    from vla_ros.policy.tiny import main
+    assert main([str(tmp_path / 'aloha'), '--oft', 'aloha']) == 0
+    policy = OpenVLAOFTPolicy.from_pretrained(tmp_path / 'aloha', platform='aloha',
+                                              device='cpu', dtype='float32')
+    assert (policy.chunk_len, policy.action_dim, policy.proprio_dim, policy.num_images) == (
+        25, 14, 14, 3)
+    assert policy.unnorm_keys == ['synth_oft_aloha']
+    stats = policy.config.norm_stats['synth_oft_aloha']
+    low, high = np.array(stats['action']['min']), np.array(stats['action']['max'])
+    assert low.shape == high.shape == (14,) and len(stats['proprio']['min']) == 14
+    assert (low[[6, 13]] == 0).all() and (high[[6, 13]] == 1).all()  # grippers 0 closed..1 open
+    images = [np.full((32, 32, 3), 60 * i, np.uint8) for i in range(1, 4)]
+    home = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)  # ACT's start pose
+    chunk = policy.predict(images, 'transfer the cube', proprio=home)
+    assert chunk.values.shape == (25, 14) and chunk.valid
+    assert np.abs(chunk.normalized).max() < 1.5  # a trained head's range, about
+    assert ((chunk.values >= low - 0.5 * (high - low)) & (chunk.values <= high + 0.5 * (
+        high - low))).all()
+    moved = policy.predict(images, 'transfer the cube', proprio=home * 0.5)
+    other = policy.predict(images[::-1], 'transfer the cube', proprio=home)
+    assert np.abs(moved.values - chunk.values).max() > 1e-3  # the state matters
+    assert np.abs(other.values - chunk.values).max() > 1e-3  # so do the cameras

@@ -1,12 +1,18 @@
 """
-The action layout out: vla/action, vla/ee_delta, vla/gripper and vla/action_chunk fields.
+The action layout out: the fields of vla_node's action topics, deltas or joint targets.
+
+vla/action, vla/ee_delta, vla/gripper, vla/action_chunk, vla/joint_command and vla/joint_chunk.
 
 ROS-free: these functions return and read the *fields* of the messages, so the live node
 (``vla_ros.nodes.messages``) and vla_eval's predictions bag fill and read their own message
 classes with one piece of code. Every bad input raises ``ConversionError`` naming the problem.
 
-The action is ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` (float64), rotation deltas as
-roll/pitch/yaw with R = Rz(yaw) Ry(pitch) Rx(roll) (see ``vla_ros.control.geometry``).
+With ``action_space`` ``ee_delta`` the action is ``[dx, dy, dz, droll, dpitch, dyaw, gripper]``
+(float64), rotation deltas as roll/pitch/yaw with R = Rz(yaw) Ry(pitch) Rx(roll) (see
+``vla_ros.control.geometry``). With ``joint_position`` it is one absolute target per
+``action_joints`` entry (``vla_ros.control.joints``): ``joint_fields`` gives vla/joint_command's
+names and positions, ``joint_chunk_fields`` vla/joint_chunk's points, and vla/action's label is
+the entries, space-separated, as ``ACTION_LABEL`` is the delta's.
 """
 
 import numpy as np
@@ -17,6 +23,7 @@ from vla_ros.control.images import ConversionError
 ACTION_LABEL = 'dx dy dz droll dpitch dyaw gripper'
 ACTION_NAMES = tuple(ACTION_LABEL.split())
 ACTION_DIM = 7
+ACTION_SPACES = ('ee_delta', 'joint_position')
 
 
 def check_action(values, source, finite=True):
@@ -94,3 +101,34 @@ def multiarray_to_chunk(msg):
     if data.size != steps * dim:
         raise ConversionError(f'vla/action_chunk holds {data.size} values for {steps} x {dim}')
     return data.reshape(steps, dim)
+
+
+def joint_fields(names, row):
+    """
+    Return vla/joint_command's ``(name, position, dims)`` for one action row of a joint policy.
+
+    ``name``: the ``action_joints`` entries verbatim; ``position``: the row's float64 values
+    (rad or m; a ``gripper:`` entry's is 0 closed .. 1 open); ``dims``: vla/action's layout.
+    """
+    names = tuple(names)
+    values = np.asarray(row, dtype=np.float64)
+    if values.shape != (len(names),) or not np.all(np.isfinite(values)):
+        raise ConversionError(f'a joint action must be {len(names)} finite values (one per '
+                              f'action_joints entry), got {values.tolist()}; nothing is '
+                              'published')
+    return names, values, ((' '.join(names), len(names), len(names)),)
+
+
+def joint_chunk_fields(names, rows, period):
+    """
+    Return vla/joint_chunk's ``(joint_names, [(positions, time_from_start_ns)])``.
+
+    ``rows`` (K', N): the rows the node will execute, row 0 the action of this tick; point i is
+    due ``i * period`` seconds after it.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2 or not len(rows):
+        raise ConversionError(f'a joint chunk must be (K, N) rows, got shape {rows.shape}')
+    points = [(joint_fields(names, row)[1], int(round(i * period * 1e9)))
+              for i, row in enumerate(rows)]
+    return tuple(names), points

@@ -84,7 +84,13 @@ class ChunkSchedule:
             self.chunks = [c for c in self.chunks if now - c.source.stamp_s <= self.max_age]
 
     def action(self, now, catch_up=False):
-        """Return ``(row (D,), source)`` to publish at ``now``, or None."""
+        """
+        Return ``(row (D,), source, plan)`` to publish at ``now``, or None.
+
+        ``plan``: in ``open_loop``, with the first row published of a chunk, the rows it will
+        execute from this one on (rows whose step passed while the model worked are not in it);
+        else None.
+        """
         self._fresh(now)
         if not self.chunks:
             return None
@@ -97,8 +103,10 @@ class ChunkSchedule:
         if index >= chunk.limit:
             chunk.last = chunk.limit - 1  # used up: open_loop may infer again
             return None
+        first = self.mode == 'open_loop' and chunk.last < 0
+        plan = chunk.rows[index:chunk.limit] if first else None
         chunk.last = index
-        return chunk.rows[index], chunk.source
+        return chunk.rows[index], chunk.source, plan
 
     def _ensemble(self, now, catch_up):
         newest = self.chunks[-1]
@@ -106,7 +114,7 @@ class ChunkSchedule:
                   if (index := max(chunk.index(now, self.period, catch_up), 0)) < chunk.limit]
         self.chunks = [chunk for chunk, _ in taking]  # the others are used up
         if not taking:
-            return (newest.rows[newest.limit - 1], newest.source) if catch_up else None
+            return (newest.rows[newest.limit - 1], newest.source, None) if catch_up else None
         weights = np.exp(-self.decay * np.arange(len(taking)))[:, None]  # oldest first
         rows = np.stack([chunk.rows[index] for chunk, index in taking])  # (m, D)
-        return (rows * weights).sum(axis=0) / weights.sum(), taking[-1][0].source
+        return (rows * weights).sum(axis=0) / weights.sum(), taking[-1][0].source, None

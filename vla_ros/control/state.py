@@ -13,11 +13,15 @@ entry                  size  value
 ``ee_rpy``             3     roll, pitch, yaw (R = Rz Ry Rx)
 ``ee_quaternion``      4     x, y, z, w
 ``joint:NAME``         1     the position of joint NAME
+``gripper:NAME``       1     how open gripper joint NAME is, 0 closed .. 1 open (its position
+                             mapped by ``gripper``, ALOHA's finger range by default)
+``aloha``              14    ALOHA's state: ``control.joints.PRESETS['aloha']`` read as above
+                             (each arm's six ``joint:`` entries, then its ``gripper:``)
 =====================  ====  ==========================================================
 
 A LIBERO-trained OpenVLA-OFT expects ``[ee_position, ee_axis_angle, joint:<left finger>,
-joint:<right finger>]`` (8 values). The state's stamp is that of its oldest part, so its age is
-the age of the stalest input.
+joint:<right finger>]`` (8 values), an ALOHA one ``[aloha]`` (its state in its action's order).
+The state's stamp is that of its oldest part, so its age is the age of the stalest input.
 
 ``read`` makes the state of the newest messages, read by ``readers`` (the pose in the deltas'
 frame, a well-formed JointState); vla_node's observations and vla_eval's step reader (and thereby
@@ -33,23 +37,40 @@ from vla_ros.control import readers
 from vla_ros.control.core import State
 from vla_ros.control.geometry import quaternion_to_axis_angle, quaternion_to_rpy
 from vla_ros.control.images import ConversionError
+from vla_ros.control.joints import ALOHA_GRIPPER, GRIPPER_PREFIX, GripperRange, PRESETS
 
 POSE_ENTRIES = {'ee_position': 3, 'ee_axis_angle': 3, 'ee_rpy': 3, 'ee_quaternion': 4}
 JOINT_PREFIX = 'joint:'
+JOINT_PREFIXES = (JOINT_PREFIX, GRIPPER_PREFIX)
+# Preset entries: ALOHA's state is its action's joints, read back (OFT's ALOHA order).
+STATE_PRESETS = {name: tuple(e if e.startswith(GRIPPER_PREFIX) else JOINT_PREFIX + e
+                             for e in joints) for name, joints in PRESETS.items()}
+
+
+def _joint_of(entry):
+    """Return the joint name of a ``joint:`` or ``gripper:`` entry ('' for a pose entry)."""
+    prefix = next((p for p in JOINT_PREFIXES if entry.startswith(p)), '')
+    return entry[len(prefix):] if prefix else ''
 
 
 class StateLayout:
-    """A parsed ``proprio`` layout; ``assemble`` builds the vector (see the module docstring)."""
+    """
+    A parsed ``proprio`` layout; ``assemble`` builds the vector (see the module docstring).
 
-    def __init__(self, entries):
-        entries = list(entries)
-        unknown = [e for e in entries if e not in POSE_ENTRIES
-                   and not (e.startswith(JOINT_PREFIX) and len(e) > len(JOINT_PREFIX))]
+    ``entries`` holds the layout with the presets expanded; ``gripper`` maps a ``gripper:``
+    joint's position to 0 closed .. 1 open.
+    """
+
+    def __init__(self, entries, gripper=GripperRange(*ALOHA_GRIPPER)):
+        entries = [e for entry in entries for e in STATE_PRESETS.get(entry, (entry,))]
+        unknown = [e for e in entries if e not in POSE_ENTRIES and not _joint_of(e)]
         if unknown:
             raise ValueError(f'unknown proprio entries {unknown}; allowed: '
-                             f'{", ".join(POSE_ENTRIES)} and joint:NAME')
+                             f'{", ".join(POSE_ENTRIES)}, joint:NAME, gripper:NAME and the '
+                             f'preset {" or ".join(STATE_PRESETS)}')
         self.entries = entries
-        self.joints = [e[len(JOINT_PREFIX):] for e in entries if e.startswith(JOINT_PREFIX)]
+        self.gripper = gripper
+        self.joints = [_joint_of(e) for e in entries if e not in POSE_ENTRIES]
         self.needs_pose = any(e in POSE_ENTRIES for e in entries)
         self.dim = sum(POSE_ENTRIES.get(e, 1) for e in entries)
 
@@ -103,8 +124,10 @@ class StateLayout:
                     values.extend(self._pose_entry(entry, position, quaternion))
                 except ValueError as exc:
                     return State(problem=f'{pose_source}: {exc}')
+            elif entry.startswith(GRIPPER_PREFIX):
+                values.append(self.gripper.value(joints[0][_joint_of(entry)]))
             else:
-                values.append(joints[0][entry[len(JOINT_PREFIX):]])
+                values.append(joints[0][_joint_of(entry)])
         values = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(values)):
             bad = [e for e, v in zip(self._columns(), values) if not math.isfinite(v)]

@@ -1,5 +1,5 @@
 """
-ROS messages from numpy and back: camera images out, actions out.
+ROS messages from numpy and back: camera images out, actions out (deltas or joint targets).
 
 The message-building half of the conversions; decoding frames and actions from message fields
 (which offline evaluation shares) is ``vla_ros.control.images``, reading stamps, poses, joint
@@ -10,15 +10,19 @@ the problem and the fix.
 
 import array
 
+from builtin_interfaces.msg import Duration
 import cv2
 from geometry_msgs.msg import PoseStamped
 import numpy as np
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from vla_ros.control.action_layout import ACTION_DIMS, action_fields, check_action, chunk_fields
+from vla_ros.control.action_layout import (ACTION_DIMS, action_fields, check_action, chunk_fields,
+                                           joint_chunk_fields, joint_fields)
 from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.control.images import ConversionError
+from vla_ros.control.readers import NS
 
 
 # encoding -> (bytes per pixel, cv2 code from RGB or None); mono encodings take (H, W) input.
@@ -140,6 +144,34 @@ def action_to_messages(action, stamp, frame_id, gripper_open_is_one=True):
     q = pose.pose.orientation
     q.x, q.y, q.z, q.w = quaternion
     return pose, Float64(data=g), _multiarray(ACTION_DIMS, values)
+
+
+def joint_action_to_messages(names, row, stamp, plan=None, period=None):
+    """
+    Return ``((topic key, message), ...)`` of one joint-space action row (``action_layout``).
+
+    ``joint_command``: a JointState of the ``action_joints`` entries and the row's positions
+    (velocity and effort empty); ``joint_chunk`` (with a ``plan``: the rows the node will
+    execute, the row first): a JointTrajectory, point i at ``i * period``; ``action``: the row
+    as vla/action. All stamped ``stamp`` (the image's).
+    """
+    names, positions, dims = joint_fields(names, row)
+    command = JointState()
+    _set_header(command.header, stamp, '')
+    command.name = list(names)
+    command.position = array.array('d', positions.tobytes())
+    out = [('joint_command', command)]
+    if plan is not None:
+        trajectory = JointTrajectory()
+        _set_header(trajectory.header, stamp, '')
+        trajectory.joint_names, points = joint_chunk_fields(names, plan, period)
+        for values, time_ns in points:
+            point = JointTrajectoryPoint(positions=array.array('d', values.tobytes()))
+            point.time_from_start = Duration(sec=time_ns // NS, nanosec=time_ns % NS)
+            trajectory.points.append(point)
+        out.append(('joint_chunk', trajectory))
+    out.append(('action', _multiarray(dims, positions)))
+    return tuple(out)
 
 
 def chunk_to_multiarray(rows):

@@ -14,7 +14,9 @@ store the newest image of every camera and the state (``observations``) and pass
 the core, the timer asks the core what the tick does (infer, publish the next row of a chunk,
 or why not), the ``InferenceWorker`` thread predicts (``core.infer``) and commits the chunk, and
 the core's ``emit`` publishes, under the core's lock. ``vla_eval`` drives the same core offline.
-Plain OpenVLA is a policy with one camera, no state and one-row chunks.
+Plain OpenVLA is a policy with one camera, no state and one-row chunks. ``action_space`` only
+picks the messages an emitted row becomes: end-effector deltas (vla/ee_delta, vla/gripper) or
+joint targets (vla/joint_command, and vla/joint_chunk with an open-loop chunk's first row).
 """
 
 import functools
@@ -25,8 +27,10 @@ from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.control import images, readers
 from vla_ros.control.concurrency import InferenceWorker
@@ -134,9 +138,14 @@ class VlaNode(LifecycleNode):
             self.core.set_enabled(False, self._now())
         self.core.set_instruction(previous.instruction)
         self._show_instruction()
+        # One action's topics: end-effector deltas, or joint targets (action_space).
+        outputs = (('ee_delta', PoseStamped, 'vla/ee_delta'), ('gripper', Float64, 'vla/gripper'))
+        if cfg.action_space == 'joint_position':
+            outputs = (('joint_command', JointState, 'vla/joint_command'),
+                       ('joint_chunk', JointTrajectory, 'vla/joint_chunk'))
         self._out = {
-            'ee_delta': self.create_publisher(PoseStamped, 'vla/ee_delta', qos.COMMAND),
-            'gripper': self.create_publisher(Float64, 'vla/gripper', qos.COMMAND),
+            **{key: self.create_publisher(kind, topic, qos.COMMAND)
+               for key, kind, topic in outputs},
             'action': self.create_publisher(Float64MultiArray, 'vla/action', qos.COMMAND),
             'chunk': self.create_publisher(Float64MultiArray, 'vla/action_chunk', qos.COMMAND),
             'diagnostics': self.create_publisher(diagnostics.DiagnosticArray, '/diagnostics',
@@ -156,7 +165,8 @@ class VlaNode(LifecycleNode):
             f'dtype={self.policy.dtype or self.cfg.dtype} '
             f'rate={self.cfg.control_rate_hz} Hz unnorm_key={self.unnorm_key} '
             f'cameras={list(self.cfg.camera_topics)} transport={self.cfg.image_transport} '
-            f'proprio={list(self.cfg.proprio)} chunk_mode={self.cfg.chunk_mode} '
+            f'proprio={list(self.cfg.proprio)} action_space={self.cfg.action_space} '
+            f'action_joints={list(self.cfg.action_joints)} chunk_mode={self.cfg.chunk_mode} '
             f'execute_steps={self.cfg.execute_steps} max_image_age={self.cfg.max_image_age} s '
             f'instruction={self.core.instruction!r}')
         return TransitionCallbackReturn.SUCCESS
@@ -293,7 +303,9 @@ class VlaNode(LifecycleNode):
     def _on_enable(self, request, response):
         self.core.set_enabled(request.data, self._now())
         response.success = True
-        response.message = 'enabled' if request.data else 'disabled: published a hold (zero delta)'
+        hold = ('published a hold (zero delta)' if 'ee_delta' in self._out
+                else 'publishing no joint targets')
+        response.message = 'enabled' if request.data else f'disabled: {hold}'
         self.get_logger().info(response.message)
         return response
 
@@ -379,11 +391,14 @@ class VlaNode(LifecycleNode):
             if not self._out or not self.context.ok():
                 return  # cleaned up, or shut down (Ctrl-C shuts the context down first)
             if emission.kind == 'hold':
-                pose = PoseStamped()  # a zero delta with the identity rotation, stamped now
-                pose.header.stamp = self.get_clock().now().to_msg()
-                pose.header.frame_id = self.cfg.action_frame
-                pose.pose.orientation.w = 1.0
-                self._out['ee_delta'].publish(pose)
+                # A zero delta with the identity rotation, stamped now. A joint target has no
+                # zero: the bridge's watchdog holds the measured position when targets stop.
+                if 'ee_delta' in self._out:
+                    pose = PoseStamped()
+                    pose.header.stamp = self.get_clock().now().to_msg()
+                    pose.header.frame_id = self.cfg.action_frame
+                    pose.pose.orientation.w = 1.0
+                    self._out['ee_delta'].publish(pose)
                 self._counters.bump('holds')
                 return
             if emission.kind == 'chunk':
@@ -395,16 +410,21 @@ class VlaNode(LifecycleNode):
                 self._counters.bump('chunks')
                 self._chunk_rate.mark(self._now())
                 return
+            stamp = emission.source.frames[0].msg.header.stamp
             try:
-                pose, gripper, raw = messages.action_to_messages(
-                    emission.values, emission.source.frames[0].msg.header.stamp,
-                    self.cfg.action_frame, gripper_open_is_one=self.cfg.gripper_open_is_one)
+                if self.cfg.action_space == 'joint_position':
+                    out = messages.joint_action_to_messages(
+                        self.cfg.action_joints, emission.values, stamp, emission.plan,
+                        1.0 / self.cfg.control_rate_hz)
+                else:
+                    out = zip(('ee_delta', 'gripper', 'action'), messages.action_to_messages(
+                        emission.values, stamp, self.cfg.action_frame,
+                        gripper_open_is_one=self.cfg.gripper_open_is_one))
             except images.ConversionError as exc:
                 self._counters.bump('invalid_actions', str(exc))
                 return
-            self._out['ee_delta'].publish(pose)
-            self._out['gripper'].publish(gripper)
-            self._out['action'].publish(raw)
+            for key, msg in out:
+                self._out[key].publish(msg)
         self._counters.bump('actions')
         self._action_rate.mark(self._now())
 

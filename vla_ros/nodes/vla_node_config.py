@@ -2,16 +2,18 @@
 vla_node's parameters (config/vla.yaml holds the defaults) and the checks that need the policy.
 
 ``PARAMS`` declares every parameter once, with its type, default, description and allowed
-values; ``layout_problems`` checks the camera topics and the ``proprio`` entries before the
-model loads;
+values; ``layout_problems`` checks the camera topics, the ``proprio`` entries and the
+``action_joints`` (resolving an empty list to the platform's preset) before the model loads;
 ``policy_problems`` words what only the loaded policy can tell (``vla_ros.policy.base.mismatches``,
 the check vla_eval shares): the number of cameras against its images, the state layout against
-its proprio dimension, its action dimension against the end-effector delta convention.
+its proprio dimension, its action dimension against the end-effector delta convention or the
+joint list.
 """
 
-from vla_ros.control.action_layout import ACTION_DIM
+from vla_ros.control.action_layout import ACTION_DIM, ACTION_SPACES
 from vla_ros.control.chunks import MODES
 from vla_ros.control.core import repeated_cameras
+from vla_ros.control.joints import JointError, parse_action_joints, PRESETS
 from vla_ros.control.state import StateLayout
 from vla_ros.nodes.params import NodeParam
 
@@ -61,7 +63,8 @@ PARAMS = (
               'apart; a camera ahead of the others uses its previous frame when that one fits.',
               check=lambda v: v >= 0, allowed='a number of seconds >= 0'),
     NodeParam('proprio', [], "The state vector's layout: ee_position, ee_axis_angle, ee_rpy, "
-              'ee_quaternion (from ee_pose), joint:NAME (from joint_states).', item=str),
+              'ee_quaternion (from ee_pose), joint:NAME, gripper:NAME (0 closed .. 1 open) '
+              "(from joint_states), aloha (ALOHA's 14 joints and grippers).", item=str),
     NodeParam('max_proprio_age', 0.2, 'Seconds; an older state means no action this tick.',
               check=lambda v: v > 0, allowed='a number of seconds > 0'),
     NodeParam('chunk_mode', 'open_loop', 'How chunks are executed: open_loop, receding, '
@@ -71,6 +74,13 @@ PARAMS = (
     NodeParam('ensemble_decay', 0.01, 'ensemble: weight exp(-decay * j) of the j-th oldest '
               "chunk's prediction (ACT's k).", check=lambda v: v >= 0,
               allowed='a number >= 0'),
+    NodeParam('action_space', 'ee_delta', "What the policy's actions are: 'ee_delta' "
+              '(vla/ee_delta and vla/gripper) or joint_position (absolute joint targets on '
+              'vla/joint_command and vla/joint_chunk).', check=lambda v: v in ACTION_SPACES,
+              allowed="'ee_delta' or 'joint_position'"),
+    NodeParam('action_joints', [], 'joint_position: the joint each action dimension commands, '
+              'NAME or gripper:NAME (0 closed .. 1 open); empty = the platform preset (OFT '
+              'aloha).', item=str),
 )
 PARAM = {p.name: p for p in PARAMS}
 
@@ -98,7 +108,39 @@ def layout_problems(cfg, resolve):
         StateLayout(cfg.proprio)
     except ValueError as exc:
         problems.append(f"parameter 'proprio': {exc}")
-    return problems
+    cfg.action_joints, problem = action_joints(cfg)
+    return problems + ([problem] if problem else [])
+
+
+def action_joints(cfg):
+    """
+    Return ``(entries, problem)``: the ``action_joints`` of a joint-space node, checked.
+
+    Empty means the preset of the policy's platform (OFT ``aloha``). The entries are kept
+    verbatim (stripped): they are vla/joint_command's names. ``ee_delta`` has none.
+    """
+    entries = tuple(str(e).strip() for e in cfg.action_joints)
+    if cfg.action_space != 'joint_position':
+        if entries:
+            return (), ("parameter 'action_joints' is set, but action_space is "
+                        f'{cfg.action_space!r}; set action_space:=joint_position, or clear '
+                        'action_joints')
+        return (), ''
+    preset = cfg.platform if cfg.policy == 'openvla_oft' else None
+    if not entries:
+        if preset not in PRESETS:
+            where = f'platform {preset!r}' if preset else f'policy {cfg.policy!r}'
+            return (), ("parameter 'action_joints' is empty and the "
+                        f'{where} has no joint preset (presets: OpenVLA-OFT platform '
+                        f"{', '.join(PRESETS)}); with action_space 'joint_position' name the "
+                        'joint of each action dimension in order, e.g. action_joints:='
+                        '[shoulder, elbow, wrist, gripper:finger]')
+        entries = PRESETS[preset]
+    try:
+        parse_action_joints(entries)
+    except JointError as exc:
+        return (), f"parameter 'action_joints': {exc}"
+    return entries, ''
 
 
 def policy_problems(cfg, policy):
@@ -111,8 +153,9 @@ def policy_problems(cfg, policy):
     # Here, not at the top: vla_ros.policy imports torch, which the parameter checks do without.
     from vla_ros.policy.base import mismatches
     problems = []
+    joints = cfg.action_space == 'joint_position'
     for mismatch in mismatches(policy, len(cfg.camera_topics), StateLayout(cfg.proprio).dim,
-                               ACTION_DIM):
+                               len(cfg.action_joints) if joints else ACTION_DIM):
         if mismatch.kind == 'cameras':
             problems.append(f"parameter 'camera_topics' has {len(cfg.camera_topics)} topic(s) "
                             f'{list(cfg.camera_topics)}, but {mismatch.sentence}: list one '
@@ -121,9 +164,15 @@ def policy_problems(cfg, policy):
             problems.append(f"parameter 'proprio' {list(cfg.proprio)} gives {mismatch.given} "
                             f'values, but {mismatch.sentence}; for a LIBERO-style arm: '
                             '[ee_position, ee_axis_angle, joint:<left finger>, joint:<right '
-                            'finger>]')
+                            'finger>], for ALOHA: [aloha]')
+        elif joints:
+            problems.append(f"{mismatch.sentence}, but parameter 'action_joints' names "
+                            f'{mismatch.given} joint(s) {list(cfg.action_joints)}; give one '
+                            "entry per action dimension, in the policy's order (empty: the "
+                            "platform's preset)")
         else:
-            problems.append(f'{mismatch.sentence}; vla_node publishes end-effector deltas '
-                            f'[{ACTION_DIM} values: dx dy dz droll dpitch dyaw gripper] (LIBERO '
-                            'and Bridge platforms), not joint positions (ALOHA)')
+            problems.append(f"{mismatch.sentence}; with action_space 'ee_delta' vla_node "
+                            f'publishes end-effector deltas [{ACTION_DIM} values: dx dy dz '
+                            'droll dpitch dyaw gripper] (LIBERO and Bridge platforms); for '
+                            'joint positions (ALOHA) set action_space:=joint_position')
     return problems

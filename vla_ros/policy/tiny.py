@@ -11,12 +11,15 @@ reports as invalid. So the 256 action rows of ``lm_head`` are scaled up, step by
 every greedy token on a set of synthetic scenes is an action token (no EOS), while different
 images still give different actions.
 
-With ``--oft libero`` (or ``bridge``) the folder is an OpenVLA-OFT checkpoint as OFT's fine-tuning
-writes it: the same backbone, plus ``action_head--0_checkpoint.pt`` (the L1 regression head),
-``proprio_projector--0_checkpoint.pt`` and a ``dataset_statistics.json`` whose one key
-(``synth_oft_<platform>``) holds action and proprio statistics in this package's end-effector
-units (metres, radians, gripper 1 = open). The head's output layer is scaled so its normalised
-actions stay inside [-1, 1], as a trained head's do.
+With ``--oft libero`` (or ``bridge``, ``aloha``) the folder is an OpenVLA-OFT checkpoint as OFT's
+fine-tuning writes it: the same backbone, plus ``action_head--0_checkpoint.pt`` (the L1 regression
+head), ``proprio_projector--0_checkpoint.pt`` and a ``dataset_statistics.json`` whose one key
+(``synth_oft_<platform>``) holds action and proprio statistics. LIBERO and Bridge: q01/q99 in
+this package's end-effector units (metres, radians, gripper 1 = open). ALOHA: min/max of 14
+absolute joint positions (``control.joints.PRESETS['aloha']``'s order: each arm's six joints in
+rad, then its gripper normalised 0 closed .. 1 open), for action and state alike, around the
+simulated ViperX's start pose. The head's output layer is scaled so its normalised actions stay
+inside [-1, 1], as a trained head's do.
 """
 
 import argparse
@@ -193,6 +196,37 @@ OFT_ACTION_STATS = {'q01': [-0.02, -0.02, -0.02, -0.05, -0.05, -0.05, 0.0],
                     'mask': [True] * 7}
 OFT_PROPRIO_STATS = {'q01': [0.2, -0.3, 0.0, -3.2, -3.2, -3.2, 0.0, 0.0],
                      'q99': [0.7, 0.3, 0.6, 3.2, 3.2, 3.2, 0.04, 0.04]}
+# ALOHA's: one ViperX arm's waist, shoulder, elbow, forearm_roll, wrist_angle, wrist_rotate (rad)
+# about ACT's start pose (0, -0.96, 1.16, 0, -0.3, 0), and its gripper (0 closed .. 1 open);
+# left arm then right arm, for the actions (absolute targets) and the state alike.
+# Every statistic OFT's fine-tuning writes (the backbone's config reads q01/q99 too).
+ALOHA_ARM_MIN = [-0.6, -1.4, 0.6, -0.6, -0.9, -0.8, 0.0]
+ALOHA_ARM_MAX = [0.6, -0.3, 1.5, 0.6, 0.5, 0.8, 1.0]
+
+
+def aloha_statistics():
+    """Return min, max, q01, q99, mean, std of ALOHA's 14 dimensions (both arms alike)."""
+    low, high = np.array(ALOHA_ARM_MIN * 2), np.array(ALOHA_ARM_MAX * 2)
+    span = high - low
+    stats = {'min': low, 'max': high, 'q01': low + 0.01 * span, 'q99': high - 0.01 * span,
+             'mean': (low + high) / 2, 'std': span / 4}
+    return {key: [round(float(v), 6) for v in values] for key, values in stats.items()}
+
+
+def oft_statistics(platform, constants):
+    """Return the miniature's ``dataset_statistics.json`` entry for ``platform``."""
+    if platform == 'aloha':
+        action = dict(aloha_statistics(), mask=[True] * constants.action_dim)
+        proprio = aloha_statistics()
+    else:
+        action = OFT_ACTION_STATS
+        proprio = {key: values[:constants.proprio_dim] for key, values in
+                   OFT_PROPRIO_STATS.items()}
+    if len(action['mask']) != constants.action_dim:
+        raise ConfigError(f'--oft {platform}: the miniature has no statistics for '
+                          f'{constants.action_dim}-D actions')
+    return {'action': action, 'proprio': proprio, 'num_transitions': 1000,
+            'num_trajectories': 10}
 
 
 def write_tiny_oft_checkpoint(out_dir, platform='libero', seed=0, force=False):
@@ -201,9 +235,7 @@ def write_tiny_oft_checkpoint(out_dir, platform='libero', seed=0, force=False):
     from vla_ros.policy.oft.modeling import ACTION_HEAD, L1RegressionHead, ProprioProjector
 
     constants = OFTConstants.for_platform(platform)
-    if constants.action_dim != len(OFT_ACTION_STATS['q01']):
-        raise ConfigError(f'--oft {platform}: the miniature writes end-effector checkpoints '
-                          '(libero, bridge), not joint-space ones (aloha)')
+    stats = {f'synth_oft_{platform}': oft_statistics(platform, constants)}
     out_dir = write_checkpoint(out_dir, seed=seed, calibrate=False, force=force)
     width = OpenVLAConfig.from_pretrained(out_dir).llama_config().hidden_size
     generator = torch.Generator().manual_seed(int(seed) + 1)
@@ -216,9 +248,6 @@ def write_tiny_oft_checkpoint(out_dir, platform='libero', seed=0, force=False):
                 noise = torch.rand(param.shape, generator=generator, dtype=torch.float32)
                 param.copy_(noise.mul_(2).sub_(1).mul_(half_width).add_(center))
         head.model.fc2.weight.mul_(0.3)  # normalised actions mostly inside [-1, 1]
-    proprio = {key: values[:constants.proprio_dim] for key, values in OFT_PROPRIO_STATS.items()}
-    stats = {f'synth_oft_{platform}': {'action': OFT_ACTION_STATS, 'proprio': proprio,
-                                       'num_transitions': 1000, 'num_trajectories': 10}}
     (out_dir / DATASET_STATISTICS_FILE).write_text(json.dumps(stats, indent=2) + '\n')
     for name, module in ((ACTION_HEAD, head), ('proprio_projector', projector)):
         state = {f'module.{k}': v for k, v in module.state_dict().items()}  # as DDP saves it
@@ -234,9 +263,10 @@ def main(argv=None):
                     'files as openvla-7b, tiny sizes) for demos and tests.')
     parser.add_argument('out_dir', metavar='OUT_DIR', help='directory to write (new or empty)')
     parser.add_argument('--seed', type=int, default=0, help='random seed of the weights')
-    parser.add_argument('--oft', metavar='PLATFORM', choices=('libero', 'bridge'),
+    parser.add_argument('--oft', metavar='PLATFORM', choices=('libero', 'bridge', 'aloha'),
                         help='write an OpenVLA-OFT checkpoint of this platform (libero: two '
-                        'cameras, 8-D state, chunks of 8; bridge: one camera, chunks of 5)')
+                        'cameras, 8-D state, chunks of 8; bridge: one camera, chunks of 5; '
+                        'aloha: three cameras, 14-D joint state, chunks of 25 joint targets)')
     parser.add_argument('--force', action='store_true',
                         help='write into a non-empty OUT_DIR, overwriting checkpoint files')
     args = parser.parse_args(argv)
