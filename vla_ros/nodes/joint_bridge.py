@@ -14,21 +14,21 @@ watchdog, so all state is touched by one thread. No parameter changes while it r
 
 import collections
 
-from builtin_interfaces.msg import Duration
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.control import clock
 from vla_ros.control.joint_bridge import (check_controllers, EVENTS, JointBridgeConfig,
                                           JointBridgeCore)
 from vla_ros.control.joints import (ALOHA_GRIPPER, GripperRange, JointError, LIMIT_MODES,
                                     limits_from_parameters, limits_from_urdf)
+from vla_ros.control.readers import ns_to_seconds, stamp_seconds
 from vla_ros.control.safety import SafetyLimits
 from vla_ros.control.stats import Counters
-from vla_ros.nodes import diagnostics, params, qos
+from vla_ros.nodes import diagnostics, messages, params, qos
 from vla_ros.nodes.logs import LogThrottle
 from vla_ros.nodes.startup import report_problems
 
@@ -143,22 +143,6 @@ def configuration(cfg, controller_joints, tick_period):
         cfg.step_duration, tick_period), []
 
 
-def _seconds(msg_time):
-    return msg_time.sec + msg_time.nanosec * 1e-9
-
-
-def _message(trajectory):
-    """Return the JointTrajectory of a ``control.trajectory.Trajectory`` (stamp 0: start now)."""
-    msg = JointTrajectory(joint_names=list(trajectory.joint_names))
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(trajectory.stamp_ns, 10**9)
-    for point in trajectory.points:
-        sec, nanosec = divmod(point.time_from_start_ns, 10**9)
-        msg.points.append(JointTrajectoryPoint(positions=list(point.positions),
-                                               time_from_start=Duration(sec=sec,
-                                                                        nanosec=nanosec)))
-    return msg
-
-
 class JointBridge(Node):
     """The joint_trajectory bridge node; see the module docstring."""
 
@@ -266,7 +250,7 @@ class JointBridge(Node):
         self._update_state()
         while self._inbox:
             kind, msg, arrival = self._inbox.popleft()
-            stamp = _seconds(msg.header.stamp)
+            stamp = stamp_seconds(msg.header.stamp)
             if kind == 'command':
                 if len(msg.position) != len(msg.name):
                     self._refuse('rejected_names', f'vla/joint_command has {len(msg.position)} '
@@ -275,14 +259,15 @@ class JointBridge(Node):
                 outcome = self.core.command(list(msg.name), list(msg.position), stamp, now,
                                             arrival)
             else:
-                if any(len(p.positions) != len(msg.joint_names) for p in msg.points):
+                chunk = messages.trajectory_from_msg(msg)
+                if any(len(p.positions) != len(chunk.joint_names) for p in chunk.points):
                     self._refuse('rejected_chunk', 'vla/joint_chunk has a point without one '
                                  'position per joint name')
                     continue
-                outcome = self.core.chunk(list(msg.joint_names),
-                                          [list(p.positions) for p in msg.points],
-                                          [_seconds(p.time_from_start) for p in msg.points],
-                                          stamp, now)
+                outcome = self.core.chunk(list(chunk.joint_names),
+                                          [list(p.positions) for p in chunk.points],
+                                          [ns_to_seconds(p.time_from_start_ns)
+                                           for p in chunk.points], stamp, now)
             self._apply(outcome)
         self._apply(self.core.tick(now))
 
@@ -321,7 +306,7 @@ class JointBridge(Node):
                                       f'{self.cfg.command_timeout} s: holding the measured '
                                       'positions')
         for controller, trajectory in outcome.trajectories:
-            self._out[controller].publish(_message(trajectory))
+            self._out[controller].publish(messages.trajectory_to_msg(trajectory))
 
     def _publish_diagnostics(self):
         now = self.get_clock().now()

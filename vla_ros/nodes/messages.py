@@ -22,7 +22,8 @@ from vla_ros.control.action_layout import (ACTION_DIMS, action_fields, check_act
                                            joint_chunk_fields, joint_fields)
 from vla_ros.control.geometry import quaternion_to_rpy
 from vla_ros.control.images import ConversionError
-from vla_ros.control.readers import NS
+from vla_ros.control.readers import NS, stamp_ns
+from vla_ros.control.trajectory import Point, Trajectory
 
 
 # encoding -> (bytes per pixel, cv2 code from RGB or None); mono encodings take (H, W) input.
@@ -162,16 +163,32 @@ def joint_action_to_messages(names, row, stamp, plan=None, period=None):
     command.position = array.array('d', positions.tobytes())
     out = [('joint_command', command)]
     if plan is not None:
-        trajectory = JointTrajectory()
-        _set_header(trajectory.header, stamp, '')
-        trajectory.joint_names, points = joint_chunk_fields(names, plan, period)
-        for values, time_ns in points:
-            point = JointTrajectoryPoint(positions=array.array('d', values.tobytes()))
-            point.time_from_start = Duration(sec=time_ns // NS, nanosec=time_ns % NS)
-            trajectory.points.append(point)
+        joint_names, points = joint_chunk_fields(names, plan, period)
+        trajectory = trajectory_to_msg(Trajectory(
+            joint_names, 0, tuple(Point(values, time_ns) for values, time_ns in points)))
+        trajectory.header.stamp = stamp
         out.append(('joint_chunk', trajectory))
     out.append(('action', _multiarray(dims, positions)))
     return tuple(out)
+
+
+def trajectory_to_msg(trajectory):
+    """Return the JointTrajectory (positions only) of a ``control.trajectory.Trajectory``."""
+    msg = JointTrajectory(joint_names=list(trajectory.joint_names))
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(trajectory.stamp_ns), NS)
+    for point in trajectory.points:
+        sec, nanosec = divmod(int(point.time_from_start_ns), NS)
+        msg.points.append(JointTrajectoryPoint(
+            positions=array.array('d', np.asarray(point.positions, np.float64).tobytes()),
+            time_from_start=Duration(sec=sec, nanosec=nanosec)))
+    return msg
+
+
+def trajectory_from_msg(msg):
+    """Return the ``control.trajectory.Trajectory`` a JointTrajectory message carries."""
+    points = tuple(Point(tuple(p.positions), stamp_ns(p.time_from_start), tuple(p.velocities),
+                         tuple(p.accelerations), tuple(p.effort)) for p in msg.points)
+    return Trajectory(tuple(msg.joint_names), stamp_ns(msg.header.stamp), points)
 
 
 def chunk_to_multiarray(rows):

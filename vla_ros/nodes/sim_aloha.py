@@ -44,7 +44,6 @@ from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.control.concurrency import Queue
 from vla_ros.control.stats import Counters
-from vla_ros.control.trajectory import Point, Trajectory
 from vla_ros.nodes import diagnostics, messages, params, qos
 from vla_ros.nodes.sim_arm_config import PARAMS, task_problems
 from vla_ros.nodes.startup import report_problems
@@ -52,20 +51,6 @@ from vla_ros.nodes.startup import report_problems
 TASK_RATE_HZ = 10.0
 MAX_CATCH_UP = 1.0  # s of physics a tick may run to catch up (sim_arm's rule)
 SIM_TIME_CATCH_UP = 0.05
-
-
-def duration_ns(duration):
-    """Return a builtin_interfaces/Duration in integer nanoseconds."""
-    return int(duration.sec) * 1_000_000_000 + int(duration.nanosec)
-
-
-def trajectory_from_msg(msg):
-    """Return the ``control.trajectory.Trajectory`` a JointTrajectory message carries."""
-    stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-    points = tuple(Point(tuple(p.positions), duration_ns(p.time_from_start),
-                         tuple(p.velocities), tuple(p.accelerations), tuple(p.effort))
-                   for p in msg.points)
-    return Trajectory(tuple(msg.joint_names), stamp, points)
 
 
 class AlohaSim:
@@ -190,7 +175,7 @@ class AlohaSim:
     def _take(self, controller, msg):
         self.node._counters.bump('trajectories')
         try:
-            why = self.sim.take(controller, trajectory_from_msg(msg))
+            why = self.sim.take(controller, messages.trajectory_from_msg(msg))
         except (TypeError, ValueError) as exc:
             why = f'unreadable ({type(exc).__name__}: {exc})'
         if why:
