@@ -261,3 +261,23 @@ def test_a_clock_jump_back_forgets_the_stamp_order_and_the_state():
 def test_controllers_that_cannot_work_are_refused_with_the_fix(controllers, message):
     with pytest.raises(JointError, match=message):
         check_controllers(controllers)
+
+
+def test_the_policys_hold_cuts_a_chunk_short_at_the_measured_positions_and_gates_older_stamps():
+    bridge = core()
+    rows, times = chunk_rows()
+    bridge.chunk(NAMES, rows, times, T0, T0)  # runs to T0 + 0.96
+    moved = HOME + 0.01
+    bridge.update_state(LEFT + RIGHT, moved, T0 + 0.2)
+    hold = bridge.policy_hold(T0 + 0.2, T0 + 0.21)
+    assert hold.events == ('policy_holds',)
+    np.testing.assert_allclose(positions(hold), [moved])
+    # computed before the hold (an image older than it): not followed; newer: followed
+    assert bridge.command(NAMES, action(), T0 + 0.15, T0 + 0.22, T0 + 0.22).events == \
+        ('dropped_reordered',)
+    bridge.update_state(LEFT + RIGHT, moved, T0 + 0.9)
+    assert bridge.tick(T0 + 0.9) is None  # the hold replaced the chunk: no watchdog owed
+    assert bridge.command(NAMES, action(), T0 + 0.9, T0 + 0.91, T0 + 0.91).trajectories
+    assert bridge.policy_hold(math.nan, T0 + 0.92).events == ('rejected_nan',)
+    bridge.set_enabled(False, T0 + 0.93)
+    assert bridge.policy_hold(T0 + 0.93, T0 + 0.94) is None  # disabled: already holding

@@ -197,6 +197,35 @@ def test_a_25_row_aloha_chunk_leaves_as_one_trajectory_per_arm_and_a_stale_one_n
 
 
 @pytest.mark.dds
+@pytest.mark.parametrize('mode', ('chunk', 'step'))
+def test_vla_nodes_hold_cuts_the_chunk_short_at_the_measured_positions(ros, launch, tmp_path,
+                                                                      mode):
+    arms, diag = subscribe(ros)
+    bridge = start_bridge(launch, tmp_path, trajectory_points=mode)
+    policy = Policy(ros, chunks=mode == 'chunk')
+    holds = Policy(ros, chunks=True)  # vla_node's hold: a vla/joint_chunk without points
+    rows = np.array([action(HOME + 0.004 * (i + 1)) for i in range(25)])
+    with Arms(ros) as state:
+        bridge.wait_for_output('joint_states received')
+        if mode == 'chunk':
+            policy.chunk(rows)
+        else:
+            policy.command(rows[0])
+        received(arms)
+        state.position = HOME + 0.002
+        time.sleep(0.1)
+        holds.chunk([])
+        found = received(arms, count=2)
+        policy.command(rows[1], age=0.05) if mode == 'step' else policy.chunk(rows, age=0.05)
+        time.sleep(0.3)
+        values = counters(diag)
+    np.testing.assert_allclose(points(found), [HOME + 0.002], atol=1e-12)
+    assert all(len(inbox.messages) == 2 for inbox in arms.values())  # computed before: dropped
+    assert values['policy_holds'] == '1' and values['dropped_reordered'] == '1', values
+    assert 'vla_node held' in bridge.output()
+
+
+@pytest.mark.dds
 def test_steps_are_points_clipped_to_limits_and_speed_and_bad_ones_refused(
         ros, launch, tmp_path):
     arms, diag = subscribe(ros)

@@ -8,6 +8,7 @@ joint_states, and every joint command is recomputed with ``OpenVLAOFTPolicy.pred
 """
 
 import threading
+import time
 import types
 
 from builtin_interfaces.msg import Time
@@ -219,11 +220,23 @@ def test_joint_commands_and_the_chunk_are_the_policys_rows_stamped_with_the_imag
         assert len(msg.velocity) == len(msg.effort) == 0
         np.testing.assert_allclose(msg.position, expected[row], rtol=1e-5, atol=1e-7)
     ticks = [t for t, _ in commands.stamped[:3]]
-    assert all(0.3 < b - a < 0.7 for a, b in zip(ticks, ticks[1:])), ticks  # 2 Hz
+    # one per tick at 2 Hz (by their arrival here, which a loaded machine delays one by one)
+    assert 0.3 < (ticks[-1] - ticks[0]) / (len(ticks) - 1) < 0.7, ticks
     np.testing.assert_allclose([m.data for m in actions.messages[:3]], expected[:3], rtol=1e-5,
                                atol=1e-7)
     assert actions.messages[0].layout.dim[0].label == ' '.join(ALOHA)
     assert not deltas.messages and len(chunks.messages) == 1  # no deltas; one chunk so far
+    # enable: false mid-chunk: the hold is a joint_chunk without points, stamped now, and no
+    # row of the chunk follows it.
+    from std_srvs.srv import SetBool
+    before = ros.node.get_clock().now().nanoseconds
+    assert ros.call(SetBool, '/vla_node/enable', SetBool.Request(data=False)).success
+    hold = chunks.wait_for(2)[1]
+    assert list(hold.joint_names) == list(ALOHA) and not hold.points
+    assert hold.header.stamp.sec * 10**9 + hold.header.stamp.nanosec >= before
+    count = len(commands.messages)
+    time.sleep(1.2)  # more than two 2 Hz ticks
+    assert len(commands.messages) == count and len(chunks.messages) == 2
     assert node.alive
 
 

@@ -22,8 +22,10 @@ per controller. Times are float seconds on the node clock. What ``JointBridgeCor
   nothing of that command is sent.
 * A hold is one point per controller at the measured positions, one tick period ahead. It goes
   out once when no command was accepted for ``command_timeout`` after the last one (and after
-  the end of the last trajectory sent: a chunk runs longer), and at once on disable. Enabling
-  again follows only commands stamped after the enable.
+  the end of the last trajectory sent: a chunk runs longer), at once on disable, and at once on
+  the policy's hold (vla_node's ``enable: false`` or deactivate: a ``vla/joint_chunk`` without
+  points; JTC itself refuses an empty trajectory, so it never goes further). Enabling again,
+  or after the policy's hold, follows only commands stamped after it.
 
 Every outcome is an ``Outcome``: the trajectories to publish (none when refused) and the
 counter keys (``EVENTS``) with a reason.
@@ -39,8 +41,8 @@ from vla_ros.control.stamps import stamp_refusal
 from vla_ros.control.step_period import StepPeriod
 from vla_ros.control.trajectory import bridge_refusal, chunk_trajectory
 
-EVENTS = ('sent_steps', 'sent_chunks', 'disable_holds', 'watchdog_holds', 'clipped_limit',
-          'clipped_velocity', 'refused_beyond_limit', 'refused_too_fast', 'rejected_nan',
+EVENTS = ('sent_steps', 'sent_chunks', 'disable_holds', 'watchdog_holds', 'policy_holds',
+          'clipped_limit', 'clipped_velocity', 'refused_beyond_limit', 'refused_too_fast', 'rejected_nan',
           'rejected_names', 'rejected_unknown_joint', 'rejected_missing_joint', 'rejected_chunk',
           'dropped_stale', 'dropped_future', 'dropped_reordered', 'dropped_disabled',
           'dropped_no_state', 'dropped_chunk_passed', 'refused_bug')
@@ -187,6 +189,22 @@ class JointBridgeCore:
             self.watchdog_armed = False
             self.hold_owed = 'watchdog_holds'
         return self._hold(now) if self.hold_owed else None
+
+    def policy_hold(self, stamp, now):
+        """
+        Hold for the policy (vla_node's hold: a ``vla/joint_chunk`` without points).
+
+        The measured positions at once, as on disable, and nothing stamped before the hold
+        follows it. A hold is always safe, so only a non-finite stamp is refused.
+        """
+        if not math.isfinite(stamp):
+            return Outcome((), ('rejected_nan',), 'a hold stamped NaN or inf')
+        self.last_stamp = max(self.last_stamp, min(stamp, now))
+        self.busy_until, self.watchdog_armed = -math.inf, False
+        if not self.enabled:
+            return None  # already holding since the disable
+        self.hold_owed = 'policy_holds'
+        return self._hold(now)
 
     def set_enabled(self, enabled, now):
         """Switch on or off; off returns the hold (None without state: it goes when it can)."""

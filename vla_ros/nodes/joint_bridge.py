@@ -33,6 +33,7 @@ from vla_ros.nodes.logs import LogThrottle
 from vla_ros.nodes.startup import report_problems
 
 MODE = 'joint_trajectory'
+HOLDS = ('disable_holds', 'watchdog_holds', 'policy_holds')
 POINTS = ('step', 'chunk')
 MAX_PENDING = 64  # commands waiting for the next tick
 _L = SafetyLimits()
@@ -184,9 +185,9 @@ class JointBridge(Node):
         if cfg.trajectory_points == 'step':
             self.create_subscription(JointState, 'vla/joint_command',
                                      lambda m: self._store('command', m), qos.COMMAND)
-        else:
-            self.create_subscription(JointTrajectory, 'vla/joint_chunk',
-                                     lambda m: self._store('chunk', m), qos.COMMAND)
+        # Chunks (trajectory_points chunk), and in both modes vla_node's hold: one without points.
+        self.create_subscription(JointTrajectory, 'vla/joint_chunk',
+                                 lambda m: self._store('chunk', m), qos.COMMAND)
         self.create_subscription(JointState, 'joint_states', self._on_state, qos.SENSOR)
         self.create_service(SetBool, '~/enable', self._on_enable)
         self.create_timer(1.0 / cfg.stream_rate_hz, self._tick)
@@ -258,6 +259,10 @@ class JointBridge(Node):
                     continue
                 outcome = self.core.command(list(msg.name), list(msg.position), stamp, now,
                                             arrival)
+            elif not msg.points:
+                outcome = self.core.policy_hold(stamp, now)
+            elif self.cfg.trajectory_points == 'step':
+                continue  # the rows come one by one on vla/joint_command
             else:
                 chunk = messages.trajectory_from_msg(msg)
                 if any(len(p.positions) != len(chunk.joint_names) for p in chunk.points):
@@ -293,14 +298,15 @@ class JointBridge(Node):
         """Count an outcome's events, log what was refused or changed, publish its trajectories."""
         if outcome is None:
             return
-        error = outcome.reason if outcome.events[0] not in ('disable_holds',
-                                                            'watchdog_holds') else None
+        error = outcome.reason if outcome.events[0] not in HOLDS else None
         for event in outcome.events:
             self.counters.bump(event, error)
         if not outcome.trajectories:
             self._log.warning(outcome.events[0], f'nothing sent: {outcome.reason}')
         elif outcome.reason and outcome.events[0] in ('sent_steps', 'sent_chunks'):
             self._log.warning('clipped', f'sent changed: {outcome.reason}')
+        elif outcome.events[0] == 'policy_holds':
+            self.get_logger().info('vla_node held: holding the measured positions')
         elif outcome.events[0] == 'watchdog_holds':
             self.get_logger().warning(f'watchdog: no command within command_timeout '
                                       f'{self.cfg.command_timeout} s: holding the measured '

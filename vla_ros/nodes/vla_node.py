@@ -304,7 +304,7 @@ class VlaNode(LifecycleNode):
         self.core.set_enabled(request.data, self._now())
         response.success = True
         hold = ('published a hold (zero delta)' if 'ee_delta' in self._out
-                else 'publishing no joint targets')
+                else 'published a hold (vla/joint_chunk without points)')
         response.message = 'enabled' if request.data else f'disabled: {hold}'
         self.get_logger().info(response.message)
         return response
@@ -391,14 +391,19 @@ class VlaNode(LifecycleNode):
             if not self._out or not self.context.ok():
                 return  # cleaned up, or shut down (Ctrl-C shuts the context down first)
             if emission.kind == 'hold':
-                # A zero delta with the identity rotation, stamped now. A joint target has no
-                # zero: the bridge's watchdog holds the measured position when targets stop.
+                # Stamped now: a zero delta with the identity rotation, or (joint targets have
+                # no zero) a vla/joint_chunk without points: the bridge holds the measured
+                # positions and follows nothing stamped before it.
+                now = self.get_clock().now().to_msg()
                 if 'ee_delta' in self._out:
                     pose = PoseStamped()
-                    pose.header.stamp = self.get_clock().now().to_msg()
-                    pose.header.frame_id = self.cfg.action_frame
+                    pose.header.stamp, pose.header.frame_id = now, self.cfg.action_frame
                     pose.pose.orientation.w = 1.0
                     self._out['ee_delta'].publish(pose)
+                else:
+                    hold = JointTrajectory(joint_names=list(self.cfg.action_joints))
+                    hold.header.stamp = now
+                    self._out['joint_chunk'].publish(hold)
                 self._counters.bump('holds')
                 return
             if emission.kind == 'chunk':
