@@ -198,8 +198,8 @@ def test_a_25_row_aloha_chunk_leaves_as_one_trajectory_per_arm_and_a_stale_one_n
 
 @pytest.mark.dds
 @pytest.mark.parametrize('mode', ('chunk', 'step'))
-def test_vla_nodes_hold_cuts_the_chunk_short_at_the_measured_positions(ros, launch, tmp_path,
-                                                                      mode):
+def test_vla_nodes_hold_cuts_the_chunk_short_at_the_measured_positions(
+        ros, launch, tmp_path, mode):
     arms, diag = subscribe(ros)
     bridge = start_bridge(launch, tmp_path, trajectory_points=mode)
     policy = Policy(ros, chunks=mode == 'chunk')
