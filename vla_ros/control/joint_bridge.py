@@ -43,9 +43,9 @@ from vla_ros.control.trajectory import bridge_refusal, chunk_trajectory
 
 EVENTS = ('sent_steps', 'sent_chunks', 'disable_holds', 'watchdog_holds', 'policy_holds',
           'clipped_limit', 'clipped_velocity', 'refused_beyond_limit', 'refused_too_fast',
-          'rejected_nan', 'rejected_names', 'rejected_unknown_joint', 'rejected_missing_joint', 'rejected_chunk',
-          'dropped_stale', 'dropped_future', 'dropped_reordered', 'dropped_disabled',
-          'dropped_no_state', 'dropped_chunk_passed', 'refused_bug')
+          'rejected_nan', 'rejected_names', 'rejected_unknown_joint', 'rejected_missing_joint',
+          'rejected_chunk', 'dropped_stale', 'dropped_future', 'dropped_reordered',
+          'dropped_disabled', 'dropped_no_state', 'dropped_chunk_passed', 'refused_bug')
 MIN_SPACING = 1e-3  # s between the rows of a chunk, at least
 # JointSafety's counter keys, as the bridge counts them.
 _SAFETY_KEYS = {'non_finite': 'rejected_nan', 'no_state': 'dropped_no_state',
