@@ -152,7 +152,19 @@ def test_nothing_moves_without_fresh_joint_states_of_every_joint():
     assert bridge.command(NAMES, action(), T0 + 0.6, T0 + 0.6, T0 + 0.6).trajectories
     fresh = core()
     fresh.update_state(['vx300s_left/elbow'], [math.nan], T0)
-    assert fresh.command(NAMES, action(), T0, T0, T0).events == ('dropped_no_state',)
+    outcome = fresh.command(NAMES, action(), T0, T0, T0)
+    assert outcome.events == ('dropped_no_state',)
+    assert 'no finite position of controller joint(s) vx300s_left/elbow' in outcome.reason
+    # a controller joint the robot does not have (its joint_states never name it): named
+    other = core(controllers=(('left_arm_controller', LEFT[:6] + ('vx300s_left/thumb',)),
+                              ('right_arm_controller', RIGHT)),
+                 limits=limits_from_parameters(LEFT[:6] + ('vx300s_left/thumb',) + RIGHT,
+                                               LOWER, UPPER, SPEED))
+    names = [n.replace('gripper:vx300s_left/left_finger', 'gripper:vx300s_left/thumb')
+             for n in NAMES]
+    outcome = other.command(names, action(), T0, T0, T0)
+    assert outcome.events == ('dropped_no_state',)
+    assert 'vx300s_left/thumb: is each a joint of this robot' in outcome.reason
 
 
 def chunk_rows(k=25):

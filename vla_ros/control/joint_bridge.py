@@ -234,9 +234,7 @@ class JointBridgeCore:
         if refusal:
             return Outcome((), (refusal[0],), refusal[1]), None
         if self.measured(now) is None:
-            return Outcome((), ('dropped_no_state',), 'no fresh joint_states of every '
-                           'controller joint (none newer than command_timeout '
-                           f'{cfg.command_timeout} s)'), None
+            return Outcome((), ('dropped_no_state',), self._no_state(now)), None
         try:
             joints = parse_action_joints(names)
         except JointError as exc:
@@ -263,6 +261,15 @@ class JointBridgeCore:
                 value = [self.config.gripper.position(v) for v in value]
             targets[:, self._index[joint.name]] = value
         return None, targets
+
+    def _no_state(self, now):
+        """Say why there are no measured positions: none fresh, or joints joint_states lacks."""
+        timeout = self.config.command_timeout
+        if now - self._state_time > timeout:
+            return f'no joint_states newer than command_timeout {timeout} s'
+        missing = [n for n in self.names if not math.isfinite(self._state.get(n, math.nan))]
+        return (f'joint_states has no finite position of controller joint(s) '
+                f'{", ".join(missing)}: is each a joint of this robot (its joint_states names)?')
 
     def _safety_events(self, before):
         return tuple(_SAFETY_KEYS[k] for k, n in self.safety.counts.items()
