@@ -230,8 +230,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     args.robot = 'aloha' if args.task in tasks.ALOHA_TASKS else 'gripper'
     if args.robot == 'aloha' and args.start_spread is not None:
-        parser.error(f'--start-spread moves the gripper robot\'s start; {args.task} (ALOHA) '
-                     'starts its arms at the scene\'s pose, the seed places the cube')
+        parser.error(f"--start-spread moves the gripper robot's start; {args.task} (ALOHA) "
+                     "starts its arms at the scene's pose, the seed places the cube")
     args.start_spread = 0.08 if args.start_spread is None else args.start_spread
     if args.rate is None:
         args.rate = 25.0 if args.robot == 'aloha' else 10.0
