@@ -1,4 +1,4 @@
-"""vla_record_demos --task transfer_cube through the nodes; vla_eval and vla_finetune on its bag."""
+"""vla_record_demos --task transfer_cube through the nodes; vla_eval, vla_finetune on its bag."""
 
 import json
 
