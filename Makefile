@@ -16,7 +16,8 @@ FAST_WORKERS ?= 2
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast test-python demo demo-policy sim-eval aloha-expert gpu-check gpu-wheels clean
+.PHONY: setup test test-fast test-python demo demo-policy sim-eval aloha-expert aloha-demos gpu-check \
+  gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -145,6 +146,17 @@ sim-eval: $(STAMP)
 # it prints each episode and the success count.
 aloha-expert: $(STAMP)
 	$(PY) -m vla_ros.sim.aloha_expert --episodes 20
+
+# The same expert recorded as bags through the live nodes (sim_arm robot aloha, arm_bridge's joint
+# trajectories, 25 Hz, three 224x224 cameras at 25 Hz), 20 seeded episodes into
+# ALOHA_DEMOS_OUT; it prints each episode and the success count (docs/vla_eval.md has the
+# numbers).
+ALOHA_DEMOS_OUT ?= out/aloha-demos
+aloha-demos: $(STAMP)
+	rm -rf $(ALOHA_DEMOS_OUT)
+	$(VENV)/bin/vla_record_demos --task transfer_cube --episodes 20 --seed 0 \
+	  --out $(ALOHA_DEMOS_OUT) --sim-param camera_width:=224 --sim-param camera_height:=224 \
+	  --sim-param camera_rate_hz:=25.0
 
 # On the lent GPU machine as it is: its own python3 (no venv, no network, no ROS), the working tree
 # and the wheels in .whl/ (`make gpu-wheels`, here): GPU tests, decode-step profile, OpenVLA-7B and

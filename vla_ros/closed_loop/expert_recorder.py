@@ -1,20 +1,26 @@
 """
 vla_record_demos' ROS participant: the scripted expert (or the policy's labeller), and the bag.
 
-``ExpertRecorder`` subscribes to what the bag records (cameras, ``ee_pose``, ``joint_states``,
-``sim/task``) and writes each message as it arrives, on this node's clock (as ``ros2 bag record``
-logs). In expert mode a timer at ``rate`` publishes the expert's action on ``vla/ee_delta``,
-``vla/gripper`` and ``vla/action``, as vla_node does; in corrections mode each action vla_node
-publishes on ``vla/policy_action`` is one step: the expert labels it (``vla/action``), and the
-policy's action (or on a ``takeover`` share of steps the expert's) goes to arm_bridge.
-``record_demos`` runs the episodes and the nodes (its docstring has the whole story).
+``ExpertRecorder`` subscribes to what the bag records (the robot's cameras, ``joint_states``,
+``sim/task``; the gripper robot's ``ee_pose`` too) and writes each message as it arrives, on this
+node's clock (as ``ros2 bag record`` logs). In expert mode a timer at ``rate`` publishes the
+expert's action as vla_node does for the robot's action space: the gripper robot's end-effector
+delta on ``vla/ee_delta``, ``vla/gripper`` and ``vla/action``; ALOHA's 14 joint targets on
+``vla/joint_command`` (names: ``PRESETS['aloha']``) and ``vla/action``, each tick the plan's
+targets for one period later (``aloha_expert.plan_at``). In corrections mode (gripper robot
+only) each action vla_node publishes on ``vla/policy_action`` is one step: the expert labels it
+(``vla/action``), and the policy's action (or on a ``takeover`` share of steps the expert's)
+goes to arm_bridge. ``record_demos`` runs the episodes and the nodes (its docstring has the
+whole story).
 """
 
+import dataclasses
 import json
 import math
 import threading
 
 from geometry_msgs.msg import PoseStamped
+import mujoco
 import numpy as np
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message, serialize_message
@@ -24,31 +30,59 @@ from std_msgs.msg import Float64, Float64MultiArray, String
 
 from vla_ros.closed_loop.processes import Participant
 from vla_ros.control.geometry import quaternion_to_rpy
+from vla_ros.control.joints import PRESETS
 from vla_ros.control.readers import header_stamp_ns_from_cdr, stamp_ns
 from vla_ros.nodes import messages, qos
 from vla_ros.recordings.bags import BagWriter
+from vla_ros.sim import aloha, aloha_expert
 from vla_ros.sim.expert import ScriptedExpert
 
-# Recorded topics (relative names) and their types, as the bag stores them.
-RECORDED = {
-    'camera/image_raw': (Image, 'sensor_msgs/msg/Image'),
-    'wrist_camera/image_raw': (Image, 'sensor_msgs/msg/Image'),
-    'ee_pose': (PoseStamped, 'geometry_msgs/msg/PoseStamped'),
-    'joint_states': (JointState, 'sensor_msgs/msg/JointState'),
-    'sim/task': (String, 'std_msgs/msg/String'),
-}
-PUBLISHED = {
-    'vla/instruction': (String, 'std_msgs/msg/String'),
-    'vla/ee_delta': (PoseStamped, 'geometry_msgs/msg/PoseStamped'),
-    'vla/gripper': (Float64, 'std_msgs/msg/Float64'),
-    'vla/action': (Float64MultiArray, 'std_msgs/msg/Float64MultiArray'),
+IMAGE = (Image, 'sensor_msgs/msg/Image')
+JOINTS = (JointState, 'sensor_msgs/msg/JointState')
+ACTION = (Float64MultiArray, 'std_msgs/msg/Float64MultiArray')
+INSTRUCTION = (String, 'std_msgs/msg/String')
+
+
+@dataclasses.dataclass(frozen=True)
+class Robot:
+    """
+    A simulated robot's topics (relative names) and their types, as the bag stores them.
+
+    ``recorded``: subscribed and logged; ``stamped``: the recorded topics with a header (the
+    reset filter; each must show before an episode starts), the primary camera first (the
+    expert acts on its newest image and stamps its commands with it); ``published``: the
+    expert's, logged too; ``commands``: those arm_bridge subscribes to.
+    """
+
+    recorded: dict
+    stamped: tuple
+    published: dict
+    commands: tuple
+
+
+ROBOTS = {
+    'gripper': Robot(
+        recorded={'camera/image_raw': IMAGE, 'wrist_camera/image_raw': IMAGE,
+                  'ee_pose': (PoseStamped, 'geometry_msgs/msg/PoseStamped'),
+                  'joint_states': JOINTS, 'sim/task': (String, 'std_msgs/msg/String')},
+        stamped=('camera/image_raw', 'wrist_camera/image_raw', 'ee_pose', 'joint_states'),
+        published={'vla/instruction': INSTRUCTION,
+                   'vla/ee_delta': (PoseStamped, 'geometry_msgs/msg/PoseStamped'),
+                   'vla/gripper': (Float64, 'std_msgs/msg/Float64'), 'vla/action': ACTION},
+        commands=('vla/ee_delta', 'vla/gripper')),
+    'aloha': Robot(
+        recorded={**{f'{camera}/image_raw': IMAGE for camera in aloha.CAMERAS},
+                  'joint_states': JOINTS, 'sim/task': (String, 'std_msgs/msg/String')},
+        stamped=(*(f'{camera}/image_raw' for camera in aloha.CAMERAS), 'joint_states'),
+        published={'vla/instruction': INSTRUCTION, 'vla/joint_command': JOINTS,
+                   'vla/action': ACTION},
+        commands=('vla/joint_command',)),
 }
 # Corrections: the policy's topics (vla_node remapped), and what of them the bag logs.
 POLICY_REMAPS = ('vla/ee_delta:=vla/policy_ee_delta', 'vla/gripper:=vla/policy_gripper',
                  'vla/action:=vla/policy_action')
 POLICY_ACTION = ('vla/policy_action', 'std_msgs/msg/Float64MultiArray')
 POLICY_DELTA = 'vla/policy_ee_delta'  # only its stamp is used
-STAMPED = ('camera/image_raw', 'wrist_camera/image_raw', 'ee_pose', 'joint_states')
 # Best effort (matches the cameras' publisher) but a few deep, so a busy moment drops no frame.
 CAMERA_QOS = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
                         reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -60,9 +94,16 @@ MAX_IMAGE_AGE = 0.5  # s: the expert acts only on a fresh image, as vla_node doe
 class ExpertRecorder(Participant):
     """The expert as a ROS participant, and the recorder of the current episode's bag."""
 
-    def __init__(self, rate, corrections=False, takeover=0.0):
+    def __init__(self, rate, corrections=False, takeover=0.0, robot='gripper'):
         super().__init__('vla_record_demos')
         self.rate, self.corrections, self.takeover = rate, corrections, takeover
+        self.robot = ROBOTS[robot]
+        self.primary = self.robot.stamped[0]
+        # ALOHA's expert plans on the scene's kinematics, loaded once
+        self._aloha = (mujoco.MjModel.from_xml_path(str(aloha.scene_path()))
+                       if robot == 'aloha' else None)
+        self.plan = None  # ALOHA: the episode's plan, made by ``plan_aloha``
+        self.plan_inputs = None  # and what it was planned from (the cube, the arms' joints)
         self._rng = None  # the episode's takeover draws
         self._lock = threading.Lock()  # the bag, the episode and the newest state
         self._bag = None
@@ -73,8 +114,8 @@ class ExpertRecorder(Participant):
         self.status = None  # newest sim/task of the current episode
         self.actions = self.takeovers = 0
         self._pubs = {name: self.node.create_publisher(cls, name, qos.COMMAND)
-                      for name, (cls, _) in PUBLISHED.items()}
-        for name, (cls, _) in RECORDED.items():
+                      for name, (cls, _) in self.robot.published.items()}
+        for name, (cls, _) in self.robot.recorded.items():
             self.node.create_subscription(
                 cls, name, self._recorder(name), CAMERA_QOS if 'image' in name else STATE_QOS,
                 raw=True)
@@ -92,13 +133,12 @@ class ExpertRecorder(Participant):
 
     # ---------------------------------------------------------------- recording
     def _recorder(self, name):
-        msgtype = RECORDED[name][1]
-        cls = RECORDED[name][0]
+        cls, msgtype = self.robot.recorded[name]
 
         def record(raw):
             with self._lock:
                 now = self.now_ns()  # under the lock: the bag's log times only go forward
-                if name in STAMPED:
+                if name in self.robot.stamped:
                     stamp = header_stamp_ns_from_cdr(raw)
                     if self._since_ns is not None and stamp < self._since_ns:
                         return  # from before the reset
@@ -119,7 +159,7 @@ class ExpertRecorder(Participant):
         """Publish one of our own messages and log it in the bag (under the lock)."""
         self._pubs[name].publish(msg)
         if self._bag is not None:
-            self._bag.write_raw(self.topic(name), PUBLISHED[name][1], now,
+            self._bag.write_raw(self.topic(name), self.robot.published[name][1], now,
                                 serialize_message(msg))
 
     # ---------------------------------------------------------------- episodes
@@ -136,7 +176,29 @@ class ExpertRecorder(Participant):
             self._since_ns, self._called_ns = reset_ns, called_ns
             self.state.clear()
             self.status = None
+            self.plan = None
             self._episode = (episode, None, None)
+
+    def plan_aloha(self):
+        """
+        Plan ALOHA's episode once the cube has settled; return whether it is planned.
+
+        Planned from the newest ``sim/task`` (the cube) and ``joint_states`` (the arms, held
+        at their start) in the calling thread, not the executor's (it takes about a second).
+        """
+        with self._lock:
+            status, joints = self.status, self.state.get('joint_states')
+        if status is None or joints is None or \
+                status.get('time_since_reset', 0.0) < aloha_expert.SETTLE:
+            return False
+        start = {side: [joints.position[joints.name.index(n)] for n in aloha.arm_joints(side)]
+                 for side in aloha.SIDES}
+        cube = [float(v) for v in status['cube_position']]
+        plan = aloha_expert.plan_actions(self._aloha, np.asarray(cube), start)
+        with self._lock:
+            self.plan = plan
+        self.plan_inputs = {'cube_position': cube, 'arm_start': start}
+        return True
 
     def start(self, bag_path):
         """Open the bag, publish the instruction and let the expert act."""
@@ -147,10 +209,12 @@ class ExpertRecorder(Participant):
             self.actions = self.takeovers = 0
             self._policy_stamp = None
             self._rng = np.random.default_rng([episode.seed, 21])
-            self.state.pop('camera/image_raw', None)  # act only on images that are in the bag
+            self.state.pop(self.primary, None)  # act only on images that are in the bag
             now = self.now_ns()
             self._publish('vla/instruction', String(data=episode.instruction), now)
-            expert = ScriptedExpert(episode.task, episode.object, period=1.0 / self.rate)
+            # ALOHA's plan starts at the first tick: a dict that it fills in (``_label_aloha``)
+            expert = ({} if self._aloha is not None else
+                      ScriptedExpert(episode.task, episode.object, period=1.0 / self.rate))
             self._episode = (episode, expert, now)
 
     def finish(self):
@@ -164,7 +228,7 @@ class ExpertRecorder(Participant):
     def ready(self):
         """Return True when the reset shows: a fresh image, pose, joints and sim/task."""
         with self._lock:
-            return self.status is not None and all(n in self.state for n in STAMPED)
+            return self.status is not None and all(n in self.state for n in self.robot.stamped)
 
     def result(self):
         """Return (success, time_to_success) of the current episode from sim/task."""
@@ -181,12 +245,14 @@ class ExpertRecorder(Participant):
         vla_node, the expert acts only on a fresh image). Called under the lock.
         """
         expert = self._episode[1] if self._episode else None
-        image_ns = self.state.get('camera/image_raw')
+        image_ns = self.state.get(self.primary)
+        if expert is None or image_ns is None or (now - image_ns) * 1e-9 > MAX_IMAGE_AGE:
+            return None
+        if self._aloha is not None:
+            return self._label_aloha(expert, now), image_ns
         pose, joints, status = self.state.get('ee_pose'), self.state.get('joint_states'), \
             self.status
-        if expert is None or None in (image_ns, pose, joints, status):
-            return None
-        if (now - image_ns) * 1e-9 > MAX_IMAGE_AGE:
+        if None in (pose, joints, status):
             return None
         p, q = pose.pose.position, pose.pose.orientation
         try:
@@ -201,9 +267,23 @@ class ExpertRecorder(Participant):
             return None
         return action, image_ns
 
+    def _label_aloha(self, started, now):
+        """Return the plan's 14 targets for one period after ``now`` (the plan starts now)."""
+        started.setdefault('ns', now)
+        return aloha_expert.plan_at(self.plan, (now - started['ns']) * 1e-9 + 1.0 / self.rate)
+
     def _command(self, action, image_ns, now):
-        """Send ``action`` to arm_bridge (``vla/ee_delta``, ``vla/gripper``) and the bag."""
+        """
+        Send ``action`` to arm_bridge and the bag; return vla/action's message.
+
+        The gripper robot's on ``vla/ee_delta`` and ``vla/gripper``, ALOHA's on
+        ``vla/joint_command``, stamped with the image it acted on, as vla_node's.
+        """
         stamp = Time(nanoseconds=image_ns).to_msg()
+        if self._aloha is not None:
+            out = dict(messages.joint_action_to_messages(PRESETS['aloha'], action, stamp))
+            self._publish('vla/joint_command', out['joint_command'], now)
+            return out['action']
         delta, gripper, raw = messages.action_to_messages(action, stamp, 'base_link')
         self._publish('vla/ee_delta', delta, now)
         self._publish('vla/gripper', gripper, now)
@@ -235,7 +315,7 @@ class ExpertRecorder(Participant):
         """
         with self._lock:
             now = self.now_ns()
-            image_ns = self.state.get('camera/image_raw')
+            image_ns = self.state.get(self.primary)
             if self._episode is None or self._episode[1] is None or image_ns is None:
                 return  # between episodes (the policy is being reset): nothing reaches the arm
             proposed = np.asarray(msg.data, dtype=np.float64)
@@ -261,8 +341,7 @@ class ExpertRecorder(Participant):
             self.takeovers += takeover
 
     def bridge_listening(self):
-        return all(self._pubs[n].get_subscription_count() > 0
-                   for n in ('vla/ee_delta', 'vla/gripper'))
+        return all(self._pubs[n].get_subscription_count() > 0 for n in self.robot.commands)
 
     def policy_up(self):
         """Return True when vla_node listens for the instruction and publishes its actions."""

@@ -1,7 +1,8 @@
 """
 vla_record_demos: a scripted expert's demonstrations in sim_arm, one rosbag2 (MCAP) per episode.
 
-    vla_record_demos [--episodes 10] [--task reach|lift] [--seed 0] [--seconds 10] [--rate 10]
+    vla_record_demos [--episodes 10] [--task reach|lift|transfer_cube] [--seed 0] [--seconds 10]
+                     [--rate 10 (transfer_cube: 25)]
                      [--out out/demos] [--keep-failures] [--after-success 1.0]
                      [--start-spread 0.08] [--sim-param NAME:=VALUE ...]
                      [--policy-model PATH [--policy reach|openvla_oft] [--unnorm-key K]
@@ -25,6 +26,21 @@ is its own bag ``OUT/episode_0000`` ... with what a real robot records: ``/camer
 receive time on the node clock, as ``ros2 bag record`` logs it. Messages stamped before the
 episode's reset are left out. Failed episodes are deleted unless ``--keep-failures``.
 ``OUT/episodes.json`` lists every episode (seed, instruction, success, time to success, bag).
+
+**ALOHA** (``--task transfer_cube``): sim_arm runs ``robot: aloha`` and arm_bridge
+``output_mode: joint_trajectory`` with one point per step (``trajectory_points: step``) to
+ALOHA's two arm controllers, with the scene's joint ranges and ``joint_velocity`` 3 rad/s
+(fingers 0.5 m/s) as limits. Once the cube has settled (``aloha_expert.SETTLE`` after the
+reset) the expert plans the episode from ``sim/task``'s cube and ``joint_states``
+(``aloha_expert.plan_actions``, 50 Hz), then the bag starts and at ``--rate`` (default 25 Hz,
+OFT ALOHA's) it publishes the plan's targets for one period later (``plan_at``: the plan
+resampled by time) on ``vla/joint_command`` (names ``PRESETS['aloha']``, the gripper
+normalised, stamped with the newest ``cam_high`` image) and ``vla/action`` (14-D), as vla_node
+does with ``action_space: joint_position``. The bags hold ``/cam_high/image_raw``,
+``/cam_left_wrist/image_raw``, ``/cam_right_wrist/image_raw``, ``/joint_states``,
+``/sim/task``, ``/vla/instruction``, ``/vla/action`` and ``/vla/joint_command``; each
+``episodes.json`` entry also has ``plan_inputs`` (the cube and the arms' joints it was planned
+from). Corrections are not recorded for ALOHA (the plan follows its own commands).
 
 **Corrections** (``--policy-model``; DAgger's data): ``vla_node`` runs that checkpoint too, with
 its ``vla/ee_delta``, ``vla/gripper`` and ``vla/action`` remapped to ``vla/policy_ee_delta``,
@@ -54,12 +70,16 @@ from std_srvs.srv import Trigger
 
 from vla_ros.closed_loop.demo import node_params, POLICIES, vla_node_argv
 from vla_ros.closed_loop.expert_recorder import ExpertRecorder, POLICY_REMAPS
-from vla_ros.closed_loop.processes import (node_argv, ProcessError, start, stop,
+from vla_ros.closed_loop.processes import (list_param, node_argv, ProcessError, start, stop,
                                            stop_like_ctrl_c, wait_until)
-from vla_ros.sim import tasks
+from vla_ros.control.joints import ALOHA_GRIPPER
+from vla_ros.sim import aloha, tasks
 
 START_TIMEOUT = 120.0  # s for sim_arm, arm_bridge (and vla_node, loading its model) to come up
 RESET_TIMEOUT = 30.0  # s for a reset to show on sim/task and the camera (a busy CPU is slow)
+# s after ALOHA's last command before the next reset: arm_bridge's watchdog hold (its
+# command_timeout, 0.5 s) of the old pose goes out before the reset, never after it
+ALOHA_QUIET = 0.7
 
 
 class RecordError(ProcessError):
@@ -78,16 +98,22 @@ def run_episode(rec, args, k, procs):
     if refused:
         raise RecordError(f'sim_arm refused seed {seed} / task {args.task}: {refused[0]}')
     rec.finish()
+    if args.robot == 'aloha' and k:
+        time.sleep(ALOHA_QUIET)
     wall_start, called_ns = time.monotonic(), rec.now_ns()
     if not rec.call_service(Trigger, '/sim_arm/reset', Trigger.Request()).success:
         raise RecordError('sim_arm refused ~/reset')
-    rec.call_service(Trigger, '/arm_bridge/reset', Trigger.Request())
+    if args.robot == 'gripper':  # the joint bridge keeps no state of an episode: no ~/reset
+        rec.call_service(Trigger, '/arm_bridge/reset', Trigger.Request())
     if args.policy_model:
         reset_policy(rec)  # idle until this episode's instruction
     bag = Path(args.out) / f'episode_{k:04d}'
     rec.begin(episode, called_ns, rec.now_ns())
     wait_until(rec.ready, RESET_TIMEOUT,
                f'episode {k} (seed {seed}) on sim/task and the cameras', procs)
+    if args.robot == 'aloha':  # planned once the cube lies on the table; then the bag starts
+        wait_until(rec.plan_aloha, RESET_TIMEOUT, f'episode {k} (seed {seed}): the cube to '
+                   'settle and the plan', procs)
     rec.start(bag)
     end = time.monotonic() + args.seconds
     success_at = None
@@ -115,6 +141,7 @@ def run_episode(rec, args, k, procs):
             'instruction': episode.instruction, 'success': success,
             'time_to_success': time_to_success, 'actions': actions,
             **({'takeovers': takeovers} if args.policy_model else {}),
+            **({'plan_inputs': rec.plan_inputs} if args.robot == 'aloha' else {}),
             'wall_s': round(time.monotonic() - wall_start, 3),
             'bag': str(bag) if kept else None}
 
@@ -125,8 +152,36 @@ def reset_policy(rec):
         raise RecordError('vla_node refused ~/reset')
 
 
+def aloha_bridge_params():
+    """
+    Return arm_bridge's ``NAME:=VALUE`` parameters for ALOHA: joint trajectories, per step.
+
+    Limits: the scene's joint ranges; each finger from ACT's closed to its open position (the
+    MJCF's lower end is above closed: a closed gripper would be clipped at every step).
+    """
+    import mujoco  # the scene's ranges; only for ALOHA
+    model = mujoco.MjModel.from_xml_path(str(aloha.scene_path()))
+    joints = [j for names in aloha.CONTROLLERS.values() for j in names]
+    fingers = set(aloha.MIRRORED)
+    lower = [ALOHA_GRIPPER[0] if j in fingers else model.joint(j).range[0] for j in joints]
+    upper = [ALOHA_GRIPPER[1] if j in fingers else model.joint(j).range[1] for j in joints]
+    speed = [0.5 if j in fingers else 3.0 for j in joints]
+
+    def doubles(name, values):
+        return f'{name}:=[{", ".join(repr(float(v)) for v in values)}]'
+    return ['output_mode:=joint_trajectory', 'trajectory_points:=step',
+            list_param('controllers', aloha.CONTROLLERS),
+            *(list_param(f'{c}.joints', names) for c, names in aloha.CONTROLLERS.items()),
+            doubles('joint_lower', lower), doubles('joint_upper', upper),
+            doubles('joint_velocity', speed)]
+
+
 def node_commands(args):
     """Return {name: argv} of the nodes to start: sim_arm, arm_bridge (and vla_node)."""
+    if args.robot == 'aloha':
+        return {'sim_arm': node_argv('sim_arm', 'robot:=aloha', f'task:={args.task}',
+                                     f'seed:={args.seed}', *args.sim_param),
+                'arm_bridge': node_argv('arm_bridge', *aloha_bridge_params())}
     argvs = {'sim_arm': node_argv('sim_arm', f'task:={args.task}', f'seed:={args.seed}',
                                   f'start_spread:={args.start_spread:g}', *args.sim_param),
              'arm_bridge': node_argv('arm_bridge')}
@@ -142,17 +197,19 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog='vla_record_demos',
                                      description=__doc__.strip().splitlines()[0])
     parser.add_argument('--episodes', type=int, default=10, help='number of episodes')
-    parser.add_argument('--task', choices=tasks.TASKS, default='reach')
+    parser.add_argument('--task', choices=tasks.TASKS + tasks.ALOHA_TASKS, default='reach',
+                        help='transfer_cube: the simulated ALOHA (joint space)')
     parser.add_argument('--seed', type=int, default=0, help='episode k uses seed SEED + k')
     parser.add_argument('--seconds', type=float, default=10.0,
                         help='longest episode, seconds (wall time = sim time)')
-    parser.add_argument('--rate', type=float, default=10.0, help='expert actions per second')
+    parser.add_argument('--rate', type=float, help='expert actions per second (default 10; '
+                        "transfer_cube 25, OFT ALOHA's)")
     parser.add_argument('--after-success', type=float, default=1.0, metavar='S',
                         help='seconds recorded after the task succeeds (the arm at rest)')
     parser.add_argument('--out', default='out/demos', help='one bag per episode in here')
     parser.add_argument('--keep-failures', action='store_true',
                         help='keep the bags of failed episodes (deleted by default)')
-    parser.add_argument('--start-spread', type=float, default=0.08, metavar='M',
+    parser.add_argument('--start-spread', type=float, metavar='M',
                         help="sim_arm's start_spread: each seed starts the gripper up to M "
                         'metres (per axis) from home (default 0.08; from one start the '
                         'direction to the goal is the distance travelled, and a policy learns '
@@ -171,6 +228,13 @@ def parse_args(argv):
                         help="with --policy-model: the share of steps on which the expert's "
                         "action is executed instead of the policy's (default 0)")
     args = parser.parse_args(argv)
+    args.robot = 'aloha' if args.task in tasks.ALOHA_TASKS else 'gripper'
+    if args.robot == 'aloha' and args.start_spread is not None:
+        parser.error(f"--start-spread moves the gripper robot's start; {args.task} (ALOHA) "
+                     "starts its arms at the scene's pose, the seed places the cube")
+    args.start_spread = 0.08 if args.start_spread is None else args.start_spread
+    if args.rate is None:
+        args.rate = 25.0 if args.robot == 'aloha' else 10.0
     if args.episodes < 1 or args.seed < 0:
         parser.error('--episodes must be >= 1 and --seed >= 0')
     if not (0 < args.rate <= 50 and args.seconds > 0 and args.after_success >= 0):
@@ -215,13 +279,14 @@ def main(argv=None):
     print(f'starting {", ".join(argvs)} (logs in {out}/); {args.episodes} {args.task} '
           f'episodes from seed {args.seed}, {who}')
     procs = {name: start(argv, out / f'{name}.log') for name, argv in argvs.items()}
-    rec = ExpertRecorder(args.rate, bool(args.policy_model), args.takeover)
+    rec = ExpertRecorder(args.rate, bool(args.policy_model), args.takeover, args.robot)
     results = []
     code = 0
     try:
         wait_until(rec.bridge_listening, START_TIMEOUT,
-                   'arm_bridge to subscribe to vla/ee_delta', procs)
-        for name in ('/sim_arm/reset', '/arm_bridge/reset') + (
+                   f'arm_bridge to subscribe to {rec.robot.commands[0]}', procs)
+        for name in ('/sim_arm/reset',) + (
+                ('/arm_bridge/reset',) if args.robot == 'gripper' else ()) + (
                 ('/vla_node/reset',) if args.policy_model else ()):
             client = rec.node.create_client(Trigger, name)
             wait_until(lambda c=client: c.service_is_ready(), START_TIMEOUT, name, procs)

@@ -90,6 +90,29 @@ def multiarray_to_action(msg, finite=True):
                         finite)
 
 
+def multiarray_to_values(msg, finite=True):
+    """
+    Read the action of a vla/action Float64MultiArray of any action space.
+
+    The end-effector deltas' (label ``ACTION_LABEL``, or no layout) as ``multiarray_to_action``;
+    a joint action's (its label: one ``action_joints`` entry per value, space-separated, as
+    ``joint_fields`` writes it) as its N values. Other labels are refused.
+    """
+    dims = list(msg.layout.dim)
+    label = dims[0].label if dims else ''
+    if not label or label == ACTION_LABEL:
+        return multiarray_to_action(msg, finite)
+    values = np.asarray(msg.data, dtype=np.float64)[int(msg.layout.data_offset):]
+    if len(label.split()) != values.size:
+        raise ConversionError(
+            f'Float64MultiArray layout label is {label!r} ({len(label.split())} names) with '
+            f'{values.size} values; expected {ACTION_LABEL!r} or one joint entry per value: this '
+            'is not a vla/action message')
+    if finite and not np.all(np.isfinite(values)):
+        raise ConversionError(f'Float64MultiArray has non-finite values {values.tolist()}')
+    return values
+
+
 def multiarray_to_chunk(msg):
     """Read a chunk (K, D) back from a ``vla/action_chunk`` Float64MultiArray."""
     dims = list(msg.layout.dim)

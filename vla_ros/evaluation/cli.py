@@ -34,6 +34,7 @@ import os
 from pathlib import Path
 import sys
 
+from vla_ros.control.action_layout import ACTION_DIM
 from vla_ros.control.chunks import MODES
 from vla_ros.evaluation.evaluate import (check_bag, check_policy, EvalError, EvalOptions,
                                          evaluate_bag, REFERENCES)
@@ -203,6 +204,10 @@ def _run(args, options, out_dir, bags, names):
         else args.device
     policy, key = _load_policy(args, device)  # warmed up, as vla_node's
     check_policy(policy, options)
+    if args.write_bag and policy.action_dim != ACTION_DIM:
+        raise EvalError(f'--write-bag writes end-effector deltas (vla/ee_delta, vla/gripper); '
+                        f'the policy predicts {policy.action_dim}-D joint positions: drop '
+                        '--write-bag (metrics.json and the plots hold the predictions)')
     rank = f'[{state.process_index}/{state.num_processes}] ' if state.num_processes > 1 else ''
     payloads = []
     with state.split_between_processes(list(range(len(bags)))) as mine:
@@ -245,6 +250,15 @@ def _run(args, options, out_dir, bags, names):
     return status
 
 
+def action_names_of(policy, args):
+    """Return a name per action dimension: the deltas', a joint platform's entries, or a0 ..."""
+    from vla_ros.control.joints import PRESETS
+    joints = PRESETS.get(args.platform) if args.policy == 'openvla_oft' else None
+    if policy.action_dim != ACTION_DIM and joints and len(joints) == policy.action_dim:
+        return joints
+    return policy.action_labels
+
+
 def _write(args, options, policy, key, records, out_dir, write_outputs):
     import numpy as np
 
@@ -277,6 +291,7 @@ def _write(args, options, policy, key, records, out_dir, write_outputs):
             if role in ('action', 'ee_pose', 'gripper')},
         'rate_hz': options.rate, 'max_image_age_s': options.max_image_age,
         'action_range': action_range.tolist(), 'step_time': 'bag log time',
+        'action_names': list(action_names_of(policy, args)),
         'bags': [r.path for r in results],
     }
     data, written = write_outputs(out_dir, results, action_range, config,

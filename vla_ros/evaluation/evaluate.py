@@ -31,7 +31,6 @@ import threading
 import numpy as np
 from tqdm import tqdm
 
-from vla_ros.control.action_layout import ACTION_DIM
 from vla_ros.control.core import ControlCore, infer
 from vla_ros.evaluation import reference as references
 from vla_ros.evaluation.options import (check_bag, check_policy, EvalError, EvalOptions,
@@ -107,9 +106,8 @@ def evaluate_bag(bag, policy, unnorm_key, options, name=None, progress=True, des
         events.close()  # the reader stops before the bag may close
         if bar is not None:
             bar.close()
-    chunk_len = policy.chunk_len
     return _result(name or path.name, path, bag.storage, rows, state['streams'], options,
-                   bad_instructions, chunk_len)
+                   bad_instructions, policy.chunk_len, policy.action_dim)
 
 
 def _step(core, emitted, step, policy, unnorm_key, needs_state, rate):
@@ -127,7 +125,7 @@ def _step(core, emitted, step, policy, unnorm_key, needs_state, rate):
             row['result'], row['latency'] = prediction.result, prediction.latency_s
             row['invalid'] = prediction.status != 'ok'
             values = np.asarray(prediction.result.values, dtype=np.float64)
-            row['prediction'] = values.reshape(-1)[:ACTION_DIM]
+            row['prediction'] = values.reshape(-1)[:policy.action_dim]
             if not row['invalid'] and core.commit(tick.ticket, prediction.rows, now):
                 offset = int(round((tick.ticket.start_s - tick.ticket.time_s) * rate))
                 chunk = next(e for e in emitted if e.kind == 'chunk')
@@ -139,10 +137,10 @@ def _step(core, emitted, step, policy, unnorm_key, needs_state, rate):
     return row
 
 
-def _result(name, path, storage, rows, streams, options, bad_instructions, chunk_len):
+def _result(name, path, storage, rows, streams, options, bad_instructions, chunk_len, dim):
     k = len(rows)
-    predicted = np.full((k, ACTION_DIM), np.nan)
-    token_ids = np.full((k, ACTION_DIM), -1, dtype=np.int64)
+    predicted = np.full((k, dim), np.nan)
+    token_ids = np.full((k, dim), -1, dtype=np.int64)
     valid = np.zeros(k, dtype=bool)
     action_stamp_ns = np.full(k, -1, dtype=np.int64)
     latency = np.full(k, np.nan)
@@ -152,12 +150,12 @@ def _result(name, path, storage, rows, streams, options, bad_instructions, chunk
         if row['detail'] and row['status'] not in reasons:
             reasons[row['status']] = row['detail']
         if 'result' in row:
-            ids = np.asarray(row['result'].token_ids, dtype=np.int64).reshape(-1)[:ACTION_DIM]
+            ids = np.asarray(row['result'].token_ids, dtype=np.int64).reshape(-1)[:dim]
             token_ids[i, :ids.size] = ids
             latency[i] = row['latency']
             predicted[i] = row['prediction']
         if 'action' in row:
-            predicted[i] = row['action'][:ACTION_DIM]
+            predicted[i] = row['action'][:dim]
             valid[i] = True
             action_stamp_ns[i] = row['action_stamp_ns']
         if 'chunk' in row:
@@ -170,17 +168,21 @@ def _result(name, path, storage, rows, streams, options, bad_instructions, chunk
     steps = [row['step'] for row in rows]
     time_ns = np.array([s[1] for s in steps], dtype=np.int64)
     image_log_ns = np.array([s[2] for s in steps], dtype=np.int64)
-    arrays = as_arrays(streams)
+    arrays = as_arrays(streams, dim)
     messages = {'action': len(streams.action_times), 'none': 0,
                 'ee_pose': len(streams.pose_times) + len(streams.gripper_times)}
     if options.reference == 'action' and k:
         t0 = int(time_ns[0])
         next_ns = np.array([step_time(t0, s[0] + 1, options.rate) for s in steps], np.int64)
-        reference = recorded_actions(image_log_ns, next_ns, *arrays['action'])
+        if arrays['action'][1].shape[1] != dim:
+            raise EvalError(f"bag {str(path)!r} records {arrays['action'][1].shape[1]}-D actions "
+                            f"on {options.topics()['action']}, the policy predicts {dim}-D "
+                            'ones: pass a policy of that action space, or --reference none')
+        reference = recorded_actions(image_log_ns, next_ns, *arrays['action'], dim=dim)
     elif options.reference == 'ee_pose' and k:
         reference = references.relabel_ee_pose(time_ns, *arrays['ee_pose'], *arrays['gripper'])
     else:
-        reference = np.full((k, ACTION_DIM), np.nan)
+        reference = np.full((k, dim), np.nan)
     return BagResult(
         name=name, path=str(path), storage=storage, time_ns=time_ns, image_log_ns=image_log_ns,
         image_stamp_ns=np.array([s[3] for s in steps], dtype=np.int64),
@@ -188,7 +190,7 @@ def _result(name, path, storage, rows, streams, options, bad_instructions, chunk
         status=[row['status'] for row in rows], instruction=[row['instruction'] for row in rows],
         predicted=predicted, valid=valid, token_ids=token_ids, latency_s=latency,
         reference=reference,
-        chunks=np.asarray(chunks, dtype=np.float64).reshape(len(chunks), chunk_len, ACTION_DIM),
+        chunks=np.asarray(chunks, dtype=np.float64).reshape(len(chunks), chunk_len, dim),
         chunk_step=np.asarray(chunk_step, dtype=np.int64),
         chunk_start=np.asarray(chunk_start, dtype=np.int64), chunk_len=int(chunk_len),
         invalid_predictions=sum(bool(row.get('invalid')) for row in rows),

@@ -2,8 +2,9 @@
 Offline metrics of predicted against reference actions: pure numpy, JSON-ready results.
 
 Inputs are the *predicted* steps (the ones the live node would have run the model on):
-``predicted`` and ``reference`` float64 (N, 7) (a NaN reference row: no reference), ``valid`` bool
-(N,), ``latency_s`` (N,). Definitions:
+``predicted`` and ``reference`` float64 (N, D) (a NaN reference row: no reference), ``valid`` bool
+(N,), ``latency_s`` (N,), and the ``names`` of the D dimensions (default ``ACTION_NAMES``, the
+7-D end-effector deltas; a joint-space policy's are its own, e.g. ALOHA's 14). Definitions:
 
 - ``invalid_rate`` = invalid actions / predicted steps. Invalid actions (a non-action token, a
   non-finite value: the node publishes nothing) are left out of every error metric.
@@ -15,6 +16,8 @@ Inputs are the *predicted* steps (the ones the live node would have run the mode
   compared steps where both have norm > ``EPS_TRANSLATION`` (``translation_cosine_steps`` of them).
 - ``gripper_agreement``: fraction of compared steps where both grippers are open (> 0.5) or both
   closed (<= 0.5).
+  These two are end-effector delta metrics: for other actions (joint positions) they are None
+  and ``ee_metrics_skipped`` says why.
 - ``latency_ms``: p50, p95, p99 (linear interpolation) and max of ``predict()`` over all
   predicted steps, invalid ones included.
 
@@ -45,18 +48,19 @@ def _number(value):
     return value if np.isfinite(value) else None
 
 
-def _per_dim(values):
-    return {name: _number(v) for name, v in zip(ACTION_NAMES, values)}
+def _per_dim(values, names):
+    return {name: _number(v) for name, v in zip(names, values)}
 
 
-def compute(predicted, reference, valid, latency_s, action_range):
+def compute(predicted, reference, valid, latency_s, action_range, names=ACTION_NAMES):
     """
     Return the metrics dict of one set of predicted steps (see the module docstring).
 
-    ``action_range``: float64 (7,), ``q99 - q01`` of the unnorm key's action statistics.
+    ``action_range``: float64 (D,), ``q99 - q01`` of the unnorm key's action statistics.
     """
-    predicted = np.asarray(predicted, dtype=np.float64).reshape(-1, len(ACTION_NAMES))
-    reference = np.asarray(reference, dtype=np.float64).reshape(-1, len(ACTION_NAMES))
+    names = tuple(names)
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(-1, len(names))
+    reference = np.asarray(reference, dtype=np.float64).reshape(-1, len(names))
     valid = np.asarray(valid, dtype=bool).reshape(-1)
     latency_ms = np.asarray(latency_s, dtype=np.float64).reshape(-1) * 1e3
     action_range = np.asarray(action_range, dtype=np.float64).reshape(-1)
@@ -66,41 +70,46 @@ def compute(predicted, reference, valid, latency_s, action_range):
     pred, ref = predicted[compared], reference[compared]  # (M, 7)
     err = pred - ref
     m = pred.shape[0]
-    mae = np.abs(err).mean(axis=0) if m else np.full(len(ACTION_NAMES), np.nan)
-    rmse = np.sqrt((err ** 2).mean(axis=0)) if m else np.full(len(ACTION_NAMES), np.nan)
+    mae = np.abs(err).mean(axis=0) if m else np.full(len(names), np.nan)
+    rmse = np.sqrt((err ** 2).mean(axis=0)) if m else np.full(len(names), np.nan)
     scale = np.where(action_range > ZERO_RANGE, action_range, np.nan)
     mae_n, rmse_n = mae / scale, rmse / scale
     finite = mae_n[np.isfinite(mae_n)]
 
+    n_invalid = int(n - valid.sum())
+    out = {
+        'steps_predicted': int(n),
+        'invalid_actions': n_invalid,
+        'invalid_rate': _number(n_invalid / n) if n else None,
+        'steps_compared': int(m),
+        'mae': _per_dim(mae, names),
+        'rmse': _per_dim(rmse, names),
+        'mae_normalized': _per_dim(mae_n, names),
+        'rmse_normalized': _per_dim(rmse_n, names),
+        'mae_normalized_mean': _number(finite.mean()) if finite.size else None,
+        'latency_ms': latency_summary(latency_ms),
+    }
+    if names != ACTION_NAMES:
+        return {**out, 'translation_cosine': None, 'translation_cosine_steps': 0,
+                'gripper_agreement': None,
+                'ee_metrics_skipped': f'the actions are {len(names)}-D ({names[0]} ...), not '
+                'end-effector deltas: no translation cosine or gripper agreement'}
     norm_p = np.linalg.norm(pred[:, :3], axis=1)
     norm_r = np.linalg.norm(ref[:, :3], axis=1)
     moving = (norm_p > EPS_TRANSLATION) & (norm_r > EPS_TRANSLATION)
     cosine = (np.sum(pred[moving, :3] * ref[moving, :3], axis=1)
               / (norm_p[moving] * norm_r[moving]))
     agree = (pred[:, 6] > GRIPPER_THRESHOLD) == (ref[:, 6] > GRIPPER_THRESHOLD)
-    n_invalid = int(n - valid.sum())
-    return {
-        'steps_predicted': int(n),
-        'invalid_actions': n_invalid,
-        'invalid_rate': _number(n_invalid / n) if n else None,
-        'steps_compared': int(m),
-        'mae': _per_dim(mae),
-        'rmse': _per_dim(rmse),
-        'mae_normalized': _per_dim(mae_n),
-        'rmse_normalized': _per_dim(rmse_n),
-        'mae_normalized_mean': _number(finite.mean()) if finite.size else None,
-        'translation_cosine': _number(cosine.mean()) if cosine.size else None,
-        'translation_cosine_steps': int(cosine.size),
-        'gripper_agreement': _number(agree.mean()) if m else None,
-        'latency_ms': latency_summary(latency_ms),
-    }
+    return {**out, 'translation_cosine': _number(cosine.mean()) if cosine.size else None,
+            'translation_cosine_steps': int(cosine.size),
+            'gripper_agreement': _number(agree.mean()) if m else None}
 
 
-def chunk_steps(rows, references, action_range):
+def chunk_steps(rows, references, action_range, names=ACTION_NAMES):
     """
     Return the per-chunk-step metrics of committed chunks (see the module docstring).
 
-    ``rows``, ``references``: float64 (C, L, 7), a NaN reference row where there is none.
+    ``rows``, ``references``: float64 (C, L, D), a NaN reference row where there is none.
     """
     rows = np.asarray(rows, dtype=np.float64)
     references = np.asarray(references, dtype=np.float64)
@@ -111,24 +120,24 @@ def chunk_steps(rows, references, action_range):
     for j in range(rows.shape[1]):
         m = compared[:, j]  # (C,)
         err = (np.abs(rows[m, j] - references[m, j]).mean(axis=0) if m.any()
-               else np.full(len(ACTION_NAMES), np.nan))  # (7,)
+               else np.full(len(names), np.nan))  # (D,)
         normalized = err / scale
         finite = normalized[np.isfinite(normalized)]
         counts.append(int(m.sum()))
-        mae.append(_per_dim(err))
-        mae_n.append(_per_dim(normalized))
+        mae.append(_per_dim(err, names))
+        mae_n.append(_per_dim(normalized, names))
         mae_n_mean.append(_number(finite.mean()) if finite.size else None)
     return {'chunks': int(rows.shape[0]), 'chunk_len': int(rows.shape[1]),
             'chunk_step_compared': counts, 'chunk_step_mae': mae,
             'chunk_step_mae_normalized': mae_n, 'chunk_step_mae_normalized_mean': mae_n_mean}
 
 
-def pool_chunks(parts):
-    """Concatenate (rows, references) (C, L, 7) tuples of several bags (one chunk length)."""
+def pool_chunks(parts, dim=len(ACTION_NAMES)):
+    """Concatenate (rows, references) (C, L, D) tuples of several bags (one chunk length)."""
     parts = list(parts)
     parts = [p for p in parts if p[0].shape[0]] or parts[:1]  # bags without chunks add none
     if not parts:
-        empty = np.zeros((0, 1, len(ACTION_NAMES)))
+        empty = np.zeros((0, 1, dim))
         return empty, empty
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(2))
 
@@ -144,11 +153,11 @@ def latency_summary(latency_ms):
             'max': float(latency_ms.max())}
 
 
-def pool(parts):
+def pool(parts, dim=len(ACTION_NAMES)):
     """Concatenate (predicted, reference, valid, latency_s) tuples of several bags."""
     parts = list(parts)
     if not parts:
-        empty = np.zeros((0, len(ACTION_NAMES)))
+        empty = np.zeros((0, dim))
         return empty, empty, np.zeros(0, bool), np.zeros(0)
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
 

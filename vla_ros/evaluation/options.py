@@ -11,7 +11,8 @@ options raise ``EvalError`` (``RecordingError`` for a data option) when construc
 
 ``check_bag`` validates one bag against the options (the data's checks and the reference's
 topics) while reading at most one message; ``check_policy`` validates the options against the
-loaded policy (images, state size, action size). Both name the problem and the fix (the
+loaded policy (images, state size; any action size, but ``--reference ee_pose`` relabels
+end-effector deltas, so it needs a 7-D policy). Both name the problem and the fix (the
 command-line option) in one line.
 """
 
@@ -95,7 +96,12 @@ def check_policy(policy, options):
     """
     from vla_ros.policy.base import mismatches  # torch: only once a policy is loaded
     cameras, layout = options.cameras(), options.layout()
-    for mismatch in mismatches(policy, len(cameras), layout.dim, ACTION_DIM):
+    if options.reference == 'ee_pose' and policy.action_dim != ACTION_DIM:
+        raise EvalError(f'--reference ee_pose relabels end-effector deltas ({ACTION_DIM} values: '
+                        f'dx dy dz droll dpitch dyaw gripper) from ee_pose; the policy predicts '
+                        f'{policy.action_dim}-D joint positions: use --reference action (the '
+                        'recorded vla/action) or --reference none')
+    for mismatch in mismatches(policy, len(cameras), layout.dim, policy.action_dim):
         if mismatch.kind == 'cameras':
             hint = ('list one topic per image with --camera-topics, the primary camera first'
                     if mismatch.needed > 1
@@ -108,6 +114,3 @@ def check_policy(policy, options):
                    f'--proprio {LIBERO_PROPRIO}' if mismatch.needed else 'drop --proprio')
             raise EvalError(f'{given} gives {layout.dim} state values, but {mismatch.sentence}; '
                             f'{fix}')
-        raise EvalError(f'{mismatch.sentence}; vla_eval compares end-effector deltas '
-                        f'({ACTION_DIM} values: dx dy dz droll dpitch dyaw gripper, --platform '
-                        'libero or bridge), not joint positions (aloha)')

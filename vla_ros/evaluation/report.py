@@ -51,8 +51,14 @@ def prepare_out_dir(path):
     return path
 
 
+def action_names(config):
+    """Return the action dimensions' names of a run (``config['action_names']``; 7-D deltas)."""
+    return tuple(config.get('action_names') or metric_lib.ACTION_NAMES)
+
+
 def build_metrics(results, action_range, config):
     """Return the metrics.json dict for the ``BagResult``s (pooled overall, see metrics.py)."""
+    names = action_names(config)
     bags = {}
     parts, chunk_parts = [], []
     totals = {}
@@ -64,12 +70,15 @@ def build_metrics(results, action_range, config):
         for key, value in counts.items():
             totals[key] = totals.get(key, 0) + value
         bags[result.name] = {'path': result.path, 'storage': result.storage, 'counts': counts,
-                             'metrics': {**metric_lib.compute(*inputs, action_range),
-                                         **metric_lib.chunk_steps(*chunk_inputs, action_range)}}
+                             'metrics': {**metric_lib.compute(*inputs, action_range, names),
+                                         **metric_lib.chunk_steps(*chunk_inputs, action_range,
+                                                                  names)}}
     overall = {'bags': len(results), 'counts': totals,
-               'metrics': {**metric_lib.compute(*metric_lib.pool(parts), action_range),
-                           **metric_lib.chunk_steps(*metric_lib.pool_chunks(chunk_parts),
-                                                    action_range)}}
+               'metrics': {**metric_lib.compute(*metric_lib.pool(parts, len(names)),
+                                                action_range, names),
+                           **metric_lib.chunk_steps(*metric_lib.pool_chunks(chunk_parts,
+                                                                            len(names)),
+                                                    action_range, names)}}
     return {'bags': bags, 'overall': overall, 'config': config}
 
 
@@ -78,7 +87,7 @@ def write_json(path, data):
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + '\n')
 
 
-def plot_bag(result, path):
+def plot_bag(result, path, names=metric_lib.ACTION_NAMES):
     """Write a PNG: predicted against reference, one panel per action dimension, over time."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -87,11 +96,12 @@ def plot_bag(result, path):
     mask = result.predicted_mask
     ok = mask & result.valid
     bad = mask & ~result.valid
-    fig = Figure(figsize=(10, 13), layout='constrained')
+    fig = Figure(figsize=(10, 13 * len(names) / 7), layout='constrained')
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(metric_lib.ACTION_NAMES), 1, sharex=True)
+    axes = fig.subplots(len(names), 1, sharex=True)
+    units = UNITS if tuple(names) == metric_lib.ACTION_NAMES else ('',) * len(names)
     period = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
-    for i, (ax, name) in enumerate(zip(axes, metric_lib.ACTION_NAMES)):
+    for i, (ax, name) in enumerate(zip(axes, names)):
         if result.chunk_len > 1:  # every chunk's rows at the steps they are for, faint
             for c, (start, rows) in enumerate(zip(result.chunk_start, result.chunks)):
                 ax.plot(t[0] + (start + np.arange(len(rows))) * period if len(t) else [],
@@ -103,7 +113,7 @@ def plot_bag(result, path):
         if bad.any():
             ax.plot(t[bad], result.predicted[bad, i], color='tab:red', marker='x', linestyle='',
                     label='invalid')
-        ax.set_ylabel(f'{name} [{UNITS[i]}]' if UNITS[i] else name)
+        ax.set_ylabel(f'{name} [{units[i]}]' if units[i] else name)
         ax.grid(True, alpha=0.3)
     axes[0].legend(loc='upper right', fontsize='small')
     axes[-1].set_xlabel('step time since the first frame [s]')
@@ -118,6 +128,7 @@ def _fmt(value, digits=4):
 def summary_markdown(data, plots):
     """Return the short Markdown summary of a metrics.json dict; ``plots`` maps bag -> PNG name."""
     cfg = data['config']
+    names = action_names(cfg)
     cameras = ', '.join(f'`{t}`' for t in cfg.get('camera_topics', [cfg.get('image_topic')]))
     lines = ['# vla_eval summary', '',
              f"model `{cfg['model']}` ({cfg.get('policy', 'openvla')}), unnorm_key "
@@ -142,19 +153,19 @@ def summary_markdown(data, plots):
     m = data['overall']['metrics']
     lines += ['', '## Error per dimension (all bags pooled)', '',
               '| dim | MAE | RMSE | MAE / (q99−q01) | RMSE / (q99−q01) |', '|---|---|---|---|---|']
-    for name in metric_lib.ACTION_NAMES:
+    for name in names:
         lines.append(f"| {name} | {_fmt(m['mae'][name])} | {_fmt(m['rmse'][name])} | "
                      f"{_fmt(m['mae_normalized'][name])} | {_fmt(m['rmse_normalized'][name])} |")
     if m.get('chunk_len', 1) > 1:
         lines += ['', '## Error per chunk step (all bags pooled)', '',
                   f"Row j of each of the {m['chunks']} committed chunks against the reference "
                   'of the j-th step after the step of its row 0.', '',
-                  '| j | compared | ' + ' | '.join(f'MAE {n}' for n in metric_lib.ACTION_NAMES)
+                  '| j | compared | ' + ' | '.join(f'MAE {n}' for n in names)
                   + ' | mean norm. MAE |',
-                  '|---' * (len(metric_lib.ACTION_NAMES) + 3) + '|']
+                  '|---' * (len(names) + 3) + '|']
         for j, (count, mae) in enumerate(zip(m['chunk_step_compared'], m['chunk_step_mae'])):
             lines.append(f'| {j} | {count} | '
-                         + ' | '.join(_fmt(mae[n]) for n in metric_lib.ACTION_NAMES)
+                         + ' | '.join(_fmt(mae[n]) for n in names)
                          + f" | {_fmt(m['chunk_step_mae_normalized_mean'][j])} |")
     if plots:
         lines += ['', '## Plots', '']
@@ -226,7 +237,7 @@ def write_outputs(out_dir, results, action_range, config, write_bag=False):
     plots = {}
     for result in results:
         png = f'{result.name}.png'
-        plot_bag(result, out_dir / png)
+        plot_bag(result, out_dir / png, action_names(config))
         plots[result.name] = png
     (out_dir / 'summary.md').write_text(summary_markdown(data, plots))
     written = {}

@@ -35,15 +35,15 @@ class BagResult:
     image_stamp_ns: np.ndarray  # int64 (K,), header stamp of the step's primary frame
     status: list  # (K,) one of STATUSES
     instruction: list  # (K,) str
-    predicted: np.ndarray  # float64 (K, 7): the published action; for a step whose
+    predicted: np.ndarray  # float64 (K, D): the published action; for a step whose
     # prediction was invalid and that published nothing, row 0 of that prediction; else NaN
     valid: np.ndarray  # bool (K,): the step published an action
-    token_ids: np.ndarray  # int64 (K, 7); -1 where nothing was predicted (or an L1 head)
+    token_ids: np.ndarray  # int64 (K, D); -1 where nothing was predicted (or an L1 head)
     latency_s: np.ndarray  # float64 (K,); NaN where nothing was predicted
-    reference: np.ndarray  # float64 (K, 7); NaN rows where there is no reference
+    reference: np.ndarray  # float64 (K, D); NaN rows where there is no reference
     action_stamp_ns: np.ndarray = None  # int64 (K,): the stamp of the primary frame the
     # published action came from (its chunk's observation; vla_node stamps outputs with it), -1
-    chunks: np.ndarray = None  # float64 (C, L, 7): every committed chunk
+    chunks: np.ndarray = None  # float64 (C, L, D): every committed chunk
     chunk_step: np.ndarray = None  # int64 (C,): the step that predicted it
     chunk_start: np.ndarray = None  # int64 (C,): the step of its row 0
     chunk_len: int = 1  # L
@@ -57,7 +57,7 @@ class BagResult:
         if self.action_stamp_ns is None:
             self.action_stamp_ns = np.where(self.valid, self.image_stamp_ns, -1)
         if self.chunks is None:
-            self.chunks = np.zeros((0, self.chunk_len, ACTION_DIM))
+            self.chunks = np.zeros((0, self.chunk_len, self.predicted.shape[1]))
             self.chunk_step = np.zeros(0, np.int64)
             self.chunk_start = np.zeros(0, np.int64)
         if self.reasons is None:
@@ -90,7 +90,7 @@ class BagResult:
 
     def chunk_inputs(self):
         """
-        Return (rows, references), both float64 (C, L, 7), of every committed chunk.
+        Return (rows, references), both float64 (C, L, D), of every committed chunk.
 
         ``references[c, j]`` is the reference of the step row ``j`` is for (step
         ``chunk_start[c] + j``); NaN past the last step or where that step has no reference.
@@ -119,8 +119,8 @@ class BagResult:
                   'chunk_step': np.int64, 'chunk_start': np.int64}
         for name, dtype in dtypes.items():
             data[name] = np.asarray(data[name], dtype=dtype)
+        dim = len(data['predicted'][0]) if len(data['predicted']) else ACTION_DIM  # (K, D)
         for name in ('predicted', 'token_ids', 'reference'):
-            data[name] = data[name].reshape(-1, ACTION_DIM)
-        data['chunks'] = data['chunks'].reshape(len(data['chunk_step']), data['chunk_len'],
-                                                ACTION_DIM)
+            data[name] = data[name].reshape(-1, dim)
+        data['chunks'] = data['chunks'].reshape(len(data['chunk_step']), data['chunk_len'], dim)
         return cls(**data)

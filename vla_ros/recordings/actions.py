@@ -4,7 +4,8 @@ The recorded action of each control step: the ``vla/action`` a step is paired wi
 vla_eval compares predictions with it (``--reference action``, regression between checkpoints)
 and vla_finetune trains on it, so both read the same action for the same step. Pure numpy; every
 time is bag log time in integer nanoseconds, steps and message times sorted. A step without a
-recorded action gets a row of NaN.
+recorded action gets a row of NaN. Actions have any size D: 7 end-effector deltas, or one
+target per joint (ALOHA's 14).
 
 A ``Float64MultiArray`` has no header, so pairing is by log time: step ``k`` takes the first
 ``vla/action`` logged in the window ``[log time of its (primary) image, t_{k+1})``, from the
@@ -28,20 +29,24 @@ import numpy as np
 from vla_ros.control.action_layout import ACTION_DIM
 
 
-def recorded_actions(image_log_ns, next_step_ns, action_times, actions):
+def recorded_actions(image_log_ns, next_step_ns, action_times, actions, dim=None):
     """
     Pair each step with its recorded action (the rule is in the module docstring).
 
     ``image_log_ns``, ``next_step_ns``: int64 (K,), in step order; ``action_times`` int64 (N,),
-    sorted; ``actions`` float64 (N, 7). Returns float64 (K, 7), NaN rows where no action fits.
+    sorted; ``actions`` float64 (N, D). Returns float64 (K, D), NaN rows where no action fits;
+    ``dim``: D when there are no actions (default 7), else it must be the actions' D.
     """
     image_log_ns = np.asarray(image_log_ns, dtype=np.int64)
     next_step_ns = np.asarray(next_step_ns, dtype=np.int64)
-    out = np.full((image_log_ns.shape[0], ACTION_DIM), np.nan)
     action_times = np.asarray(action_times, dtype=np.int64)
+    actions = np.asarray(actions, dtype=np.float64).reshape(action_times.size, -1) \
+        if action_times.size else np.zeros((0, dim or ACTION_DIM))
+    if dim is not None and actions.shape[1] != dim:
+        raise ValueError(f'the recorded actions have {actions.shape[1]} values, expected {dim}')
+    out = np.full((image_log_ns.shape[0], actions.shape[1]), np.nan)
     if action_times.size == 0:
         return out
-    actions = np.asarray(actions, dtype=np.float64)
     images = set(image_log_ns.tolist())
     first = np.searchsorted(action_times, image_log_ns, side='left')  # first at or after image
     taken = np.zeros(action_times.size, dtype=bool)

@@ -99,7 +99,7 @@ class Streams:
     """The small topics, kept whole for the references: log times (ns) and values."""
 
     action_times: list = dataclasses.field(default_factory=list)
-    actions: list = dataclasses.field(default_factory=list)  # float64 (7,)
+    actions: list = dataclasses.field(default_factory=list)  # float64 (D,), one D per bag
     pose_times: list = dataclasses.field(default_factory=list)
     poses: list = dataclasses.field(default_factory=list)  # (x, y, z, roll, pitch, yaw)
     gripper_times: list = dataclasses.field(default_factory=list)
@@ -199,7 +199,10 @@ class StepReader:
         s = self.streams
         if role == 'action':
             try:  # NaN or inf is kept: that step has no reference, and is no training sample
-                values = action_layout.multiarray_to_action(msg, finite=False)
+                values = action_layout.multiarray_to_values(msg, finite=False)
+                if s.actions and values.shape != s.actions[0].shape:
+                    raise images.ConversionError(
+                        f'{values.size} values after {s.actions[0].size} in the same bag')
             except images.ConversionError as exc:
                 raise RecordingError(f'reference action on {self.topics[role]} at log time '
                                      f'{log_ns * 1e-9:.3f} s in bag {str(self.bag.path)!r}: '
@@ -263,11 +266,16 @@ class StepReader:
         return self._state[1]
 
 
-def as_arrays(streams):
-    """Return the streams as numpy arrays: (times int64 (N,), values float64 (N, D)) per role."""
+def as_arrays(streams, action_dim=action_layout.ACTION_DIM):
+    """
+    Return the streams as numpy arrays: (times int64 (N,), values float64 (N, D)) per role.
+
+    ``action_dim``: the actions' D when the bag has none (else theirs).
+    """
     def pack(times, values, dim):
         return (np.asarray(times, dtype=np.int64),
                 np.asarray(values, dtype=np.float64).reshape(len(times), dim))
-    return {'action': pack(streams.action_times, streams.actions, action_layout.ACTION_DIM),
+    dim = streams.actions[0].size if streams.actions else action_dim
+    return {'action': pack(streams.action_times, streams.actions, dim),
             'ee_pose': pack(streams.pose_times, streams.poses, 6),
             'gripper': pack(streams.gripper_times, streams.grippers, 1)}

@@ -32,6 +32,7 @@ from vla_ros.control.trajectory import chunk_trajectory
 from vla_ros.sim import aloha
 
 PERIOD = 0.02  # s, ACT's 50 Hz
+SETTLE = 0.5  # s after a reset before planning: the cube falls onto the table
 TCP = np.array([0.135, 0.0, 0.0])  # m, the tool point in the gripper_link frame
 MEET = np.array([0.0, 0.5, 0.25])  # m, where the right arm hands the cube over (ACT's)
 DAMPING = 0.02  # damped least squares' lambda (m, rad)
@@ -202,6 +203,18 @@ def expert_actions(sim):
     return plan_actions(sim.model, sim.cube_position(), start)
 
 
+def plan_at(plan, t):
+    """
+    Return the plan's 14 targets for ``t`` seconds after planning, at any control rate.
+
+    Row k is for ``(k + 1) * PERIOD``; between rows the targets are linear in time, before the
+    first row they are the first row's and after the last the last row's (the arms hold).
+    """
+    plan = np.asarray(plan, dtype=np.float64)
+    times = (np.arange(len(plan)) + 1) * PERIOD
+    return np.array([np.interp(t, times, column) for column in plan.T])
+
+
 def send_action(sim, action, period=PERIOD):
     """Send one 14-D action to both controllers, as one point ``period`` ahead (stamp 0)."""
     for i, (controller, joints) in enumerate(aloha.CONTROLLERS.items()):
@@ -211,7 +224,7 @@ def send_action(sim, action, period=PERIOD):
             raise ValueError(f'{controller} refused the expert action: {why}')
 
 
-def rollout(sim, seed, settle=0.5, extra=0.0):
+def rollout(sim, seed, settle=SETTLE, extra=0.0):
     """
     Run one seeded episode of the expert on ``sim``; return its ``task_status`` at the end.
 

@@ -42,6 +42,9 @@ import numpy as np
 TASKS = ('reach', 'lift')
 ALOHA_TASKS = ('transfer_cube',)  # the simulated ALOHA's (``vla_ros.sim.aloha``)
 INSTRUCTIONS = {'reach': 'reach the {object}', 'lift': 'pick up the {object}'}
+# The ALOHA task's one instruction: LeRobot's aloha_sim_transfer_cube datasets' task text.
+ALOHA_INSTRUCTIONS = {'transfer_cube': 'Pick up the cube with the right arm and transfer it to '
+                      'the left arm.'}
 REACH_RADIUS = 0.03  # m, horizontal distance of the fingertip midpoint from the object's axis
 REACH_HEIGHT = 0.03  # m, band above the object's top that the fingertip midpoint must be in
 LIFT_HEIGHT = 0.05  # m, the object's lowest point above the table top
@@ -154,11 +157,14 @@ def target_object(seed):
 
 
 def episode(seed, task='reach'):
-    """Return the ``Episode`` of ``seed`` for ``task`` (one of ``TASKS``)."""
-    if task not in TASKS:
-        raise ValueError(f'unknown task {task!r}; the tasks are: {", ".join(TASKS)}')
+    """Return the ``Episode`` of ``seed`` for ``task`` (of ``TASKS``, or ``ALOHA_TASKS``)."""
+    if task not in TASKS + ALOHA_TASKS:
+        raise ValueError(f'unknown task {task!r}; the tasks are: '
+                         f'{", ".join(TASKS + ALOHA_TASKS)}')
     if int(seed) != seed or seed < 0:
         raise ValueError(f'seed must be an integer >= 0, got {seed!r}')
+    if task in ALOHA_TASKS:  # one object, the red cube
+        return Episode(task, 'cube', ALOHA_INSTRUCTIONS[task], int(seed))
     name = target_object(seed)
     return Episode(task, name, INSTRUCTIONS[task].format(object=name), int(seed))
 

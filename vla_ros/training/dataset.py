@@ -83,17 +83,18 @@ def check_bags(paths, options, action_dim, object_paths=()):
             dims = list(msg.layout.dim)
             label = dims[0].label if dims else ''
             size = len(msg.data) - int(msg.layout.data_offset)
-            if label and label != ACTION_LABEL:
+            if label and label != ACTION_LABEL and len(label.split()) != size:
                 raise FinetuneError(f'bag {str(path)!r}: {topic} has layout label {label!r}, '
-                                    f'not the vla/action label {ACTION_LABEL!r}; pass the '
-                                    '--action-topic of the recorded vla/action')
+                                    f'not the vla/action label {ACTION_LABEL!r} nor one joint '
+                                    f'entry per value ({size}); pass the --action-topic of the '
+                                    'recorded vla/action')
             if size != action_dim:
                 raise FinetuneError(
                     f'bag {str(path)!r} records {size}-D actions on {topic} (label '
-                    f'{label!r}), but the platform predicts {action_dim}-D actions '
-                    f'[{ACTION_LABEL}]; pass the --platform the bags were recorded for '
-                    '(libero, bridge: 7-D end-effector deltas), or record vla/action as '
-                    'vla_node publishes it')
+                    f'{label!r}), but the platform predicts {action_dim}-D actions; pass the '
+                    '--platform the bags were recorded for (libero, bridge: 7-D end-effector '
+                    'deltas; aloha: 14 joint positions), or record vla/action as vla_node '
+                    'publishes it')
             span = (bag.end_ns - bag.start_ns) * 1e-9
             recorded = bag.topics[topic][1] / span if span > 0 else options.rate
             if not 0.67 < recorded / options.rate < 1.5:
@@ -161,7 +162,7 @@ class Episode:
         return np.flatnonzero(self.usable)
 
     def chunk(self, step, length):
-        """Return the target chunk of ``step`` (length, 7): its action and the next ones."""
+        """Return the target chunk of ``step`` (length, D): its action and the next ones."""
         rows = [self.actions[step]]
         for k in range(step + 1, step + length):
             ok = k < len(self.actions) and np.all(np.isfinite(self.actions[k]))
@@ -216,7 +217,7 @@ def read_episode(path, options, preprocessor=None, uncropped=False, objects=Fals
                           None if problem else tuple(keys), state, problem))
         streams = reader.streams
         positions = object_positions(bag, [s[1] for s in steps]) if objects else None
-    actions = np.full((len(steps), 7), np.nan)
+    actions = np.full((len(steps), len(streams.actions[0]) if streams.actions else 7), np.nan)
     if steps:
         t0 = steps[0][1]
         next_ns = [step_time(t0, s[0] + 1, options.rate) for s in steps]
@@ -248,7 +249,7 @@ def object_standardisation(episodes):
 
 
 def sample_arrays(episodes):
-    """Return (actions (N, 7), proprio (N, P)) of every sample of ``episodes``, in order."""
+    """Return (actions (N, D), proprio (N, P)) of every sample of ``episodes``, in order."""
     actions = np.concatenate([e.actions[e.usable] for e in episodes])
     proprio = np.concatenate([e.proprio[e.usable] for e in episodes])
     return actions, proprio
