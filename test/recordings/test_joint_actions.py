@@ -49,3 +49,20 @@ def test_joint_metrics_are_per_joint_and_skip_the_end_effector_ones():
     assert '14-D' in out['ee_metrics_skipped']
     steps = metrics.chunk_steps(predicted[:, None], reference[:, None], np.ones(14), names)
     assert steps['chunk_step_mae'][0][names[13]] == pytest.approx(1.3)
+
+
+def test_a_joint_state_without_velocity_and_effort_reads_back_from_a_bag(tmp_path):
+    # As vla_node publishes vla/joint_command and many robots their joint_states: Fast DDS ends
+    # the CDR with 8 bytes of padding, which rosbags alone refuses as a size mismatch.
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+    from vla_ros.recordings.bags import Bag, BagWriter
+    sent = JointState(name=list(PRESETS['aloha']), position=np.linspace(0.0, 1.3, 14).tolist())
+    sent.header.stamp.sec = 7
+    with BagWriter(tmp_path / 'bag') as writer:
+        writer.write_raw('/vla/joint_command', 'sensor_msgs/msg/JointState', 10,
+                         serialize_message(sent))
+    with Bag(tmp_path / 'bag') as bag:
+        (_, log_ns, msg), = bag.messages(['/vla/joint_command'])
+    assert log_ns == 10 and list(msg.name) == sent.name and msg.header.stamp.sec == 7
+    assert np.array_equal(msg.position, sent.position) and not len(msg.velocity)

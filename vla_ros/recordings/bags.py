@@ -40,6 +40,7 @@ _SUFFIXES = {'.db3': 'sqlite3', '.mcap': 'mcap'}
 # into rosbags on a bag's bytes (open, the message iterator, deserialize) takes any Exception as
 # a damaged file; those calls run no code of ours, so no bug of ours is reported as one.
 READ_ERRORS = (Exception,)
+CDR_TAIL = 8  # bytes of padding a message may end with (deserialize_cdr)
 _TYPESTORE = []
 
 
@@ -198,11 +199,33 @@ class Bag:
         """Turn raw CDR bytes recorded on ``topic`` into a rosbags message."""
         msgtype = self.topics[topic][0]
         try:
+            if self._reader.is2:
+                return deserialize_cdr(self._reader.typestore, data, msgtype)
             return self._reader.deserialize(data, msgtype)
         except READ_ERRORS as exc:
             raise RecordingError(f'cannot decode a {msgtype} message on {topic} in bag '
                                  f'{str(self.path)!r}: {_one_line(exc)}; the bag is '
                                  'corrupt') from None
+
+
+def deserialize_cdr(store, data, msgtype):
+    """
+    Return the message of CDR bytes ``data``, as ``store.deserialize_cdr`` with a longer tail.
+
+    ROS 2's Fast DDS ends a message with up to 8 bytes of padding past its last field (a
+    JointState whose velocity and effort are empty, as vla_node's vla/joint_command and many
+    robots' joint_states are, carries 8); rosbags allows 3 and refuses the rest as a size
+    mismatch. Those bytes are read from the same buffer live subscribers read: taken here.
+    """
+    if len(data) < 4 or bytes(data[:2]) not in (b'\x00\x00', b'\x00\x01'):
+        return store.deserialize_cdr(data, msgtype)  # its own error
+    msgdef = store.get_msgdef(msgtype)
+    read = msgdef.deserialize_cdr_le if data[1] else msgdef.deserialize_cdr_be
+    message, end = read(memoryview(data)[4:], 0, msgdef.cls, store)
+    if len(data) - 4 - end > CDR_TAIL:
+        raise ValueError(f'CDR message size mismatch: {len(data) - 4 - end} bytes after the '
+                         f'last field of {msgtype} (at most {CDR_TAIL} are padding)')
+    return message
 
 
 def stamp_header(stamp_ns, frame_id):
