@@ -242,14 +242,19 @@ class ExpertRecorder(Participant):
         Return (the expert's action on the newest state, its image's stamp) or None.
 
         None before the episode's state is complete or when the newest image is stale (as
-        vla_node, the expert acts only on a fresh image). Called under the lock.
+        vla_node, the expert acts only on a fresh image; ALOHA's plan, made from the simulator's
+        state, goes on and is stamped now). Called under the lock.
         """
         expert = self._episode[1] if self._episode else None
         image_ns = self.state.get(self.primary)
-        if expert is None or image_ns is None or (now - image_ns) * 1e-9 > MAX_IMAGE_AGE:
+        if expert is None or image_ns is None:
             return None
         if self._aloha is not None:
-            return self._label_aloha(expert, now), image_ns
+            # A plan in time, from the simulator's state, not from an image: stamped now, and
+            # late frames (three cameras on a busy machine) skip no step of it.
+            return self._label_aloha(expert, now), now
+        if (now - image_ns) * 1e-9 > MAX_IMAGE_AGE:
+            return None
         pose, joints, status = self.state.get('ee_pose'), self.state.get('joint_states'), \
             self.status
         if None in (pose, joints, status):
@@ -272,14 +277,15 @@ class ExpertRecorder(Participant):
         started.setdefault('ns', now)
         return aloha_expert.plan_at(self.plan, (now - started['ns']) * 1e-9 + 1.0 / self.rate)
 
-    def _command(self, action, image_ns, now):
+    def _command(self, action, stamp_ns, now):
         """
         Send ``action`` to arm_bridge and the bag; return vla/action's message.
 
         The gripper robot's on ``vla/ee_delta`` and ``vla/gripper``, ALOHA's on
-        ``vla/joint_command``, stamped with the image it acted on, as vla_node's.
+        ``vla/joint_command``, stamped ``stamp_ns`` (the image it acted on, as vla_node's; ALOHA:
+        now).
         """
-        stamp = Time(nanoseconds=image_ns).to_msg()
+        stamp = Time(nanoseconds=stamp_ns).to_msg()
         if self._aloha is not None:
             out = dict(messages.joint_action_to_messages(PRESETS['aloha'], action, stamp))
             self._publish('vla/joint_command', out['joint_command'], now)
