@@ -157,7 +157,7 @@ def joint_motion(obs):
             f'{finger * 1000:.1f} mm')
 
 
-def summarize(obs, args, out):
+def summarize(obs, args):
     """Print the figures of the run; return True when commands flowed and the arms moved."""
     vla, bridge, sim = obs.of('vla_node'), obs.of('arm_bridge'), obs.of('sim_arm')
     gaps = np.diff(obs.commands) * 1e3
@@ -232,7 +232,7 @@ def run(args):
                   f'stage {obs.task.get("stage", "-")}', flush=True)
         for camera, msg in obs.frames.items():
             save_frame(msg, out / f'{camera}_end.png')
-        ok = summarize(obs, args, out)
+        ok = summarize(obs, args)
         print(f'camera frames: {out}/cam_high_start.png, '
               + ', '.join(f'{camera}_end.png' for camera in CAMERAS))
     finally:
