@@ -74,8 +74,11 @@ test-python: $(PYVER_STAMP)
 	if [ $$rc -eq 5 ]; then echo 'make test-python: pytest collected no tests; that is a failure here'; exit 1; fi; \
 	exit $$rc
 
+# ROBOT=aloha: the simulated ALOHA driven by the OpenVLA-OFT ALOHA miniature at 25 Hz
+# (config/aloha.yaml); DEMO_ARGS go to the demo (--seconds, --seed, --model, ...).
+ROBOT ?= gripper
 demo: $(STAMP)
-	$(PY) -m vla_ros.closed_loop.demo $(DEMO_ARGS)
+	$(PY) -m vla_ros.closed_loop.demo --robot $(ROBOT) $(DEMO_ARGS)
 
 # The demo's trained policy from scratch, in two rounds (DAgger; docs/closed_loop.md has each
 # stage's wall time on 2 CPU cores):

@@ -60,6 +60,23 @@ def test_yaml_sets_every_declared_parameter_to_the_code_default(node):
     assert [(name, typed(value)) for name, value in params.items()] == declared(node)
 
 
+@pytest.mark.parametrize('node', TABLES)
+def test_aloha_yaml_sets_only_declared_parameters_with_their_types(node):
+    """config/aloha.yaml overrides vla.yaml: a misspelt name is ignored, a 25 is not a double."""
+    params = yaml.safe_load((REPO / 'config' / 'aloha.yaml').read_text())[f'/**/{node}'][
+        'ros__parameters']
+    modules = [TABLES[node]] + (['vla_ros.nodes.joint_bridge'] if node == 'arm_bridge' else [])
+    kinds = {p.name: (p.kind, p.item_kind if p.kind is list else None)
+             for module in modules for p in importlib.import_module(module).PARAMS}
+    kinds.update({f'{c}.joints': (list, str) for c in params.get('controllers', ())})
+    for name, value in params.items():
+        assert name in kinds, f'config/aloha.yaml: {node} declares no parameter {name}'
+        kind, item = kinds[name]
+        assert type(value) is kind, f'{name}: {value!r} is not {kind.__name__}'
+        assert all(type(v) is item for v in value or ()) if item else True, \
+            f'{name}: {value!r} has items that are not {item.__name__}'
+
+
 def anchors(path):
     """Return the anchors GitHub makes of a Markdown file's headings."""
     found, fence = set(), False

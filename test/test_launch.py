@@ -18,17 +18,21 @@ import sys
 from conftest import wait_until
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from launch_helpers import check_clean_shutdown, launch_env, RUNNER, venv_prefix
+import numpy as np
 import pytest
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import GetParameters
 from rclpy.parameter import parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((REPO / 'launch').glob('*.launch.py'))
 CONFIG = REPO / 'config' / 'vla.yaml'
+ALOHA_CONFIG = REPO / 'config' / 'aloha.yaml'
 
 
 def console_scripts():
@@ -88,6 +92,16 @@ def test_vla_launch_arguments_are_the_documented_ones_with_the_yaml_defaults():
     for name in ('unnorm_key', 'device', 'control_rate_hz', 'policy', 'camera_topics'):
         assert params[name] == yaml.safe_load(args[name] or "''"), \
             f'launch default of {name} differs from the YAML'
+
+
+def test_aloha_demo_launch_arguments_default_to_the_yaml_files():
+    args = launch_arguments(ast.parse((REPO / 'launch' / 'aloha_demo.launch.py').read_text()))
+    assert set(args) == {'model_path', 'unnorm_key', 'control_rate_hz'}
+    params = yaml.safe_load(CONFIG.read_text())['/**/vla_node']['ros__parameters']
+    params.update(yaml.safe_load(ALOHA_CONFIG.read_text())['/**/vla_node']['ros__parameters'])
+    for name in ('unnorm_key', 'control_rate_hz'):
+        assert params[name] == yaml.safe_load(args[name] or "''"), \
+            f'launch default of {name} differs from config/vla.yaml + config/aloha.yaml'
 
 
 def test_setup_installs_launch_and_config_files():
@@ -203,4 +217,49 @@ def test_demo_launch_closes_the_loop_and_stops_on_sigint(ros, ros2_launch, tiny_
         now = poses.messages[-1].pose.position
         return abs(now.x - start.x) + abs(now.y - start.y) + abs(now.z - start.z) > 1e-3
     wait_until(moved, 10.0, message='sim_arm moving')
+    stop_with_sigint(proc)
+
+
+@pytest.fixture(scope='module')
+def aloha_checkpoint(tmp_path_factory):
+    """Write the miniature OpenVLA-OFT ALOHA checkpoint (vla_tiny_model --oft aloha), seed 0."""
+    from vla_ros.policy.tiny import write_tiny_oft_checkpoint
+    return str(write_tiny_oft_checkpoint(tmp_path_factory.mktemp('oft') / 'aloha', 'aloha',
+                                         seed=0))
+
+
+@pytest.mark.dds
+def test_aloha_demo_launch_drives_both_arms_and_stops_on_sigint(ros, ros2_launch,
+                                                                aloha_checkpoint):
+    """`ros2 launch vla_ros aloha_demo.launch.py model_path:=...`: config/aloha.yaml's loop."""
+    commands = ros.subscribe(JointState, 'vla/joint_command', RELIABLE)
+    trajectories = {c: ros.subscribe(JointTrajectory, f'{c}/joint_trajectory', RELIABLE)
+                    for c in ('left_arm_controller', 'right_arm_controller')}
+    joints = ros.subscribe(JointState, 'joint_states', BEST_EFFORT)
+    proc = ros2_launch('aloha_demo.launch.py', model_path=aloha_checkpoint)
+    # aloha.yaml over vla.yaml, the launch argument's default rate typed double
+    assert parameters(ros, '/vla_node', ['policy', 'platform', 'action_space', 'proprio',
+                                         'control_rate_hz', 'unnorm_key']) == {
+        'policy': (T.PARAMETER_STRING, 'openvla_oft'),
+        'platform': (T.PARAMETER_STRING, 'aloha'),
+        'action_space': (T.PARAMETER_STRING, 'joint_position'),
+        'proprio': (T.PARAMETER_STRING_ARRAY, ['aloha']),
+        'control_rate_hz': (T.PARAMETER_DOUBLE, 25.0),
+        'unnorm_key': (T.PARAMETER_STRING, '')}
+    assert parameters(ros, '/arm_bridge', ['output_mode', 'trajectory_points']) == {
+        'output_mode': (T.PARAMETER_STRING, 'joint_trajectory'),
+        'trajectory_points': (T.PARAMETER_STRING, 'chunk')}
+    assert parameters(ros, '/sim_arm', ['robot', 'task']) == {
+        'robot': (T.PARAMETER_STRING, 'aloha'), 'task': (T.PARAMETER_STRING, 'transfer_cube')}
+    instruction = ros.publisher(String, 'vla/instruction', RELIABLE)
+    ros.wait_for_subscribers(instruction, timeout=60.0)
+    start = np.array(joints.wait_for(1, timeout=60.0)[-1].position)
+    instruction.publish(String(data='transfer the cube'))
+    assert len(commands.wait_for(3, timeout=60.0)[-1].name) == 14
+    for controller, received in trajectories.items():
+        received.wait_for(1, timeout=30.0)
+
+    def moved():
+        return np.abs(np.array(joints.messages[-1].position) - start).max() > 0.01
+    wait_until(moved, 10.0, message='the simulated ALOHA moving')
     stop_with_sigint(proc)

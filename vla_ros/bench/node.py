@@ -2,22 +2,28 @@
 Benchmark vla_node's control loop on this machine (a script, not a test).
 
     python -m vla_ros.bench.node [--seconds 60] [--rate 10]
-    python -m vla_ros.bench.node --policy openvla_oft [--seconds 60] [--rate 20]
+    python -m vla_ros.bench.node --policy openvla_oft [--platform libero] [--seconds 60]
+        [--rate 20]
+    python -m vla_ros.bench.node --policy openvla_oft --platform aloha [--seconds 60]
 
 1. Per-tick overhead excluding the forward pass, in-process: image conversion, the policy's
    preprocessing, building the three output messages and publishing them, for 640x480 rgb8 and
-   1280x720 bgr8 (goal: p50 <= 2 ms). With ``--policy openvla_oft`` (the miniature LIBERO
-   checkpoint: two 640x480 cameras and an 8-D state): the timer's tick (the newest frames, the
-   state assembled from ee_pose and joint_states, the control core's decision, one action
-   published) and, per chunk, what runs on the worker besides the forward pass (both images
-   converted and preprocessed TF-exact, the chunk published).
+   1280x720 bgr8 (goal: p50 <= 2 ms). With ``--policy openvla_oft``, the miniature checkpoint of
+   ``--platform`` (``OFT_SETUPS``): the timer's tick (the newest frames, the state assembled
+   from ee_pose and joint_states, the control core's decision, one action published: LIBERO's
+   deltas, or ALOHA's joint command and, at a chunk's first row, its joint chunk) and, per
+   chunk, what runs on the worker besides the forward pass (every image converted and
+   preprocessed TF-exact, the chunk published). LIBERO: two 640x480 cameras, an 8-D state,
+   receding; ALOHA: three 640x480 cameras, the 14-D state from joint_states, open-loop chunks
+   of 25 at 25 Hz.
 2. Period error of the fixed-rate loop: vla_node runs as its own process on a miniature
-   checkpoint with 20 Hz cameras (OFT: two 30 Hz cameras and 50 Hz state, ``chunk_mode``
-   receding) for ``--seconds``; its /diagnostics report the tick interval error p50/p99 and the
-   missed ticks (goal: p99 <= 2 ms, 0 missed).
+   checkpoint with 20 Hz cameras (OFT: a 30 Hz camera_stream per camera and the state at 50 Hz;
+   ALOHA with config/aloha.yaml) for ``--seconds``; its /diagnostics report the tick interval
+   error p50/p99 and the missed ticks (goal: p99 <= 2 ms, 0 missed).
 """
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 import sys
@@ -30,8 +36,10 @@ import rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vla_ros.closed_loop.processes import executable, list_param, Participant, start, stop
+from vla_ros.closed_loop.processes import (executable, list_param, node_argv, Participant,
+                                           start, stop)
 from vla_ros.control.images import image_to_rgb
+from vla_ros.control.joints import ALOHA_ARM, PRESETS
 from vla_ros.control.readers import stamp_seconds
 from vla_ros.nodes import diagnostics, messages, qos
 from vla_ros.sim.scenes import scene
@@ -76,56 +84,114 @@ def tick_overhead(policy, iterations=200):
     return rows
 
 
-def tick_overhead_oft(policy, iterations=200):
+ALOHA_HOME = (0.0, -0.96, 1.16, 0.0, -0.3, 0.0)  # one ViperX arm's joints, near its start pose
+
+
+@dataclasses.dataclass(frozen=True)
+class OftSetup:
+    """One OFT platform's bench: its miniature, inputs, chunk mode, default rate, action space."""
+
+    unnorm_key: str
+    cameras: tuple  # image topics, primary first
+    proprio: tuple  # vla_node's proprio entries
+    chunk_mode: str
+    rate: float
+    row: tuple  # a plausible action row, in the policy's order
+    joints: tuple = ()  # joint_position: the action_joints; () = ee_delta
+    robot: str = 'gripper'  # node_argv's: 'aloha' runs vla_node with config/aloha.yaml
+    center_crop: bool = False
+
+
+OFT_SETUPS = {
+    # Two cameras and an 8-D state from ee_pose and joint_states; receding: the miniature is
+    # slower than the period here, and a tick never waits for it.
+    'libero': OftSetup('synth_oft_libero', ('camera/image_raw', 'wrist_camera/image_raw'),
+                       ('ee_position', 'ee_axis_angle', 'joint:left_finger_joint',
+                        'joint:right_finger_joint'), 'receding', 10.0,
+                       (0.01, -0.02, 0.003, 0.05, -0.04, 0.1, 1.0)),
+    # config/aloha.yaml: three cameras, the 14-D state from joint_states, joint targets in
+    # open-loop chunks of 25 at 25 Hz.
+    'aloha': OftSetup('synth_oft_aloha', ('cam_high/image_raw', 'cam_left_wrist/image_raw',
+                                          'cam_right_wrist/image_raw'), ('aloha',), 'open_loop',
+                      25.0, ALOHA_HOME[:6] + (0.5,) + ALOHA_HOME[:6] + (0.5,),
+                      PRESETS['aloha'], 'aloha', center_crop=True),
+}
+
+
+def still_state(setup, stamp):
+    """Return {message type: message} of a still robot's state for ``setup``, stamped."""
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import JointState
+    pose, joints = PoseStamped(), JointState()
+    pose.header.stamp = joints.header.stamp = stamp
+    pose.header.frame_id = 'base_link'
+    pose.pose.position.x, pose.pose.position.z, pose.pose.orientation.w = 0.4, 0.3, 1.0
+    if setup.joints:  # ALOHA: every joint by its MJCF name, the fingers half open
+        joints.name = [name for side in ('left', 'right') for name in (
+            *(f'vx300s_{side}/{j}' for j in ALOHA_ARM), f'vx300s_{side}/left_finger',
+            f'vx300s_{side}/right_finger')]
+        joints.position = [*ALOHA_HOME, 0.038, -0.038] * 2
+    else:
+        joints.name, joints.position = ['left_finger_joint', 'right_finger_joint'], [0.02, 0.02]
+    return {PoseStamped: pose, JointState: joints}
+
+
+def tick_overhead_oft(policy, setup, iterations=200):
     """Time the OFT tick (state, core, one action) and the per-chunk work outside the model."""
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64, Float64MultiArray
+    from trajectory_msgs.msg import JointTrajectory
 
     from vla_ros.control.core import ControlCore
     from vla_ros.nodes.observations import ObservationInputs
     node = rclpy.create_node('bench_tick_oft')
-    out = {'ee_delta': node.create_publisher(PoseStamped, 'vla/ee_delta', qos.COMMAND),
-           'gripper': node.create_publisher(Float64, 'vla/gripper', qos.COMMAND),
-           'action': node.create_publisher(Float64MultiArray, 'vla/action', qos.COMMAND),
-           'chunk': node.create_publisher(Float64MultiArray, 'vla/action_chunk', qos.COMMAND)}
+    outputs = ({'joint_command': JointState, 'joint_chunk': JointTrajectory} if setup.joints
+               else {'ee_delta': PoseStamped, 'gripper': Float64})
+    out = {key: node.create_publisher(kind, f'vla/{key}', qos.COMMAND) for key, kind in
+           {**outputs, 'action': Float64MultiArray, 'action_chunk': Float64MultiArray}.items()}
+    period = 1.0 / setup.rate
 
-    def emit(emission):
+    def emit(emission):  # as vla_node's _emit, by the action space
         if emission.kind == 'chunk':
-            out['chunk'].publish(messages.chunk_to_multiarray(emission.values))
+            out['action_chunk'].publish(messages.chunk_to_multiarray(emission.values))
         elif emission.kind == 'action':
-            pose, gripper, raw = messages.action_to_messages(
-                emission.values, emission.source.frames[0].msg.header.stamp, 'base_link')
-            out['ee_delta'].publish(pose)
-            out['gripper'].publish(gripper)
-            out['action'].publish(raw)
+            stamp = emission.source.frames[0].msg.header.stamp
+            if setup.joints:
+                sent = messages.joint_action_to_messages(setup.joints, emission.values, stamp,
+                                                         emission.plan, period)
+            else:
+                sent = zip(('ee_delta', 'gripper', 'action'),
+                           messages.action_to_messages(emission.values, stamp, 'base_link'))
+            for key, msg in sent:
+                out[key].publish(msg)
 
-    inputs = ObservationInputs(node, OFT_CAMERAS, False, OFT_PROPRIO, 0.05, 'base_link')
-    period = 0.05
-    core = ControlCore(emit, max_image_age=None, period=period, chunk_mode='receding',
+    inputs = ObservationInputs(node, setup.cameras, False, setup.proprio, 0.05, 'base_link')
+    core = ControlCore(emit, max_image_age=None, period=period, chunk_mode=setup.chunk_mode,
                        max_camera_skew=0.05, max_proprio_age=None)
-    core.set_instruction('put the bowl on the plate')
+    instruction = 'put the bowl on the plate'
+    core.set_instruction(instruction)
     stamp = node.get_clock().now().to_msg()
-    frames = [messages.rgb_to_image(scene(i, 640, 480), stamp=stamp) for i in range(2)]
-    pose, joints = PoseStamped(), JointState()
-    pose.header.stamp = joints.header.stamp = stamp
-    pose.header.frame_id = 'base_link'
-    pose.pose.position.x, pose.pose.orientation.w = 0.4, 1.0
-    joints.name, joints.position = ['left_finger_joint', 'right_finger_joint'], [0.02, 0.02]
-    for (_, _, callback), msg in zip(inputs.callbacks, (*frames, pose, joints)):
-        callback(msg)  # as the subscriptions would
-    chunk = np.tile([0.01, -0.02, 0.003, 0.05, -0.04, 0.1, 1.0], (policy.chunk_len, 1))
+    frames = [messages.rgb_to_image(scene(i, 640, 480), stamp=stamp)
+              for i in range(len(setup.cameras))]
+    state = still_state(setup, stamp)
+    for i, (kind, _, callback) in enumerate(inputs.callbacks):
+        callback(frames[i] if i < len(frames) else state[kind])  # as the subscriptions would
+    chunk = np.tile(setup.row, (policy.chunk_len, 1))
+    # open_loop asks for a chunk once per chunk_len ticks: enough ticks for a quarter as many
+    ticks = max(iterations, iterations * policy.chunk_len // 4
+                if setup.chunk_mode == 'open_loop' else 0)
     parts = {'tick': [], 'convert': [], 'preprocess': [], 'publish chunk': []}
     start = now = stamp_seconds(stamp)  # ages are not checked: frames stay usable
-    for i in range(iterations + 20):
+    for i in range(ticks + 20):
         t0 = time.perf_counter()
         tick = core.tick(now, inputs.observation())  # every tick publishes one row
         t1 = time.perf_counter()
         if tick.ticket is not None:
             rgbs = [image_to_rgb(frame.msg) for frame in tick.ticket.observation.frames]
             t2 = time.perf_counter()
-            policy.inputs(rgbs, 'put the bowl on the plate',
-                          tick.ticket.observation.state.values, policy.unnorm_keys[0])
+            policy.inputs(rgbs, instruction, tick.ticket.observation.state.values,
+                          policy.unnorm_keys[0])
             t3 = time.perf_counter()
             core.commit(tick.ticket, chunk, now)
             t4 = time.perf_counter()
@@ -135,35 +201,33 @@ def tick_overhead_oft(policy, iterations=200):
                     parts[name].append(value)
         if i >= 20:
             parts['tick'].append(t1 - t0)
-        now = start + (i + 1) * period  # the next tick publishes row 0 of this chunk
+        now = start + (i + 1) * period  # the next tick publishes the chunk's next row
+    size = len(inputs.observation().state.values)
     node.destroy_node()
-    return [('2x 640x480 rgb8 + 8-D state', parts)]
+    return [(f'{len(frames)}x 640x480 rgb8 + {size}-D state', parts)]
 
 
-OFT_CAMERAS = ('camera/image_raw', 'wrist_camera/image_raw')
-OFT_PROPRIO = ('ee_position', 'ee_axis_angle', 'joint:left_finger_joint',
-               'joint:right_finger_joint')
-
-
-def period_error(model, seconds, rate, out, policy='openvla'):
+def period_error(model, seconds, rate, out, setup=None):
     """Run vla_node, cameras (and state) for ``seconds``; return diagnostics before, after."""
-    params = ['-p', 'unnorm_key:=synth_bridge']
-    cameras = [start([executable('camera_stream'), '--rate', '20'], out / 'camera.log')]
-    if policy == 'openvla_oft':
-        params = ['-p', 'unnorm_key:=synth_oft_libero', '-p', 'policy:=openvla_oft',
-                  '-p', f'camera_topics:=[{", ".join(OFT_CAMERAS)}]', '-p',
-                  list_param('proprio', OFT_PROPRIO), '-p', 'chunk_mode:=receding']
-        stop(cameras.pop())
+    if setup is None:  # plain OpenVLA: one 20 Hz camera
+        params, robot = ['unnorm_key:=synth_bridge'], 'gripper'
+        cameras = [start([executable('camera_stream'), '--rate', '20'], out / 'camera.log')]
+    else:  # 30 Hz cameras, the state at 50 Hz
+        params, robot = [f'unnorm_key:={setup.unnorm_key}', f'chunk_mode:={setup.chunk_mode}'], \
+            setup.robot
+        if robot == 'gripper':  # what config/aloha.yaml sets for ALOHA
+            params += ['policy:=openvla_oft', list_param('camera_topics', setup.cameras),
+                       list_param('proprio', setup.proprio)]
         cameras = [start([executable('camera_stream'), '--rate', '30', '--ros-args', '-r',
                           f'camera/image_raw:={topic}', '-r', f'__node:=camera_{i}'],
-                         out / f'camera_{i}.log') for i, topic in enumerate(OFT_CAMERAS)]
-    node = start([executable('vla_node'), '--ros-args', '-p', f'model_path:={model}', *params,
-                  '-p', f'control_rate_hz:={rate}',
-                  '-p', 'instruction:=pick up the red cup'], out / 'vla_node.log')
+                         out / f'camera_{i}.log') for i, topic in enumerate(setup.cameras)]
+    node = start(node_argv('vla_node', f'model_path:={model}', *params,
+                           f'control_rate_hz:={float(rate)}', 'instruction:=pick up the red cup',
+                           robot=robot), out / 'vla_node.log')
     participant = Participant('bench_period')
     client = participant.node
-    if policy == 'openvla_oft':
-        state_publishers(client)
+    if setup is not None:
+        state_publishers(client, setup)
     latest = {}
 
     def on_diagnostics(msg):
@@ -187,57 +251,58 @@ def period_error(model, seconds, rate, out, policy='openvla'):
         stop(node)
 
 
-def state_publishers(node, rate=50.0):
-    """Publish a still arm's ee_pose and finger joint_states at ``rate`` from ``node``."""
+def state_publishers(node, setup, rate=50.0):
+    """Publish a still robot's ee_pose and joint_states at ``rate`` from ``node``."""
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import JointState
-    pose_pub = node.create_publisher(PoseStamped, 'ee_pose', qos.SENSOR)
-    joint_pub = node.create_publisher(JointState, 'joint_states', qos.SENSOR)
+    topics = {PoseStamped: 'ee_pose', JointState: 'joint_states'}
+    pubs = {kind: node.create_publisher(kind, topic, qos.SENSOR) for kind, topic in topics.items()}
 
     def publish():
-        stamp = node.get_clock().now().to_msg()
-        pose, joints = PoseStamped(), JointState()
-        pose.header.stamp = joints.header.stamp = stamp
-        pose.header.frame_id = 'base_link'
-        pose.pose.position.x, pose.pose.position.z, pose.pose.orientation.w = 0.4, 0.3, 1.0
-        joints.name, joints.position = ['left_finger_joint', 'right_finger_joint'], [0.02, 0.02]
-        pose_pub.publish(pose)
-        joint_pub.publish(joints)
+        for kind, msg in still_state(setup, node.get_clock().now().to_msg()).items():
+            pubs[kind].publish(msg)
     node.create_timer(1.0 / rate, publish)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--seconds', type=float, default=60.0)
-    parser.add_argument('--rate', type=float, default=10.0)
+    parser.add_argument('--rate', type=float,
+                        help="control_rate_hz (default: 10; the OFT platform's: aloha 25)")
     parser.add_argument('--policy', choices=('openvla', 'openvla_oft'), default='openvla')
+    parser.add_argument('--platform', choices=sorted(OFT_SETUPS), default='libero',
+                        help='openvla_oft: the miniature and inputs of this platform')
     parser.add_argument('--json', help='write the figures to this file')
     args = parser.parse_args(argv)
     from vla_ros.policy.loading import load_policy
     from vla_ros.policy.tiny import write_tiny_checkpoint, write_tiny_oft_checkpoint
+    setup = OFT_SETUPS[args.platform] if args.policy == 'openvla_oft' else None
+    args.rate = args.rate or (setup.rate if setup else 10.0)
     rclpy.init()
     results = {}
-    oft = args.policy == 'openvla_oft'
     with tempfile.TemporaryDirectory() as tmp:
-        if oft:
-            model = write_tiny_oft_checkpoint(Path(tmp) / 'tiny', 'libero', seed=0)
-            policy, _ = load_policy(model, 'openvla_oft', 'synth_oft_libero', 'cpu', 'float32')
+        if setup:
+            model = write_tiny_oft_checkpoint(Path(tmp) / 'tiny', args.platform, seed=0)
+            policy, _ = load_policy(model, 'openvla_oft', setup.unnorm_key, 'cpu', 'float32',
+                                    center_crop=setup.center_crop, platform=args.platform)
         else:
             model = write_tiny_checkpoint(Path(tmp) / 'tiny', seed=0)
             policy, _ = load_policy(model, unnorm_key='synth_bridge', device='cpu',
                                     dtype='float32')
         print('per-tick overhead excluding the forward pass (ms; goal p50 <= 2)')
         print(f'{"frame":<30}{"part":<15}{"p50":>9}{"p95":>9}{"p99":>9}')
-        for label, parts in (tick_overhead_oft if oft else tick_overhead)(policy):
+        rows = tick_overhead_oft(policy, setup) if setup else tick_overhead(policy)
+        for label, parts in rows:
             for name, samples in parts.items():
                 p50, p95, p99 = percentiles(samples)
                 print(f'{label:<30}{name:<15}{p50:9.3f}{p95:9.3f}{p99:9.3f}')
                 results[f'overhead/{label}/{name}_p50_ms'] = p50
-        before, after = period_error(model, args.seconds, args.rate, Path(tmp), args.policy)
+        before, after = period_error(model, args.seconds, args.rate, Path(tmp), setup)
     rclpy.try_shutdown()
     missed = int(after.get('ticks_missed', -1)) - int(before.get('ticks_missed', 0))
     skipped = int(after.get('ticks_skipped', -1)) - int(before.get('ticks_skipped', 0))
-    print(f'\nvla_node at {args.rate} Hz for {args.seconds:.0f} s, miniature {args.policy}:')
+    which = f'{args.policy} {args.platform}' if setup else args.policy
+    print(f'\nvla_node at {args.rate} Hz for {args.seconds:.0f} s, miniature {which}:')
     for key in ('tick_period_error_p50_ms', 'tick_period_error_p99_ms', 'achieved_rate_hz',
                 'inference_latency_p50_ms', 'inference_latency_p95_ms'):
         print(f'  {key} = {after.get(key)}')

@@ -3,6 +3,7 @@ The README's main job: a closed loop of sim_arm, vla_node and arm_bridge, on a m
 
     python -m vla_ros.closed_loop.demo [--policy reach|openvla|openvla_oft] [--seed N]
         [--seconds 20] [--rate HZ] [--chunk-mode MODE] [--model PATH --unnorm-key KEY]
+    python -m vla_ros.closed_loop.demo --robot aloha [...]   (vla_ros.closed_loop.demo_aloha)
 
 It writes the policy's checkpoint (unless ``--model`` names a real one), starts ``sim_arm``
 (MuJoCo arm, table, objects, scene and wrist cameras) on the reach episode of ``--seed``,
@@ -180,9 +181,13 @@ def node_params(policy, model):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--seconds', type=float, default=20.0, help='how long the loop runs')
-    parser.add_argument('--policy', choices=sorted(POLICIES), default='reach',
+    parser.add_argument('--robot', choices=('gripper', 'aloha'), default='gripper',
+                        help="sim_arm's robot: gripper (default) or aloha (the bimanual ViperX, "
+                        'the OpenVLA-OFT ALOHA miniature at 25 Hz, config/aloha.yaml)')
+    parser.add_argument('--policy', choices=sorted(POLICIES),
                         help='the miniature policy to run (or the kind of --model): reach (the '
-                        'trained one, default), openvla_oft or openvla (random weights)')
+                        'trained one, default), openvla_oft or openvla (random weights); with '
+                        '--robot aloha only openvla_oft')
     parser.add_argument('--seed', type=int, default=0, help="sim_arm's episode: the objects' "
                         'places and the one to reach')
     parser.add_argument('--rate', type=float, help='control_rate_hz of vla_node (default: 5 '
@@ -198,6 +203,15 @@ def parse_args(argv):
                         help="print the trained reach policy's state layout (its run record's; "
                         "--model's with --model) and exit: `make demo-policy` trains with it")
     args = parser.parse_args(argv)
+    if args.robot == 'aloha':
+        if args.policy not in (None, 'openvla_oft'):
+            parser.error('--robot aloha runs an openvla_oft policy (platform aloha)')
+        from vla_ros.closed_loop.demo_aloha import RATE, UNNORM_KEY
+        args.policy, args.rate = 'openvla_oft', args.rate or RATE
+        # a real --model's only key, or the one named; the miniature's
+        args.unnorm_key = args.unnorm_key or ('' if args.model else UNNORM_KEY)
+        return args
+    args.policy = args.policy or 'reach'
     preset = POLICIES[args.policy]
     args.rate = preset['rate'] if args.rate is None else args.rate
     args.unnorm_key = args.unnorm_key or preset['unnorm_key']
@@ -272,6 +286,9 @@ def main(argv=None):
         print(' '.join(run_proprio(args.model)))
         return 0
     stop_like_ctrl_c()  # a kill stops the nodes too
+    if args.robot == 'aloha':
+        from vla_ros.closed_loop.demo_aloha import run
+        return run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = args.model

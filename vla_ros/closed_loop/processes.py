@@ -1,9 +1,10 @@
 """
 The process kit of the programs that start nodes (and of the tests' DDS harness).
 
-``node_argv('vla_node', 'x:=1')`` is what ``ros2 run`` with ``config/vla.yaml`` runs; ``start``
-puts a command in its own process group with its output in a log file, ``stop`` ends it as
-Ctrl-C would and kills the group when it does not go; ``Participant`` is this process's own ROS
+``node_argv('vla_node', 'x:=1')`` is what ``ros2 run`` with ``config/vla.yaml`` runs (with
+``robot='aloha'``, ``config/aloha.yaml`` over it); ``start`` puts a command in its own process
+group with its output in a log file, ``stop`` ends it as Ctrl-C would and kills the group when
+it does not go; ``Participant`` is this process's own ROS
 node, in a private rclpy context, spun on a thread and closed cleanly.
 """
 
@@ -20,12 +21,12 @@ class ProcessError(RuntimeError):
     """A node that did not start, answer or stay up; the text says which."""
 
 
-def config_file():
-    """Return config/vla.yaml: installed under share/vla_ros, or beside the source tree."""
+def config_file(name='vla.yaml'):
+    """Return config/NAME: installed under share/vla_ros, or beside the source tree."""
     for base in (Path(sys.prefix) / 'share' / 'vla_ros', Path(__file__).resolve().parents[2]):
-        if (base / 'config' / 'vla.yaml').is_file():
-            return base / 'config' / 'vla.yaml'
-    raise FileNotFoundError('config/vla.yaml not found; install the package (pip install -e .)')
+        if (base / 'config' / name).is_file():
+            return base / 'config' / name
+    raise FileNotFoundError(f'config/{name} not found; install the package (pip install -e .)')
 
 
 def executable(name):
@@ -34,13 +35,15 @@ def executable(name):
     return str(beside) if beside.exists() else name
 
 
-def node_argv(name, *params, remaps=()):
+def node_argv(name, *params, remaps=(), robot='gripper'):
     """
     Return the command of node ``name`` with config/vla.yaml, then each ``NAME:=VALUE``.
 
     ``remaps`` are ``FROM:=TO`` topic remappings (``-r``), e.g. ``vla/action:=vla/policy_action``.
+    ``robot='aloha'`` adds config/aloha.yaml after vla.yaml (a later params file overrides).
     """
-    return [executable(name), '--ros-args', '--params-file', str(config_file()),
+    files = [config_file()] + ([config_file('aloha.yaml')] if robot == 'aloha' else [])
+    return [executable(name), '--ros-args', *[a for f in files for a in ('--params-file', str(f))],
             *[a for p in params for a in ('-p', p)], *[a for r in remaps for a in ('-r', r)]]
 
 

@@ -137,6 +137,10 @@ class SimAloha:
         self.model = mujoco.MjModel.from_xml_path(str(scene_path()))
         vis = self.model.vis.global_
         vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
+        # No shadow map, as sim_arm's own scene (scene.xml): on a CPU (llvmpipe) the MJCF's
+        # 4096-pixel map took 450-570 ms of the three cameras' render, 80 % of it, so the
+        # newest image was older than vla_node's max_image_age at 25 Hz.
+        self.model.vis.quality.shadowsize = 0
         self.data = mujoco.MjData(self.model)
         self.width, self.height = int(width), int(height)
         self.task, self.seed = task, int(seed)
