@@ -119,6 +119,9 @@ def test_a_joint_action_becomes_a_command_a_trajectory_and_the_raw_row():
     assert [k for k, _ in joint_action_to_messages(ALOHA, rows[1], stamp)] == [
         'joint_command', 'action']  # no plan: not the first row of an open-loop chunk
     assert joint_chunk_fields(ALOHA, rows, 2.5)[1][2][1] == 5_000_000_000
+    # timed from the header's stamp (the image's): row 0 leaves 0.3 s after it
+    assert [t for _, t in joint_chunk_fields(ALOHA, rows, 0.04, 0.3)[1]] == [
+        300_000_000, 340_000_000, 380_000_000]
     for bad in (rows[0, :7], np.full(14, np.nan)):
         with pytest.raises(ConversionError, match='14 finite values'):
             joint_action_to_messages(ALOHA, bad, stamp)
@@ -211,9 +214,16 @@ def test_joint_commands_and_the_chunk_are_the_policys_rows_stamped_with_the_imag
     assert list(chunk.joint_names) == list(ALOHA) and len(chunk.points) == 25
     np.testing.assert_allclose([p.positions for p in chunk.points], expected, rtol=1e-5,
                                atol=1e-7)
+    # JTC's meaning: point i is due at the header's stamp (the image's) plus its time: row 0
+    # when the node sent it (the image's age then), then one period apart.
     period_ns = int(1e9 / RATE_HZ)
-    assert [p.time_from_start.sec * 10**9 + p.time_from_start.nanosec
-            for p in chunk.points] == [i * period_ns for i in range(25)]
+    times = [p.time_from_start.sec * 10**9 + p.time_from_start.nanosec for p in chunk.points]
+    assert [t - times[0] for t in times] == pytest.approx(
+        [i * period_ns for i in range(25)], abs=1)
+    received = commands.stamped[0][0] + time.time() - time.monotonic()  # row 0 here, ROS time
+    image = chunk.header.stamp.sec + chunk.header.stamp.nanosec * 1e-9
+    assert 0.0 < times[0] * 1e-9 <= received - image + 1e-3, (times[0], received - image)
+    assert received - image - times[0] * 1e-9 < 0.2  # delivery to the test, not more
     received = commands.messages[:3]
     for row, msg in enumerate(received):  # rows 0, 1, 2 of the chunk, one per tick
         assert list(msg.name) == list(ALOHA) and stamp_key(msg.header) == key

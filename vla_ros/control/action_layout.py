@@ -142,16 +142,17 @@ def joint_fields(names, row):
     return names, values, ((' '.join(names), len(names), len(names)),)
 
 
-def joint_chunk_fields(names, rows, period):
+def joint_chunk_fields(names, rows, period, start=0.0):
     """
     Return vla/joint_chunk's ``(joint_names, [(positions, time_from_start_ns)])``.
 
     ``rows`` (K', N): the rows the node will execute, row 0 the action of this tick; point i is
-    due ``i * period`` seconds after it.
+    due ``start + i * period`` seconds after the header's stamp (JTC's meaning of
+    ``time_from_start``): ``start`` is how long after its image's stamp this tick sends row 0.
     """
     rows = np.asarray(rows, dtype=np.float64)
     if rows.ndim != 2 or not len(rows):
         raise ConversionError(f'a joint chunk must be (K, N) rows, got shape {rows.shape}')
-    points = [(joint_fields(names, row)[1], int(round(i * period * 1e9)))
+    points = [(joint_fields(names, row)[1], int(round((start + i * period) * 1e9)))
               for i, row in enumerate(rows)]
     return tuple(names), points

@@ -162,7 +162,8 @@ class Emission:
     """
     What leaves the core: an ``action`` (one row), a ``chunk`` (all rows) or a ``hold``.
 
-    A hold at ``time_s`` is the stop a bridge needs at once (a zero delta). ``source`` is the
+    ``time_s``: when it leaves (an action's tick; a hold, the stop a bridge needs at once: a
+    zero delta). ``source`` is the
     observation the action or chunk came from. ``plan``: with the first action of a chunk in
     ``open_loop``, the rows (K', D) the node will execute from it on, one per period (row 0 =
     this action); None otherwise.
@@ -346,7 +347,7 @@ class ControlCore:
         action = self._schedule.action(now, catch_up)
         if action is None:
             return None
-        emission = Emission('action', action[0], action[1], plan=action[2])
+        emission = Emission('action', action[0], action[1], now, action[2])
         self._emit(emission)
         self._emitted_at = now
         return emission

@@ -147,13 +147,14 @@ def action_to_messages(action, stamp, frame_id, gripper_open_is_one=True):
     return pose, Float64(data=g), _multiarray(ACTION_DIMS, values)
 
 
-def joint_action_to_messages(names, row, stamp, plan=None, period=None):
+def joint_action_to_messages(names, row, stamp, plan=None, period=None, start=0.0):
     """
     Return ``((topic key, message), ...)`` of one joint-space action row (``action_layout``).
 
     ``joint_command``: a JointState of the ``action_joints`` entries and the row's positions
     (velocity and effort empty); ``joint_chunk`` (with a ``plan``: the rows the node will
-    execute, the row first): a JointTrajectory, point i at ``i * period``; ``action``: the row
+    execute, the row first): a JointTrajectory, point i at ``start + i * period`` after the
+    stamp (``joint_chunk_fields``); ``action``: the row
     as vla/action. All stamped ``stamp`` (the image's).
     """
     names, positions, dims = joint_fields(names, row)
@@ -163,7 +164,7 @@ def joint_action_to_messages(names, row, stamp, plan=None, period=None):
     command.position = array.array('d', positions.tobytes())
     out = [('joint_command', command)]
     if plan is not None:
-        joint_names, points = joint_chunk_fields(names, plan, period)
+        joint_names, points = joint_chunk_fields(names, plan, period, start)
         trajectory = trajectory_to_msg(Trajectory(
             joint_names, 0, tuple(Point(values, time_ns) for values, time_ns in points)))
         trajectory.header.stamp = stamp

@@ -418,9 +418,11 @@ class VlaNode(LifecycleNode):
             stamp = emission.source.frames[0].msg.header.stamp
             try:
                 if self.cfg.action_space == 'joint_position':
+                    # the chunk's points are timed from the image's stamp, its header's
                     out = messages.joint_action_to_messages(
                         self.cfg.action_joints, emission.values, stamp, emission.plan,
-                        1.0 / self.cfg.control_rate_hz)
+                        1.0 / self.cfg.control_rate_hz,
+                        max(0.0, emission.time_s - readers.stamp_seconds(stamp)))
                 else:
                     out = zip(('ee_delta', 'gripper', 'action'), messages.action_to_messages(
                         emission.values, stamp, self.cfg.action_frame,
