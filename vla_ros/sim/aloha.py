@@ -27,7 +27,6 @@ stages are read from the contacts (``transfer_stage``): 1 the right gripper touc
 is off the table = success. ``task_status`` is the ``sim/task`` JSON object.
 """
 
-import dataclasses
 import importlib.util
 import math
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 
 from vla_ros.control.joints import ALOHA_ARM, ALOHA_GRIPPER, GripperRange
 from vla_ros.control.trajectory import Follower, jtc_refusal
-from vla_ros.sim.camera import SimCamera
+from vla_ros.sim.camera import SimCamera, snapshot
 from vla_ros.sim.tasks import ALOHA_TASKS as TASKS
 
 SCENE_FILE = 'bimanual_viperx_transfer_cube.xml'
@@ -116,16 +115,6 @@ def contact_pairs(model, data):
     """Return the geom name pairs in contact now, each a frozenset of two names."""
     return {frozenset((model.geom(c.geom1).name, model.geom(c.geom2).name))
             for c in data.contact[:data.ncon]}
-
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """What a camera needs to draw one frame (see ``SimCamera.render``)."""
-
-    time: float
-    qpos: np.ndarray
-    mocap_pos: np.ndarray
-    mocap_quat: np.ndarray
 
 
 class SimAloha:
@@ -310,8 +299,7 @@ class SimAloha:
     # ---------------------------------------------------------------- cameras
     def snapshot(self):
         """Return a copy of what a camera needs, for rendering on another thread."""
-        return Snapshot(self.time, self.data.qpos.copy(), self.data.mocap_pos.copy(),
-                        self.data.mocap_quat.copy())
+        return snapshot(self.data, self.time)
 
     def render(self, cameras=tuple(CAMERAS.values())):
         """Render MJCF ``cameras`` now, on this thread: a tuple of (H, W, 3) uint8 RGB images."""

@@ -35,7 +35,6 @@ along the fingers and 30 degrees forward, so both fingertips and what lies betwe
 view and the image moves with the gripper.
 """
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -45,7 +44,7 @@ import numpy as np
 from vla_ros.control.geometry import (clamp_norm, conjugate_wxyz, finite_vector, from_wxyz,
                                       quaternion_to_rpy, to_wxyz)
 from vla_ros.sim import tasks
-from vla_ros.sim.camera import SimCamera
+from vla_ros.sim.camera import SimCamera, snapshot
 
 SCENE_XML = Path(__file__).with_name('scene.xml')
 WORKSPACE_LOW = np.array([0.10, -0.35, 0.016])
@@ -60,16 +59,6 @@ FINGER_JOINTS = ('left_finger_joint', 'right_finger_joint')
 SCENE_CAMERA = 'scene_camera'
 WRIST_CAMERA = 'wrist_camera'
 CAMERAS = (SCENE_CAMERA, WRIST_CAMERA)
-
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """The state a camera needs to draw one frame: sim time, joint positions and mocap pose."""
-
-    time: float
-    qpos: np.ndarray
-    mocap_pos: np.ndarray
-    mocap_quat: np.ndarray
 
 
 class SimArm:
@@ -170,8 +159,7 @@ class SimArm:
 
     def snapshot(self):
         """Return a copy of what a camera needs, for rendering on another thread."""
-        return Snapshot(self.time, self.data.qpos.copy(), self.data.mocap_pos.copy(),
-                        self.data.mocap_quat.copy())
+        return snapshot(self.data, self.time)
 
     # ---------------------------------------------------------------- commands
     def command_twist(self, linear, angular, age=0.0):

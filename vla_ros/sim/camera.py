@@ -12,11 +12,27 @@ sets it to ``egl`` unless the environment already says otherwise. An OpenGL cont
 the thread that made it current, so create, use and close a ``SimCamera`` on one thread.
 """
 
+import dataclasses
 import os
 import time
 
 import mujoco
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The state a camera needs to draw one frame: sim time, joint positions and mocap pose."""
+
+    time: float
+    qpos: np.ndarray
+    mocap_pos: np.ndarray
+    mocap_quat: np.ndarray
+
+
+def snapshot(data, sim_time):
+    """Return a copy of what a camera needs of MuJoCo ``data`` at ``sim_time``, for any thread."""
+    return Snapshot(sim_time, data.qpos.copy(), data.mocap_pos.copy(), data.mocap_quat.copy())
 
 
 class RenderError(RuntimeError):
