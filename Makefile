@@ -76,12 +76,13 @@ test-python: $(PYVER_STAMP)
 
 # openpi's reference client (PyPI openpi-client) in a venv of its own: it pins numpy < 2. The
 # vla_serve tests drive the server with it (they run this target when the venv is missing).
+# typing_extensions: its websocket client imports it without declaring it.
 OPENPI_VENV := .venv-openpi
 openpi-client-venv: $(OPENPI_VENV)/.installed
 
 $(OPENPI_VENV)/.installed:
 	$(PYTHON) -m venv $(OPENPI_VENV)
-	$(OPENPI_VENV)/bin/python -m pip install --quiet 'openpi-client==0.1.2'
+	$(OPENPI_VENV)/bin/python -m pip install --quiet 'openpi-client==0.1.2' typing_extensions
 	touch $@
 
 demo: $(STAMP)
