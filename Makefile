@@ -17,7 +17,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup test test-fast test-python demo demo-policy sim-eval aloha-expert aloha-demos gpu-check \
-  gpu-wheels clean
+  gpu-wheels openpi-client-venv clean
 
 setup: $(STAMP)
 
@@ -73,6 +73,17 @@ test-python: $(PYVER_STAMP)
 	@$(PYVER_VENV)/bin/python -m pytest test -m 'not dds' -ra $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'make test-python: pytest collected no tests; that is a failure here'; exit 1; fi; \
 	exit $$rc
+
+# openpi's reference client (PyPI openpi-client) in a venv of its own: it pins numpy < 2. The
+# vla_serve tests drive the server with it (they run this target when the venv is missing).
+# typing_extensions: its websocket client imports it without declaring it.
+OPENPI_VENV := .venv-openpi
+openpi-client-venv: $(OPENPI_VENV)/.installed
+
+$(OPENPI_VENV)/.installed:
+	$(PYTHON) -m venv $(OPENPI_VENV)
+	$(OPENPI_VENV)/bin/python -m pip install --quiet 'openpi-client==0.1.2' typing_extensions
+	touch $@
 
 # ROBOT=aloha: the simulated ALOHA driven by the OpenVLA-OFT ALOHA miniature at 25 Hz
 # (config/aloha.yaml); DEMO_ARGS go to the demo (--seconds, --seed, --model, ...).
@@ -177,4 +188,4 @@ gpu-wheels: $(STAMP)
 	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
-	rm -rf $(VENV) .venv-py* build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-py* $(OPENPI_VENV) build *.egg-info .pytest_cache .hypothesis

@@ -89,6 +89,7 @@ setup(
             'vla_finetune = vla_ros.training.cli:main',
             'vla_record_demos = vla_ros.closed_loop.record_demos:main',
             'vla_sim_eval = vla_ros.closed_loop.sim_eval:main',
+            'vla_serve = vla_ros.remote.serve:main',
         ],
     },
 )

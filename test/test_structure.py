@@ -15,10 +15,11 @@ PACKAGE = REPO / 'vla_ros'
 # Folders whose code must run without ROS: the model, the control rules, the simulator core, and
 # the offline tools (vla_eval and vla_finetune read and write bags with rosbags' own types).
 ROS_FREE = ('vla_ros.policy', 'vla_ros.control', 'vla_ros.sim', 'vla_ros.recordings',
-            'vla_ros.evaluation', 'vla_ros.training')
+            'vla_ros.evaluation', 'vla_ros.training', 'vla_ros.remote')
 # The floors of the package: a module imports from its own floor or the ones below.
-FLOORS = {'control': 0, 'sim': 0, 'policy': 0, 'recordings': 1, 'evaluation': 2, 'training': 2,
-          'nodes': 3, 'closed_loop': 4, 'bench': 5}
+# remote (vla_serve, the wire) serves a policy; the nodes' remote client reads its wire.
+FLOORS = {'control': 0, 'sim': 0, 'policy': 0, 'recordings': 1, 'remote': 1, 'evaluation': 2,
+          'training': 2, 'nodes': 3, 'closed_loop': 4, 'bench': 5}
 SIBLINGS = {'evaluation': ('training',), 'training': ('evaluation',)}
 PROCESS_MODULES = ('subprocess', 'multiprocessing', 'pty')
 OS_STARTERS = ('system', 'fork', 'spawn', 'exec', 'posix_spawn', 'popen')
@@ -182,7 +183,7 @@ def test_console_scripts_point_at_main_functions():
                and isinstance(node.value, str) and ' = vla_ros.' in node.value]
     names = sorted(s.split(' = ')[0] for s in scripts)
     assert names == ['arm_bridge', 'camera_stream', 'sim_arm', 'vla_eval', 'vla_finetune',
-                     'vla_node', 'vla_record_demos', 'vla_sim_eval', 'vla_tiny_model']
+                     'vla_node', 'vla_record_demos', 'vla_serve', 'vla_sim_eval', 'vla_tiny_model']
     for script in scripts:
         module, function = script.split(' = ')[1].split(':')
         defined = {n.name for n in ast.parse(MODULES[module].read_text()).body

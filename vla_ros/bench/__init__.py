@@ -6,6 +6,7 @@ library the others build on), ``oft`` (OpenVLA-OFT's paths), ``policy`` (load an
 times, in child processes), ``preprocess`` (ms per frame: decode, resize, pixel values),
 ``kernels`` (kernel launches per decode layer), ``conversions`` (message conversions), ``sim``
 (rendering), ``node`` (vla_node's loop over DDS), ``eval`` (vla_eval's throughput),
-``finetune_memory`` (vla_finetune's memory while reading bags), ``machine`` (what the host
+``finetune_memory`` (vla_finetune's memory while reading bags), ``remote`` (what
+vla_serve's websocket wire adds to ``predict``), ``machine`` (what the host
 is), ``gpu_check`` (everything a lent GPU runs, in one command).
 """
