@@ -32,21 +32,29 @@ class TwoCameras(Policy):
 STATE = ['ee_position', 'ee_axis_angle', 'joint:a', 'joint:b']  # 8 values
 
 
-@pytest.mark.parametrize('cameras, proprio, action_dim, sentence', [
-    (['front'], STATE, 7, 'the policy (TwoCameras) takes 2 image(s)'),
-    (['front', 'wrist'], ['ee_position'], 7, 'the policy (TwoCameras) needs 8 state values'),
-    (['front', 'wrist'], STATE, 14, 'the policy (TwoCameras) predicts 14-D actions'),
-], ids=['cameras', 'state', 'actions'])
-def test_vla_node_and_vla_eval_state_a_mismatch_in_the_same_sentence(cameras, proprio,
-                                                                     action_dim, sentence):
+@pytest.mark.parametrize('cameras, proprio, sentence', [
+    (['front'], STATE, 'the policy (TwoCameras) takes 2 image(s)'),
+    (['front', 'wrist'], ['ee_position'], 'the policy (TwoCameras) needs 8 state values'),
+], ids=['cameras', 'state'])
+def test_vla_node_and_vla_eval_state_a_mismatch_in_the_same_sentence(cameras, proprio, sentence):
     """One check, two front ends: each says the configuration's side in its own terms."""
-    policy = TwoCameras(action_dim)
+    policy = TwoCameras()
     node = policy_problems(types.SimpleNamespace(camera_topics=cameras, proprio=proprio,
                                                  action_space='ee_delta'), policy)
     with pytest.raises(EvalError) as raised:
         check_policy(policy, EvalOptions(camera_topics=cameras, proprio=proprio))
     assert len(node) == 1 and sentence in node[0], node
     assert sentence in str(raised.value)
+
+
+def test_a_14_d_policy_is_refused_by_vla_node_for_deltas_and_taken_by_vla_eval():
+    # vla_node's action space says what an action must be; vla_eval compares a policy with the
+    # recorded vla/action of its bags, of any size (a bag of another size is refused there).
+    policy = TwoCameras(14)
+    node = policy_problems(types.SimpleNamespace(camera_topics=['front', 'wrist'], proprio=STATE,
+                                                 action_space='ee_delta'), policy)
+    assert len(node) == 1 and 'the policy (TwoCameras) predicts 14-D actions' in node[0], node
+    check_policy(policy, EvalOptions(camera_topics=['front', 'wrist'], proprio=STATE))
 
 
 def test_a_module_callable_returning_no_policy_is_refused_with_the_fix(tiny_checkpoint):
