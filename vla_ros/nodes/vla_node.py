@@ -20,6 +20,7 @@ joint targets (vla/joint_command, and vla/joint_chunk with an open-loop chunk's 
 """
 
 import functools
+import os
 import sys
 import threading
 
@@ -41,7 +42,7 @@ from vla_ros.nodes.lifecycle import refuse_invalid_transitions
 from vla_ros.nodes.logs import LogThrottle
 from vla_ros.nodes.observations import ObservationInputs
 from vla_ros.nodes.startup import report_problems, run
-from vla_ros.nodes.vla_node_config import layout_problems, PARAM, PARAMS, policy_problems
+from vla_ros.nodes.vla_node_config import layout_problems, load, PARAM, PARAMS, policy_problems
 
 RESTART_HINT = 'deactivate, cleanup, set it, then configure and activate (or restart the node)'
 # Tick verdicts -> the diagnostics counter they bump (actions are counted as they go out).
@@ -108,11 +109,8 @@ class VlaNode(LifecycleNode):
         if not problems:
             # torch and the models only now: a bad parameter is reported in a second, not five.
             from vla_ros.policy import PolicyError
-            from vla_ros.policy.loading import load_policy
             try:
-                self.policy, self.unnorm_key = load_policy(
-                    cfg.model_path, cfg.policy, cfg.unnorm_key, cfg.device, cfg.dtype,
-                    cfg.center_crop, cfg.quantization or None, cfg.platform, cfg.action_head)
+                self.policy, self.unnorm_key = load(cfg, os.environ)
             except (PolicyError, OSError, RuntimeError) as exc:
                 problems.append(f'cannot load the policy: {exc}')
             except Exception as exc:  # noqa: B902 - start-up fails loudly, whatever loading raised
@@ -160,7 +158,7 @@ class VlaNode(LifecycleNode):
         self._worker = InferenceWorker(self._on_worker_error)
         self._configured = True
         self.get_logger().info(
-            f'configured: model={self.cfg.model_path} policy={self.cfg.policy} '
+            f'configured: model={self._source} policy={self.cfg.policy} '
             f'device={self.policy.device or self.cfg.device} '
             f'dtype={self.policy.dtype or self.cfg.dtype} '
             f'rate={self.cfg.control_rate_hz} Hz unnorm_key={self.unnorm_key} '
@@ -441,6 +439,10 @@ class VlaNode(LifecycleNode):
         self._counters.bump('model_errors', f'{type(exc).__name__}: {exc}')
         self._log.error('policy', f'policy error, nothing published: {type(exc).__name__}: {exc}')
 
+    @property
+    def _source(self):
+        return self.cfg.model_path or self.cfg.server_uri  # the checkpoint, or the server
+
     def _publish_diagnostics(self):
         now = self.get_clock().now()
         now_s = now.nanoseconds * 1e-9
@@ -470,6 +472,8 @@ class VlaNode(LifecycleNode):
             'unnorm_key': self.unnorm_key,
             'last_error': last_error,
             'last_no_action_reason': self._no_action[:200],
+            # A remote policy's timing split and failures; the policy goes at cleanup.
+            **(self.policy.diagnostics() if self.policy is not None else {}),
         }
         level, message = diagnostics.OK, 'running' if state == 'active' else state
         if last_error:
@@ -479,7 +483,7 @@ class VlaNode(LifecycleNode):
                 self._out['diagnostics'].publish(diagnostics.array(
                     now.to_msg(), diagnostics.status(f'{self.get_name()}: control loop', level,
                                                      message, values,
-                                                     hardware_id=self.cfg.model_path)))
+                                                     hardware_id=self._source)))
 
 
 def main(args=None):

@@ -17,11 +17,13 @@ from vla_ros.control.joints import JointError, parse_action_joints, PRESETS
 from vla_ros.control.state import StateLayout
 from vla_ros.nodes.params import NodeParam
 
-POLICIES = ('openvla', 'openvla_oft')
+POLICIES = ('openvla', 'openvla_oft', 'remote')
+REMOTE_PRESETS = ('vla_serve', 'openpi_libero', 'openpi_droid')
+MODEL_PATH_PROBLEM = ("parameter 'model_path' is ''; allowed: a local checkpoint directory; it is "
+                      'required: -p model_path:=/models/openvla-7b')
 PARAMS = (
-    NodeParam('model_path', '', 'Local directory of an HF-format OpenVLA checkpoint.',
-              check=bool, allowed='a local checkpoint directory; it is required: '
-              '-p model_path:=/models/openvla-7b'),
+    NodeParam('model_path', '', 'Local directory of an HF-format OpenVLA checkpoint (unused '
+              'with policy remote).'),
     NodeParam('unnorm_key', '', 'Dataset statistics to unnormalise with; empty only when the '
               'checkpoint has exactly one.'),
     NodeParam('device', 'auto', "'auto' (first CUDA device, else CPU), 'cpu', 'cuda', 'cuda:N'."),
@@ -45,10 +47,11 @@ PARAMS = (
     NodeParam('instruction', '', 'Current instruction; empty = idle.', runtime=True),
     NodeParam('autostart', True, 'Configure and activate at start, so plain ros2 run works.',
               runtime=True),
-    NodeParam('policy', 'openvla', "'openvla', 'openvla_oft', or 'module:callable' returning a "
-              'policy object (custom policies and tests).',
+    NodeParam('policy', 'openvla', "'openvla', 'openvla_oft', 'remote' (a server of openpi's "
+              "websocket protocol at server_uri), or 'module:callable' returning a policy "
+              'object (custom policies and tests).',
               check=lambda v: v in POLICIES or (':' in v and all(v.split(':', 1))),
-              allowed="'openvla', 'openvla_oft' or 'package.module:callable'"),
+              allowed="'openvla', 'openvla_oft', 'remote' or 'package.module:callable'"),
     NodeParam('platform', 'libero', 'OpenVLA-OFT: the constants preset.',
               check=lambda v: v in ('libero', 'aloha', 'bridge'),
               allowed="'libero', 'aloha' or 'bridge'"),
@@ -81,8 +84,77 @@ PARAMS = (
     NodeParam('action_joints', [], 'joint_position: the joint each action dimension commands, '
               'NAME or gripper:NAME (0 closed .. 1 open); empty = the platform preset (OFT '
               'aloha).', item=str),
+    NodeParam('server_uri', 'ws://127.0.0.1:8000', 'policy remote: the policy server.',
+              check=lambda v: v.startswith(('ws://', 'wss://')) and len(v) > 5,
+              allowed='ws://HOST:PORT or wss://HOST:PORT, e.g. ws://gpu-box:8000'),
+    NodeParam('remote_preset', 'vla_serve', 'policy remote: the observation and response keys: '
+              "vla_serve (from the server's metadata), openpi_libero, openpi_droid (openpi's "
+              'examples).', check=lambda v: v in REMOTE_PRESETS,
+              allowed=', '.join(REMOTE_PRESETS)),
+    NodeParam('remote_camera_keys', [], 'policy remote: one observation key per camera topic, '
+              "in order; empty = the preset's.", item=str),
+    NodeParam('remote_state_keys', [], 'policy remote: KEY:N entries taking the proprio vector '
+              "in order, N values each; empty = the preset's.", item=str,
+              check=lambda v: all(_state_key(e) for e in v),
+              allowed='entries KEY:N with N >= 1, e.g. [observation/state:8]'),
+    NodeParam('remote_prompt_key', '', "policy remote: the instruction's key; empty = the "
+              "preset's (prompt)."),
+    NodeParam('remote_response_key', '', "policy remote: the reply's actions key; empty = the "
+              "preset's (actions)."),
+    NodeParam('remote_chunk_len', 0, 'policy remote, openpi presets: rows each reply must have; '
+              '0 = any.', check=lambda v: v >= 0, allowed='an integer >= 0'),
+    NodeParam('request_timeout', 1.0, 'policy remote: seconds a request (connection included) '
+              'may take; later = no action this time.', check=lambda v: v > 0,
+              allowed='a number of seconds > 0'),
+    NodeParam('api_key_file', '', 'policy remote: a file holding the API key; empty = none '
+              '(the key itself is never a parameter).'),
+    NodeParam('api_key_env', '', 'policy remote: an environment variable holding the API key; '
+              'empty = none.'),
 )
 PARAM = {p.name: p for p in PARAMS}
+
+
+def _state_key(entry):
+    """Return ``(key, n)`` of a ``remote_state_keys`` entry, None when malformed."""
+    key, _, n = entry.rpartition(':')
+    return (key, int(n)) if key and n.isdigit() and int(n) >= 1 else None
+
+
+def load(cfg, environ):
+    """
+    Return ``(policy, resolved unnorm key)`` for ``cfg``: a checkpoint, or a server (remote).
+
+    Raises ``PolicyError`` (and ``OSError`` for a key file) with the problem and the fix.
+    """
+    from vla_ros.policy.loading import load_policy
+    if cfg.policy != 'remote':
+        return load_policy(cfg.model_path, cfg.policy, cfg.unnorm_key, cfg.device, cfg.dtype,
+                           cfg.center_crop, cfg.quantization or None, cfg.platform,
+                           cfg.action_head)
+    from vla_ros.policy.errors import ConfigError
+    from vla_ros.remote.policy import RemotePolicy
+    key = None
+    if cfg.api_key_file:
+        with open(cfg.api_key_file, encoding='utf-8') as f:
+            key = f.read().strip() or None
+        if key is None:
+            raise ConfigError(f"parameter 'api_key_file': {cfg.api_key_file} is empty")
+    elif cfg.api_key_env:
+        key = environ.get(cfg.api_key_env, '').strip() or None
+        if key is None:
+            raise ConfigError(f"parameter 'api_key_env': ${cfg.api_key_env} is not set or "
+                              'empty; export the key in it')
+    policy = RemotePolicy.connect(
+        cfg.server_uri, cfg.remote_preset, api_key=key, timeout=cfg.request_timeout,
+        action_dim=len(cfg.action_joints) if cfg.action_space == 'joint_position' else ACTION_DIM,
+        chunk_len=cfg.remote_chunk_len, camera_keys=cfg.remote_camera_keys,
+        state_keys=[_state_key(e) for e in cfg.remote_state_keys],
+        prompt_key=cfg.remote_prompt_key, response_key=cfg.remote_response_key)
+    try:
+        return policy, policy.resolve_unnorm_key(cfg.unnorm_key or None)
+    except ConfigError:
+        policy.close()
+        raise
 
 
 def layout_problems(cfg, resolve):
@@ -94,6 +166,8 @@ def layout_problems(cfg, resolve):
     root namespace).
     """
     problems, topics = [], []
+    if cfg.policy != 'remote' and not cfg.model_path:
+        problems.append(MODEL_PATH_PROBLEM)
     for topic in cfg.camera_topics:
         try:
             topics.append(resolve(topic))

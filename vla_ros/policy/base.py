@@ -109,6 +109,10 @@ class Policy(abc.ABC):
                               f'{", ".join(keys)}.')
         return unnorm_key
 
+    def diagnostics(self):
+        """Return values the node adds to /diagnostics: none; a remote policy adds its timing."""
+        return {}
+
     def close(self):
         """Free what the policy holds (weights, GPU memory); nothing by default."""
 
