@@ -207,3 +207,45 @@ def test_vla_serve_refuses_another_host_without_a_key(tmp_path, capsys):
     (tmp_path / 'key').write_text('\n')
     assert cli.main(argv + ['--api-key-file', str(tmp_path / 'key')]) == 2
     assert 'is empty' in capsys.readouterr().err
+
+
+@pytest.mark.process
+def test_the_vla_serve_program_requires_its_key_and_never_prints_it(tmp_path, oft_checkpoints,
+                                                                    observation):
+    import subprocess
+    import sys
+    secret = 'Zq7-never-printed-9x'
+    (tmp_path / 'key').write_text(secret + '\n')
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    program = subprocess.Popen(
+        [sys.executable, '-m', 'vla_ros.remote.serve', '--model',
+         str(oft_checkpoints['libero']), '--policy', 'openvla_oft', '--platform', 'libero',
+         '--unnorm-key', 'synth_libero_spatial_no_noops', '--device', 'cpu', '--dtype',
+         'float32', '--port', str(port), '--api-key-file', str(tmp_path / 'key')],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def up():
+            try:
+                with connect(f'ws://127.0.0.1:{port}', open_timeout=2):
+                    pass
+            except InvalidStatus:
+                return True  # it answers, and refuses: no key
+            except OSError:
+                return program.poll() is not None
+        wait_until(up, 120, message='vla_serve listening')
+        assert program.poll() is None
+        for wrong in (None, 'Api-Key nope', secret):  # the key without its 'Api-Key ' prefix
+            headers = {'Authorization': wrong} if wrong else None
+            with pytest.raises(InvalidStatus, match='401'):
+                connect(f'ws://127.0.0.1:{port}', additional_headers=headers, open_timeout=5)
+        with connect(f'ws://127.0.0.1:{port}', compression=None, max_size=None,
+                     additional_headers={'Authorization': f'Api-Key {secret}'}) as ws:
+            assert unpack(ws.recv(timeout=30))['server'] == 'vla_serve'
+            assert ask(ws, observation)['actions'].shape == (8, 7)
+    finally:
+        program.terminate()
+        output, _ = program.communicate(timeout=30)
+    assert 'required (from' in output, output  # it says a key is required, and where from
+    assert secret not in output
