@@ -8,7 +8,6 @@ The test plays the arms (``joint_states``) and vla_node (``vla/joint_command`` a
 
 import math
 import re
-import threading
 import time
 import types
 
@@ -19,10 +18,11 @@ import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool
+from test_arm_bridge import Background, ros_now
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from vla_ros.control.joints import ALOHA_GRIPPER, GripperRange, PRESETS
-from vla_ros.control.trajectory import jtc_refusal, Point, Trajectory
-from vla_ros.nodes import diagnostics
+from vla_ros.control.trajectory import jtc_refusal
+from vla_ros.nodes import diagnostics, messages
 from vla_ros.nodes.joint_bridge import configuration, PARAMS
 import yaml
 
@@ -56,36 +56,23 @@ def start_bridge(launch, tmp_path, **changes):
     return launch('arm_bridge', '--ros-args', '--params-file', path)
 
 
-def now_of(ros):
-    return ros.node.get_clock().now().nanoseconds * 1e-9
-
-
 def set_time(msg_time, seconds):
     msg_time.sec = int(math.floor(seconds))
     msg_time.nanosec = int(round((seconds - math.floor(seconds)) * 1e9)) % 10**9
 
 
-class Arms:
+class Arms(Background):
     """The test playing the arms: joint_states at 50 Hz from a thread, ``position`` settable."""
 
     def __init__(self, ros):
+        super().__init__()
         self.ros, self.position = ros, HOME.copy()
         self.publisher = ros.publisher(JointState, 'joint_states', QOS)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
     def _run(self):
         while not self._stop.wait(0.02):
             msg = JointState(name=list(JOINTS), position=[float(v) for v in self.position])
-            set_time(msg.header.stamp, now_of(self.ros))
+            set_time(msg.header.stamp, ros_now(self.ros))
             self.publisher.publish(msg)
 
 
@@ -100,12 +87,12 @@ class Policy:
 
     def command(self, values, names=NAMES, age=0.0):
         msg = JointState(name=list(names), position=[float(v) for v in values])
-        set_time(msg.header.stamp, now_of(self.ros) - age)
+        set_time(msg.header.stamp, ros_now(self.ros) - age)
         self.out.publish(msg)
 
     def chunk(self, rows, age=0.0):
         msg = JointTrajectory(joint_names=NAMES)
-        set_time(msg.header.stamp, now_of(self.ros) - age)
+        set_time(msg.header.stamp, ros_now(self.ros) - age)
         for i, row in enumerate(rows):
             point = JointTrajectoryPoint(positions=[float(v) for v in row])
             set_time(point.time_from_start, i * P)
@@ -120,21 +107,13 @@ def action(positions, gripper=(0.5, 0.5)):
     return values
 
 
-def trajectory(msg):
-    """Return the ``Trajectory`` of a received message (for JTC's rules)."""
-    return Trajectory(tuple(msg.joint_names), msg.header.stamp.sec * 10**9
-                      + msg.header.stamp.nanosec,
-                      tuple(Point(tuple(p.positions), p.time_from_start.sec * 10**9
-                                  + p.time_from_start.nanosec) for p in msg.points))
-
-
 def received(inboxes, count=1, timeout=5.0):
     """Return the ``count`` newest trajectories per arm, in JOINTS' order: (count, K, 14)."""
     for inbox in inboxes.values():
         inbox.wait_for(count, timeout)
     found = {}
     for side, inbox in inboxes.items():
-        found[side] = [trajectory(m) for m in inbox.messages[-count:]]
+        found[side] = [messages.trajectory_from_msg(m) for m in inbox.messages[-count:]]
         for sent in found[side]:
             assert sent.joint_names == CONTROLLERS[side]
             assert jtc_refusal(sent, CONTROLLERS[side], 0) == ''
