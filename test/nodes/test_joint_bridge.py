@@ -91,13 +91,16 @@ class Policy:
         self.out.publish(msg)
 
     def chunk(self, rows, age=0.0):
+        """Publish ``rows`` at i * P from a stamp ``age`` s ago; return the stamp (s)."""
         msg = JointTrajectory(joint_names=NAMES)
-        set_time(msg.header.stamp, ros_now(self.ros) - age)
+        stamp = ros_now(self.ros) - age
+        set_time(msg.header.stamp, stamp)
         for i, row in enumerate(rows):
             point = JointTrajectoryPoint(positions=[float(v) for v in row])
             set_time(point.time_from_start, i * P)
             msg.points.append(point)
         self.out.publish(msg)
+        return stamp
 
 
 def action(positions, gripper=(0.5, 0.5)):
@@ -155,16 +158,18 @@ def test_a_25_row_aloha_chunk_leaves_as_one_trajectory_per_arm_and_a_stale_one_n
     with Arms(ros):
         bridge.wait_for_output('joint_states received')
         policy.chunk(rows, age=0.6)  # stale: older than command_timeout 0.5 s
-        policy.chunk(rows)
+        stamp = policy.chunk(rows)
         found = received(arms)
         time.sleep(0.2)
         values = counters(diag)
     assert all(len(inbox.messages) == 1 for inbox in arms.values())  # the stale one: nothing
     assert values['dropped_stale'] == '1' and values['sent_chunks'] == '1', values
-    # Row 0 is due at the chunk's stamp, so it is past when the chunk arrives; the rows after it
-    # go from one period after arrival, one period apart, the grippers in metres.
+    # Row i is due at the chunk's stamp + i periods: the rows due by the time the bridge sent
+    # (row 0 at least; more when delivery lags) are past; the rest go from one period after
+    # arrival, one period apart, the grippers in metres.
     sent = len(found['left'][0].points)
-    assert 22 <= sent <= 24, sent
+    lag = arms['left'].stamped[0][0] + time.time() - time.monotonic() - stamp  # sent -> here
+    assert 1 <= sent <= 24 and (24 - sent) * P <= lag + 0.002, (sent, lag)
     for side in found:
         assert [p.time_from_start_ns for p in found[side][0].points] == \
             [round(P * 1e9) * (i + 1) for i in range(sent)]

@@ -223,7 +223,7 @@ def test_joint_commands_and_the_chunk_are_the_policys_rows_stamped_with_the_imag
     received = commands.stamped[0][0] + time.time() - time.monotonic()  # row 0 here, ROS time
     image = chunk.header.stamp.sec + chunk.header.stamp.nanosec * 1e-9
     assert 0.0 < times[0] * 1e-9 <= received - image + 1e-3, (times[0], received - image)
-    assert received - image - times[0] * 1e-9 < 0.2  # delivery to the test, not more
+    assert received - image - times[0] * 1e-9 < 0.5  # delivery to the test, not more
     received = commands.messages[:3]
     for row, msg in enumerate(received):  # rows 0, 1, 2 of the chunk, one per tick
         assert list(msg.name) == list(ALOHA) and stamp_key(msg.header) == key
