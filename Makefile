@@ -28,15 +28,14 @@ $(STAMP): setup.py requirements.txt requirements-sim.txt requirements-eval.txt r
 	$(PY) -m pip install --quiet --no-deps $(ALOHA_ASSETS)
 	touch $(STAMP)
 
-# Every test, in two runs: those that talk no DDS on both cores (as test-fast, with the slow and
-# gpu ones, and those that start processes of their own: colcon, pytest, accelerate, vla_serve,
-# openpi's client; none of them times anything), then those that talk DDS one at a time (their
-# timing is the product's: rates, watchdogs). PYTEST_ARGS go to both; a run that collects
-# nothing (exit 5) is fine only when the other ran tests.
+# Every test, in two runs: those that stay in this process on both cores (as test-fast, with the
+# slow and gpu ones), then those that talk DDS or start processes one at a time (their timing is
+# the product's: rates, watchdogs). PYTEST_ARGS go to both; a run that collects nothing (exit 5)
+# is fine only when the other ran tests.
 test: $(STAMP)
-	@OMP_NUM_THREADS=1 $(PY) -m pytest test -m 'not dds' -ra -n $(FAST_WORKERS) \
+	@OMP_NUM_THREADS=1 $(PY) -m pytest test -m 'not dds and not process' -ra -n $(FAST_WORKERS) \
 	  --dist loadscope $(PYTEST_ARGS); a=$$?; \
-	$(PY) -m pytest test -m 'dds' -ra $(PYTEST_ARGS); b=$$?; \
+	$(PY) -m pytest test -m 'dds or process' -ra $(PYTEST_ARGS); b=$$?; \
 	if [ $$a -eq 5 ] && [ $$b -eq 5 ]; then echo 'make test: pytest collected no tests; that is a failure here'; exit 1; fi; \
 	for rc in $$a $$b; do if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi; done
 
