@@ -185,6 +185,22 @@ def delta_values(msg):
     return np.array([p.x, p.y, p.z, *quaternion_to_rpy(q.x, q.y, q.z, q.w)])
 
 
+def rows_0_to_3_of_predict(group, feed, reference):
+    """
+    Check one stamp's group of vla/ee_delta: rows 0..3 of predict for a sent frame pair.
+
+    Return ``(frame index, state index)`` of the prediction the rows came from.
+    """
+    key, msgs = group
+    assert key in feed.sent, f'stamp {key} is not the stamp of a published frame pair'
+    index = feed.sent[key]
+    assert len(msgs) == 4, f'chunk of frame {index}: {len(msgs)} actions, not rows 0..3'
+    published = np.stack([delta_values(m) for m in msgs])  # (4, 6)
+    state_index = matching_state(reference, index, published)
+    assert state_index is not None, f'frame {index}: rows 0..3 differ from predict'
+    return index, state_index
+
+
 def matching_state(reference, index, rows, wrist_size=(SIZE, SIZE), states=(0, -1, 1),
                    skipped=0):
     """
@@ -229,12 +245,7 @@ def test_open_loop_publishes_rows_0_to_3_of_each_chunk_equal_to_predict(
     assert len(groups) >= 8
     expected_rows, predictions = [], []
     for key, msgs in groups:
-        assert key in feed.sent, f'stamp {key} is not the stamp of a published frame pair'
-        index = feed.sent[key]
-        assert len(msgs) == 4, f'chunk of frame {index}: {len(msgs)} actions, not rows 0..3'
-        published = np.stack([delta_values(m) for m in msgs])  # (4, 6)
-        state_index = matching_state(reference, index, published)
-        assert state_index is not None, f'frame {index}: rows 0..3 differ from predict'
+        index, state_index = rows_0_to_3_of_predict((key, msgs), feed, reference)
         predictions.append(reference(index, state_index))
         expected_rows += list(predictions[-1][:4])
         assert all(m.header.frame_id == 'base_link' for m in msgs)

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from std_msgs.msg import Float64MultiArray
 from test_vla_node import COMMANDS, CONFIG, latest_diagnostics, TEST_DIR
-from test_vla_node_oft import (CAMERAS, delta_values, groups_by_stamp, INSTRUCTION,  # noqa: F401
-                               matching_state, oft_checkpoint, PROPRIO, reference, robot,
-                               UNNORM_KEY)
+from test_vla_node_oft import (CAMERAS, groups_by_stamp, INSTRUCTION, oft_checkpoint,  # noqa: F401
+                               PROPRIO, reference, robot, rows_0_to_3_of_predict, UNNORM_KEY)
 
 from vla_ros.control.action_layout import multiarray_to_chunk
 
@@ -67,13 +66,8 @@ def test_remote_publishes_the_rows_and_stamps_of_predict(
     time.sleep(5.0)
     groups = groups_by_stamp(deltas.messages)[1:-1]  # the first and last may be partial
     assert len(groups) >= 3
-    for key, msgs in groups:
-        assert key in feed.sent, f'stamp {key} is not the stamp of a published frame pair'
-        index = feed.sent[key]
-        assert len(msgs) == 4, f'chunk of frame {index}: {len(msgs)} actions, not rows 0..3'
-        published = np.stack([delta_values(m) for m in msgs])  # (4, 6)
-        state_index = matching_state(reference, index, published)
-        assert state_index is not None, f'frame {index}: rows 0..3 differ from predict'
+    for group in groups:
+        index, state_index = rows_0_to_3_of_predict(group, feed, reference)
         whole = [c for c in map(multiarray_to_chunk, chunks.messages)
                  if np.allclose(c, reference(index, state_index), rtol=1e-5, atol=1e-7)]
         assert whole, f'frame {index}: vla/action_chunk never carried its whole chunk'
