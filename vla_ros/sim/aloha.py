@@ -36,6 +36,7 @@ import numpy as np
 
 from vla_ros.control.joints import ALOHA_ARM, ALOHA_GRIPPER, GripperRange
 from vla_ros.control.trajectory import Follower, jtc_refusal
+from vla_ros.sim import loop
 from vla_ros.sim.camera import SimCamera, snapshot
 from vla_ros.sim.tasks import ALOHA_TASKS as TASKS
 
@@ -274,9 +275,7 @@ class SimAloha:
     # ---------------------------------------------------------------- physics
     def step(self, duration):
         """Advance the physics by ``duration`` seconds (whole timesteps; the rest carries over)."""
-        self._pending += max(0.0, float(duration))
-        steps = int(self._pending / self.timestep + 1e-6)
-        self._pending -= steps * self.timestep
+        steps, self._pending = loop.whole_steps(self._pending, duration, self.timestep)
         return self.run_steps(steps)
 
     def run_steps(self, count):

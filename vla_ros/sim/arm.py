@@ -43,7 +43,7 @@ import numpy as np
 
 from vla_ros.control.geometry import (clamp_norm, conjugate_wxyz, finite_vector, from_wxyz,
                                       quaternion_to_rpy, to_wxyz)
-from vla_ros.sim import tasks
+from vla_ros.sim import loop, tasks
 from vla_ros.sim.camera import SimCamera, snapshot
 
 SCENE_XML = Path(__file__).with_name('scene.xml')
@@ -203,9 +203,7 @@ class SimArm:
     # ---------------------------------------------------------------- physics
     def step(self, duration):
         """Advance the physics by ``duration`` seconds (whole timesteps; the rest carries over)."""
-        self._pending += max(0.0, float(duration))
-        steps = int(self._pending / self.timestep + 1e-6)
-        self._pending -= steps * self.timestep
+        steps, self._pending = loop.whole_steps(self._pending, duration, self.timestep)
         return self.run_steps(steps)
 
     def run_steps(self, count):

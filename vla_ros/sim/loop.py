@@ -3,8 +3,16 @@ ROS-free pieces of the simulator's control loop; times are integer nanoseconds.
 
 ``Pacer`` maps a clock (the node clock in real time, or a tick counter in sim time) onto whole
 physics steps, so the state always has an exact time; ``Schedule`` says when a periodic output
-(camera frame, ee_pose) is due on that time line.
+(camera frame, ee_pose) is due on that time line; ``whole_steps`` turns a duration in seconds
+into whole physics steps, the rest carried over.
 """
+
+
+def whole_steps(pending, duration, timestep):
+    """Return ``(steps, rest)``: the whole ``timestep``s in ``pending + duration`` seconds."""
+    pending += max(0.0, float(duration))
+    steps = int(pending / timestep + 1e-6)
+    return steps, pending - steps * timestep
 
 
 class Pacer:
