@@ -9,6 +9,7 @@ import pytest
 
 from vla_ros.sim.scenes import scene
 from vla_ros.training import demo_policy
+from vla_ros.training.demo_policy import run_proprio
 
 STATE = np.array([0.3, 0.0, 0.2, 0.3, 0.0, 0.2, 0.04, 0.04])  # home; the x, y, z joints; open
 
@@ -53,7 +54,7 @@ def test_the_demo_runs_the_state_layout_of_the_policys_run_record(rebuilt, tmp_p
     """The run record is the one source: the checkpoint carries it, demo and Makefile read it."""
     from vla_ros.closed_loop import demo
     shipped = json.loads((demo_policy.ASSETS / 'run.json').read_text())['config']['data.proprio']
-    assert demo.run_proprio(rebuilt) == demo.run_proprio() == shipped
+    assert run_proprio(rebuilt) == run_proprio() == shipped
     assert demo.node_params('reach', rebuilt)[-1] == \
         'proprio:=[' + ', '.join(f"'{entry}'" for entry in shipped) + ']'
     assert demo.main(['--print-proprio']) == 0 and capsys.readouterr().out.split() == shipped
@@ -134,7 +135,6 @@ def test_the_first_steps_head_for_the_named_object_unlike_the_untrained_base(reb
     from vla_ros.policy.tiny import write_tiny_oft_checkpoint
     policy, key = load_policy(rebuilt, 'openvla_oft', demo_policy.UNNORM_KEY, 'cpu', 'float32',
                               center_crop=True)
-    from vla_ros.closed_loop.demo import run_proprio
     layout = run_proprio(rebuilt)
     hits = heading_hits(policy, key, layout)
     assert sum(hits) >= HEADING_HITS, f'heads for the named object on {sum(hits)} of 12: {hits}'

@@ -44,6 +44,7 @@ from vla_ros.control.images import image_to_rgb
 from vla_ros.control.readers import stamp_seconds
 from vla_ros.nodes import diagnostics
 from vla_ros.sim.tasks import REACH_REGION
+from vla_ros.training.demo_policy import run_proprio
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -137,26 +138,6 @@ POLICIES = {
         "'joint:right_finger_joint']"]},
     'reach': {'unnorm_key': 'sim_reach', 'rate': 10.0, 'params': OFT_PARAMS},
 }
-
-
-def run_proprio(model=None):
-    """
-    Return the state layout (``--proprio``) of the run that trained ``model``, from its record.
-
-    ``vla_finetune`` writes the record into its output (``training_state/run.json``), and the
-    demo's checkpoint carries the shipped one; without ``model``, the shipped record itself.
-    """
-    from vla_ros.training import demo_policy
-    from vla_ros.training.options import RUN_FILE, split_settings, STATE_DIR
-
-    record = (demo_policy.ASSETS / RUN_FILE if model is None
-              else Path(model) / STATE_DIR / RUN_FILE)
-    try:
-        return list(split_settings(json.loads(record.read_text())['config'])[1]['proprio'])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f'{record}: no state layout (config "data.proprio") in a vla_finetune '
-                         f'run record ({type(exc).__name__}: {exc}); pass the output of '
-                         'vla_finetune, or a --policy other than reach') from None
 
 
 def vla_node_argv(model, unnorm_key, rate, params, remaps=()):

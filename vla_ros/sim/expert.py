@@ -25,7 +25,8 @@ middle of the success band, ``REACH_HEIGHT / 2`` over the object's top. ``lift``
 the object opens and approaches again.
 
 ``rollout`` runs one seeded episode on the ROS-free ``SimArm`` (each action a twist held for one
-period, as arm_bridge streams it), for tests and quick measurements.
+period, as arm_bridge streams it: ``apply_action``), for tests and quick measurements;
+``expert_inputs`` reads the expert's inputs off a ``SimArm``.
 """
 
 import math
@@ -160,16 +161,48 @@ class ScriptedExpert:
         return action
 
 
+def expert_inputs(arm, name, state=None):
+    """
+    Return ``ScriptedExpert.act``'s arguments for object ``name`` from a ``SimArm``'s state now.
+
+    ``state`` is ``arm.scene_state()`` when the caller already has it.
+    """
+    from vla_ros.control.geometry import quaternion_to_rpy
+
+    state = arm.scene_state() if state is None else state
+    body = tasks.scene_object(name).body
+    position, quat = arm.ee_pose()
+    rot = state.object_rotations[body]
+    _, joints, _ = arm.joint_state()
+    return (position, state.object_positions[body], quaternion_to_rpy(*quat),
+            math.atan2(rot[1, 0], rot[0, 0]), sum(joints[6:8]), state.object_bounds(name)[1])
+
+
+def apply_action(arm, action, monitor, period=0.1, ticks=10):
+    """
+    Drive ``arm`` with one 7-D action for one ``period``, judging ``monitor`` on every tick.
+
+    The action becomes a twist (delta / period) held for the period and the gripper command
+    (open above 0.5), as arm_bridge streams them; success is judged ``ticks`` times (100 Hz at
+    10 Hz), as sim_arm's control tick does.
+    """
+    from vla_ros.control.geometry import rotation_vector, rpy_to_matrix
+
+    arm.command_twist(action[:3] / period, rotation_vector(rpy_to_matrix(*action[3:6])) / period)
+    arm.command_gripper(1.0 if action[6] > 0.5 else 0.0)
+    for _ in range(ticks):
+        arm.step(period / ticks)
+        monitor.update(arm.time, arm.scene_state())
+
+
 def rollout(seed, task='reach', seconds=8.0, period=0.1, arm=None, **expert_options):
     """
     Run one episode on a ROS-free ``SimArm`` (``arm``, or a new one); return a result dict.
 
-    Each action becomes a twist (delta / period) held for one period and the gripper command
-    (open above 0.5), as arm_bridge streams them. The result holds ``success``,
+    Each action is applied by ``apply_action``. The result holds ``success``,
     ``time_to_success`` (None on failure), ``episode``, ``actions`` (N, 7) and ``states`` (the
     ``SceneState`` each action was computed from).
     """
-    from vla_ros.control.geometry import quaternion_to_rpy, rotation_vector, rpy_to_matrix
     from vla_ros.sim.arm import SimArm
 
     episode = tasks.episode(seed, task)
@@ -178,24 +211,13 @@ def rollout(seed, task='reach', seconds=8.0, period=0.1, arm=None, **expert_opti
     arm.reset(seed)
     monitor = tasks.EpisodeMonitor(episode)
     expert = ScriptedExpert(task, episode.object, period=period, **expert_options)
-    body = tasks.scene_object(episode.object).body
     actions, states = [], []
     while arm.time < seconds and not monitor.succeeded:
-        position, quat = arm.ee_pose()
         state = arm.scene_state()
-        rot = state.object_rotations[body]
-        names, joints, _ = arm.joint_state()
-        action = expert.act(position, state.object_positions[body], quaternion_to_rpy(*quat),
-                            math.atan2(rot[1, 0], rot[0, 0]), sum(joints[6:8]),
-                            state.object_bounds(episode.object)[1])
+        action = expert.act(*expert_inputs(arm, episode.object, state))
         actions.append(action)
         states.append(state)
-        arm.command_twist(action[:3] / period, rotation_vector(rpy_to_matrix(*action[3:6]))
-                          / period)
-        arm.command_gripper(1.0 if action[6] > 0.5 else 0.0)
-        for _ in range(10):  # judge success at 100 Hz, as sim_arm's control tick does
-            arm.step(period / 10)
-            monitor.update(arm.time, arm.scene_state())
+        apply_action(arm, action, monitor, period)
     return {'episode': episode, 'success': monitor.succeeded,
             'time_to_success': monitor.time_to_success, 'actions': np.array(actions),
             'states': states}

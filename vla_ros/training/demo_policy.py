@@ -59,6 +59,24 @@ def regenerate_base(folder):
     return base, sha256(base / WEIGHTS_FILE)
 
 
+def run_proprio(model=None):
+    """
+    Return the state layout (``--proprio``) of the run that trained ``model``, from its record.
+
+    ``vla_finetune`` writes the record into its output (``training_state/run.json``), and the
+    demo's checkpoint carries the shipped one; without ``model``, the shipped record itself.
+    """
+    from vla_ros.training.options import RUN_FILE, split_settings, STATE_DIR
+
+    record = ASSETS / RUN_FILE if model is None else Path(model) / STATE_DIR / RUN_FILE
+    try:
+        return list(split_settings(json.loads(record.read_text())['config'])[1]['proprio'])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f'{record}: no state layout (config "data.proprio") in a vla_finetune '
+                         f'run record ({type(exc).__name__}: {exc}); pass a vla_finetune output, '
+                         'or a policy that takes no state') from None
+
+
 def write_demo_policy(out, force=False):
     """Write the trained reach policy's checkpoint to ``out``; return its path."""
     import torch
