@@ -25,24 +25,21 @@ plumbing and the safety limits, not a skill. Point ``--model`` at openvla-7b for
 """
 
 import argparse
-import json
 from pathlib import Path
 import sys
 import time
 
 import cv2
-from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped
 import numpy as np
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from vla_ros.closed_loop.processes import (list_param, node_argv, Participant, start, stop,
+from vla_ros.closed_loop.processes import (DemoObserver, list_param, node_argv, start, stop,
                                            stop_like_ctrl_c)
 from vla_ros.control.images import image_to_rgb
 from vla_ros.control.readers import stamp_seconds
-from vla_ros.nodes import diagnostics
 from vla_ros.sim.tasks import REACH_REGION
 from vla_ros.training.demo_policy import run_proprio
 
@@ -50,14 +47,13 @@ RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
-class Observer(Participant):
+class Observer(DemoObserver):
     """The demo's own ROS participant: records what a user would watch with ros2 topic echo."""
 
     def __init__(self):
-        super().__init__('vla_demo')
+        super().__init__()
         self.deltas, self.latencies, self.twists, self.path = [], [], [], []
         self.frames, self.wrist_frames = [], []
-        self.status, self.task = {}, {}
         node = self.node
         node.create_subscription(PoseStamped, 'vla/ee_delta', self._on_delta, RELIABLE)
         node.create_subscription(TwistStamped, 'servo_node/delta_twist_cmds', self.twists.append,
@@ -67,12 +63,6 @@ class Observer(Participant):
                                  qos_profile_sensor_data)
         node.create_subscription(Image, 'wrist_camera/image_raw', self._newest(self.wrist_frames),
                                  qos_profile_sensor_data)
-        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, RELIABLE)
-        node.create_subscription(String, 'sim/task', self._on_task, RELIABLE)
-        self.instruction = node.create_publisher(String, 'vla/instruction', RELIABLE)
-
-    def now(self):
-        return self.now_ns() * 1e-9
 
     def _on_delta(self, msg):
         # image stamp -> command out of vla_node
@@ -89,16 +79,6 @@ class Observer(Participant):
             frames.append(msg)
             del frames[:-1]  # keep only the newest
         return store
-
-    def _on_diagnostics(self, msg):
-        for status in msg.status:
-            self.status[status.name] = diagnostics.values_of(status)
-
-    def _on_task(self, msg):
-        try:
-            self.task = json.loads(msg.data)
-        except ValueError:
-            pass
 
 
 def save_frame(msg, path):

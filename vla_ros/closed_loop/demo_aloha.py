@@ -17,23 +17,20 @@ last frames as PNG. The miniature's actions are random joint targets within its 
 they show the plumbing and the joint-space safety, and they do not transfer the cube.
 """
 
-import json
 from pathlib import Path
 import sys
 import time
 
 import cv2
-from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
-from vla_ros.closed_loop.processes import node_argv, Participant, start, stop
+from vla_ros.closed_loop.processes import DemoObserver, node_argv, start, stop
 from vla_ros.control.images import image_to_rgb
 from vla_ros.control.readers import stamp_seconds
-from vla_ros.nodes import diagnostics
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -47,17 +44,16 @@ NOT_A_SKILL = ("random weights: its joint targets are noise within the miniature
                'not a transfer (a trained OFT ALOHA checkpoint goes in --model)')
 
 
-class AlohaObserver(Participant):
+class AlohaObserver(DemoObserver):
     """The demo's participant: what a user would watch with ros2 topic echo, on ALOHA's topics."""
 
     def __init__(self):
-        super().__init__('vla_demo')
+        super().__init__()
         self.commands, self.latencies, self.chunks = [], [], 0
         self.trajectories = dict.fromkeys(CONTROLLERS, 0)
         self.frames = dict.fromkeys(CAMERAS)
         self.first_joints, self.joints, self.joint_names = None, None, []
         self.max_motion = None  # per joint, the largest |position - first position|
-        self.status, self.task = {}, {}
         node = self.node
         node.create_subscription(JointState, 'vla/joint_command', self._on_command, RELIABLE)
         node.create_subscription(JointTrajectory, 'vla/joint_chunk', self._on_chunk, RELIABLE)
@@ -68,12 +64,6 @@ class AlohaObserver(Participant):
         for camera in CAMERAS:
             node.create_subscription(Image, f'{camera}/image_raw', self._newest(camera),
                                      qos_profile_sensor_data)
-        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, RELIABLE)
-        node.create_subscription(String, 'sim/task', self._on_task, RELIABLE)
-        self.instruction = node.create_publisher(String, 'vla/instruction', RELIABLE)
-
-    def now(self):
-        return self.now_ns() * 1e-9
 
     def _on_command(self, msg):
         now = self.now()
@@ -100,16 +90,6 @@ class AlohaObserver(Participant):
         def store(msg):
             self.frames[camera] = msg
         return store
-
-    def _on_diagnostics(self, msg):
-        for status in msg.status:
-            self.status[status.name] = diagnostics.values_of(status)
-
-    def _on_task(self, msg):
-        try:
-            self.task = json.loads(msg.data)
-        except ValueError:
-            pass
 
     def of(self, node):
         """Return the newest /diagnostics values of ``node`` (by its status name's prefix)."""

@@ -5,9 +5,11 @@ The process kit of the programs that start nodes (and of the tests' DDS harness)
 ``robot='aloha'``, ``config/aloha.yaml`` over it); ``start`` puts a command in its own process
 group with its output in a log file, ``stop`` ends it as Ctrl-C would and kills the group when
 it does not go; ``Participant`` is this process's own ROS
-node, in a private rclpy context, spun on a thread and closed cleanly.
+node, in a private rclpy context, spun on a thread and closed cleanly; ``DemoObserver`` is the
+one of a demo program (its diagnostics, sim/task and instruction).
 """
 
+import json
 import os
 from pathlib import Path
 import signal
@@ -166,3 +168,42 @@ class Participant:
         self._thread.join(timeout=5.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
+
+
+class DemoObserver(Participant):
+    """
+    A demo program's participant, with what every demo watches and says.
+
+    The newest ``/diagnostics`` values per status (``status``), the newest ``sim/task``
+    (``task``) and the ``vla/instruction`` publisher; each demo adds the topics of its robot that
+    a user would watch with ros2 topic echo.
+    """
+
+    def __init__(self, name='vla_demo'):
+        super().__init__(name)
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from std_msgs.msg import String
+
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.status, self.task = {}, {}
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                      reliable)
+        self.node.create_subscription(String, 'sim/task', self._on_task, reliable)
+        self.instruction = self.node.create_publisher(String, 'vla/instruction', reliable)
+
+    def now(self):
+        """Return the node clock's time in seconds."""
+        return self.now_ns() * 1e-9
+
+    def _on_diagnostics(self, msg):
+        from vla_ros.nodes import diagnostics
+
+        for status in msg.status:
+            self.status[status.name] = diagnostics.values_of(status)
+
+    def _on_task(self, msg):
+        try:
+            self.task = json.loads(msg.data)
+        except ValueError:
+            pass
