@@ -91,7 +91,7 @@ ROBOT ?= gripper
 demo: $(STAMP)
 	$(PY) -m vla_ros.closed_loop.demo --robot $(ROBOT) $(DEMO_ARGS)
 
-# The demo's trained policy from scratch, in two rounds (DAgger; docs/closed_loop.md has each
+# The demo's trained policy from scratch, in three rounds (DAgger; docs/closed_loop.md has each
 # stage's wall time on 2 CPU cores):
 # 1. demonstrations: 1080 expert reach episodes (360 layouts x the 3 objects, seeded starts),
 #    recorded as bags by two recorders side by side (own ROS domains);
@@ -100,8 +100,12 @@ demo: $(STAMP)
 # 3. corrections: round 1 drives the arm through vla_node in 300 new episodes (about 100 more
 #    layouts), the expert labels every step and takes over 30% of them;
 # 4. round 2: from round 1, on 600 of the demonstrations and the corrections, with OFT's image
-#    augmentation, statistics under sim_reach; its trained parameters are copied into
-#    vla_ros/training/assets/reach/ (what `make demo` rebuilds it from).
+#    augmentation, statistics under sim_reach;
+# 5. round 3: round 2 drives 150 more corrected episodes while a recorder beside it takes 390
+#    demonstrations on 130 new layouts; from round 2, on those alone (20 000 samples), 6000
+#    steps, statistics under sim_reach_round3. Its trained parameters are copied into
+#    vla_ros/training/assets/reach/ (what `make demo` rebuilds it from), its statistics under
+#    sim_reach.
 # The state layout is the shipped run record's (the one place it is written; the demo reads it
 # too): where the gripper is (its position twice, from ee_pose and from the virtual joints:
 # OFT's LIBERO state has 8 values) and the fingers; the orientation, constant in the
@@ -111,9 +115,10 @@ RECORD = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(CURDIR)/$(VENV)/bin/vla_recor
   --task reach --seconds 10
 CORRECT = $(RECORD) --episodes 150 --policy-model round1 --policy reach \
   --unnorm-key sim_reach_demos --takeover 0.3
-FINETUNE = $(CURDIR)/$(VENV)/bin/vla_finetune --val-bags demos-a/episode_05[1-3]* \
+FINETUNE_ARGS = $(CURDIR)/$(VENV)/bin/vla_finetune \
   --camera-topics camera/image_raw wrist_camera/image_raw --rate 10 --center-crop --full \
-  --batch-size 8 --warmup-steps 200 --val-every 1000 --save-every 1000
+  --batch-size 8 --val-every 1000 --save-every 1000
+FINETUNE = $(FINETUNE_ARGS) --val-bags demos-a/episode_05[1-3]* --warmup-steps 200
 DEMOS = demos-a/episode_0[0-4]* demos-a/episode_050* demos-b/episode_*
 # Round 2 keeps the frames of every bag in memory (150 kB a camera image): all the demonstrations
 # and the corrections would take more than the 24 GB of the 2-core machine, so it takes the first
@@ -136,8 +141,18 @@ demo-policy: $(STAMP)
 	  wait $$a && wait $$b; }
 	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
 	$(FINETUNE) $(HALF_DEMOS) corrections-a/episode_* corrections-b/episode_* --base round1 \
-	  --out trained --unnorm-key sim_reach --proprio $$proprio --image-aug \
+	  --out round2 --unnorm-key sim_reach --proprio $$proprio --image-aug \
 	  --steps 5000 --decay-after 3800
+	cd $(DEMO_POLICY_OUT) && \
+	{ ROS_DOMAIN_ID=41 $(RECORD) --episodes 150 --policy-model round2 --policy reach \
+	    --unnorm-key sim_reach --takeover 0.3 --seed 6000 --out corrections-c & a=$$!; \
+	  ROS_DOMAIN_ID=42 $(RECORD) --episodes 390 --seed 9000 --out demos-c & b=$$!; \
+	  wait $$a && wait $$b; }
+	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
+	$(FINETUNE_ARGS) corrections-c/episode_* demos-c/episode_0[0-2]* demos-c/episode_03[0-5]* \
+	  --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 --base round2 --out trained \
+	  --unnorm-key sim_reach_round3 --proprio $$proprio --image-aug --steps 6000 \
+	  --decay-after 4500
 	$(PY) -m vla_ros.training.demo_policy --ship $(DEMO_POLICY_OUT)/trained
 
 # The success rates in docs/closed_loop.md: the trained and the random miniature, 50 seeded reach

@@ -145,8 +145,16 @@ def ship(trained_dir):
     for key in ('bags', 'val_bags'):  # folder/episode, not this machine's absolute paths
         run['config'][key] = [f'{Path(b).parent.name}/{Path(b).name}'
                               for b in run['config'][key]]
+    stats = json.loads((trained_dir / 'dataset_statistics.json').read_text())
+    if len(stats) != 1:
+        raise PolicyError(f'{trained_dir / "dataset_statistics.json"} holds {sorted(stats)}: '
+                          f'ship a vla_finetune output, which holds its own key only')
+    # Each round trains under a key of its own (vla_finetune refuses one its base has); the
+    # package ships the result under UNNORM_KEY, and the record says which key it trained under.
+    (run['trained_unnorm_key'], values), = stats.items()
     (ASSETS / 'run.json').write_text(json.dumps(run, indent=1) + '\n')
-    shutil.copyfile(trained_dir / 'dataset_statistics.json', ASSETS / 'dataset_statistics.json')
+    (ASSETS / 'dataset_statistics.json').write_text(
+        json.dumps({UNNORM_KEY: values}, indent=2) + '\n')
     with tempfile.TemporaryDirectory() as tmp:
         (ASSETS / 'base.sha256').write_text(f'{regenerate_base(tmp)[1]}  {WEIGHTS_FILE}\n')
     return ASSETS
