@@ -10,7 +10,8 @@ regenerated exactly by ``vla_tiny_model --oft libero`` (seed 0). So ``assets/rea
   (about 6 MB; the rebuilt checkpoint is float32, and docs/closed_loop.md's success rate is
   measured on it);
 * ``run.json``: that run's settings and data options (as ``vla_finetune`` wrote them);
-* ``dataset_statistics.json``: the demonstrations' statistics under ``sim_reach``;
+* ``dataset_statistics.json``: the training data's statistics, under ``sim_reach`` whatever key the
+  run trained under (``run.json``'s ``trained_unnorm_key``);
 * ``base.sha256``: the hash of the regenerated base's ``model.safetensors``, so a torch whose
   random generator differs fails loudly instead of loading the trained weights into a model
   whose other weights differ.
@@ -148,7 +149,7 @@ def ship(trained_dir):
     stats = json.loads((trained_dir / 'dataset_statistics.json').read_text())
     if len(stats) != 1:
         raise PolicyError(f'{trained_dir / "dataset_statistics.json"} holds {sorted(stats)}: '
-                          f'ship a vla_finetune output, which holds its own key only')
+                          'ship a vla_finetune output, which holds its own key only')
     # Each round trains under a key of its own (vla_finetune refuses one its base has); the
     # package ships the result under UNNORM_KEY, and the record says which key it trained under.
     (run['trained_unnorm_key'], values), = stats.items()
