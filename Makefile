@@ -102,7 +102,7 @@ demo: $(STAMP)
 # 4. round 2: from round 1, on 600 of the demonstrations and the corrections, with OFT's image
 #    augmentation, statistics under sim_reach;
 # 5. round 3: round 2 drives 150 more corrected episodes while a recorder beside it takes 390
-#    demonstrations on 130 new layouts; from round 2, on those alone (20 000 samples), 6000
+#    demonstrations on 130 new layouts; from round 2, on those alone (17 365 samples), 6000
 #    steps, statistics under sim_reach_round3. Its trained parameters are copied into
 #    vla_ros/training/assets/reach/ (what `make demo` rebuilds it from), its statistics under
 #    sim_reach.

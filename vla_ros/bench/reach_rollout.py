@@ -10,8 +10,9 @@ about a third of 50 episodes, with some 300 ms from image to command, at about 9
 whole chunks of 8 open loop. This runs the same episodes (seeds S .. S+N-1 of
 ``tasks.episode``, as ``vla_sim_eval --seed S --task reach``) with the timing under control, so
 the model's own limit (where is the named object?) can be told from the loop's (stale images,
-open-loop chunks): K = 0 and N = 1 is the most closed loop there is; K = 3, N = 8 is close to the
-live node.
+open-loop chunks): K = 0 and N = 1 is the most closed loop there is. vla_node's open loop is
+closer to K = 1 than to its 300 ms from image to command (K = 3): it asks for the next chunk at
+the tick of the last row and trims the rows whose time has passed (``control.chunks``).
 
 The loop runs in simulated time only (no wall clock: a run is deterministic), at vla_node's
 10 Hz. Each period it observes the arm as vla_node would: sim_arm's cameras at its 320 x 240
