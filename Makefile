@@ -91,7 +91,7 @@ ROBOT ?= gripper
 demo: $(STAMP)
 	$(PY) -m vla_ros.closed_loop.demo --robot $(ROBOT) $(DEMO_ARGS)
 
-# The demo's trained policy from scratch, in three rounds (DAgger; docs/closed_loop.md has each
+# The demo's trained policy from scratch, in five rounds (DAgger; docs/closed_loop.md has each
 # stage's wall time on 2 CPU cores):
 # 1. demonstrations: 1080 expert reach episodes (360 layouts x the 3 objects, seeded starts),
 #    recorded as bags by two recorders side by side (own ROS domains);
@@ -103,9 +103,13 @@ demo: $(STAMP)
 #    augmentation, statistics under sim_reach;
 # 5. round 3: round 2 drives 150 more corrected episodes while a recorder beside it takes 390
 #    demonstrations on 130 new layouts; from round 2, on those alone (17 365 samples), 6000
-#    steps, statistics under sim_reach_round3. Its trained parameters are copied into
-#    vla_ros/training/assets/reach/ (what `make demo` rebuilds it from), its statistics under
-#    sim_reach.
+#    steps, statistics under sim_reach_round3;
+# 6. round 4: round 3 drives 300 corrected episodes; from round 3 on those, the 150 round 2
+#    drove and round 3's demonstrations (31 502 samples), 6000 steps;
+# 7. round 5: round 4 drives 300 more; from round 4 on those, round 3's 300 and the same
+#    demonstrations (37 628 samples; the 150 round 2 drove are left out, for memory), 6000
+#    steps. Its trained parameters are copied into vla_ros/training/assets/reach/ (what
+#    `make demo` rebuilds it from), its statistics under sim_reach.
 # The state layout is the shipped run record's (the one place it is written; the demo reads it
 # too): where the gripper is (its position twice, from ee_pose and from the virtual joints:
 # OFT's LIBERO state has 8 values) and the fingers; the orientation, constant in the
@@ -115,6 +119,11 @@ RECORD = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(CURDIR)/$(VENV)/bin/vla_recor
   --task reach --seconds 10
 CORRECT = $(RECORD) --episodes 150 --policy-model round1 --policy reach \
   --unnorm-key sim_reach_demos --takeover 0.3
+# Rounds 4 and 5: the round before drives 300 corrected episodes (two recorders).
+CORRECT_R3 = $(RECORD) --episodes 150 --policy-model round3 --policy reach \
+  --unnorm-key sim_reach_round3 --takeover 0.3
+CORRECT_R4 = $(RECORD) --episodes 150 --policy-model round4 --policy reach \
+  --unnorm-key sim_reach_round4 --takeover 0.3
 FINETUNE_ARGS = $(CURDIR)/$(VENV)/bin/vla_finetune \
   --camera-topics camera/image_raw wrist_camera/image_raw --rate 10 --center-crop --full \
   --batch-size 8 --val-every 1000 --save-every 1000
@@ -150,9 +159,27 @@ demo-policy: $(STAMP)
 	  wait $$a && wait $$b; }
 	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
 	$(FINETUNE_ARGS) corrections-c/episode_* demos-c/episode_0[0-2]* demos-c/episode_03[0-5]* \
-	  --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 --base round2 --out trained \
+	  --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 --base round2 --out round3 \
 	  --unnorm-key sim_reach_round3 --proprio $$proprio --image-aug --steps 6000 \
 	  --decay-after 4500
+	cd $(DEMO_POLICY_OUT) && \
+	{ ROS_DOMAIN_ID=41 $(CORRECT_R3) --seed 7000 --out corrections-d & a=$$!; \
+	  ROS_DOMAIN_ID=42 $(CORRECT_R3) --seed 7150 --out corrections-e & b=$$!; \
+	  wait $$a && wait $$b; }
+	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
+	$(FINETUNE_ARGS) corrections-[cde]/episode_* demos-c/episode_0[0-2]* \
+	  demos-c/episode_03[0-5]* --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 \
+	  --base round3 --out round4 --unnorm-key sim_reach_round4 --proprio $$proprio \
+	  --image-aug --steps 6000 --decay-after 4500
+	cd $(DEMO_POLICY_OUT) && \
+	{ ROS_DOMAIN_ID=41 $(CORRECT_R4) --seed 7300 --out corrections-f & a=$$!; \
+	  ROS_DOMAIN_ID=42 $(CORRECT_R4) --seed 7450 --out corrections-g & b=$$!; \
+	  wait $$a && wait $$b; }
+	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
+	$(FINETUNE_ARGS) corrections-[defg]/episode_* demos-c/episode_0[0-2]* \
+	  demos-c/episode_03[0-5]* --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 \
+	  --base round4 --out trained --unnorm-key sim_reach_round5 --proprio $$proprio \
+	  --image-aug --steps 6000 --decay-after 4500
 	$(PY) -m vla_ros.training.demo_policy --ship $(DEMO_POLICY_OUT)/trained
 
 # The success rates in docs/closed_loop.md: the trained and the random miniature, 50 seeded reach
