@@ -119,11 +119,22 @@ RECORD = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(CURDIR)/$(VENV)/bin/vla_recor
   --task reach --seconds 10
 CORRECT = $(RECORD) --episodes 150 --policy-model round1 --policy reach \
   --unnorm-key sim_reach_demos --takeover 0.3
-# Rounds 4 and 5: the round before drives 300 corrected episodes (two recorders).
-CORRECT_R3 = $(RECORD) --episodes 150 --policy-model round3 --policy reach \
-  --unnorm-key sim_reach_round3 --takeover 0.3
-CORRECT_R4 = $(RECORD) --episodes 150 --policy-model round4 --policy reach \
-  --unnorm-key sim_reach_round4 --takeover 0.3
+# Rounds 4 and 5, one call each: round $(1) drives 300 corrected episodes (two recorders, seeds
+# $(2) and $(2) + 150, into corrections-$(3) and -$(4)); then from round $(1), on the corrections
+# $(5) and round 3's demonstrations, into $(6), statistics under sim_reach_round$(7).
+define CORRECTION_ROUND
+	cd $(DEMO_POLICY_OUT) && \
+	{ ROS_DOMAIN_ID=41 $(RECORD) --episodes 150 --policy-model round$(1) --policy reach \
+	    --unnorm-key sim_reach_round$(1) --takeover 0.3 --seed $(2) --out corrections-$(3) & \
+	  a=$$!; ROS_DOMAIN_ID=42 $(RECORD) --episodes 150 --policy-model round$(1) --policy reach \
+	    --unnorm-key sim_reach_round$(1) --takeover 0.3 --seed $$(($(2) + 150)) \
+	    --out corrections-$(4) & b=$$!; wait $$a && wait $$b; }
+	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
+	$(FINETUNE_ARGS) corrections-[$(5)]/episode_* demos-c/episode_0[0-2]* \
+	  demos-c/episode_03[0-5]* --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 \
+	  --base round$(1) --out $(6) --unnorm-key sim_reach_round$(7) --proprio $$proprio \
+	  --image-aug --steps 6000 --decay-after 4500
+endef
 FINETUNE_ARGS = $(CURDIR)/$(VENV)/bin/vla_finetune \
   --camera-topics camera/image_raw wrist_camera/image_raw --rate 10 --center-crop --full \
   --batch-size 8 --val-every 1000 --save-every 1000
@@ -162,24 +173,8 @@ demo-policy: $(STAMP)
 	  --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 --base round2 --out round3 \
 	  --unnorm-key sim_reach_round3 --proprio $$proprio --image-aug --steps 6000 \
 	  --decay-after 4500
-	cd $(DEMO_POLICY_OUT) && \
-	{ ROS_DOMAIN_ID=41 $(CORRECT_R3) --seed 7000 --out corrections-d & a=$$!; \
-	  ROS_DOMAIN_ID=42 $(CORRECT_R3) --seed 7150 --out corrections-e & b=$$!; \
-	  wait $$a && wait $$b; }
-	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
-	$(FINETUNE_ARGS) corrections-[cde]/episode_* demos-c/episode_0[0-2]* \
-	  demos-c/episode_03[0-5]* --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 \
-	  --base round3 --out round4 --unnorm-key sim_reach_round4 --proprio $$proprio \
-	  --image-aug --steps 6000 --decay-after 4500
-	cd $(DEMO_POLICY_OUT) && \
-	{ ROS_DOMAIN_ID=41 $(CORRECT_R4) --seed 7300 --out corrections-f & a=$$!; \
-	  ROS_DOMAIN_ID=42 $(CORRECT_R4) --seed 7450 --out corrections-g & b=$$!; \
-	  wait $$a && wait $$b; }
-	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
-	$(FINETUNE_ARGS) corrections-[defg]/episode_* demos-c/episode_0[0-2]* \
-	  demos-c/episode_03[0-5]* --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 \
-	  --base round4 --out trained --unnorm-key sim_reach_round5 --proprio $$proprio \
-	  --image-aug --steps 6000 --decay-after 4500
+	$(call CORRECTION_ROUND,3,7000,d,e,cde,round4,4)
+	$(call CORRECTION_ROUND,4,7300,f,g,defg,trained,5)
 	$(PY) -m vla_ros.training.demo_policy --ship $(DEMO_POLICY_OUT)/trained
 
 # The success rates in docs/closed_loop.md: the trained and the random miniature, 50 seeded reach
