@@ -106,7 +106,7 @@ demo: $(STAMP)
 #    steps, statistics under sim_reach_round3;
 # 6. round 4: round 3 drives 300 corrected episodes; from round 3 on those, the 150 round 2
 #    drove and round 3's demonstrations (31 502 samples), 6000 steps;
-# 7. round 5: round 4 drives 300 more; from round 4 on those, round 3's 300 and the same
+# 7. round 5: round 4 drives 300 more; from round 4 on those, the 300 round 3 drove and the same
 #    demonstrations (37 628 samples; the 150 round 2 drove are left out, for memory), 6000
 #    steps. Its trained parameters are copied into vla_ros/training/assets/reach/ (what
 #    `make demo` rebuilds it from), its statistics under sim_reach.
