@@ -117,18 +117,22 @@ demo: $(STAMP)
 DEMO_POLICY_OUT ?= out/demo-policy
 RECORD = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(CURDIR)/$(VENV)/bin/vla_record_demos \
   --task reach --seconds 10
-CORRECT = $(RECORD) --episodes 150 --policy-model round1 --policy reach \
-  --unnorm-key sim_reach_demos --takeover 0.3
-# Rounds 4 and 5, one call each: round $(1) drives 300 corrected episodes (two recorders, seeds
-# $(2) and $(2) + 150, into corrections-$(3) and -$(4)); then from round $(1), on the corrections
-# $(5) and round 3's demonstrations, into $(6), statistics under sim_reach_round$(7).
-define CORRECTION_ROUND
+CORRECT = $(RECORD) --episodes 150 --policy reach --takeover 0.3
+# Checkpoint $(1) (statistics key $(2)) drives 300 corrected episodes, two recorders side by
+# side: seeds $(3) and $(3) + 150 on, into corrections-$(4) and corrections-$(5).
+define CORRECTIONS
 	cd $(DEMO_POLICY_OUT) && \
-	{ ROS_DOMAIN_ID=41 $(RECORD) --episodes 150 --policy-model round$(1) --policy reach \
-	    --unnorm-key sim_reach_round$(1) --takeover 0.3 --seed $(2) --out corrections-$(3) & \
-	  a=$$!; ROS_DOMAIN_ID=42 $(RECORD) --episodes 150 --policy-model round$(1) --policy reach \
-	    --unnorm-key sim_reach_round$(1) --takeover 0.3 --seed $$(($(2) + 150)) \
-	    --out corrections-$(4) & b=$$!; wait $$a && wait $$b; }
+	{ ROS_DOMAIN_ID=41 $(CORRECT) --policy-model $(1) --unnorm-key $(2) --seed $(3) \
+	    --out corrections-$(4) & a=$$!; \
+	  ROS_DOMAIN_ID=42 $(CORRECT) --policy-model $(1) --unnorm-key $(2) --seed $$(($(3) + 150)) \
+	    --out corrections-$(5) & b=$$!; \
+	  wait $$a && wait $$b; }
+endef
+# Rounds 4 and 5, one call each: round $(1) drives 300 corrected episodes (seeds $(2) on, into
+# corrections-$(3) and -$(4)); then from round $(1), on the corrections $(5) and round 3's
+# demonstrations, into $(6), statistics under sim_reach_round$(7).
+define CORRECTION_ROUND
+	$(call CORRECTIONS,round$(1),sim_reach_round$(1),$(2),$(3),$(4))
 	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
 	$(FINETUNE_ARGS) corrections-[$(5)]/episode_* demos-c/episode_0[0-2]* \
 	  demos-c/episode_03[0-5]* --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 \
@@ -155,17 +159,14 @@ demo-policy: $(STAMP)
 	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
 	$(FINETUNE) $(DEMOS) --base base --out round1 --unnorm-key sim_reach_demos \
 	  --proprio $$proprio --steps 10000 --decay-after 8000
-	cd $(DEMO_POLICY_OUT) && \
-	{ ROS_DOMAIN_ID=41 $(CORRECT) --seed 5000 --out corrections-a & a=$$!; \
-	  ROS_DOMAIN_ID=42 $(CORRECT) --seed 5150 --out corrections-b & b=$$!; \
-	  wait $$a && wait $$b; }
+	$(call CORRECTIONS,round1,sim_reach_demos,5000,a,b)
 	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
 	$(FINETUNE) $(HALF_DEMOS) corrections-a/episode_* corrections-b/episode_* --base round1 \
 	  --out round2 --unnorm-key sim_reach --proprio $$proprio --image-aug \
 	  --steps 5000 --decay-after 3800
 	cd $(DEMO_POLICY_OUT) && \
-	{ ROS_DOMAIN_ID=41 $(RECORD) --episodes 150 --policy-model round2 --policy reach \
-	    --unnorm-key sim_reach --takeover 0.3 --seed 6000 --out corrections-c & a=$$!; \
+	{ ROS_DOMAIN_ID=41 $(CORRECT) --policy-model round2 --unnorm-key sim_reach --seed 6000 \
+	    --out corrections-c & a=$$!; \
 	  ROS_DOMAIN_ID=42 $(RECORD) --episodes 390 --seed 9000 --out demos-c & b=$$!; \
 	  wait $$a && wait $$b; }
 	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
