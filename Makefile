@@ -91,7 +91,7 @@ ROBOT ?= gripper
 demo: $(STAMP)
 	$(PY) -m vla_ros.closed_loop.demo --robot $(ROBOT) $(DEMO_ARGS)
 
-# The demo's trained policy from scratch, in five rounds (DAgger; docs/closed_loop.md has each
+# The demo's trained policy from scratch, in six rounds (DAgger; docs/closed_loop.md has each
 # stage's wall time on 2 CPU cores):
 # 1. demonstrations: 1080 expert reach episodes (360 layouts x the 3 objects, seeded starts),
 #    recorded as bags by two recorders side by side (own ROS domains);
@@ -108,8 +108,12 @@ demo: $(STAMP)
 #    drove and round 3's demonstrations (31 502 samples), 6000 steps;
 # 7. round 5: round 4 drives 300 more; from round 4 on those, the 300 round 3 drove and the same
 #    demonstrations (37 628 samples; the 150 round 2 drove are left out, for memory), 6000
-#    steps. Its trained parameters are copied into vla_ros/training/assets/reach/ (what
-#    `make demo` rebuilds it from), its statistics under sim_reach.
+#    steps;
+# 8. round 6: round 5 drives 240 episodes that the expert only labels (no takeover, failures
+#    kept); from round 5 on all 840 corrections and the same demonstrations (50 547 samples,
+#    about 17 GB in use), 3000 steps. Its trained parameters are copied into
+#    vla_ros/training/assets/reach/ (what `make demo` rebuilds it from), its statistics under
+#    sim_reach.
 # The state layout is the shipped run record's (the one place it is written; the demo reads it
 # too): where the gripper is (its position twice, from ee_pose and from the virtual joints:
 # OFT's LIBERO state has 8 values) and the fingers; the orientation, constant in the
@@ -119,26 +123,31 @@ RECORD = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(CURDIR)/$(VENV)/bin/vla_recor
   --task reach --seconds 10
 CORRECT = $(RECORD) --episodes 150 --policy reach --takeover 0.3
 # Checkpoint $(1) (statistics key $(2)) drives 300 corrected episodes, two recorders side by
-# side: seeds $(3) and $(3) + 150 on, into corrections-$(4) and corrections-$(5).
+# side: seeds $(3) and $(3) + 150 on, into corrections-$(4) and corrections-$(5); $(6): more
+# recorder options (the later of a repeated option wins).
 define CORRECTIONS
 	cd $(DEMO_POLICY_OUT) && \
 	{ ROS_DOMAIN_ID=41 $(CORRECT) --policy-model $(1) --unnorm-key $(2) --seed $(3) \
-	    --out corrections-$(4) & a=$$!; \
+	    --out corrections-$(4) $(6) & a=$$!; \
 	  ROS_DOMAIN_ID=42 $(CORRECT) --policy-model $(1) --unnorm-key $(2) --seed $$(($(3) + 150)) \
-	    --out corrections-$(5) & b=$$!; \
+	    --out corrections-$(5) $(6) & b=$$!; \
 	  wait $$a && wait $$b; }
 endef
-# Rounds 4 and 5, one call each: round $(1) drives 300 corrected episodes (seeds $(2) on, into
-# corrections-$(3) and -$(4)); then from round $(1), on the corrections $(5) and round 3's
-# demonstrations, into $(6), statistics under sim_reach_round$(7).
+# Rounds 4 to 6, one call each: round $(1) drives corrected episodes (seeds $(2) on, into
+# corrections-$(3) and -$(4); $(9): recorder options); then from round $(1), on the corrections
+# $(5) and round 3's demonstrations, into $(6), statistics under sim_reach_round$(7), for the
+# schedule $(8).
 define CORRECTION_ROUND
-	$(call CORRECTIONS,round$(1),sim_reach_round$(1),$(2),$(3),$(4))
+	$(call CORRECTIONS,round$(1),sim_reach_round$(1),$(2),$(3),$(4),$(9))
 	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(DEMO_POLICY_OUT) && \
 	$(FINETUNE_ARGS) corrections-[$(5)]/episode_* demos-c/episode_0[0-2]* \
 	  demos-c/episode_03[0-5]* --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 \
 	  --base round$(1) --out $(6) --unnorm-key sim_reach_round$(7) --proprio $$proprio \
-	  --image-aug --steps 6000 --decay-after 4500
+	  --image-aug $(8)
 endef
+# Round 6's corrections: 240 episodes, the expert only labels (no takeover), and the failures
+# are kept: round 5 comes to rest with a finger over the red cube, and those states need labels.
+PURE_DAGGER = --episodes 120 --takeover 0 --keep-failures
 FINETUNE_ARGS = $(CURDIR)/$(VENV)/bin/vla_finetune \
   --camera-topics camera/image_raw wrist_camera/image_raw --rate 10 --center-crop --full \
   --batch-size 8 --val-every 1000 --save-every 1000
@@ -174,8 +183,9 @@ demo-policy: $(STAMP)
 	  --val-bags demos-c/episode_03[6-8]* --warmup-steps 100 --base round2 --out round3 \
 	  --unnorm-key sim_reach_round3 --proprio $$proprio --image-aug --steps 6000 \
 	  --decay-after 4500
-	$(call CORRECTION_ROUND,3,7000,d,e,cde,round4,4)
-	$(call CORRECTION_ROUND,4,7300,f,g,defg,trained,5)
+	$(call CORRECTION_ROUND,3,7000,d,e,cde,round4,4,--steps 6000 --decay-after 4500)
+	$(call CORRECTION_ROUND,4,7300,f,g,defg,round5,5,--steps 6000 --decay-after 4500)
+	$(call CORRECTION_ROUND,5,7600,h,i,defghi,trained,6,--steps 3000 --decay-after 2000,$(PURE_DAGGER))
 	$(PY) -m vla_ros.training.demo_policy --ship $(DEMO_POLICY_OUT)/trained
 
 # The success rates in docs/closed_loop.md: the trained and the random miniature, 50 seeded reach
