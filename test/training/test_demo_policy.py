@@ -78,11 +78,11 @@ def test_a_missing_asset_is_a_clear_error(monkeypatch, tmp_path):
 
 
 # Seeds of sim_arm's reach task (start at home) on which the shipped policy's first steps head
-# for the named object: 24 of seeds 0-29 do (its untrained base: 12, chance is 1 in 3), and these
-# are the first twelve of them. (Issue 21's round 2 headed right on 12 of 30 and found the
-# object on the way; round 5, shipped now, heads right from the start.) They pin what the demo
-# shows; a rebuild that loads the wrong weights, feeds other images or ignores the instruction
-# loses them.
+# for the named object: round 5's did on 24 of seeds 0-29 (its untrained base: 12, chance is 1
+# in 3), and these are the first twelve of them; round 6, shipped now, also heads right on 24
+# of the 30 and on all twelve. (Issue 21's round 2 headed right on 12 of 30 and found the
+# object on the way.) They pin what the demo shows; a rebuild that loads the wrong weights,
+# feeds other images or ignores the instruction loses them.
 HEADING_SEEDS = (0, 1, 2, 3, 5, 6, 7, 9, 10, 11, 12, 15)
 HEADING_STEPS = 4     # the first steps of the first chunk: their summed xy motion is the heading
 HEADING_HITS = 10     # of the 12; the untrained base: 5 (seeds 0, 5, 7, 10, 12)
