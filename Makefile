@@ -122,9 +122,10 @@ DEMO_POLICY_OUT ?= out/demo-policy
 RECORD = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(CURDIR)/$(VENV)/bin/vla_record_demos \
   --task reach --seconds 10
 CORRECT = $(RECORD) --episodes 150 --policy reach --takeover 0.3
-# Checkpoint $(1) (statistics key $(2)) drives 300 corrected episodes, two recorders side by
-# side: seeds $(3) and $(3) + 150 on, into corrections-$(4) and corrections-$(5); $(6): more
-# recorder options (the later of a repeated option wins).
+# Checkpoint $(1) (statistics key $(2)) drives corrected episodes (CORRECT's 2 x 150 unless
+# $(6) says otherwise), two recorders side by side: seeds $(3) and $(3) + 150 on, into
+# corrections-$(4) and corrections-$(5); $(6): more recorder options (the later of a repeated
+# option wins).
 define CORRECTIONS
 	cd $(DEMO_POLICY_OUT) && \
 	{ ROS_DOMAIN_ID=41 $(CORRECT) --policy-model $(1) --unnorm-key $(2) --seed $(3) \
