@@ -218,11 +218,10 @@ SHORT_CORRECTIONS = $(call RECORD_PAIR,90,$(2),corrections-$(1),--policy reach \
 # falls tenfold after $(5)), statistics under sim_reach_round$(2).
 define SHORT_ROUND
 	proprio=$$($(PY) -m vla_ros.closed_loop.demo --print-proprio) && cd $(SHORT_POLICY_OUT) && \
-	$(CURDIR)/$(VENV)/bin/vla_finetune demos-[ab]/episode_00* demos-[ab]/episode_01[0-6]* $(3) \
-	  --val-bags demos-[ab]/episode_017* --camera-topics camera/image_raw wrist_camera/image_raw \
-	  --rate 10 --center-crop --full --batch-size 8 --image-aug --warmup-steps 100 \
-	  --val-every 1000 --save-every 1000 --base $(1) --out round$(2) \
-	  --unnorm-key sim_reach_round$(2) --proprio $$proprio --steps $(4) --decay-after $(5)
+	$(FINETUNE_ARGS) demos-[ab]/episode_00* demos-[ab]/episode_01[0-6]* $(3) \
+	  --val-bags demos-[ab]/episode_017* --image-aug --warmup-steps 100 --base $(1) \
+	  --out round$(2) --unnorm-key sim_reach_round$(2) --proprio $$proprio --steps $(4) \
+	  --decay-after $(5)
 endef
 demo-policy-short: $(STAMP)
 	rm -rf $(SHORT_POLICY_OUT)
