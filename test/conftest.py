@@ -124,15 +124,28 @@ def tiny_checkpoint(tmp_path_factory):
     return str(write_tiny_checkpoint(tmp_path_factory.mktemp('tiny') / 'ckpt', seed=0))
 
 
+def _stray(child):
+    """Whether ``child`` outlives its test: multiprocessing's resource tracker does not count."""
+    try:
+        return (child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+                and not any('multiprocessing.resource_tracker' in a for a in child.cmdline()))
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture(autouse=True)
 def _no_stray_processes():
-    """Fail a test that leaves child processes behind."""
+    """
+    Fail a test that leaves child processes behind.
+
+    The resource tracker that a first spawned process (``vla_finetune --read-workers``) starts
+    is one per interpreter and ends with it: it is no test's stray.
+    """
     yield
     me = psutil.Process()
     deadline = time.monotonic() + 5.0
-    children = me.children(recursive=True)
+    children = [c for c in me.children(recursive=True) if _stray(c)]
     while children and time.monotonic() < deadline:
         time.sleep(0.1)
-        children = [c for c in me.children(recursive=True) if c.is_running()
-                    and c.status() != psutil.STATUS_ZOMBIE]
+        children = [c for c in me.children(recursive=True) if _stray(c)]
     assert not children, f'stray processes left by the test: {[c.cmdline() for c in children]}'

@@ -473,7 +473,8 @@ def bad_action_bag(path):
 
 @pytest.mark.parametrize('case', ['topics', 'key', 'out', 'lora_only', 'action_dim',
                                   'out_under_a_file', 'out_read_only', 'image_aug',
-                                  'aux_object_without_sim_task', 'aux_object_negative'])
+                                  'aux_object_without_sim_task', 'aux_object_negative',
+                                  'read_workers_negative'])
 def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path, capsys):
     bag, out, args = bags[0][0], tmp_path / 'out', []
     if case == 'out_under_a_file':
@@ -499,6 +500,9 @@ def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path
     elif case == 'aux_object_negative':
         args = ['--aux-object', '-1']
         expect = ['--aux-object -1.0 must be a weight >= 0']
+    elif case == 'read_workers_negative':
+        args = ['--read-workers', '-1']
+        expect = ['--read-workers -1 must be >= 0']
     elif case == 'key':
         args = ['--unnorm-key', 'synth_oft_libero']
         expect = ["'synth_oft_libero' already exists in the base", 'pass a new key']
@@ -523,6 +527,35 @@ def test_bad_input_is_one_clear_error_before_training(case, base, bags, tmp_path
         assert text in err[0]
     if case != 'out':
         assert not out.exists()
+
+
+@pytest.mark.process
+def test_reading_processes_give_the_episodes_this_process_reads(base, bags):
+    """--read-workers 2: the same episodes, bit for bit and in order, as one process reads."""
+    from vla_ros.policy.oft.policy import OpenVLAOFTPolicy
+    from vla_ros.training.finetune import read_data
+    from vla_ros.training.options import TrainConfig
+
+    policy = OpenVLAOFTPolicy.from_pretrained(base, platform='libero', device='cpu',
+                                              dtype='float32', center_crop=True)
+    preprocessor = Preprocessor(policy.image_processor, policy.tokenizer, policy.constants,
+                                center_crop=True)
+    paths = [str(path) for path, _ in bags]
+    config = TrainConfig(base=str(base), out='', unnorm_key=KEY, bags=(paths[2], paths[0]),
+                         val_bags=(paths[1],), center_crop=True, image_aug=True)
+    read = {workers: read_data(dataclasses.replace(config, read_workers=workers), options(),
+                               preprocessor) for workers in (1, 2)}
+    for one, two in zip(sum(read[1], []), sum(read[2], [])):
+        assert one.path == two.path and one.frames.keys() == two.frames.keys()
+        for key, frame in one.frames.items():
+            assert frame.dtype == two.frames[key].dtype and np.array_equal(frame, two.frames[key])
+        for field in ('actions', 'proprio', 'usable'):
+            assert np.array_equal(getattr(one, field), getattr(two, field), equal_nan=True)
+        assert (one.instructions, one.frame_keys, one.skipped) == \
+            (two.instructions, two.frame_keys, two.skipped)
+    assert [e.path for e in sum(read[2], [])] == [paths[2], paths[0], paths[1]]
+    assert next(iter(read[2][0][0].frames.values())).shape == (224, 224, 3)  # uncropped
+    assert next(iter(read[2][1][0].frames.values())).shape[1:] == (224, 224, 3)  # crops
 
 
 @pytest.mark.process

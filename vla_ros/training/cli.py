@@ -35,6 +35,7 @@ USAGE = ('%(prog)s BAG [BAG ...] --base PATH --out DIR --unnorm-key NEW\n'
          '       [--lr LR] [--warmup-steps N] [--decay-after N] [--full | --lora-only]\n'
          '       [--lora-rank R] [--lora-alpha A] [--lora-target all|llm] [--val-every N]\n'
          '       [--save-every N] [--resume] [--stats-only] [--seed S] [--device D]\n'
+         '       [--read-workers N]\n'
          '       [topic options: --ee-pose-topic, --joint-states-topic, --instruction-topic,\n'
          '        --action-topic]')
 
@@ -122,6 +123,9 @@ def build_parser():
     train.add_argument('--dtype', default='auto', choices=('auto', 'float32', 'bfloat16'),
                        help='the frozen weights: auto = float32 on CPU and for --full, else '
                        'bfloat16 (trained weights are float32, bf16 autocast on CUDA)')
+    train.add_argument('--read-workers', type=int, default=0, metavar='N',
+                       help='processes that read and preprocess the bags (default 0: one per '
+                       'CPU core of this process; 1: in this process)')
     return parser
 
 
@@ -146,7 +150,8 @@ def config_from_args(args):
                              ('--warmup-steps', args.warmup_steps, 0),
                              ('--decay-after', args.decay_after, 0),
                              ('--val-every', args.val_every, 0),
-                             ('--save-every', args.save_every, 0)):
+                             ('--save-every', args.save_every, 0),
+                             ('--read-workers', args.read_workers, 0)):
         if value < low:
             raise FinetuneError(f'{flag} {value} must be >= {low}')
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -175,7 +180,7 @@ def config_from_args(args):
         lora_target=args.lora_target, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         decay_after=args.decay_after, val_every=args.val_every, save_every=args.save_every,
-        seed=args.seed, device=args.device, dtype=args.dtype)
+        seed=args.seed, device=args.device, dtype=args.dtype, read_workers=args.read_workers)
     if not config.unnorm_key.strip():
         raise FinetuneError('--unnorm-key is empty; name your dataset, e.g. my_robot_reach')
     return config, options

@@ -25,7 +25,7 @@ STATE_DIR = 'training_state'
 RUN_FILE = 'run.json'
 DATA_PREFIX = 'data.'  # a run record's data options, beside the TrainConfig fields
 # Options that may differ when a run is resumed; any other difference is refused.
-RESUMABLE = ('steps', 'val_every', 'save_every', 'device')
+RESUMABLE = ('steps', 'val_every', 'save_every', 'device', 'read_workers')
 
 
 class FinetuneError(Exception):
@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     device: str = 'auto'
     dtype: str = 'auto'
+    read_workers: int = 0  # processes that read the bags; 0: one per core of this process
 
     def fingerprint(self, data_options):
         """
