@@ -83,6 +83,11 @@ def check(config, options, resume=False):
     return constants, head_file, projector_file
 
 
+def core_share(processes):
+    """Return how many of this process's CPU cores each of ``processes`` processes gets (>= 1)."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, processes))
+
+
 def reading_processes(config, bags):
     """
     Return how many processes read ``bags`` bags: ``read_workers``, or this process's cores.
@@ -94,8 +99,7 @@ def reading_processes(config, bags):
     if not workers:
         if bags < FEW_BAGS:
             return 1
-        local = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
-        workers = len(os.sched_getaffinity(0)) // max(1, local)
+        workers = core_share(int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
     return max(1, min(workers, bags))
 
 
@@ -117,10 +121,10 @@ def bag_readers(workers):
     if workers <= 1:
         yield None
         return
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),
-                                 initializer=start_reading, initargs=(threads,)) as pool:
+                                 initializer=start_reading,
+                                 initargs=(core_share(workers),)) as pool:
             yield pool
     except BrokenProcessPool as exc:
         raise FinetuneError(f'a process reading the bags died ({exc}); out of memory? Pass '
@@ -208,7 +212,7 @@ def make_accelerator(device):
                                   find_unused_parameters=True)])
     if accelerator.num_processes > 1 and cpu and 'OMP_NUM_THREADS' not in os.environ:
         local = int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes))
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+        torch.set_num_threads(core_share(local))
     return accelerator
 
 
